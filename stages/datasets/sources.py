@@ -1,0 +1,25 @@
+"""The registry of data sources the `download` stage can build `data/raw/` from.
+
+A source is two functions: `validate(data_params) -> config` checks every key it reads and
+raises ParamError before anything is written; `build(config, writer) -> SourceResult` fills a
+RawWriter (images, masks, index rows, refusals).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import demo
+from .raw import RawWriter, SourceResult
+
+
+@dataclass(frozen=True)
+class Source:
+    validate: Callable[[dict[str, Any]], Any]
+    build: Callable[[Any, RawWriter], SourceResult]
+
+
+SOURCES: dict[str, Source] = {
+    "demo": Source(demo.validate, demo.build),
+}
