@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,7 +75,7 @@ def _from_rembg(name: str, spec: ModelFile, target: Path) -> None:
         code = f"from rembg import new_session; new_session({name!r})"
         subprocess.run([sys.executable, "-c", code], env={**os.environ, "U2NET_HOME": home},
                        check=True, timeout=300, capture_output=True)
-        os.replace(Path(home) / f"{name}.onnx", target)
+        shutil.move(Path(home) / f"{name}.onnx", target)
 
 
 def _from_wheel(name: str, spec: ModelFile, target: Path) -> None:

@@ -1,0 +1,57 @@
+"""The `data/prepared/<variant>/` training cache: decoded once, read by every training stage.
+
+    images.npy   uint8 (N, H, W, 3)   RGB, EXIF-oriented, resized to data.image_size
+    masks.npy    uint8 (N, H, W)      semantic class ids (only when the source has masks)
+    labels.npy   int64 (N,)           index into meta["labels"], -1 where there is no label
+    splits.npy   uint8 (N,)           0 train, 1 val, 2 test (same rows in every variant)
+    meta.json    {"variant", "labels", "mask_classes", "image_size", "paths", "has_masks", "fill"}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..common.io import atomic_dir, read_json, write_json
+from .raw import SPLITS
+
+VARIANTS = ("original", "rembg")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    images: np.ndarray
+    masks: np.ndarray | None
+    labels: np.ndarray
+    splits: np.ndarray
+    meta: dict[str, Any]
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.splits == SPLITS.index(split))
+
+
+def load_prepared(directory: Path) -> Prepared:
+    """Memory-map the arrays so a large cache is paged in only as batches need it."""
+    directory = Path(directory)
+    meta = read_json(directory / "meta.json")
+    masks = np.load(directory / "masks.npy", mmap_mode="r") if meta["has_masks"] else None
+    return Prepared(
+        images=np.load(directory / "images.npy", mmap_mode="r"),
+        masks=masks,
+        labels=np.load(directory / "labels.npy"),
+        splits=np.load(directory / "splits.npy"),
+        meta=meta,
+    )
+
+
+def save_prepared(directory: Path, images: np.ndarray, masks: np.ndarray | None,
+                  labels: np.ndarray, splits: np.ndarray, meta: dict[str, Any]) -> None:
+    with atomic_dir(Path(directory)) as tmp:
+        np.save(tmp / "images.npy", images)
+        if masks is not None:
+            np.save(tmp / "masks.npy", masks)
+        np.save(tmp / "labels.npy", labels.astype(np.int64))
+        np.save(tmp / "splits.npy", splits.astype(np.uint8))
+        write_json(tmp / "meta.json", {**meta, "has_masks": masks is not None})
