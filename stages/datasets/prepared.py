@@ -1,7 +1,9 @@
 """The `data/prepared/<variant>/` training cache: decoded once, read by every training stage.
 
     images.npy   uint8 (N, H, W, 3)   RGB, EXIF-oriented, resized to data.image_size
-    masks.npy    uint8 (N, H, W)      semantic class ids (only when the source has masks)
+    masks.npy    uint8 (N, H, W)      semantic class ids (only when the source has masks;
+                                      255 = no ground truth for that image, to be ignored)
+    alpha.npy    uint8 (N, H, W)      the rembg alpha (rembg variant only)
     labels.npy   int64 (N,)           index into meta["labels"], -1 where there is no label
     splits.npy   uint8 (N,)           0 train, 1 val, 2 test (same rows in every variant)
     meta.json    {"variant", "labels", "mask_classes", "image_size", "paths", "has_masks", "fill"}
@@ -18,12 +20,14 @@ from ..common.io import atomic_dir, read_json, write_json
 from .raw import SPLITS
 
 VARIANTS = ("original", "rembg")
+IGNORE = 255  # mask value for pixels without ground truth
 
 
 @dataclass(frozen=True)
 class Prepared:
     images: np.ndarray
     masks: np.ndarray | None
+    alpha: np.ndarray | None
     labels: np.ndarray
     splits: np.ndarray
     meta: dict[str, Any]
@@ -40,6 +44,8 @@ def load_prepared(directory: Path) -> Prepared:
     return Prepared(
         images=np.load(directory / "images.npy", mmap_mode="r"),
         masks=masks,
+        alpha=np.load(directory / "alpha.npy", mmap_mode="r")
+        if (directory / "alpha.npy").exists() else None,
         labels=np.load(directory / "labels.npy"),
         splits=np.load(directory / "splits.npy"),
         meta=meta,
@@ -47,11 +53,14 @@ def load_prepared(directory: Path) -> Prepared:
 
 
 def save_prepared(directory: Path, images: np.ndarray, masks: np.ndarray | None,
-                  labels: np.ndarray, splits: np.ndarray, meta: dict[str, Any]) -> None:
+                  labels: np.ndarray, splits: np.ndarray, meta: dict[str, Any],
+                  alpha: np.ndarray | None = None) -> None:
     with atomic_dir(Path(directory)) as tmp:
         np.save(tmp / "images.npy", images)
         if masks is not None:
             np.save(tmp / "masks.npy", masks)
+        if alpha is not None:
+            np.save(tmp / "alpha.npy", alpha)
         np.save(tmp / "labels.npy", labels.astype(np.int64))
         np.save(tmp / "splits.npy", splits.astype(np.uint8))
         write_json(tmp / "meta.json", {**meta, "has_masks": masks is not None})

