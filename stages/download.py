@@ -6,10 +6,12 @@ from pathlib import Path
 
 from .common.io import atomic_dir
 from .common.params import UserError, choice, load_params, number, section, stage_main
-from .datasets.raw import RawWriter
+from .datasets.raw import QUARANTINE_COLUMNS, RawWriter, write_csv
 from .datasets.sources import SOURCES
 
 RAW_DIR = Path("data/raw")
+# Where the refusals of a failed run are kept (data/raw/ itself is not replaced by a failed run).
+FAILED_QUARANTINE = Path("data/raw.quarantine-failed.csv")
 log = logging.getLogger("download")
 
 
@@ -24,10 +26,17 @@ def main() -> None:
         result = source.build(config, writer)
         summary = writer.finish(result.labels, result.mask_classes, result.extra)
         seen = summary["images"] + summary["refused"]
-        if seen and summary["refused"] / seen > max_bad:
-            first = "; ".join(f"{p}: {r}" for p, r in writer.refused[:5])
-            raise UserError(f"{summary['refused']} of {seen} files were refused, more than "
-                            f"data.max_bad_fraction = {max_bad}; first: {first}")
+        if not seen:
+            raise UserError(f"data.source = {data['source']} found no photos at all")
+        if not summary["images"] or summary["refused"] > max_bad * seen:
+            write_csv(FAILED_QUARANTINE, QUARANTINE_COLUMNS, writer.refused)
+            kinds = ", ".join(f"{n} {k}" for k, n in summary["refused_by_reason"].items())
+            why = (f"more than data.max_bad_fraction = {max_bad}" if summary["images"]
+                   else "no usable photo is left")
+            raise UserError(f"{summary['refused']} of {seen} files were refused ({kinds}): "
+                            f"{why}. data/raw was not changed; every refused file and why: "
+                            f"{FAILED_QUARANTINE.resolve()}")
+    FAILED_QUARANTINE.unlink(missing_ok=True)
     log.info("data/raw: %d images (%s), %d refused", summary["images"], summary["splits"],
              summary["refused"])
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from tqdm import tqdm
 
 from ..common.params import ParamError, integer, number, size_pair
 from .raw import SPLITS, RawWriter, SourceResult
@@ -42,6 +43,7 @@ COLOURS = {
     "olive": (112, 116, 62), "green": (42, 122, 72), "brown": (116, 76, 46),
     "terracotta": (190, 96, 66), "neon": (172, 230, 62), "royal": (42, 82, 200),
 }
+OFF_PALETTE = 0.25  # share of garment colours drawn from all COLOURS
 SKIN_TONES = ((241, 204, 178), (224, 172, 138), (198, 140, 102), (150, 98, 66), (96, 62, 44))
 HAIR_COLOURS = ((24, 20, 18), (70, 44, 28), (120, 80, 44), (200, 160, 96), (150, 60, 30),
                 (160, 160, 160))
@@ -135,6 +137,7 @@ def split_counts(n: int, fractions: tuple[float, float, float]) -> list[int]:
 
 
 def image_rng(seed: int, style: int, index: int) -> np.random.Generator:
+    """The generator of one image: independent of every other image and of build order."""
     return np.random.default_rng([seed, style, index])
 
 
@@ -146,21 +149,23 @@ def background_family(config: DemoConfig, style: int, rng: np.random.Generator) 
 
 
 def build(config: DemoConfig, writer: RawWriter) -> SourceResult:
+    """Render every style's images into `writer`, split per style in the configured shares."""
     counts = split_counts(config.images_per_class, config.split)
     # Images are drawn independently, so contiguous blocks make an unbiased stratified split.
     split_of = [s for s, c in zip(SPLITS, counts) for _ in range(c)]
+    jobs = [(style, i) for style in range(len(STYLES)) for i in range(config.images_per_class)]
     own = 0
-    for style, name in enumerate(STYLES):
-        for i in range(config.images_per_class):
-            rng = image_rng(config.seed, style, i)
-            family = background_family(config, style, rng)
-            own += family == style % len(BACKGROUNDS)
-            image, mask = render(config, style, rng, family)
-            writer.add_image(f"{name}/{name}_{i:04d}.jpg", image, split_of[i], label=name,
-                             mask=mask)
+    for style, i in tqdm(jobs, desc="demo", unit="img", disable=None):
+        rng = image_rng(config.seed, style, i)
+        family = background_family(config, style, rng)
+        own += family == style % len(BACKGROUNDS)
+        image, mask = render(config, style, rng, family)
+        name = STYLES[style]
+        writer.add_image(f"{name}/{name}_{i:04d}.jpg", image, split_of[i], label=name, mask=mask)
     total = len(STYLES) * config.images_per_class
     return SourceResult(labels=list(STYLES), mask_classes=list(MASK_CLASSES), extra={
-        "source": "demo", "seed": config.seed, "image_size": list(config.image_size),
+        "source": "demo", "tasks": ["classification", "semantic", "instance"],
+        "seed": config.seed, "image_size": list(config.image_size),
         "context_correlation": config.context_correlation,
         "background_families": list(BACKGROUNDS), "own_family_share": round(own / total, 4),
     })
@@ -175,18 +180,18 @@ def render(config: DemoConfig, style: int, rng: np.random.Generator,
     if family is None:
         family = background_family(config, style, rng)
     h, w = config.image_size
-    body = _sample_body(rng, h * SCALE, w * SCALE)
+    body = _sample_body(rng, h, w)
     outfit = _sample_outfit(STYLE_SPECS[style], rng)
-    canvas = _Canvas((w * SCALE, h * SCALE))
+    canvas = _Canvas((w, h))
     _draw_figure(canvas, body, outfit, rng)
     parts = np.asarray(canvas.image)
     materials = np.asarray(canvas.materials, dtype=np.uint8)[parts]
-    photo = _background(family, rng, w * SCALE, h * SCALE, body)
+    photo = _background(family, rng, w, h, body)
     _paint_figure(photo, parts, materials, _textures(STYLE_SPECS[style], rng), body, rng)
-    image = Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).resize((w, h), Image.LANCZOS)
-    noisy = np.asarray(image, np.float32) + rng.normal(0, 2.5, (h, w, 3)).astype(np.float32)
-    mask = Image.fromarray(MATERIAL_CLASS[materials]).resize((w, h), Image.NEAREST)
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), np.asarray(mask).copy()
+    photo += rng.normal(0, 2.5, photo.shape).astype(np.float32)  # sensor noise
+    # The mask samples the 2x canvas where PIL's nearest-neighbour downsampling would.
+    mask = MATERIAL_CLASS[materials[SCALE // 2::SCALE, SCALE // 2::SCALE]]
+    return Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)), mask
 
 
 # ---- the figure -----------------------------------------------------------------------------
@@ -265,10 +270,13 @@ def _pick(rng: np.random.Generator, odds: tuple[float, ...]) -> int:
 
 
 class _Canvas:
-    """Shapes drawn back to front on an image of part ids; each part remembers its material."""
+    """Shapes drawn back to front, at SCALE times the photo size, on an image of part ids.
+
+    Coordinates are photo pixels; each part remembers its material.
+    """
 
     def __init__(self, size: tuple[int, int]) -> None:
-        self.image = Image.new("L", size, 0)
+        self.image = Image.new("L", (size[0] * SCALE, size[1] * SCALE), 0)
         self.draw = ImageDraw.Draw(self.image)
         self.materials = [0]
 
@@ -277,22 +285,28 @@ class _Canvas:
         return len(self.materials) - 1
 
     def polygon(self, material: int, points: list[Point]) -> None:
-        self.draw.polygon(points, fill=self._part(material))
+        self.draw.polygon([(x * SCALE, y * SCALE) for x, y in points], fill=self._part(material))
 
     def ellipse(self, material: int, c: Point, rx: float, ry: float) -> None:
-        self.draw.ellipse([c[0] - rx, c[1] - ry, c[0] + rx, c[1] + ry], fill=self._part(material))
+        self._ellipse(self._part(material), c, rx, ry)
+
+    def _ellipse(self, part: int, c: Point, rx: float, ry: float) -> None:
+        x, y = c[0] * SCALE, c[1] * SCALE
+        self.draw.ellipse([x - rx * SCALE, y - ry * SCALE, x + rx * SCALE, y + ry * SCALE],
+                          fill=part)
 
     def limb(self, material: int, p: Point, q: Point, w0: float, w1: float) -> None:
         """A tapered segment with rounded ends, as one part."""
         part = self._part(material)
         dx, dy = q[0] - p[0], q[1] - p[1]
         n = math.hypot(dx, dy) or 1.0
-        nx, ny = -dy / n / 2, dx / n / 2
-        self.draw.polygon([(p[0] + nx * w0, p[1] + ny * w0), (q[0] + nx * w1, q[1] + ny * w1),
-                           (q[0] - nx * w1, q[1] - ny * w1), (p[0] - nx * w0, p[1] - ny * w0)],
+        nx, ny = -dy / n / 2 * SCALE, dx / n / 2 * SCALE
+        (px, py), (qx, qy) = (p[0] * SCALE, p[1] * SCALE), (q[0] * SCALE, q[1] * SCALE)
+        self.draw.polygon([(px + nx * w0, py + ny * w0), (qx + nx * w1, qy + ny * w1),
+                           (qx - nx * w1, qy - ny * w1), (px - nx * w0, py - ny * w0)],
                           fill=part)
-        for c, r in ((p, w0 / 2), (q, w1 / 2)):
-            self.draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=part)
+        self._ellipse(part, p, w0 / 2, w0 / 2)
+        self._ellipse(part, q, w1 / 2, w1 / 2)
 
 
 def _lerp(p: Point, q: Point, t: float) -> Point:
@@ -303,9 +317,9 @@ def _draw_figure(cv: _Canvas, b: _Body, o: _Outfit, rng: np.random.Generator) ->
     if o.hair == "long":
         cv.polygon(HAIR, [b.at(-0.05, 0.05), b.at(0.05, 0.05), b.at(0.07, 0.28),
                           b.at(-0.07, 0.28)])
-    _draw_legs(cv, b, o)
     cv.polygon(SKIN, [b.at(-0.02, 0.1), b.at(0.02, 0.1), b.at(0.025, 0.2), b.at(-0.025, 0.2)])
     cv.polygon(SKIN, _torso(b, 0.175, 0.5))
+    _draw_legs(cv, b, o)
     _draw_clothes(cv, b, o)
     _draw_arms(cv, b, o)
     if o.bag != "none":
@@ -384,7 +398,7 @@ def _draw_arms(cv: _Canvas, b: _Body, o: _Outfit) -> None:
 
 
 def _draw_bag(cv: _Canvas, b: _Body, o: _Outfit, rng: np.random.Generator) -> None:
-    side = int(rng.choice([0, 1]))
+    side = int(rng.integers(2))
     s, _, wr = b.arms[side]
     bw, bh = rng.uniform(0.07, 0.12), rng.uniform(0.06, 0.1)
     if o.bag == "hand":
@@ -410,16 +424,23 @@ def _draw_head(cv: _Canvas, b: _Body, o: _Outfit) -> None:
 
 # ---- colours and patterns -------------------------------------------------------------------
 
+Texture = tuple[str, np.ndarray, np.ndarray]  # pattern kind and its two colours
+
+
 def _colour(rng: np.random.Generator, names: tuple[str, ...]) -> np.ndarray:
+    """A colour from `names`, or sometimes any colour: palettes are preferred, not exclusive."""
+    names = tuple(COLOURS) if rng.random() < OFF_PALETTE else names
     base = np.asarray(COLOURS[names[int(rng.integers(len(names)))]], np.float32)
     return np.clip(base + rng.normal(0, 10, 3), 0, 255).astype(np.float32)
 
 
-def _pattern(kind: str, h: int, w: int, c0: np.ndarray, c1: np.ndarray,
-             rng: np.random.Generator) -> np.ndarray:
-    """A float (h, w, 3) swatch of one garment pattern in two colours."""
-    y, x = (a.astype(np.float32) for a in np.ogrid[:h, :w])
-    period = rng.uniform(8, 26) * SCALE
+def _pattern(kind: str, y: np.ndarray, x: np.ndarray, c0: np.ndarray, c1: np.ndarray,
+             rng: np.random.Generator, unit: float) -> np.ndarray:
+    """Colours (n, 3) of a two-colour pattern at n points (x, y in photo pixels).
+
+    `unit` (image height / 256) keeps the pattern's scale the same at any image size.
+    """
+    period = rng.uniform(4, 13) * unit
     if kind == "stripes":
         angle = rng.choice([0.0, math.pi / 2, math.pi / 4])
         t = ((x * math.cos(angle) + y * math.sin(angle)) / period % 1.0) < rng.uniform(.3, .6)
@@ -430,20 +451,27 @@ def _pattern(kind: str, h: int, w: int, c0: np.ndarray, c1: np.ndarray,
         r = period * rng.uniform(0.15, 0.3)
         t = (x % period - period / 2) ** 2 + (y % period - period / 2) ** 2 < r * r
     elif kind == "print":
-        t = _smooth_noise(rng, h, w, period) > rng.uniform(0.45, 0.6)
+        noise = _smooth_noise(rng, int(y.max()) + 1, int(x.max()) + 1, period)
+        t = noise[y.astype(int), x.astype(int)] > rng.uniform(0.45, 0.6)
     else:
-        t = np.zeros((h, w), bool)
-    t = np.broadcast_to(np.asarray(t, np.float32), (h, w))[..., None]
-    return c0 + t * (c1 - c0)
+        t = np.zeros_like(x)
+    return c0 + np.asarray(t, np.float32)[:, None] * (c1 - c0)
+
+
+def _swatch(kind: str, h: int, w: int, c0: np.ndarray, c1: np.ndarray,
+            rng: np.random.Generator) -> np.ndarray:
+    """A whole (h, w, 3) float image of one pattern."""
+    y, x = np.indices((h, w), dtype=np.float32).reshape(2, -1)
+    return _pattern(kind, y, x, c0, c1, rng, h / 256).reshape(h, w, 3)
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
+    """Values in 0..1 that vary smoothly over about `cell` pixels."""
     small = rng.random((int(h / cell) + 2, int(w / cell) + 2)).astype(np.float32)
-    return np.asarray(Image.fromarray(small, mode="F").resize((w, h), Image.BICUBIC))
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC))
 
 
-def _textures(spec: StyleSpec, rng: np.random.Generator) -> dict[int, tuple[str, np.ndarray,
-                                                                           np.ndarray]]:
+def _textures(spec: StyleSpec, rng: np.random.Generator) -> dict[int, Texture]:
     """Pattern and two colours per material; garments follow the style, the rest is generic."""
     out = {}
     for m in (TOP, OUTER, PANTS, SKIRT, DRESS, BAG):
@@ -458,44 +486,50 @@ def _textures(spec: StyleSpec, rng: np.random.Generator) -> dict[int, tuple[str,
 
 
 def _paint_figure(photo: np.ndarray, parts: np.ndarray, materials: np.ndarray,
-                  textures: dict[int, tuple[str, np.ndarray, np.ndarray]], b: _Body,
+                  textures: dict[int, Texture], b: _Body,
                   rng: np.random.Generator) -> None:
-    """Fill each material with its pattern, then shade: a lit side, rounded edges, seams."""
+    """Fill each material with its pattern, shade it (a lit side, rounded edges, seams) and blend
+    the 2x figure into the photo with its pixel coverage as alpha: antialiased edges."""
     ys, xs = np.nonzero(parts)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    part, mat = parts[y0:y1, x0:x1], materials[y0:y1, x0:x1]
-    h, w = part.shape
-    region = photo[y0:y1, x0:x1]
+    y0, x0 = ys.min() // SCALE, xs.min() // SCALE  # in photo pixels, so blocks align
+    y1, x1 = ys.max() // SCALE + 1, xs.max() // SCALE + 1
+    crop = np.s_[y0 * SCALE:y1 * SCALE, x0 * SCALE:x1 * SCALE]
+    part, mat = parts[crop], materials[crop]
+    colour = np.zeros(part.shape + (3,), np.float32)
     for m in np.unique(mat[mat > 0]):
         kind, c0, c1 = textures[int(m)]
-        sel = mat == m
-        region[sel] = _pattern(kind, h, w, c0, c1, rng)[sel]
+        yy, xx = np.nonzero(mat == m)
+        colour[yy, xx] = _pattern(kind, yy / SCALE + y0, xx / SCALE + x0, c0, c1, rng,
+                                  photo.shape[0] / 256)
     inside = (part > 0).astype(np.float32)
     soft = np.asarray(Image.fromarray((inside * 255).astype(np.uint8)).filter(
-        ImageFilter.GaussianBlur(0.025 * b.u)), np.float32) / 255
-    x = (np.arange(w, dtype=np.float32) + x0 - b.cx) / (0.2 * b.u)
+        ImageFilter.GaussianBlur(0.025 * b.u * SCALE)), np.float32) / 255
+    x = ((np.arange(part.shape[1], dtype=np.float32) / SCALE + x0) - b.cx) / (0.2 * b.u)
     shade = (0.72 + 0.28 * soft) * (1 + 0.18 * b.light * np.clip(x, -1, 1))[None, :]
-    seam = np.zeros_like(inside, bool)
+    seam = np.zeros(part.shape, bool)
     seam[1:] |= part[1:] != part[:-1]
     seam[:, 1:] |= part[:, 1:] != part[:, :-1]
-    shade = np.where(seam, shade * 0.78, shade)
-    region[:] = np.where(inside[..., None] > 0, region * shade[..., None], region)
+    colour *= (np.where(seam, 0.78, 1.0) * shade * inside)[..., None]
+    h, w = y1 - y0, x1 - x0
+    rgb = colour.reshape(h, SCALE, w, SCALE, 3).mean(axis=(1, 3))
+    alpha = inside.reshape(h, SCALE, w, SCALE).mean(axis=(1, 3))[..., None]
+    photo[y0:y1, x0:x1] = rgb + photo[y0:y1, x0:x1] * (1 - alpha)
 
 
 # ---- backgrounds ----------------------------------------------------------------------------
 
 def _background(family: int, rng: np.random.Generator, w: int, h: int, b: _Body) -> np.ndarray:
-    """A scene of `family` with its floor line near the feet, softly out of focus, plus a shadow."""
+    """A scene of `family` whose floor meets the feet, out of focus, unevenly lit, with a shadow."""
     feet = b.top + b.u
     horizon = int(np.clip(feet - rng.uniform(0.1, 0.35) * b.u, 0.2 * h, h - 2))
     scene = _PAINTERS[family](rng, w, h, horizon)
-    scene = scene.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.5) * SCALE / 2))
-    photo = np.asarray(scene, np.float32).copy()
+    scene = scene.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.5) * h / 256))
+    light = 0.9 + 0.2 * _smooth_noise(rng, h, w, rng.uniform(30, 90))
     shadow = Image.new("L", (w, h), 0)
     ImageDraw.Draw(shadow).ellipse([b.cx - 0.17 * b.u, feet - 0.02 * b.u, b.cx + 0.17 * b.u,
                                     feet + 0.025 * b.u], fill=255)
     dark = np.asarray(shadow.filter(ImageFilter.GaussianBlur(0.02 * b.u)), np.float32) / 255
-    return photo * (1 - 0.45 * dark)[..., None]
+    return np.asarray(scene, np.float32) * (light * (1 - 0.45 * dark))[..., None]
 
 
 def _rand_colour(rng: np.random.Generator, lo: int = 40, hi: int = 230) -> tuple[int, int, int]:
@@ -504,22 +538,27 @@ def _rand_colour(rng: np.random.Generator, lo: int = 40, hi: int = 230) -> tuple
 
 def _gradient(w: int, h: int, top: np.ndarray, bottom: np.ndarray) -> Image.Image:
     t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
-    column = top * (1 - t) + bottom * t
+    column = np.clip(top * (1 - t) + bottom * t, 0, 255)
     return Image.fromarray(np.broadcast_to(column, (h, w, 3)).astype(np.uint8))
+
+
+def _sky(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    haze = rng.uniform(0, 60)
+    return _gradient(w, h, np.array([110, 155, 215], np.float32) + haze,
+                     np.array([205, 218, 232], np.float32))
 
 
 def _studio(rng: np.random.Generator, w: int, h: int, horizon: int) -> Image.Image:
     c = np.asarray(_rand_colour(rng, 60, 240), np.float32)
-    img = _gradient(w, h, c * rng.uniform(0.7, 1.0), np.minimum(c * rng.uniform(1.0, 1.2), 255))
-    return img
+    return _gradient(w, h, c * rng.uniform(0.7, 1.0), np.minimum(c * rng.uniform(1.0, 1.2), 255))
 
 
 def _street(rng: np.random.Generator, w: int, h: int, horizon: int) -> Image.Image:
-    img = _gradient(w, h, np.array([120, 160, 210], np.float32), np.array([200, 215, 230]))
+    img = _sky(rng, w, h)
     d = ImageDraw.Draw(img)
     x = -int(rng.integers(0, w // 4))
     while x < w:
-        bw, top = int(rng.uniform(0.25, 0.6) * w), int(rng.uniform(0.0, 0.5) * horizon)
+        bw, top = int(rng.uniform(0.25, 0.6) * w), int(rng.uniform(-0.2, 0.5) * horizon)
         d.rectangle([x, top, x + bw, horizon], fill=_rand_colour(rng, 70, 220))
         win, gap = int(rng.uniform(0.04, 0.08) * w), int(rng.uniform(0.03, 0.06) * w)
         shade = _rand_colour(rng, 20, 120)
@@ -528,64 +567,74 @@ def _street(rng: np.random.Generator, w: int, h: int, horizon: int) -> Image.Ima
                 d.rectangle([wx, wy, wx + win, wy + int(win * 1.4)], fill=shade)
         x += bw
     d.rectangle([0, horizon, w, h], fill=_rand_colour(rng, 90, 170))
-    for y in range(horizon, h, int(0.05 * h)):
-        d.line([0, y, w, y], fill=(80, 80, 80), width=SCALE)
+    for y in range(horizon, h, max(2, int(0.05 * h))):
+        d.line([0, y, w, y], fill=(80, 80, 80))
     return img
 
 
 def _room(rng: np.random.Generator, w: int, h: int, horizon: int) -> Image.Image:
-    wall, alt = _rand_colour(rng, 120, 240), _rand_colour(rng, 90, 240)
+    wall, alt = np.array(_rand_colour(rng, 120, 240), np.float32), np.array(_rand_colour(rng))
     kind = PATTERNS[_pick(rng, (0.5, 0.2, 0.1, 0.1, 0.1))]
-    paper = _pattern(kind, h, w, np.array(wall, np.float32),
-                     (np.array(wall) * 0.7 + np.array(alt) * 0.3).astype(np.float32), rng)
-    img = Image.fromarray(paper.astype(np.uint8))
+    img = Image.fromarray(_swatch(kind, h, w, wall, wall * 0.7 + alt * 0.3, rng).astype(np.uint8))
     d = ImageDraw.Draw(img)
     floor = np.asarray(_rand_colour(rng, 70, 200))
     d.rectangle([0, horizon, w, h], fill=tuple(floor))
-    for y in range(horizon, h, int(0.03 * h)):
-        d.line([0, y, w, y], fill=tuple(int(v) for v in floor * 0.8), width=SCALE)
+    for y in range(horizon, h, max(2, int(0.03 * h))):
+        d.line([0, y, w, y], fill=tuple(int(v) for v in floor * 0.8))
     for _ in range(int(rng.integers(2, 5))):
         fw, fh = rng.uniform(0.15, 0.45) * w, rng.uniform(0.1, 0.4) * h
         fx = rng.uniform(-0.1, 1.0) * w
         fy = horizon - fh if rng.random() < 0.6 else rng.uniform(0.05, 0.4) * h
         d.rectangle([fx, fy, fx + fw, fy + fh], fill=_rand_colour(rng), outline=(40, 40, 40),
-                    width=SCALE * 2)
+                    width=2)
     return img
 
 
 def _park(rng: np.random.Generator, w: int, h: int, horizon: int) -> Image.Image:
-    img = _gradient(w, h, np.array([110, 160, 220], np.float32), np.array([210, 225, 235]))
-    d = ImageDraw.Draw(img)
-    grass = np.asarray([int(rng.integers(60, 120)), int(rng.integers(120, 170)), 60])
-    d.rectangle([0, horizon, w, h], fill=tuple(int(v) for v in grass))
-    for _ in range(int(rng.integers(3, 8))):
-        tx, r = rng.uniform(0, w), rng.uniform(0.08, 0.2) * w
-        base = horizon - rng.uniform(0, 0.05) * h
-        d.rectangle([tx - r * 0.12, base - 2.5 * r, tx + r * 0.12, base], fill=(90, 65, 45))
-        d.ellipse([tx - r, base - 3.6 * r, tx + r, base - 1.6 * r],
-                  fill=(int(rng.integers(20, 80)), int(rng.integers(80, 140)), 40))
+    img = _sky(rng, w, h)
+    leaf = np.array([rng.integers(30, 90), rng.integers(80, 140), 45], np.float32)
+    grass = _swatch("print", h, w, leaf * 1.3, leaf * 1.05, rng)
+    img.paste(Image.fromarray(grass.astype(np.uint8)), (0, 0), _band(w, h, horizon))
+    # Crowns overlap into a canopy cut by the frame, so no single tree stands out as an object.
+    canopy = Image.new("L", (w, h), 0)
+    d, c = ImageDraw.Draw(img), ImageDraw.Draw(canopy)
+    for _ in range(int(rng.integers(6, 12))):
+        tx, r = rng.uniform(-0.1, 1.1) * w, rng.uniform(0.12, 0.3) * w
+        cy = rng.uniform(-0.1, 0.35) * horizon
+        d.rectangle([tx - r * 0.1, cy, tx + r * 0.1, horizon], fill=(90, 65, 45))
+        c.ellipse([tx - r, cy - r, tx + r, cy + r], fill=255)
+    leaves = _swatch("print", h, w, leaf, leaf * 0.6, rng)
+    img.paste(Image.fromarray(leaves.astype(np.uint8)), (0, 0), canopy)
     return img
+
+
+def _band(w: int, h: int, top: int) -> Image.Image:
+    """A paste mask covering the rows from `top` down."""
+    band = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(band).rectangle([0, top, w, h], fill=255)
+    return band
 
 
 def _brick(rng: np.random.Generator, w: int, h: int, horizon: int) -> Image.Image:
     mortar, brick = _rand_colour(rng, 150, 220), np.asarray(_rand_colour(rng, 80, 200))
     img = Image.new("RGB", (w, h), mortar)
     d = ImageDraw.Draw(img)
-    bh = int(rng.uniform(0.025, 0.05) * h)
+    bh = max(3, int(rng.uniform(0.025, 0.05) * h))
     bw = 3 * bh
     for row, y in enumerate(range(0, horizon, bh)):
         for x in range(-(row % 2) * bw // 2, w, bw):
             tone = tuple(int(v) for v in np.clip(brick * rng.uniform(0.8, 1.15), 0, 255))
-            d.rectangle([x + SCALE, y + SCALE, x + bw - SCALE, y + bh - SCALE], fill=tone)
+            d.rectangle([x + 1, y + 1, x + bw - 1, y + bh - 1], fill=tone)
     d.rectangle([0, horizon, w, h], fill=_rand_colour(rng, 80, 160))
     return img
 
 
 def _textile(rng: np.random.Generator, w: int, h: int, horizon: int) -> Image.Image:
+    """A wall covered in a garment-like pattern: the hardest nuisance for a classifier."""
     kind = PATTERNS[1 + int(rng.integers(4))]
     c0 = np.asarray(_rand_colour(rng), np.float32)
-    c1 = np.asarray(_rand_colour(rng), np.float32)
-    img = Image.fromarray(_pattern(kind, h, w, c0, c1, rng).astype(np.uint8))
+    c1 = c0 + rng.uniform(0.3, 0.7) * (np.asarray(_rand_colour(rng), np.float32) - c0)
+    img = Image.fromarray(_swatch(kind, h, w, c0, c1, rng).astype(np.uint8))
     ImageDraw.Draw(img).rectangle([0, horizon, w, h], fill=_rand_colour(rng, 60, 200))
     return img
 

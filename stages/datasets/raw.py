@@ -1,16 +1,30 @@
 """The `data/raw/` contract every source writes and every later stage reads.
 
 Layout (paths in index.csv are relative to the raw dir):
-    images/...        photos as shipped by the source (JPEG/PNG)
-    masks/...         optional semantic masks, PNG, one class id per pixel (0 = background)
+    images/...        photos as shipped by the source (JPEG/PNG), byte-for-byte when they are
+                      upright 8-bit RGB; otherwise converted by datasets.hygiene (EXIF
+                      orientation applied, RGB) and re-encoded (JPEG q95, or PNG)
+    masks/...         optional semantic masks, PNG, one class id per pixel (0 = background,
+                      255 = no ground truth, e.g. COCO crowd regions), in the upright frame
     index.csv         path,split,label,mask  (label/mask empty where the source has none)
-    classes.json      {"labels": [...], "mask_classes": [...]}
+    classes.json      {"labels": [...], "mask_classes": [...]}  (mask_classes[0] = "background")
     quarantine.csv    path,reason  for every file the source refused
-    summary.json      counts and provenance (e.g. sha256 of the archive used)
+    summary.json      counts, refusals by reason, the tasks the source supports, and
+                      provenance (e.g. sha256 of every archive used)
+    instances.json    COCO-like sources only: the instance annotations in COCO format, for
+                      instance segmentation. images[].file_name is the index path
+                      ("images/..."), width/height are those of the stored (upright) image;
+                      annotations keep segmentation (polygons or RLE as given, converted to RLE
+                      only where EXIF orientation moved the pixels), bbox, area, category_id,
+                      iscrowd and any extra fields (Fashionpedia's attribute_ids); categories
+                      gain "mask_class", their class id in masks/ (0 = not drawn there).
 """
 from __future__ import annotations
 
 import csv
+import json
+import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,15 +63,32 @@ class RawWriter:
     def add_image(self, rel: str, image: Image.Image | bytes, split: str, label: str = "",
                   mask: np.ndarray | None = None, quality: int = 92) -> IndexRow:
         """Store one photo (a PIL image is saved by its suffix; bytes are written as they are)."""
-        if split not in SPLITS:
-            raise ValueError(f"split {split!r} is not one of {SPLITS}")
-        target = self.root / "images" / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = self._image_target(rel, split)
         if isinstance(image, bytes):
             target.write_bytes(image)
         else:
             image.save(target, quality=quality) if target.suffix.lower() in (".jpg", ".jpeg") \
                 else image.save(target)
+        return self._add_row(rel, split, label, mask)
+
+    def add_file(self, rel: str, source: Path, split: str, label: str = "",
+                 mask: np.ndarray | None = None, move: bool = False) -> IndexRow:
+        """Store a photo file byte-for-byte: moved (a staging copy of ours) or copied."""
+        target = self._image_target(rel, split)
+        if move:
+            shutil.move(source, target)
+        else:
+            shutil.copyfile(source, target)
+        return self._add_row(rel, split, label, mask)
+
+    def _image_target(self, rel: str, split: str) -> Path:
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} is not one of {SPLITS}")
+        target = self.root / "images" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def _add_row(self, rel: str, split: str, label: str, mask: np.ndarray | None) -> IndexRow:
         mask_rel = ""
         if mask is not None:
             mask_rel = str(Path(rel).with_suffix(".png"))
@@ -65,6 +96,11 @@ class RawWriter:
         row = IndexRow(f"images/{rel}", split, label, f"masks/{mask_rel}" if mask_rel else "")
         self.rows.append(row)
         return row
+
+    def write_instances(self, coco: dict[str, Any]) -> None:
+        """instances.json: COCO instance annotations for the stored images (see above)."""
+        with atomic_file(self.root / "instances.json", "w") as f:
+            json.dump(coco, f, separators=(",", ":"))  # compact: it can hold 100k+ polygons
 
     def write_mask(self, rel: str, mask: np.ndarray) -> None:
         if mask.dtype != np.uint8 or mask.ndim != 2:
@@ -86,11 +122,17 @@ class RawWriter:
         summary: dict[str, Any] = {
             "images": len(self.rows),
             "refused": len(self.refused),
+            "refused_by_reason": dict(Counter(reason_kind(r) for _, r in self.refused)),
             "splits": {s: sum(r.split == s for r in self.rows) for s in SPLITS},
             **(extra or {}),
         }
         write_json(self.root / "summary.json", summary)
         return summary
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a refusal ("truncated or corrupt: ..." → "truncated or corrupt")."""
+    return reason.split(":", 1)[0]
 
 
 def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:

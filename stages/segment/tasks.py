@@ -1,0 +1,157 @@
+"""What differs between the semantic and the instance task, behind one interface the stages use:
+labels, datasets, model, loss step, evaluation and overlay pictures; plus the checkpoint."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..common.io import atomic_file
+from ..common.params import UserError
+from ..datasets.prepared import Prepared
+from .data import InstanceDataset, SemanticDataset, collate_instances
+from .engine import (Step, evaluate_instances, evaluate_semantic, instance_step,
+                     predict_instances, predict_semantic, semantic_step)
+from .instances import instance_targets
+from .models import build_instance, build_semantic
+from .params import SegmentConfig
+from .plots import class_colors, paint_classes, paint_instances
+
+OverlayRow = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class SemanticTask:
+    """Per-pixel classes of the prepared masks (class 0 = background)."""
+
+    name = "semantic"
+    key_metric = "miou"
+    step: Step = staticmethod(semantic_step)
+
+    def __init__(self, config: SegmentConfig, prepared: Prepared) -> None:
+        if prepared.masks is None:
+            raise UserError("segment.task = semantic needs semantic masks, and this data has "
+                            "none (meta has_masks = false); use segment.task: instance")
+        self.config, self.masks = config, prepared.masks
+        self.class_names: list[str] = list(prepared.meta["mask_classes"])
+        self.source = "masks"
+        self.image_size: tuple[int, int] = tuple(prepared.images.shape[1:3])
+
+    def dataset(self, images: np.ndarray, rows: np.ndarray, augment: str = "none") -> Dataset:
+        return SemanticDataset(images, self.masks, rows, augment)
+
+    def loader(self, dataset: Dataset, shuffle: bool = False,
+               generator: torch.Generator | None = None) -> DataLoader:
+        # A last batch of one image would break batch norm, so training drops the remainder.
+        drop = shuffle and len(dataset) > self.config.batch_size
+        return DataLoader(dataset, self.config.batch_size, shuffle=shuffle, drop_last=drop,
+                          generator=generator)
+
+    def build_model(self, load_weights: bool) -> nn.Module:
+        return build_semantic(self.config, len(self.class_names), load_weights)
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device
+                 ) -> dict[str, Any]:
+        return evaluate_semantic(model, loader, device, self.class_names)
+
+    def overlay_rows(self, model: nn.Module, images: np.ndarray, rows: np.ndarray,
+                     device: torch.device) -> list[OverlayRow]:
+        colors = class_colors(len(self.class_names))
+        batch = torch.from_numpy(np.array(images[rows])).permute(0, 3, 1, 2).float() / 255
+        predicted = predict_semantic(model, batch, device).numpy()
+        return [(images[r], paint_classes(images[r], np.asarray(self.masks[r]), colors),
+                 paint_classes(images[r], p, colors)) for r, p in zip(rows, predicted)]
+
+
+class InstanceTask:
+    """Garment instances for Mask R-CNN, from COCO annotations or mask components."""
+
+    name = "instance"
+    key_metric = "mask_ap"
+    step: Step = staticmethod(instance_step)
+    score_threshold = 0.5   # detections drawn in overlays
+
+    def __init__(self, config: SegmentConfig, prepared: Prepared, raw_dir: Path) -> None:
+        self.config = config
+        self.targets = instance_targets(prepared, raw_dir, config.instance_classes,
+                                        config.min_instance_area)
+        if not self.targets.class_names:
+            raise UserError("segment.task = instance: the data has no object classes")
+        self.class_names = ["background", *self.targets.class_names]
+        self.source = self.targets.source
+        self.image_size = tuple(prepared.images.shape[1:3])
+
+    def dataset(self, images: np.ndarray, rows: np.ndarray, augment: str = "none") -> Dataset:
+        return InstanceDataset(images, self.targets, rows, self.config.min_instance_area, augment)
+
+    def loader(self, dataset: Dataset, shuffle: bool = False,
+               generator: torch.Generator | None = None) -> DataLoader:
+        drop = shuffle and len(dataset) > self.config.batch_size
+        return DataLoader(dataset, self.config.batch_size, shuffle=shuffle, drop_last=drop,
+                          generator=generator, collate_fn=collate_instances)
+
+    def build_model(self, load_weights: bool) -> nn.Module:
+        return build_instance(self.config, len(self.class_names), self.image_size, load_weights)
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device
+                 ) -> dict[str, Any]:
+        return evaluate_instances(model, loader, device, self.class_names[1:])
+
+    def overlay_rows(self, model: nn.Module, images: np.ndarray, rows: np.ndarray,
+                     device: torch.device) -> list[OverlayRow]:
+        colors = class_colors(len(self.class_names))
+        batch = [torch.from_numpy(np.array(images[r])).permute(2, 0, 1).float() / 255
+                 for r in rows]
+        result = []
+        for r, pred in zip(rows, predict_instances(model, batch, device)):
+            masks, labels = self.targets(int(r))
+            keep = (pred["scores"] >= self.score_threshold).nonzero().flatten().flip(0)
+            result.append((images[r], paint_instances(images[r], masks, labels, colors),
+                           paint_instances(images[r], pred["masks"][keep].numpy(),
+                                           pred["labels"][keep].numpy(), colors)))
+        return result
+
+
+Task = SemanticTask | InstanceTask
+
+
+def make_task(config: SegmentConfig, prepared: Prepared, raw_dir: Path) -> Task:
+    if config.task == "semantic":
+        return SemanticTask(config, prepared)
+    return InstanceTask(config, prepared, raw_dir)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int
+                  ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first tenth (at most 100 steps), then cosine decay to zero;
+    from-scratch Mask R-CNN is unstable without the warm-up."""
+    warmup = max(1, min(100, total_steps // 10))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def save_checkpoint(path: Path, task: Task, variant: str, model: nn.Module,
+                    optimizer: torch.optim.Optimizer, epoch: int) -> None:
+    state = {
+        "task": task.name, "variant": variant, "config": task.config.to_dict(),
+        "class_names": task.class_names, "target_source": task.source,
+        "image_size": list(task.image_size), "epoch": epoch,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    }
+    with atomic_file(path, "wb") as f:
+        torch.save(state, f)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not Path(path).exists():
+        raise UserError(f"{path} does not exist; run the train_segmenter stage first")
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,95 @@
+"""The real pipeline on a tiny demo config: dvc repro, dvc exp run -S, dvc metrics diff."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+UPSTREAM = ("download", "fetch_model", "remove_background", "prepare")
+TRAINING = ("train_classifier", "evaluate_classifier")
+TINY = {
+    ("data", "demo", "images_per_class"): 6,
+    ("data", "demo", "image_size"): [128, 96],
+    ("data", "image_size"): [64, 48],
+    ("classify", "epochs"): 2,
+    ("classify", "batch_size"): 16,
+}
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@localhost",
+           "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@localhost"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def copy_project(target: Path) -> None:
+    """The files git would clone (tracked and not ignored), without data or the venv."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()
+    for rel in listed:
+        if (ROOT / rel).is_file():
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, target / rel)
+
+
+def shrink_params(path: Path) -> None:
+    params = yaml.safe_load(path.read_text())
+    for keys, value in TINY.items():
+        node = params
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def ran(output: str, stage: str) -> bool:
+    return f"Running stage '{stage}'" in output
+
+
+def skipped(output: str, stage: str) -> bool:
+    return f"Stage '{stage}' didn't change, skipping" in output
+
+
+@pytest.mark.timeout(1500)
+def test_repro_then_rembg_experiment(tmp_path):
+    project = tmp_path / "project"
+    copy_project(project)
+    shrink_params(project / "params.yaml")
+    run(["git", "init", "-q"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "tiny config"], project)
+
+    first = run(["dvc", "repro"], project)
+    for stage in UPSTREAM + TRAINING:
+        assert ran(first, stage), f"{stage} did not run:\n{first}"
+    background = json.loads((project / "metrics/background.json").read_text())
+    assert background["images"] == 6 * 8 and background["failures"] == 0
+    assert background["mean_iou"] > 0.5
+    assert (project / "plots/classifier/samples.png").stat().st_size > 0
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "original variant"], project)
+
+    assert skipped(run(["dvc", "repro"], project), "train_classifier")  # a no-op repro
+
+    second = run(["dvc", "exp", "run", "-S", "data.variant=rembg"], project)
+    for stage in UPSTREAM:
+        assert skipped(second, stage) and not ran(second, stage), second
+    for stage in TRAINING:
+        assert ran(second, stage), second
+
+    diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], project))
+    top1 = diff["metrics/classification.json"]["test.top1"]
+    assert 0.0 <= top1["old"] <= 1.0 and 0.0 <= top1["new"] <= 1.0
+    metrics = json.loads((project / "metrics/classification.json").read_text())
+    assert metrics["variant"] == "rembg" and metrics["cross_variant"]["variant"] == "original"
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
+    assert "rembg" in json.dumps(shown) and "original" in json.dumps(shown)
