@@ -39,6 +39,9 @@ def main() -> None:
     FAILED_QUARANTINE.unlink(missing_ok=True)
     log.info("data/raw: %d images (%s), %d refused", summary["images"], summary["splits"],
              summary["refused"])
+    if summary["refused"]:
+        log.warning("refused: %s; see %s", summary["refused_by_reason"],
+                    RAW_DIR / "quarantine.csv")
 
 
 if __name__ == "__main__":

@@ -50,9 +50,9 @@ def main() -> None:
     if task.class_names != checkpoint["class_names"]:
         raise UserError(f"the data's classes changed since {MODEL_PATH} was trained; "
                         "run train_segmenter again")
-    rows = caches[variant].indices("test")
+    rows = task.rows("test")
     if not len(rows):
-        raise UserError(f"{PREPARED_DIR / variant} has no test images")
+        raise UserError(f"{PREPARED_DIR / variant} has no test images with ground truth")
     model = task.build_model(load_weights=False)
     model.load_state_dict(checkpoint["model"])
     model.to(device)

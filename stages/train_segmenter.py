@@ -28,7 +28,7 @@ def main() -> None:
     device = resolve_device(config.device, "segment.device")
     prepared = load_prepared(PREPARED_DIR / variant)
     task = make_task(config, prepared, RAW_DIR)
-    train_rows, val_rows = prepared.indices("train"), prepared.indices("val")
+    train_rows, val_rows = task.rows("train"), task.rows("val")
     if len(train_rows) < 2:
         raise UserError(f"{PREPARED_DIR / variant} has {len(train_rows)} training images; "
                         "segmentation needs at least 2")
@@ -62,7 +62,7 @@ def main() -> None:
             live.next_step()
         # The first epoch pays one-off warm-up costs; report the steady rate.
         steady = speeds[1:] or speeds
-        live.summary["train/images_per_s"] = round(sum(steady) / len(steady), 2)
+        live.log_metric("train/images_per_s", round(sum(steady) / len(steady), 2), plot=False)
     save_checkpoint(MODEL_PATH, task, variant, model, optimizer, config.epochs)
     log.info("wrote %s", MODEL_PATH)
 

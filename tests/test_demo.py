@@ -174,9 +174,9 @@ def test_build_writes_a_consistent_raw_dir(tmp_path: Path) -> None:
 # ---- params ---------------------------------------------------------------------------------
 
 def data_params(**demo_changes: object) -> dict:
-    return {"seed": 3, "demo": {"images_per_class": 40, "image_size": [256, 192],
-                                "context_correlation": 0.3, "split": [0.6, 0.2, 0.2],
-                                **demo_changes}}
+    return {"seed": 3, "split": [0.6, 0.2, 0.2],
+            "demo": {"images_per_class": 40, "image_size": [256, 192],
+                     "context_correlation": 0.3, **demo_changes}}
 
 
 def test_validate_reads_the_params() -> None:
@@ -192,11 +192,6 @@ def test_validate_reads_the_params() -> None:
     ("images_per_class", 10.5),
     ("image_size", [16, 16]),
     ("image_size", [256]),
-    ("split", [0.5, 0.5, 0.5]),
-    ("split", [0.0, 0.5, 0.5]),
-    ("split", [0.5, 0.5, 0.0]),
-    ("split", [1.2, -0.1, -0.1]),
-    ("split", [0.8, 0.2]),
 ])
 def test_validate_names_the_bad_key_and_value(key: str, value: object) -> None:
     with pytest.raises(ParamError) as err:
@@ -204,6 +199,13 @@ def test_validate_names_the_bad_key_and_value(key: str, value: object) -> None:
     assert err.value.key == f"data.demo.{key}"
     assert f"data.demo.{key} = {value!r}" in str(err.value)
     assert "expected" in str(err.value)
+
+
+@pytest.mark.parametrize("value", [[0.5, 0.5, 0.5], [0.0, 0.5, 0.5], [0.5, 0.5, 0.0],
+                                   [1.2, -0.1, -0.1], [0.8, 0.2]])
+def test_validate_checks_the_shared_split(value: object) -> None:
+    with pytest.raises(ParamError, match=r"data\.split = .*(train > 0|test share > 0)"):
+        demo.validate({**data_params(), "split": value})
 
 
 def test_validate_rejects_a_bad_seed_and_a_missing_section() -> None:

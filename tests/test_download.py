@@ -348,3 +348,22 @@ def test_fashionpedia_download(tmp_path: Path, server: FileServer, monkeypatch,
     summary = json.loads((raw / "summary.json").read_text())
     assert "none" in summary["classification"] and len(summary["provenance"]) == 4
     assert summary["splits_from"].startswith("official train and val (used as test)")
+
+
+def test_fetch_restarts_when_the_server_ignores_range_and_finishes_a_full_part(
+        tmp_path: Path, server: FileServer) -> None:
+    from stages.datasets.fetch import fetch
+
+    data = photo(400, 300, 5, "PNG")
+    digest = hashlib.sha256(data).hexdigest()
+    server.files["a.png"] = data
+    server.drop_once.add("a.png")
+    server.ignore_range = True
+    assert fetch(server.url("a.png"), tmp_path / "a.png", digest, backoff=0.01) == digest
+    assert (tmp_path / "a.png").read_bytes() == data
+    # a part file already complete (killed before the rename): the server answers 416
+    server.ignore_range = False
+    (tmp_path / "b.png.part").write_bytes(data)
+    assert fetch(server.url("a.png"), tmp_path / "b.png", digest) == digest
+    assert server.requests[-1] == ("a.png", f"bytes={len(data)}-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]

@@ -8,7 +8,7 @@ Semantic masks (masks/, class ids from `data.mask_grouping`):
 - `category`: one class per category; `supercategory`: one per COCO supercategory;
   `binary`: one foreground class.
 - Overlaps: instances are painted from the largest to the smallest (pixel area, ties by
-  annotation id), so the smaller object on top (a belt on a dress, a bag on a coat) keeps its
+  file order), so the smaller object on top (a belt on a dress, a bag on a coat) keeps its
   class. Crowd annotations (iscrowd = 1) are painted 255, "no ground truth", as COCO evaluation
   ignores them.
 Images get no classification label: an image-level class is not defined by COCO annotations.
@@ -125,6 +125,8 @@ def find_coco_files(root: Path) -> list[CocoFile]:
     if not found:
         raise UserError(f"no COCO instance file under {root}" +
                         (": " + "; ".join(skipped) if skipped else " (no JSON files at all)"))
+    for reason in skipped:
+        log.warning("skipped: %s", reason)
     return found
 
 
@@ -185,14 +187,16 @@ def mask_scheme(categories: list[dict[str, Any]], grouping: str,
                 drawn: Callable[[dict[str, Any]], bool] = lambda c: True,
                 binary_name: str = "object") -> MaskScheme:
     """Mask classes for the categories `drawn` selects, grouped as data.mask_grouping says."""
+    def group(category: dict[str, Any]) -> str:
+        if grouping == "binary":
+            return binary_name
+        if grouping == "supercategory":
+            return str(category.get("supercategory") or category["name"])
+        return str(category["name"])
+
     cats = sorted((c for c in categories if drawn(c)), key=lambda c: c["id"])
-    if grouping == "binary":
-        names = [binary_name]
-        group_of = {c["id"]: binary_name for c in cats}
-    else:
-        group_of = {c["id"]: str(c.get("supercategory") or c["name"]) if grouping ==
-                    "supercategory" else str(c["name"]) for c in cats}
-        names = list(dict.fromkeys(group_of.values()))
+    group_of = {c["id"]: group(c) for c in cats}
+    names = list(dict.fromkeys(group_of.values()))  # in category id order
     if len(names) >= IGNORE:
         raise UserError(f"{len(names)} mask classes do not fit the uint8 masks (at most "
                         f"{IGNORE - 1}); set data.mask_grouping to supercategory or binary")
@@ -294,9 +298,7 @@ def render(item: CocoItem, checked: CheckedImage, scheme: MaskScheme,
     else:
         raise RefusedImage(f"annotation size {w}x{h} does not match the image "
                            f"({checked.raw_size[0]}x{checked.raw_size[1]})")
-    width, height = checked.size
-    semantic = np.zeros((height, width), dtype=np.uint8)
-    painted: list[tuple[int, Any, np.ndarray, int]] = []
+    painted: list[tuple[int, dict[str, Any], int]] = []
     anns: list[dict[str, Any]] = []
     dropped = 0
     for ann in item.file.annotations.get(item.image["id"], []):
@@ -304,12 +306,12 @@ def render(item: CocoItem, checked: CheckedImage, scheme: MaskScheme,
         if rle is None:
             dropped += 1
             continue
-        binary = orient_array(mask_utils.decode(rle), turn).astype(bool)
         out = dict(ann)
         if turn != 1:  # the given polygons/RLE no longer fit the upright pixels
-            fixed = mask_utils.encode(np.asfortranarray(binary.astype(np.uint8)))
-            out.update(segmentation={"size": fixed["size"], "counts": fixed["counts"].decode()},
-                       bbox=mask_utils.toBbox(fixed).tolist(), area=int(mask_utils.area(fixed)))
+            upright = orient_array(mask_utils.decode(rle), turn)
+            rle = mask_utils.encode(np.asfortranarray(upright))
+            out.update(segmentation={"size": rle["size"], "counts": rle["counts"].decode()},
+                       bbox=mask_utils.toBbox(rle).tolist(), area=int(mask_utils.area(rle)))
         elif isinstance(ann.get("segmentation"), list):
             out["segmentation"] = [p for p in ann["segmentation"] if _valid_polygon(p)]
         if "bbox" not in out:
@@ -317,10 +319,11 @@ def render(item: CocoItem, checked: CheckedImage, scheme: MaskScheme,
         anns.append(out)
         cls = scheme.class_of.get(ann.get("category_id"))
         if cls:
-            painted.append((int(binary.sum()), ann.get("id"), binary,
-                            IGNORE if ann.get("iscrowd") else cls))
-    for _, _, binary, value in sorted(painted, key=lambda p: (-p[0], str(p[1]))):
-        semantic[binary] = value
+            painted.append((int(mask_utils.area(rle)), rle, IGNORE if ann.get("iscrowd") else cls))
+    width, height = checked.size
+    semantic = np.zeros((height, width), dtype=np.uint8)
+    for _, rle, value in sorted(painted, key=lambda p: -p[0]):  # stable: ties in file order
+        semantic[mask_utils.decode(rle).view(bool)] = value
     return semantic, anns, dropped
 
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..common.params import ParamError, integer, number, size_pair
 from .raw import SPLITS, RawWriter, SourceResult
+from .splits import fractions
 
 STYLES: tuple[str, ...] = ("casual", "formal", "street", "bohemian", "sporty", "rock", "preppy",
                            "romantic")
@@ -43,7 +44,7 @@ COLOURS = {
     "olive": (112, 116, 62), "green": (42, 122, 72), "brown": (116, 76, 46),
     "terracotta": (190, 96, 66), "neon": (172, 230, 62), "royal": (42, 82, 200),
 }
-OFF_PALETTE = 0.25  # share of garment colours drawn from all COLOURS
+OFF_PALETTE = 0.1  # share of garment colours drawn from all COLOURS
 SKIN_TONES = ((241, 204, 178), (224, 172, 138), (198, 140, 102), (150, 98, 66), (96, 62, 44))
 HAIR_COLOURS = ((24, 20, 18), (70, 44, 28), (120, 80, 44), (200, 160, 96), (150, 60, 30),
                 (160, 160, 160))
@@ -90,7 +91,7 @@ class DemoConfig:
     images_per_class: int
     image_size: tuple[int, int]  # (height, width) of generated photos
     context_correlation: float   # probability that the background family follows the style
-    split: tuple[float, float, float]  # train/val/test fractions
+    split: tuple[float, float, float]  # train/val/test fractions (data.split)
 
 
 def validate(data: dict[str, Any]) -> DemoConfig:
@@ -98,29 +99,22 @@ def validate(data: dict[str, Any]) -> DemoConfig:
     seed = integer(data, "data", "seed", minimum=0)
     demo = data.get("demo")
     if not isinstance(demo, dict):
-        raise ParamError("data.demo", demo, "a mapping with images_per_class, image_size, "
-                         "context_correlation and split")
+        raise ParamError("data.demo", demo, "a mapping with images_per_class, image_size "
+                         "and context_correlation")
     size = size_pair(demo, "data.demo", "image_size")
     if min(size) < 32:
         raise ParamError("data.demo.image_size", list(size), "two integers >= 32 [height, width]")
+    split = fractions(data)
+    if split[2] <= 0:  # the demo has no official test set to fall back on
+        raise ParamError("data.split", data.get("split"), "a test share > 0 for the demo source")
     return DemoConfig(
         seed=seed,
         # one image per split at least, so every split sees every style
         images_per_class=integer(demo, "data.demo", "images_per_class", minimum=len(SPLITS)),
         image_size=size,
         context_correlation=number(demo, "data.demo", "context_correlation", 0.0, 1.0),
-        split=_split(demo.get("split")),
+        split=split,
     )
-
-
-def _split(value: Any) -> tuple[float, float, float]:
-    ok = (isinstance(value, (list, tuple)) and len(value) == 3
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-                  for v in value))
-    if not ok or abs(sum(value) - 1.0) > 1e-6 or value[0] <= 0 or value[2] <= 0:
-        raise ParamError("data.demo.split", value, "three non-negative numbers [train, val, "
-                         "test] summing to 1, with train > 0 and test > 0")
-    return float(value[0]), float(value[1]), float(value[2])
 
 
 def split_counts(n: int, fractions: tuple[float, float, float]) -> list[int]:

@@ -2,8 +2,9 @@
 
 Downloads are cached in `.cache/datasets/<source>/` (outside DVC's outputs, so a re-run of the
 stage neither re-downloads nor stores the archives twice); the sha256 of every file used is
-recorded in data/raw/summary.json, so DVC captures exactly what went in. A file put in that
-cache directory by hand is used as if it had been downloaded.
+recorded in data/raw/summary.json, so DVC captures exactly what went in (local paths are
+recorded by name only, so the same data gives the same data/raw on every machine). A file put in
+that cache directory by hand is used as if it had been downloaded.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ..common.params import ParamError, UserError, optional_str
-from .extract import extract
+from .extract import archive_kind, extract
 from .fetch import DownloadError, fetch, sha256_file
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,8 @@ def parse_origin(data: dict[str, Any], source: str, homepage: str,
     sha = data.get("sha256")
     if path is not None:
         local = Path(path).expanduser()
-        if not local.exists():
-            raise ParamError("data.path", path, "an existing archive or folder")
+        if not (local.is_dir() or (local.is_file() and archive_kind(local))):
+            raise ParamError("data.path", path, "an existing folder, or a zip or tar archive")
         if sha is not None and not (local.is_file() and _is_hex(sha)):
             raise ParamError("data.sha256", sha, "null, or the sha256 (64 hex digits) of the "
                              "archive data.path names")
@@ -126,14 +127,14 @@ def materialize(origin: Origin) -> Iterator[Tree]:
     """
     if origin.path is not None and origin.path.is_dir():
         yield Tree(origin.path, owned=False,
-                   provenance=[{"path": str(origin.path), "kind": "folder"}])
+                   provenance=[{"path": origin.path.name, "kind": "folder"}])
         return
     if origin.path is not None:
         observed = sha256_file(origin.path)
         if origin.path_sha256 and observed != origin.path_sha256:
             raise UserError(f"checksum mismatch for data.path {origin.path}: expected sha256 "
                             f"{origin.path_sha256}, got {observed}; nothing was extracted")
-        archives = [(origin.path, {"path": str(origin.path), "sha256": observed,
+        archives = [(origin.path, {"path": origin.path.name, "sha256": observed,
                                    "bytes": origin.path.stat().st_size})]
     else:
         archives = [download(origin, remote) for remote in origin.remotes]

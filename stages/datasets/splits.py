@@ -41,14 +41,14 @@ def rank(seed: int, name: str) -> bytes:
     return hashlib.sha256(f"{seed}\0{name}".encode()).digest()
 
 
-def fractions(data: dict[str, Any], key: str = "split") -> tuple[float, float, float]:
-    """`data.<key>`: train/val/test fractions for splits the pipeline draws (default 70/15/15)."""
-    value = data.get(key, list(DEFAULT_FRACTIONS))
+def fractions(data: dict[str, Any]) -> tuple[float, float, float]:
+    """data.split: train/val/test fractions for splits the pipeline draws (default 70/15/15)."""
+    value = data.get("split", list(DEFAULT_FRACTIONS))
     ok = (isinstance(value, (list, tuple)) and len(value) == 3
           and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
                   for v in value))
     if not ok or abs(sum(value) - 1.0) > 1e-6 or value[0] <= 0:
-        raise ParamError(f"data.{key}", value, "three non-negative numbers [train, val, test] "
+        raise ParamError("data.split", value, "three non-negative numbers [train, val, test] "
                          "summing to 1, with train > 0")
     return float(value[0]), float(value[1]), float(value[2])
 

@@ -20,19 +20,20 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..common.params import UserError
+from ..datasets.prepared import IGNORE
 from .metrics import ConfusionMatrix, instance_metric, summarize_instances
 
 log = logging.getLogger(__name__)
 
 Step = Callable[[nn.Module, Any, Any, torch.device], torch.Tensor]
-_dice = DiceLoss(mode="multiclass", from_logits=True)
+_dice = DiceLoss(mode="multiclass", from_logits=True, ignore_index=IGNORE)
 
 
 def semantic_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy for per-pixel accuracy plus Dice, which keeps small garments from being
-    swamped by background pixels."""
+    swamped by background pixels. Pixels without ground truth (IGNORE) count for neither."""
     logits = logits.float()
-    return F.cross_entropy(logits, target) + _dice(logits, target)
+    return F.cross_entropy(logits, target, ignore_index=IGNORE) + _dice(logits, target)
 
 
 def semantic_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,

@@ -20,7 +20,7 @@ from pycocotools.coco import COCO
 from scipy import ndimage
 
 from ..common.params import UserError
-from ..datasets.prepared import Prepared
+from ..datasets.prepared import IGNORE, Prepared
 from .params import select_instance_classes
 
 COCO_FILE = "instances.json"
@@ -32,6 +32,10 @@ class InstanceTargets(Protocol):
 
     def __call__(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """Bool masks (N, H, W) and int64 labels (N,) in 1..len(class_names) for one row."""
+        ...
+
+    def has_truth(self, row: int) -> bool:
+        """False for rows the annotations do not cover (no instances there means unknown)."""
         ...
 
 
@@ -67,6 +71,9 @@ class ComponentTargets:
     def __call__(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         return components(np.asarray(self.masks[row]), self.class_ids, self.min_area)
 
+    def has_truth(self, row: int) -> bool:
+        return bool((np.asarray(self.masks[row]) != IGNORE).any())
+
 
 class CocoTargets:
     source = "coco"
@@ -90,6 +97,9 @@ class CocoTargets:
                             f"(e.g. {row_paths[0]!r})")
         self.size = size
         self.min_area = min_area
+
+    def has_truth(self, row: int) -> bool:
+        return self.image_ids[row] is not None
 
     def __call__(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         height, width = self.size

@@ -7,6 +7,7 @@ architecture and loads the checkpoint instead, so it never reaches for a hub.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import segmentation_models_pytorch as smp
@@ -63,7 +64,9 @@ def _decoder_kwargs(arch: str, width: int) -> dict[str, object]:
     if arch == "unet":
         return {"decoder_channels": (4 * width, 2 * width, width, width, width)}
     if arch == "fpn":
-        return {"decoder_pyramid_channels": 4 * width, "decoder_segmentation_channels": 2 * width}
+        # FPN's segmentation head uses GroupNorm with 32 groups.
+        return {"decoder_pyramid_channels": 4 * width,
+                "decoder_segmentation_channels": 32 * math.ceil(2 * width / 32)}
     return {"decoder_channels": 4 * width}
 
 

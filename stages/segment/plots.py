@@ -11,7 +11,8 @@ from scipy import ndimage
 
 from ..common.io import atomic_file
 
-ALPHA = 0.55
+ALPHA = 0.75
+DIM = 0.5   # the photo under a class map is shown grey and dimmed so class colours read clearly
 
 
 def class_colors(count: int) -> np.ndarray:
@@ -21,9 +22,11 @@ def class_colors(count: int) -> np.ndarray:
 
 
 def paint_classes(image: np.ndarray, class_map: np.ndarray, colors: np.ndarray) -> np.ndarray:
-    """Blend class colours over a uint8 image wherever the class id is not 0."""
-    out = image.astype(np.float64) / 255
-    painted = class_map > 0
+    """Blend class colours over a dimmed grey copy of a uint8 RGB image where the id is a
+    class other than 0 (ids past the colour table, such as IGNORE, stay unpainted)."""
+    grey = image.astype(np.float64).mean(2, keepdims=True) / 255 * DIM
+    out = np.repeat(grey, 3, axis=2)
+    painted = (class_map > 0) & (class_map < len(colors))
     out[painted] = (1 - ALPHA) * out[painted] + ALPHA * colors[class_map[painted]]
     return out
 

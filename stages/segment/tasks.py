@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..common.io import atomic_file
+from ..common import checkpoint
 from ..common.params import UserError
-from ..datasets.prepared import Prepared
+from ..datasets.prepared import IGNORE, Prepared
 from .data import InstanceDataset, SemanticDataset, collate_instances
 from .engine import (Step, evaluate_instances, evaluate_semantic, instance_step,
                      predict_instances, predict_semantic, semantic_step)
@@ -36,10 +36,15 @@ class SemanticTask:
         if prepared.masks is None:
             raise UserError("segment.task = semantic needs semantic masks, and this data has "
                             "none (meta has_masks = false); use segment.task: instance")
-        self.config, self.masks = config, prepared.masks
+        self.config, self.prepared, self.masks = config, prepared, prepared.masks
         self.class_names: list[str] = list(prepared.meta["mask_classes"])
         self.source = "masks"
         self.image_size: tuple[int, int] = tuple(prepared.images.shape[1:3])
+
+    def rows(self, split: str) -> np.ndarray:
+        """Rows of `split` with ground truth (a mask that is not IGNORE everywhere)."""
+        rows = self.prepared.indices(split)
+        return rows[[bool((np.asarray(self.masks[r]) != IGNORE).any()) for r in rows]]
 
     def dataset(self, images: np.ndarray, rows: np.ndarray, augment: str = "none") -> Dataset:
         return SemanticDataset(images, self.masks, rows, augment)
@@ -76,7 +81,7 @@ class InstanceTask:
     score_threshold = 0.5   # detections drawn in overlays
 
     def __init__(self, config: SegmentConfig, prepared: Prepared, raw_dir: Path) -> None:
-        self.config = config
+        self.config, self.prepared = config, prepared
         self.targets = instance_targets(prepared, raw_dir, config.instance_classes,
                                         config.min_instance_area)
         if not self.targets.class_names:
@@ -84,6 +89,11 @@ class InstanceTask:
         self.class_names = ["background", *self.targets.class_names]
         self.source = self.targets.source
         self.image_size = tuple(prepared.images.shape[1:3])
+
+    def rows(self, split: str) -> np.ndarray:
+        """Rows of `split` the annotations cover."""
+        rows = self.prepared.indices(split)
+        return rows[[self.targets.has_truth(int(r)) for r in rows]]
 
     def dataset(self, images: np.ndarray, rows: np.ndarray, augment: str = "none") -> Dataset:
         return InstanceDataset(images, self.targets, rows, self.config.min_instance_area, augment)
@@ -141,17 +151,15 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int
 
 def save_checkpoint(path: Path, task: Task, variant: str, model: nn.Module,
                     optimizer: torch.optim.Optimizer, epoch: int) -> None:
-    state = {
+    checkpoint.save_checkpoint(path, {
         "task": task.name, "variant": variant, "config": task.config.to_dict(),
         "class_names": task.class_names, "target_source": task.source,
         "image_size": list(task.image_size), "epoch": epoch,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-    }
-    with atomic_file(path, "wb") as f:
-        torch.save(state, f)
+    })
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     if not Path(path).exists():
         raise UserError(f"{path} does not exist; run the train_segmenter stage first")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return checkpoint.load_checkpoint(path)

@@ -1,0 +1,176 @@
+"""Training steps for both tasks, and the two segmentation stages run as DVC runs them."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from stages.common.runtime import seed_everything
+from stages.datasets.prepared import Prepared, save_prepared
+from stages.segment.engine import train_one_epoch
+from stages.segment.params import read_config
+from stages.segment.tasks import make_task
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["background", "skin", "top", "pants"]
+SEGMENT = {
+    "task": "semantic", "arch": "unet", "encoder": "resnet18", "decoder_width": 8,
+    "pretrained": False, "instance_backbone": "mobilenet_v3", "instance_classes": ["top", "pants"],
+    "min_instance_area": 4, "augment": "standard", "epochs": 2, "batch_size": 4, "lr": 0.003,
+    "weight_decay": 0.0, "seed": 0, "device": "cpu", "overlays": 2,
+}
+
+
+def figures(count: int, size: tuple[int, int] = (64, 48), seed: int = 0
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Figures on noisy backgrounds: head (skin), top, two trouser legs; and a copy with the
+    background blacked out, standing in for the rembg variant."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    images = rng.integers(0, 256, (count, height, width, 3)).astype(np.uint8)
+    masks = np.zeros((count, height, width), np.uint8)
+    colours = {1: (220, 170, 140), 2: (40, 60, 200), 3: (200, 200, 40)}
+    for i in range(count):
+        x = int(rng.integers(4, width - 20))
+        masks[i, 4:12, x + 4:x + 12] = 1
+        masks[i, 12:34, x:x + 16] = 2
+        masks[i, 34:60, x + 1:x + 7] = 3
+        masks[i, 34:60, x + 9:x + 15] = 3
+        for class_id, colour in colours.items():
+            images[i][masks[i] == class_id] = colour
+    rembg = images.copy()
+    rembg[masks == 0] = 0
+    return images, masks, rembg
+
+
+def prepared(count: int = 8) -> Prepared:
+    images, masks, _ = figures(count)
+    return Prepared(images, masks, None, np.zeros(count, np.int64), np.zeros(count, np.uint8),
+                    {"mask_classes": CLASSES, "paths": [f"images/{i}.png" for i in range(count)]})
+
+
+@pytest.mark.parametrize("task", ["semantic", "instance"])
+def test_a_few_epochs_reduce_the_loss(task: str) -> None:
+    config = read_config({"data": {"variant": "original"},
+                          "segment": {**SEGMENT, "task": task, "augment": "none"}})[1]
+    data = prepared()
+    setup = make_task(config, data, Path("no-raw-dir"))
+    generator = seed_everything(0)
+    model = setup.build_model(load_weights=False)
+    loader = setup.loader(setup.dataset(data.images, setup.rows("train")), shuffle=True,
+                          generator=generator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.003)
+    constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    losses = [train_one_epoch(model, loader, setup.step, optimizer, constant, scaler,
+                              torch.device("cpu"), epoch)["loss"] for epoch in range(6)]
+    assert losses[-1] < 0.75 * losses[0], losses
+
+
+def write_project(root: Path, variant: str = "original", **segment: object) -> Path:
+    images, masks, rembg = figures(16)
+    splits = np.array([0] * 8 + [1] * 4 + [2] * 4)
+    for name, pictures in (("original", images), ("rembg", rembg)):
+        meta = {"variant": name, "labels": ["x"], "mask_classes": CLASSES,
+                "image_size": [64, 48], "paths": [f"images/{i}.png" for i in range(16)],
+                "fill": "black"}
+        save_prepared(root / "data/prepared" / name, pictures, masks, np.zeros(16), splits, meta)
+    write_params(root, variant, **segment)
+    return root
+
+
+def write_params(root: Path, variant: str, **segment: object) -> None:
+    params = {"data": {"variant": variant}, "segment": {**SEGMENT, **segment}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def run_stage(project: Path, stage: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=project,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+                          capture_output=True, text=True, timeout=300)
+
+
+def ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_semantic_stages_end_to_end(tmp_path: Path) -> None:
+    project = write_project(tmp_path)
+    ok(run_stage(project, "train_segmenter"))
+    checkpoint = torch.load(project / "models/segmenter.pt", weights_only=False)
+    assert checkpoint["epoch"] == 2 and checkpoint["config"]["arch"] == "unet"
+    assert {"model", "optimizer"} <= set(checkpoint) and checkpoint["variant"] == "original"
+    live = json.loads((project / "dvclive/train_segmenter/metrics.json").read_text())
+    assert live["train"]["loss"] > 0 and 0 <= live["val"]["miou"] <= 1
+    assert live["train"]["images_per_s"] > 0
+    assert len((project / "dvclive/train_segmenter/plots/metrics/train/loss.tsv")
+               .read_text().splitlines()) == 3
+
+    ok(run_stage(project, "evaluate_segmenter"))
+    metrics = json.loads((project / "metrics/segmentation.json").read_text())
+    assert metrics["task"] == "semantic" and metrics["variant"] == "original"
+    assert metrics["test"]["images"] == 4 and set(metrics["test"]["per_class_iou"]) == set(CLASSES)
+    assert metrics["cross_variant"]["variant"] == "rembg"
+    for block in (metrics["test"], metrics["cross_variant"]):
+        for key in ("miou", "miou_fg", "pixel_acc", "fw_iou"):
+            assert 0 <= block[key] <= 1
+    for name in ("original", "rembg"):
+        assert (project / f"plots/segmentation/overlays/{name}.png").read_bytes()[:4] == b"\x89PNG"
+    per_class = json.loads((project / "plots/segmentation/per_class.json").read_text())
+    assert [row["class"] for row in per_class] == CLASSES
+
+    write_params(project, "rembg")
+    mismatch = run_stage(project, "evaluate_segmenter")
+    assert mismatch.returncode == 2 and "trained on original" in mismatch.stderr
+
+
+@pytest.mark.timeout(300)
+def test_instance_stages_end_to_end(tmp_path: Path) -> None:
+    project = write_project(tmp_path, "rembg", task="instance", epochs=1)
+    ok(run_stage(project, "train_segmenter"))
+    live = json.loads((project / "dvclive/train_segmenter/metrics.json").read_text())
+    assert "mask_ap" in live["val"]
+    ok(run_stage(project, "evaluate_segmenter"))
+    metrics = json.loads((project / "metrics/segmentation.json").read_text())
+    assert metrics["task"] == "instance" and metrics["cross_variant"]["variant"] == "original"
+    for block in (metrics["test"], metrics["cross_variant"]):
+        for key in ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "box_ap75"):
+            assert block[key] is None or 0 <= block[key] <= 1
+        assert set(block["per_class_mask_ap"]) == {"top", "pants"}
+    assert (project / "plots/segmentation/overlays/rembg.png").stat().st_size > 0
+
+
+# Simulate an offline machine even where the network works: no hub cache, a dead proxy.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HTTPS_PROXY": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9"}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("changes, expected", [
+    ({"arch": "segformer"}, "segment.arch = 'segformer' is not allowed; expected one of unet"),
+    ({"encoder": "vit_h"}, "segment.encoder = 'vit_h' is not allowed; expected one of resnet18"),
+    ({"pretrained": True}, "segment.pretrained = True is not allowed; expected false: "
+                           "ImageNet weights for resnet18"),
+    ({"task": "instance", "pretrained": True},
+     "ImageNet weights for instance_backbone mobilenet_v3"),
+])
+def test_bad_params_stop_with_a_message_and_touch_nothing(
+        tmp_path: Path, changes: dict, expected: str) -> None:
+    project = write_project(tmp_path, **changes)
+    olds = {"models/segmenter.pt": "old model", "dvclive/train_segmenter/metrics.json": "{}"}
+    for rel, text in olds.items():
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(text)
+    env = {**OFFLINE, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    result = run_stage(project, "train_segmenter", **env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert {rel: (project / rel).read_text() for rel in olds} == olds

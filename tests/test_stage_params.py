@@ -1,0 +1,55 @@
+"""Bad parameters stop a stage before it touches outputs, with one clear line and exit code 2."""
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_value(keys: str, value):
+    params = copy.deepcopy(PARAMS)
+    node = params
+    *parents, last = keys.split(".")
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return params
+
+
+CASES = [
+    ("download", "data.source", "kaggle", "one of demo"),
+    ("download", "data.demo.context_correlation", 1.5, "<= 1"),
+    ("download", "data.max_bad_fraction", -0.1, ">= 0.0"),
+    ("fetch_model", "background.model", "sam", "one of u2netp, u2net"),
+    ("remove_background", "background.alpha_matting", "yes", "true or false"),
+    ("prepare", "data.image_size", [128], "two positive integers"),
+    ("prepare", "data.image_size", [0, 96], "two positive integers"),
+    ("prepare", "background.fill", "purple", "black, white, gray or an [r, g, b]"),
+    ("train_classifier", "data.variant", "nobg", "one of original, rembg"),
+    ("train_classifier", "classify.arch", "vgg16", "one of shallow_cnn, resnet18"),
+    ("train_classifier", "classify.lr", 0, "a number > 0.0"),
+    ("train_classifier", "classify.epochs", 0, "an integer >= 1"),
+    ("evaluate_classifier", "classify.batch_size", "big", "an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize("stage, key, value, allowed", CASES)
+def test_bad_param_stops_stage_cleanly(tmp_path, stage, key, value, allowed):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value(key, value)))
+    sentinel = tmp_path / "data" / "raw" / "index.csv"
+    sentinel.parent.mkdir(parents=True)
+    sentinel.write_text("untouched")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{key} = {value!r}" in result.stderr and allowed in result.stderr, result.stderr
+    assert sentinel.read_text() == "untouched"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "params.yaml"]
