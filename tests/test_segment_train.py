@@ -56,10 +56,11 @@ def prepared(count: int = 8) -> Prepared:
                     {"mask_classes": CLASSES, "paths": [f"images/{i}.png" for i in range(count)]})
 
 
-def train_losses(task: str, epochs: int, augment: str = "none") -> list[float]:
+def train_losses(task: str, epochs: int, augment: str = "none", images: int = 8
+                 ) -> list[float]:
     config = read_config({"data": {"variant": "original"},
                           "segment": {**SEGMENT, "task": task, "augment": augment}})[1]
-    data = prepared()
+    data = prepared(images)
     setup = make_task(config, data, Path("no-raw-dir"))
     generator = seed_everything(0)
     model = setup.build_model(load_weights=False)
@@ -74,7 +75,7 @@ def train_losses(task: str, epochs: int, augment: str = "none") -> list[float]:
 
 @pytest.mark.parametrize("task", ["semantic", "instance"])
 def test_a_few_epochs_reduce_the_loss(task: str) -> None:
-    losses = train_losses(task, 6)
+    losses = train_losses(task, 6, images=4)   # one batch per epoch
     assert losses[-1] < 0.75 * losses[0], losses
 
 
@@ -118,7 +119,7 @@ def test_semantic_stages_end_to_end(tmp_path: Path) -> None:
     assert {"model", "optimizer"} <= set(checkpoint) and checkpoint["variant"] == "original"
     live = json.loads((project / "dvclive/train_segmenter/metrics.json").read_text())
     assert live["train"]["loss"] > 0 and 0 <= live["val"]["miou"] <= 1
-    assert live["train"]["images_per_s"] > 0
+    assert live["train_images_per_second"] > 0
     assert len((project / "dvclive/train_segmenter/plots/metrics/train/loss.tsv")
                .read_text().splitlines()) == 3
 
@@ -133,7 +134,8 @@ def test_semantic_stages_end_to_end(tmp_path: Path) -> None:
     for name in ("original", "rembg"):
         assert (project / f"plots/segmentation/overlays/{name}.png").read_bytes()[:4] == b"\x89PNG"
     per_class = json.loads((project / "plots/segmentation/per_class.json").read_text())
-    assert [row["class"] for row in per_class] == CLASSES
+    assert {row["class"] for row in per_class} <= set(CLASSES)
+    assert all(0 <= row["score"] <= 1 for row in per_class)
 
     write_params(project, "rembg")
     mismatch = run_stage(project, "evaluate_segmenter")

@@ -53,7 +53,8 @@ def autocast(device: torch.device) -> torch.autocast:
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, step: Step,
-                    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                    optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler,
                     scaler: torch.amp.GradScaler, device: torch.device, epoch: int
                     ) -> dict[str, float]:
     """One pass over `loader`; returns the mean loss and the training throughput."""

@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 
 import segmentation_models_pytorch as smp
 import timm
 import torch
+from timm.layers import freeze_batch_norm_2d
 import torch.nn.functional as F
 import torchvision
 from torch import nn
-from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
+from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FrozenBatchNorm2d
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from ..common.params import ParamError, UserError
 from .params import SegmentConfig
@@ -40,10 +42,13 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # The TF EfficientNet-Lite ports were trained on inputs scaled to [-1, 1].
 LITE_MEAN, LITE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 ENCODER_STRIDE = 32
+# FPN's GroupNorm needs more than one value per group at stride 32, so inputs are at least 64.
+MIN_SIDE = 2 * ENCODER_STRIDE
 
 
 class SemanticNet(nn.Module):
-    """Normalises images, pads them to the encoder's stride and crops the logits back."""
+    """Normalises images, pads them to a multiple of the encoder's stride (and at least
+    MIN_SIDE) and crops the logits back."""
 
     def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
@@ -55,8 +60,12 @@ class SemanticNet(nn.Module):
         height, width = images.shape[-2:]
         x = (images - self.mean) / self.std
         # Zero padding after normalisation is the mean colour: neutral for the encoder.
-        x = F.pad(x, (0, -width % ENCODER_STRIDE, 0, -height % ENCODER_STRIDE))
+        x = F.pad(x, (0, _padding(width), 0, _padding(height)))
         return self.net(x)[..., :height, :width]
+
+
+def _padding(side: int) -> int:
+    return max(MIN_SIDE, side + -side % ENCODER_STRIDE) - side
 
 
 def _decoder_kwargs(arch: str, width: int) -> dict[str, object]:
@@ -87,14 +96,15 @@ def build_semantic(config: SegmentConfig, num_classes: int, load_weights: bool) 
         if pretrained:
             load_lite0_weights(net.encoder.model)
     lite = config.encoder == "efficientnet_lite0"
-    return SemanticNet(net, LITE_MEAN if lite else IMAGENET_MEAN, LITE_STD if lite else IMAGENET_STD)
+    return SemanticNet(net, *((LITE_MEAN, LITE_STD) if lite else (IMAGENET_MEAN, IMAGENET_STD)))
 
 
 def _offline_error(what: str, err: Exception) -> ParamError:
     return ParamError("segment.pretrained", True,
                       f"false: ImageNet weights for {what} download from a hub and could not be "
                       f"loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-                      "Only efficientnet_lite0 (semantic task) has weights that ship offline")
+                      "Only efficientnet_lite0 (encoder or instance_backbone) has weights that "
+                      "ship offline")
 
 
 def load_lite0_weights(model: nn.Module) -> None:
@@ -117,7 +127,8 @@ def load_lite0_weights(model: nn.Module) -> None:
     own = model.state_dict()
     missing = [key for key in own if key not in renamed]
     if missing:
-        raise UserError(f"efficientnet_lite0 weights lack {len(missing)} tensors, e.g. {missing[0]}")
+        raise UserError(f"efficientnet_lite0 weights lack {len(missing)} tensors, "
+                        f"e.g. {missing[0]}")
     model.load_state_dict({key: renamed[key] for key in own})
 
 
@@ -126,6 +137,25 @@ def load_lite0_weights(model: nn.Module) -> None:
 # Outputs of mobilenet_v3_large.features at strides 4, 8, 16, 32 and their channels.
 MOBILENET_V3_LAYERS = ({"3": "0", "6": "1", "12": "2", "16": "3"}, [24, 40, 112, 960])
 LIGHT_FPN_CHANNELS = 64
+HUB_WEIGHTS = {
+    "mobilenet_v3": torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+}
+
+
+class TimmFPN(nn.Module):
+    """A timm features-only trunk under a torchvision FPN, shaped like BackboneWithFPN."""
+
+    def __init__(self, body: nn.Module, out_channels: int) -> None:
+        super().__init__()
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(body.feature_info.channels(), out_channels,
+                                         extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
 
 
 def _anchor_generator(image_size: tuple[int, int]) -> AnchorGenerator:
@@ -138,42 +168,57 @@ def _anchor_generator(image_size: tuple[int, int]) -> AnchorGenerator:
     return AnchorGenerator(sizes, ((0.5, 1.0, 2.0, 4.0),) * len(sizes))
 
 
+def _backbone(name: str, pretrained: bool, fetch: bool) -> nn.Module:
+    """The trunk under an FPN. `pretrained` shapes the model (frozen batch norm, as torchvision
+    does for pretrained trunks; from scratch the statistics must be learnt); `fetch` loads the
+    ImageNet weights, which evaluation skips since the checkpoint holds them."""
+    if name == "efficientnet_lite0":
+        body = timm.create_model("tf_efficientnet_lite0", features_only=True,
+                                 out_indices=(1, 2, 3, 4))
+        if fetch:
+            load_lite0_weights(body)
+        return TimmFPN(freeze_batch_norm_2d(body) if pretrained else body, LIGHT_FPN_CHANNELS)
+    norm: Callable[..., nn.Module] = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    weights = HUB_WEIGHTS[name] if fetch else None
+    if name == "resnet50":   # torchvision's standard Mask R-CNN trunk, as in the paper
+        return resnet_fpn_backbone(backbone_name="resnet50", weights=weights, norm_layer=norm,
+                                   trainable_layers=3 if pretrained else 5)
+    if name == "mobilenet_v3":
+        body = torchvision.models.mobilenet_v3_large(weights=weights, norm_layer=norm).features
+        layers, in_channels = MOBILENET_V3_LAYERS
+    else:
+        body = torchvision.models.resnet18(weights=weights, norm_layer=norm)
+        layers = {f"layer{k}": str(k - 1) for k in range(1, 5)}
+        in_channels = [64, 128, 256, 512]
+    return BackboneWithFPN(body, layers, in_channels, LIGHT_FPN_CHANNELS,
+                           extra_blocks=LastLevelMaxPool())
+
+
 def build_instance(config: SegmentConfig, num_classes: int, image_size: tuple[int, int],
                    load_weights: bool) -> MaskRCNN:
     """Mask R-CNN for `num_classes` labels including background, at the prepared image size
     (min/max size equal to the images', so the transform does not resize them)."""
-    pretrained = load_weights and config.pretrained
-    # Frozen batch norm suits pretrained trunks; from scratch the statistics must be learnt.
-    norm: Callable[..., nn.Module] = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    name = config.instance_backbone
+    fetch = load_weights and config.pretrained
+    lite = name == "efficientnet_lite0"
     common = {
         "min_size": min(image_size), "max_size": max(image_size),
+        "image_mean": LITE_MEAN if lite else IMAGENET_MEAN,
+        "image_std": LITE_STD if lite else IMAGENET_STD,
         "rpn_anchor_generator": _anchor_generator(image_size),
         "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
         "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 150,
         "box_batch_size_per_image": 128, "box_detections_per_img": 50,
     }
-    name = config.instance_backbone
     try:
-        if name == "resnet50":
-            weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1 if pretrained else None
-            return maskrcnn_resnet50_fpn(weights=None, weights_backbone=weights,
-                                         num_classes=num_classes, **common)
-        if name == "mobilenet_v3":
-            weights = torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1 if pretrained \
-                else None
-            body = torchvision.models.mobilenet_v3_large(weights=weights, norm_layer=norm).features
-            layers, in_channels = MOBILENET_V3_LAYERS
-        else:
-            weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1 if pretrained else None
-            body = torchvision.models.resnet18(weights=weights, norm_layer=norm)
-            layers = {f"layer{k}": str(k - 1) for k in range(1, 5)}
-            in_channels = [64, 128, 256, 512]
+        backbone = _backbone(name, config.pretrained, fetch)
     except Exception as err:  # torch.hub raises URLError/HTTPError/OSError when offline
-        if not pretrained:
+        if not fetch or lite:
             raise
         raise _offline_error(f"instance_backbone {name}", err) from err
+    if name == "resnet50":
+        return MaskRCNN(backbone, num_classes=num_classes, **common)
     ch = LIGHT_FPN_CHANNELS
-    backbone = BackboneWithFPN(body, layers, in_channels, ch, extra_blocks=LastLevelMaxPool())
     # Light heads: the standard 1024-wide box head and 256-channel mask head dominate CPU time.
     return MaskRCNN(backbone, num_classes=None,
                     box_head=TwoMLPHead(ch * 7 * 7, 256),

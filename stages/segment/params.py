@@ -11,7 +11,7 @@ from ..datasets.prepared import VARIANTS
 TASKS = ("semantic", "instance")
 ARCHS = ("unet", "fpn", "deeplabv3plus")
 ENCODERS = ("resnet18", "resnet34", "mobilenet_v2", "efficientnet_lite0")
-INSTANCE_BACKBONES = ("mobilenet_v3", "resnet18", "resnet50")
+INSTANCE_BACKBONES = ("mobilenet_v3", "resnet18", "resnet50", "efficientnet_lite0")
 AUGMENTS = ("none", "standard")
 ALL_CLASSES = "all"
 

@@ -3,6 +3,7 @@ labels, datasets, model, loss step, evaluation and overlay pictures; plus the ch
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..common import checkpoint
 from ..common.params import UserError
-from ..datasets.prepared import IGNORE, Prepared
+from ..datasets.prepared import IGNORE, Prepared, load_prepared
 from .data import InstanceDataset, SemanticDataset, collate_instances
 from .engine import (Step, evaluate_instances, evaluate_semantic, instance_step,
                      predict_instances, predict_semantic, semantic_step)
@@ -23,6 +24,15 @@ from .params import SegmentConfig
 from .plots import class_colors, paint_classes, paint_instances
 
 OverlayRow = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _loader(dataset: Dataset, batch_size: int, shuffle: bool,
+            generator: torch.Generator | None, collate: Callable | None = None) -> DataLoader:
+    """In-process loading (the cache is in memory); a shuffled (training) loader drops the
+    last partial batch, since a batch of one image breaks batch norm."""
+    drop = shuffle and len(dataset) > batch_size
+    return DataLoader(dataset, batch_size, shuffle=shuffle, drop_last=drop,
+                      generator=generator, collate_fn=collate)
 
 
 class SemanticTask:
@@ -51,10 +61,7 @@ class SemanticTask:
 
     def loader(self, dataset: Dataset, shuffle: bool = False,
                generator: torch.Generator | None = None) -> DataLoader:
-        # A last batch of one image would break batch norm, so training drops the remainder.
-        drop = shuffle and len(dataset) > self.config.batch_size
-        return DataLoader(dataset, self.config.batch_size, shuffle=shuffle, drop_last=drop,
-                          generator=generator)
+        return _loader(dataset, self.config.batch_size, shuffle, generator)
 
     def build_model(self, load_weights: bool) -> nn.Module:
         return build_semantic(self.config, len(self.class_names), load_weights)
@@ -100,9 +107,7 @@ class InstanceTask:
 
     def loader(self, dataset: Dataset, shuffle: bool = False,
                generator: torch.Generator | None = None) -> DataLoader:
-        drop = shuffle and len(dataset) > self.config.batch_size
-        return DataLoader(dataset, self.config.batch_size, shuffle=shuffle, drop_last=drop,
-                          generator=generator, collate_fn=collate_instances)
+        return _loader(dataset, self.config.batch_size, shuffle, generator, collate_instances)
 
     def build_model(self, load_weights: bool) -> nn.Module:
         return build_instance(self.config, len(self.class_names), self.image_size, load_weights)
@@ -127,6 +132,13 @@ class InstanceTask:
 
 
 Task = SemanticTask | InstanceTask
+
+
+def load_cache(directory: Path) -> Prepared:
+    """The prepared cache, or a UserError naming the stage that makes it."""
+    if not (Path(directory) / "meta.json").exists():
+        raise UserError(f"{directory} holds no prepared cache; run the prepare stage first")
+    return load_prepared(directory)
 
 
 def make_task(config: SegmentConfig, prepared: Prepared, raw_dir: Path) -> Task:
