@@ -13,7 +13,6 @@ from stages.common.params import ParamError
 from stages.datasets import demo
 from stages.datasets.raw import SPLITS, RawWriter, read_classes, read_index
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "rembg" / "u2netp.onnx"
 SMALL = demo.DemoConfig(seed=0, images_per_class=5, image_size=(96, 72),
                         context_correlation=0.3, split=(0.6, 0.2, 0.2))
 
@@ -217,11 +216,10 @@ def test_validate_rejects_a_bad_seed_and_a_missing_section() -> None:
 
 # ---- realism: the real salient-object model finds the person ----------------------------------
 
-@pytest.mark.skipif(not WEIGHTS.exists(), reason=f"U2-Net-p weights not found at {WEIGHTS}")
-def test_rembg_finds_the_person(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("U2NET_HOME", str(WEIGHTS.parent))
-    rembg = pytest.importorskip("rembg")
-    session = rembg.new_session("u2netp")
+def test_rembg_finds_the_person(u2netp_session) -> None:
+    import rembg
+
+    session = u2netp_session
     config = replace(SMALL, image_size=(256, 192))
     ious = []
     for style in range(6):
