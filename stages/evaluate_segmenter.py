@@ -12,10 +12,11 @@ import numpy as np
 from .common.io import atomic_dir, write_json
 from .common.params import UserError, load_params, stage_main
 from .common.runtime import resolve_device
-from .datasets.prepared import VARIANTS, Prepared
+from .datasets.prepared import VARIANTS, Prepared, load_prepared
 from .segment.params import SegmentConfig, read_config
 from .segment.plots import class_colors, overlay_grid
-from .segment.tasks import load_cache, load_checkpoint, make_task
+from .common.checkpoint import load_checkpoint
+from .segment.tasks import make_task
 
 PREPARED_DIR = Path("data/prepared")
 RAW_DIR = Path("data/raw")
@@ -44,7 +45,7 @@ def main() -> None:
         raise UserError(f"{MODEL_PATH} was trained on {checkpoint['variant']} but data.variant = "
                         f"{variant}; run train_segmenter first")
     config = SegmentConfig.from_dict(checkpoint["config"])   # the model as it was trained
-    caches = {v: load_cache(PREPARED_DIR / v) for v in VARIANTS}
+    caches = {v: load_prepared(PREPARED_DIR / v) for v in VARIANTS}
     check_same_rows(caches["original"], caches["rembg"])
     task = make_task(config, caches[variant], RAW_DIR)
     if task.class_names != checkpoint["class_names"]:

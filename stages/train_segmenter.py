@@ -12,7 +12,8 @@ from .common.params import UserError, load_params, stage_main
 from .common.runtime import resolve_device, seed_everything
 from .segment.engine import train_one_epoch
 from .segment.params import read_config
-from .segment.tasks import load_cache, make_task, save_checkpoint, warmup_cosine
+from .datasets.prepared import load_prepared
+from .segment.tasks import make_task, save_checkpoint, warmup_cosine
 
 PREPARED_DIR = Path("data/prepared")
 RAW_DIR = Path("data/raw")
@@ -25,7 +26,7 @@ log = logging.getLogger("train_segmenter")
 def main() -> None:
     variant, config = read_config(load_params())
     device = resolve_device(config.device, "segment.device")
-    prepared = load_cache(PREPARED_DIR / variant)
+    prepared = load_prepared(PREPARED_DIR / variant)
     task = make_task(config, prepared, RAW_DIR)
     train_rows, val_rows = task.rows("train"), task.rows("val")
     if len(train_rows) < 2:

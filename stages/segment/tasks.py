@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..common import checkpoint
 from ..common.params import UserError
-from ..datasets.prepared import IGNORE, Prepared, load_prepared
+from ..datasets.prepared import IGNORE, Prepared
 from .data import InstanceDataset, SemanticDataset, collate_instances
 from .engine import (Step, evaluate_instances, evaluate_semantic, instance_step,
                      predict_instances, predict_semantic, semantic_step)
@@ -134,13 +134,6 @@ class InstanceTask:
 Task = SemanticTask | InstanceTask
 
 
-def load_cache(directory: Path) -> Prepared:
-    """The prepared cache, or a UserError naming the stage that makes it."""
-    if not (Path(directory) / "meta.json").exists():
-        raise UserError(f"{directory} holds no prepared cache; run the prepare stage first")
-    return load_prepared(directory)
-
-
 def make_task(config: SegmentConfig, prepared: Prepared, raw_dir: Path) -> Task:
     if config.task == "semantic":
         return SemanticTask(config, prepared)
@@ -171,7 +164,3 @@ def save_checkpoint(path: Path, task: Task, variant: str, model: nn.Module,
     })
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not Path(path).exists():
-        raise UserError(f"{path} does not exist; run the train_segmenter stage first")
-    return checkpoint.load_checkpoint(path)
