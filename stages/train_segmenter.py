@@ -39,7 +39,7 @@ def main() -> None:
                                shuffle=True, generator=generator)
     val_loader = task.loader(task.dataset(prepared.images, val_rows)) if len(val_rows) else None
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=config.task_lr, weight_decay=config.weight_decay)
     scheduler = warmup_cosine(optimizer, config.epochs * len(train_loader))
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     log.info("%s task on %s (%d train, %d val images of %s) on %s; labels: %s", task.name,

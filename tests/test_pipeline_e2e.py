@@ -12,12 +12,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM = ("download", "fetch_model", "remove_background", "prepare")
 TRAINING = ("train_classifier", "evaluate_classifier")
+SEGMENTING = ("train_segmenter", "evaluate_segmenter")
 TINY = {
     ("data", "demo", "images_per_class"): 6,
     ("data", "demo", "image_size"): [128, 96],
     ("data", "image_size"): [64, 48],
     ("classify", "epochs"): 2,
     ("classify", "batch_size"): 16,
+    ("segment", "epochs"): 2,
 }
 
 
@@ -68,7 +70,7 @@ def test_repro_then_rembg_experiment(tmp_path):
     run(["git", "commit", "-qm", "tiny config"], project)
 
     first = run(["dvc", "repro"], project)
-    for stage in UPSTREAM + TRAINING:
+    for stage in UPSTREAM + TRAINING + SEGMENTING:
         assert ran(first, stage), f"{stage} did not run:\n{first}"
     background = json.loads((project / "metrics/background.json").read_text())
     assert background["images"] == 6 * 8 and background["failures"] == 0
@@ -82,7 +84,7 @@ def test_repro_then_rembg_experiment(tmp_path):
     second = run(["dvc", "exp", "run", "-S", "data.variant=rembg"], project)
     for stage in UPSTREAM:
         assert skipped(second, stage) and not ran(second, stage), second
-    for stage in TRAINING:
+    for stage in TRAINING + SEGMENTING:
         assert ran(second, stage), second
 
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], project))
@@ -93,3 +95,18 @@ def test_repro_then_rembg_experiment(tmp_path):
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
     assert "rembg" in json.dumps(shown) and "original" in json.dumps(shown)
+
+    # Segmentation keys re-run only the segmentation stages, and only those that read them.
+    instance = run(["dvc", "exp", "run", "-S", "segment.task=instance"], project)
+    for stage in UPSTREAM + TRAINING:
+        assert skipped(instance, stage) and not ran(instance, stage), instance
+    for stage in SEGMENTING:
+        assert ran(instance, stage), instance
+    segmentation = json.loads((project / "metrics/segmentation.json").read_text())
+    assert segmentation["task"] == "instance" and segmentation["variant"] == "rembg"
+    assert {"mask_ap", "mask_ap50", "mask_ap75", "box_ap"} <= set(segmentation["test"])
+
+    overlays = run(["dvc", "exp", "run", "-S", "segment.task=instance", "-S",
+                    "segment.overlays=1"], project)
+    assert skipped(overlays, "train_segmenter") and ran(overlays, "evaluate_segmenter"), overlays
+    assert (project / "plots/segmentation/overlays/original.png").stat().st_size > 0

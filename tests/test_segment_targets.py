@@ -21,6 +21,7 @@ SEGMENT = {
     "task": "semantic", "arch": "unet", "encoder": "resnet18", "decoder_width": 8,
     "pretrained": False, "instance_backbone": "mobilenet_v3", "instance_classes": "all",
     "min_instance_area": 4, "augment": "none", "epochs": 1, "batch_size": 4, "lr": 0.001,
+    "instance_lr": 0.001,
     "weight_decay": 0.0, "seed": 0, "device": "cpu", "overlays": 2,
 }
 
@@ -148,6 +149,7 @@ def test_instance_dataset_recomputes_boxes_after_augment() -> None:
     ("instance_classes", "garments", "'all' or a list"),
     ("batch_size", 1, ">= 2"),
     ("lr", 0, "> 0.0"),
+    ("instance_lr", -0.1, "> 0.0"),
     ("pretrained", "yes", "true or false"),
 ])
 def test_bad_params_name_key_value_and_choices(key: str, value: object, expected: str) -> None:

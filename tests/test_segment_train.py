@@ -24,6 +24,7 @@ SEGMENT = {
     "task": "semantic", "arch": "unet", "encoder": "resnet18", "decoder_width": 8,
     "pretrained": False, "instance_backbone": "mobilenet_v3", "instance_classes": ["top", "pants"],
     "min_instance_area": 4, "augment": "standard", "epochs": 2, "batch_size": 4, "lr": 0.003,
+    "instance_lr": 0.003,
     "weight_decay": 0.0, "seed": 0, "device": "cpu", "overlays": 2,
 }
 

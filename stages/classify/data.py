@@ -10,10 +10,6 @@ from torchvision.transforms import v2
 
 from ..datasets.prepared import Prepared
 
-# ImageNet statistics on the 0..255 scale; normalising per batch on the device is cheaper.
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
-
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -56,7 +52,3 @@ def make_loader(data: Prepared, split: str, batch_size: int, transform: Transfor
     dataset = ArrayDataset(data, data.indices(split), transform)
     return DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None,
                       generator=generator, pin_memory=pin_memory)
-
-
-def normalize(batch: torch.Tensor) -> torch.Tensor:
-    return (batch.float() - MEAN.to(batch.device)) / STD.to(batch.device)

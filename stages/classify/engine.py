@@ -8,7 +8,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .data import normalize
 
 
 @dataclass
@@ -29,7 +28,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     for images, targets in loader:
-        images = normalize(images.to(device, non_blocking=True))
+        images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with autocast(device):
             logits = model(images)
@@ -53,7 +52,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device
     all_logits, all_targets = [], []
     for images, targets in loader:
         with autocast(device):
-            logits = model(normalize(images.to(device, non_blocking=True)))
+            logits = model(images.to(device, non_blocking=True))
         all_logits.append(logits.float().cpu())
         all_targets.append(targets)
     return torch.cat(all_logits), torch.cat(all_targets)

@@ -1,9 +1,12 @@
 """Classifier architectures: a shallow CNN from scratch, ResNet-18, EfficientNet-Lite0."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from torch import nn
 
 from ..common.lite0 import load_lite0_weights
+from ..common.normalize import Normalize, stats_for
 from .config import ClassifyConfig
 
 
@@ -36,9 +39,13 @@ def efficientnet_lite0(num_classes: int, pretrained: bool) -> nn.Module:
     return model
 
 
-def build_classifier(config: ClassifyConfig, num_classes: int) -> nn.Module:
+def build_classifier(config: ClassifyConfig, num_classes: int) -> nn.Sequential:
+    """The network behind the normalisation of 0..255 pixels that its weights expect."""
     if config.arch == "shallow_cnn":
-        return shallow_cnn(num_classes, config.batchnorm)
-    if config.arch == "resnet18":
-        return resnet18(num_classes)
-    return efficientnet_lite0(num_classes, config.pretrained)
+        net = shallow_cnn(num_classes, config.batchnorm)
+    elif config.arch == "resnet18":
+        net = resnet18(num_classes)
+    else:
+        net = efficientnet_lite0(num_classes, config.pretrained)
+    return nn.Sequential(OrderedDict(normalize=Normalize(stats_for(config.arch), scale=255),
+                                     net=net))

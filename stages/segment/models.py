@@ -21,12 +21,14 @@ from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from ..common.lite0 import load_lite0_weights
+from ..common.normalize import Normalize, Stats, stats_for
 from ..common.params import ParamError
 from .params import SegmentConfig
 
@@ -39,9 +41,6 @@ SMP_ENCODERS = {
     "resnet18": "resnet18", "resnet34": "resnet34", "mobilenet_v2": "mobilenet_v2",
     "efficientnet_lite0": "tu-tf_efficientnet_lite0",
 }
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# The TF EfficientNet-Lite ports were trained on inputs scaled to [-1, 1].
-LITE_MEAN, LITE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 ENCODER_STRIDE = 32
 # FPN's GroupNorm needs more than one value per group at stride 32, so inputs are at least 64.
 MIN_SIDE = 2 * ENCODER_STRIDE
@@ -51,15 +50,14 @@ class SemanticNet(nn.Module):
     """Normalises images, pads them to a multiple of the encoder's stride (and at least
     MIN_SIDE) and crops the logits back."""
 
-    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(self, net: nn.Module, stats: Stats) -> None:
         super().__init__()
+        self.normalize = Normalize(stats)
         self.net = net
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
-        x = (images - self.mean) / self.std
+        x = self.normalize(images)
         # Zero padding after normalisation is the mean colour: neutral for the encoder.
         x = F.pad(x, (0, _padding(width), 0, _padding(height)))
         return self.net(x)[..., :height, :width]
@@ -96,8 +94,7 @@ def build_semantic(config: SegmentConfig, num_classes: int, load_weights: bool) 
         net = make(name, encoder_weights=None, **kwargs)
         if pretrained:
             load_lite0_weights(net.encoder.model)
-    lite = config.encoder == "efficientnet_lite0"
-    return SemanticNet(net, *((LITE_MEAN, LITE_STD) if lite else (IMAGENET_MEAN, IMAGENET_STD)))
+    return SemanticNet(net, stats_for(config.encoder))
 
 
 def _offline_error(what: str, err: Exception) -> ParamError:
@@ -177,10 +174,10 @@ def build_instance(config: SegmentConfig, num_classes: int, image_size: tuple[in
     name = config.instance_backbone
     fetch = load_weights and config.pretrained
     lite = name == "efficientnet_lite0"
+    mean, std = stats_for(name)
     common = {
         "min_size": min(image_size), "max_size": max(image_size),
-        "image_mean": LITE_MEAN if lite else IMAGENET_MEAN,
-        "image_std": LITE_STD if lite else IMAGENET_STD,
+        "image_mean": mean, "image_std": std,
         "rpn_anchor_generator": _anchor_generator(image_size),
         "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
         "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 150,
@@ -192,12 +189,17 @@ def build_instance(config: SegmentConfig, num_classes: int, image_size: tuple[in
         if not fetch or lite:
             raise
         raise _offline_error(f"instance_backbone {name}", err) from err
-    if name == "resnet50":
-        return MaskRCNN(backbone, num_classes=num_classes, **common)
-    ch = LIGHT_FPN_CHANNELS
-    # Light heads: the standard 1024-wide box head and 256-channel mask head dominate CPU time.
-    return MaskRCNN(backbone, num_classes=None,
-                    box_head=TwoMLPHead(ch * 7 * 7, 256),
-                    box_predictor=FastRCNNPredictor(256, num_classes),
-                    mask_head=MaskRCNNHeads(ch, (ch,) * 4, 1),
-                    mask_predictor=MaskRCNNPredictor(ch, ch, num_classes), **common)
+    # The heads of torchvision's Mask R-CNN v2 (Li et al., 2021): a two-conv RPN head and conv
+    # box/mask heads with batch norm, which train from scratch where the v1 MLP heads stall.
+    # Light trunks get heads as wide as their 64-channel FPN, since the heads dominate CPU time.
+    channels = backbone.out_channels
+    width, representation = (256, 1024) if name == "resnet50" else (channels, 256)
+    anchors = common["rpn_anchor_generator"].num_anchors_per_location()[0]
+    return MaskRCNN(
+        backbone, num_classes=None,
+        rpn_head=RPNHead(channels, anchors, conv_depth=2),
+        box_head=FastRCNNConvFCHead((channels, 7, 7), [width] * 4, [representation],
+                                    norm_layer=nn.BatchNorm2d),
+        box_predictor=FastRCNNPredictor(representation, num_classes),
+        mask_head=MaskRCNNHeads(channels, [width] * 4, 1, norm_layer=nn.BatchNorm2d),
+        mask_predictor=MaskRCNNPredictor(width, width, num_classes), **common)

@@ -30,10 +30,16 @@ class SegmentConfig:
     epochs: int
     batch_size: int
     lr: float
+    instance_lr: float
     weight_decay: float
     seed: int
     device: str
     overlays: int
+
+    @property
+    def task_lr(self) -> float:
+        """The learning rate of the chosen task's model."""
+        return self.instance_lr if self.task == "instance" else self.lr
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +75,7 @@ def read_config(params: dict[str, Any]) -> tuple[str, SegmentConfig]:
         epochs=integer(cfg, p, "epochs", minimum=1),
         batch_size=integer(cfg, p, "batch_size", minimum=2),   # batch norm needs two samples
         lr=number(cfg, p, "lr", minimum=0.0, exclusive_min=True),
+        instance_lr=number(cfg, p, "instance_lr", minimum=0.0, exclusive_min=True),
         weight_decay=number(cfg, p, "weight_decay", minimum=0.0),
         seed=integer(cfg, p, "seed", minimum=0),
         device=choice(cfg, p, "device", DEVICES),
