@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers_s3 import ENV as S3_ENV, s3_bucket
+
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM = ("download", "fetch_model", "remove_background", "prepare")
 TRAINING = ("train_classifier", "evaluate_classifier")
@@ -61,7 +63,7 @@ def skipped(output: str, stage: str) -> bool:
 
 
 @pytest.mark.timeout(1500)
-def test_repro_then_rembg_experiment(tmp_path):
+def test_repro_then_rembg_experiment(tmp_path, monkeypatch):
     project = tmp_path / "project"
     copy_project(project)
     shrink_params(project / "params.yaml")
@@ -110,3 +112,21 @@ def test_repro_then_rembg_experiment(tmp_path):
                     "segment.overlays=1"], project)
     assert skipped(overlays, "train_segmenter") and ran(overlays, "evaluate_segmenter"), overlays
     assert (project / "plots/segmentation/overlays/original.png").stat().st_size > 0
+
+    # A collaborator pulls every output from an S3 remote and has nothing left to run.
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "instance experiment"], project)
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    with s3_bucket("dvc-cache") as endpoint:
+        run(["dvc", "remote", "add", "-d", "storage", "s3://dvc-cache/demo"], project)
+        run(["dvc", "remote", "modify", "storage", "endpointurl", endpoint], project)
+        run(["git", "commit", "-qam", "S3 remote"], project)
+        run(["dvc", "push"], project)
+        clone = tmp_path / "clone"
+        run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+        run(["dvc", "pull"], clone)
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], clone)
+    for out in ("models/segmenter.pt", "models/classifier.pt"):
+        assert (clone / out).read_bytes() == (project / out).read_bytes()
+    assert (clone / "data/prepared/rembg").is_dir()
