@@ -87,7 +87,7 @@ def remove_backgrounds(rows: Iterable[IndexRow], raw_dir: Path, out_dir: Path, s
     """Predict and save the alpha of every indexed image; a failing image is recorded, not fatal."""
     report = SodReport()
     rows = list(rows)
-    for row in tqdm(rows, desc="rembg", unit="img"):
+    for row in tqdm(rows, desc="rembg", unit="img", disable=None):
         start = time.perf_counter()
         try:
             image = open_rgb(raw_dir / row.path)

@@ -56,5 +56,5 @@ def decode_all(items: Sequence[tuple[Path, Path | None, Path | None]], size: tup
 
 
 def _drain(results: Iterable[None], total: int) -> None:
-    for _ in tqdm(results, total=total, desc="decode", unit="img"):
+    for _ in tqdm(results, total=total, desc="decode", unit="img", disable=None):
         pass

@@ -60,7 +60,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, step: Step,
     """One pass over `loader`; returns the mean loss and the training throughput."""
     model.train()
     total, seen, start = 0.0, 0, time.perf_counter()
-    for images, targets in tqdm(loader, desc=f"epoch {epoch}", leave=False):
+    for images, targets in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
         with autocast(device):
             loss = step(model, images, targets, device)
         if not math.isfinite(loss.item()):
