@@ -72,6 +72,18 @@ def test_offline_lite0_weights_are_the_shipped_imagenet_ones():
     assert model.net.classifier.out_features == 4
 
 
+@pytest.mark.parametrize("arch, low, high", [
+    ("efficientnet_lite0", -1.0, 1.0),                       # TF-Lite weights expect [-1, 1]
+    ("shallow_cnn", -0.485 / 0.229, (1 - 0.406) / 0.225),    # ImageNet statistics
+])
+def test_model_normalises_pixels_with_the_statistics_its_weights_expect(arch, low, high):
+    normalize = build_classifier(config(arch=arch), 3).normalize
+    pixels = torch.stack([torch.zeros(3, 2, 2), torch.full((3, 2, 2), 255.0)])
+    out = normalize(pixels.to(torch.uint8))
+    assert out[0].min().item() == pytest.approx(low, abs=1e-5)
+    assert out[1].max().item() == pytest.approx(high, abs=1e-5)
+
+
 def tiny_cache(tmp_path, n=48, classes=3):
     """Each class is a distinct colour plus noise, so a few steps must learn it."""
     rng = np.random.default_rng(0)
