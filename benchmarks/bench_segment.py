@@ -4,9 +4,10 @@ Run after `dvc repro` (it reads params.yaml and data/prepared):
     python benchmarks/bench_segment.py [--steps 12] [--stages] [--set segment.task=instance ...]
 Prints training and evaluation images/s for the semantic model and for Mask R-CNN as
 params.yaml configures them, and the ratio against the stock models they slim down (smp's
-default Unet-ResNet34, torchvision's full-width Mask R-CNN v2 on ResNet-50); with --stages, runs train_segmenter and evaluate_segmenter as DVC
-runs them, in a scratch directory (the project's outputs are left alone), and prints their wall
-times and headline metrics. It asserts nothing.
+default Unet-ResNet34, torchvision's full-width Mask R-CNN v2 on ResNet-50); with --stages,
+runs train_segmenter and evaluate_segmenter as DVC runs them, in a scratch directory (the
+project's outputs are left alone), and prints their wall times and headline metrics. It
+asserts nothing.
 """
 from __future__ import annotations
 

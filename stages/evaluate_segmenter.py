@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .common.checkpoint import load_checkpoint
 from .common.io import atomic_dir, write_json
 from .common.params import UserError, load_params, stage_main
 from .common.runtime import resolve_device
 from .datasets.prepared import VARIANTS, Prepared, load_prepared
 from .segment.params import SegmentConfig, read_config
 from .segment.plots import class_colors, overlay_grid
-from .common.checkpoint import load_checkpoint
 from .segment.tasks import make_task
 
 PREPARED_DIR = Path("data/prepared")

@@ -10,9 +10,9 @@ from dvclive import Live
 
 from .common.params import UserError, load_params, stage_main
 from .common.runtime import resolve_device, seed_everything
+from .datasets.prepared import load_prepared
 from .segment.engine import train_one_epoch
 from .segment.params import read_config
-from .datasets.prepared import load_prepared
 from .segment.tasks import make_task, save_checkpoint, warmup_cosine
 
 PREPARED_DIR = Path("data/prepared")

@@ -192,12 +192,9 @@ def test_efficientnet_lite0_weights_load_offline() -> None:
 
 
 def test_pretrained_instance_checkpoint_reloads_without_fetching() -> None:
-    trained = models.build_instance(
-        config(task="instance", instance_backbone="efficientnet_lite0", pretrained=True),
-        3, (64, 48), load_weights=True)
-    rebuilt = models.build_instance(
-        config(task="instance", instance_backbone="efficientnet_lite0", pretrained=True),
-        3, (64, 48), load_weights=False)
+    lite = config(task="instance", instance_backbone="efficientnet_lite0", pretrained=True)
+    trained = models.build_instance(lite, 3, (64, 48), load_weights=True)
+    rebuilt = models.build_instance(lite, 3, (64, 48), load_weights=False)
     rebuilt.load_state_dict(trained.state_dict())   # strict: same modules, same buffers
     rebuilt.eval()
     assert rebuilt([torch.rand(3, 64, 48)])[0]["masks"].shape[1:] == (1, 64, 48)

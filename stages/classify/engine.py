@@ -9,7 +9,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 
-
 @dataclass
 class EpochStats:
     loss: float

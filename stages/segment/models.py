@@ -14,9 +14,9 @@ from collections.abc import Callable
 import segmentation_models_pytorch as smp
 import timm
 import torch
-from timm.layers import freeze_batch_norm_2d
 import torch.nn.functional as F
 import torchvision
+from timm.layers import freeze_batch_norm_2d
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator

@@ -162,5 +162,3 @@ def save_checkpoint(path: Path, task: Task, variant: str, model: nn.Module,
         "image_size": list(task.image_size), "epoch": epoch,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
     })
-
-
