@@ -34,10 +34,10 @@ import numpy as np  # noqa: E402
 from helpers_http import FileServer  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from stages.datasets import coco, folder  # noqa: E402
-from stages.datasets.extract import extract  # noqa: E402
-from stages.datasets.fetch import fetch  # noqa: E402
-from stages.datasets.raw import RawWriter  # noqa: E402
+from fashionbg.sources import coco, folder  # noqa: E402
+from fashionbg.ingest.extract import extract  # noqa: E402
+from fashionbg.ingest.fetch import fetch  # noqa: E402
+from fashionbg.contracts.raw import RawWriter  # noqa: E402
 
 
 def best(func: Callable[[], object], repeat: int, reset: Callable[[], None]) -> float:

@@ -16,12 +16,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.background.sod import SodOptions, alpha_path, make_session, predict_alpha  # noqa: E402
-from stages.classify.data import make_loader  # noqa: E402
-from stages.datasets.decode import decode_all, resize_rgb  # noqa: E402
-from stages.datasets.hygiene import open_rgb  # noqa: E402
-from stages.datasets.prepared import load_prepared  # noqa: E402
-from stages.datasets.raw import read_index  # noqa: E402
+from fashionbg.background.sod import SodOptions, alpha_path, make_session, predict_alpha  # noqa: E402
+from fashionbg.classify.data import make_loader  # noqa: E402
+from fashionbg.ingest.decode import decode_all, resize_rgb  # noqa: E402
+from fashionbg.ingest.hygiene import open_rgb  # noqa: E402
+from fashionbg.contracts.prepared import load_prepared  # noqa: E402
+from fashionbg.contracts.raw import read_index  # noqa: E402
 
 RAW, REMBG, PREPARED = Path("data/raw"), Path("data/rembg"), Path("data/prepared/original")
 

@@ -27,12 +27,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages.common.params import load_params  # noqa: E402
-from stages.common.runtime import seed_everything  # noqa: E402
-from stages.datasets.prepared import load_prepared  # noqa: E402
-from stages.segment.engine import train_one_epoch  # noqa: E402
-from stages.segment.params import read_config  # noqa: E402
-from stages.segment.tasks import make_task, warmup_cosine  # noqa: E402
+from fashionbg.core.params import load_params  # noqa: E402
+from fashionbg.nn.device import seed_everything  # noqa: E402
+from fashionbg.contracts.prepared import load_prepared  # noqa: E402
+from fashionbg.segment.engine import train_one_epoch  # noqa: E402
+from fashionbg.segment.params import read_config  # noqa: E402
+from fashionbg.segment.tasks import make_task, warmup_cosine  # noqa: E402
 
 PREPARED = Path("data/prepared")
 

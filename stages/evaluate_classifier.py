@@ -1,29 +1,30 @@
-"""Stage `evaluate_classifier`: test-split metrics, also on the other variant, and plots."""
+"""Stage `evaluate_classifier`: rebuild models/classifier.pt from its checkpoint, score it on the
+test split of the variant it was trained on and of the other variant; write metrics and plots."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .classify.config import ClassifyConfig, classify_config
-from .classify.data import make_loader
-from .classify.engine import predict
-from .classify.metrics import classification_metrics, confusion_matrix
-from .classify.models import build_classifier
-from .common.checkpoint import load_checkpoint
-from .common.io import write_json
-from .common.params import UserError, load_params, stage_main
-from .common.runtime import resolve_device
-from .datasets.prepared import VARIANTS, Prepared, load_prepared
-from .datasets.raw import write_csv
-from .plots.figures import confusion_figure, sample_grid, save_figure
+from fashionbg.classify.data import split_loader
+from fashionbg.classify.engine import predict
+from fashionbg.classify.metrics import classification_metrics, confusion_matrix
+from fashionbg.classify.models import build_classifier
+from fashionbg.classify.params import ClassifyConfig
+from fashionbg.classify.plots import confusion_figure, sample_grid, save_figure
+from fashionbg.contracts.params import VARIANTS, other_variant
+from fashionbg.contracts.prepared import Prepared, check_same_rows, load_prepared
+from fashionbg.contracts.raw import write_csv
+from fashionbg.core import paths
+from fashionbg.core.cli import stage_main
+from fashionbg.core.errors import UserError
+from fashionbg.core.io import write_json
+from fashionbg.core.params import load_params
+from fashionbg.nn.checkpoint import load_checkpoint
+from fashionbg.nn.device import resolve_device
+from fashionbg.nn.params import read_evaluate
 
-PREPARED = Path("data/prepared")
-CHECKPOINT = Path("models/classifier.pt")
-METRICS = Path("metrics/classification.json")
-PLOTS = Path("plots/classifier")
 SAMPLES_PER_CLASS = 2
 log = logging.getLogger("evaluate_classifier")
 
@@ -35,48 +36,52 @@ def sample_rows(data: Prepared, per_class: int) -> np.ndarray:
                            for c in range(len(data.meta["labels"]))])
 
 
-def evaluate(model: torch.nn.Module, data: Prepared, config: ClassifyConfig,
-             device: torch.device) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    logits, targets = predict(model, make_loader(data, "test", config.batch_size), device)
-    return classification_metrics(logits, targets, data.meta["labels"]), logits, targets
-
-
 @stage_main
 def main() -> None:
-    config = classify_config(load_params())
-    device = resolve_device(config.device, "classify.device")
-    checkpoint = load_checkpoint(CHECKPOINT)
-    if checkpoint["config"]["variant"] != config.variant:
-        raise UserError(f"{CHECKPOINT} was trained on {checkpoint['config']['variant']}, "
-                        f"data.variant is {config.variant}: run train_classifier first")
-    model = build_classifier(config, len(checkpoint["labels"]))
-    model.load_state_dict(checkpoint["model"])
+    settings = read_evaluate(load_params())
+    device = resolve_device(settings.device, "evaluate.device")
+    checkpoint = load_checkpoint(paths.CLASSIFIER, ("classify",))
+    config = checkpoint.rebuild(ClassifyConfig.from_dict)   # the model as it was trained
+    variant, labels = checkpoint.variant, checkpoint.classes
+    caches = {v: load_prepared(paths.prepared(v)) for v in VARIANTS}
+    check_same_rows(caches["original"], caches["rembg"])
+    if caches[variant].meta["labels"] != labels:
+        raise UserError(f"the data's classes changed since {paths.CLASSIFIER} was trained; "
+                        "run train_classifier again")
+    if not len(caches[variant].indices("test")):
+        raise UserError(f"{paths.prepared(variant)} has no test images")
+    model = build_classifier(config, len(labels), load_weights=False)
+    model.load_state_dict(checkpoint.model)
     model.to(device)
-    caches = {v: load_prepared(PREPARED / v) for v in VARIANTS}
-    labels = caches[config.variant].meta["labels"]
 
-    metrics, logits, targets = evaluate(model, caches[config.variant], config, device)
-    other = next(v for v in VARIANTS if v != config.variant)
-    cross, _, _ = evaluate(model, caches[other], config, device)
-    write_json(METRICS, {
-        "variant": config.variant, "arch": config.arch, "best_epoch": checkpoint["epoch"],
+    def evaluate(tested_on: str) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        loader = split_loader(caches[tested_on], "test", settings.batch_size)
+        logits, targets = predict(model, loader, device)
+        return classification_metrics(logits, targets, labels), logits, targets
+
+    metrics, logits, targets = evaluate(variant)
+    other = other_variant(variant)
+    cross, _, _ = evaluate(other)
+    write_json(paths.CLASSIFICATION_METRICS, {
+        "variant": variant, "arch": config.arch, "best_epoch": checkpoint.epoch,
         "test": metrics,
         "cross_variant": {"variant": other, "top1": cross["top1"], "top5": cross["top5"],
                           "macro_f1": cross["macro_f1"]},
     })
     log.info("test top1 %.4f (on %s images: %.4f)", metrics["top1"], other, cross["top1"])
 
+    plots = paths.CLASSIFIER_PLOTS
     preds = logits.argmax(1)
-    write_csv(PLOTS / "confusion.csv", ("actual", "predicted"),
+    write_csv(plots / "confusion.csv", ("actual", "predicted"),
               [(labels[t], labels[p]) for t, p in zip(targets.tolist(), preds.tolist())])
     matrix = confusion_matrix(logits, targets, len(labels)).numpy()
-    save_figure(confusion_figure(matrix, labels, f"{config.arch} on {config.variant} (test)"),
-                PLOTS / "confusion.png")
+    save_figure(confusion_figure(matrix, labels, f"{config.arch} on {variant} (test)"),
+                plots / "confusion.png")
     rows = sample_rows(caches["original"], SAMPLES_PER_CLASS)
     save_figure(sample_grid(caches["original"].images[rows], caches["rembg"].alpha[rows],
                             caches["rembg"].images[rows],
                             [labels[caches["original"].labels[r]] for r in rows]),
-                PLOTS / "samples.png")
+                plots / "samples.png")
 
 
 if __name__ == "__main__":

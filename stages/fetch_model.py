@@ -1,18 +1,16 @@
 """Stage `fetch_model`: put the salient-object model `background.model` under models/rembg/."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from .background.weights import MODELS, ensure_model
-from .common.params import choice, load_params, section, stage_main
-
-MODEL_HOME = Path("models/rembg")
+from fashionbg.background.params import read_background
+from fashionbg.background.weights import ensure_model
+from fashionbg.core import paths
+from fashionbg.core.cli import stage_main
+from fashionbg.core.params import load_params
 
 
 @stage_main
 def main() -> None:
-    model = choice(section(load_params(), "background"), "background", "model", MODELS)
-    ensure_model(model, MODEL_HOME)
+    ensure_model(read_background(load_params()).model, paths.SOD_HOME)
 
 
 if __name__ == "__main__":

@@ -2,34 +2,30 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from .background.sod import SodOptions, make_session, remove_backgrounds
-from .background.weights import MODELS
-from .common.io import atomic_dir, write_json
-from .common.params import boolean, choice, load_params, section, stage_main
-from .datasets.raw import read_index, write_csv
-from .fetch_model import MODEL_HOME
+from fashionbg.background.params import read_background
+from fashionbg.background.sod import SodOptions, make_session, remove_backgrounds
+from fashionbg.contracts.masks import FAILURE_COLUMNS, FAILURES
+from fashionbg.contracts.raw import read_index, write_csv
+from fashionbg.core import paths
+from fashionbg.core.cli import stage_main
+from fashionbg.core.io import atomic_dir, write_json
+from fashionbg.core.params import load_params
 
-RAW_DIR = Path("data/raw")
-OUT_DIR = Path("data/rembg")
-METRICS = Path("metrics/background.json")
 log = logging.getLogger("remove_background")
 
 
 @stage_main
 def main() -> None:
-    cfg = section(load_params(), "background")
-    model = choice(cfg, "background", "model", MODELS)
-    options = SodOptions(boolean(cfg, "background", "alpha_matting"),
-                         boolean(cfg, "background", "post_process_mask"))
-    rows = read_index(RAW_DIR)
-    session = make_session(model, MODEL_HOME)
-    with atomic_dir(OUT_DIR) as tmp:
-        report = remove_backgrounds(rows, RAW_DIR, tmp, session, options)
-        write_csv(tmp / "failures.csv", ("path", "reason"), report.failures)
-    metrics = report.metrics(model)
-    write_json(METRICS, metrics)
+    config = read_background(load_params())
+    options = SodOptions(config.alpha_matting, config.post_process_mask)
+    rows = read_index(paths.RAW)
+    session = make_session(config.model, paths.SOD_HOME)
+    with atomic_dir(paths.REMBG) as tmp:
+        report = remove_backgrounds(rows, paths.RAW, tmp, session, options)
+        write_csv(tmp / FAILURES, FAILURE_COLUMNS, report.failures)
+    metrics = report.metrics(config.model)
+    write_json(paths.BACKGROUND_METRICS, metrics)
     log.info("%s", metrics)
 
 

@@ -1,40 +1,34 @@
-"""Stage `train_classifier`: train `classify.arch` on data/prepared/${data.variant}."""
+"""Stage `train_classifier`: train `classify.arch` on data/prepared/${data.variant} and keep
+the epoch the model-selection rule picks (models/classifier.pt, dvclive curves)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-import torch
 from dvclive import Live
 
-from .classify.config import ClassifyConfig, classify_config
-from .classify.data import augmentation, make_loader
-from .classify.engine import predict, train_one_epoch
-from .classify.metrics import classification_metrics
-from .classify.models import build_classifier
-from .common.checkpoint import save_checkpoint
-from .common.params import UserError, load_params, stage_main
-from .common.runtime import resolve_device, seed_everything
-from .datasets.prepared import load_prepared
+from fashionbg.classify.data import augmentation, split_loader
+from fashionbg.classify.engine import classify_step, make_optimizer, validator
+from fashionbg.classify.models import build_classifier
+from fashionbg.classify.params import read_classify
+from fashionbg.contracts.params import read_variant
+from fashionbg.contracts.prepared import load_prepared
+from fashionbg.core import paths
+from fashionbg.core.cli import stage_main
+from fashionbg.core.errors import UserError
+from fashionbg.core.params import load_params
+from fashionbg.nn.checkpoint import Checkpoint, save_checkpoint
+from fashionbg.nn.device import resolve_device, seed_everything
+from fashionbg.nn.engine import fit
 
-PREPARED = Path("data/prepared")
-CHECKPOINT = Path("models/classifier.pt")
-LIVE_DIR = Path("dvclive/train_classifier")
 log = logging.getLogger("train_classifier")
-
-
-def make_optimizer(config: ClassifyConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9,
-                               weight_decay=config.weight_decay, nesterov=True)
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
 @stage_main
 def main() -> None:
-    config = classify_config(load_params())
+    params = load_params()
+    variant, config = read_variant(params), read_classify(params)
     device = resolve_device(config.device, "classify.device")
-    data = load_prepared(PREPARED / config.variant)
+    data = load_prepared(paths.prepared(variant))
     labels = data.meta["labels"]
     if not labels or (data.labels[data.indices("train")] < 0).any():
         raise UserError("this data source has no classification labels; "
@@ -42,37 +36,23 @@ def main() -> None:
     generator = seed_everything(config.seed)
     size = tuple(data.meta["image_size"])
     pin = device.type == "cuda"
-    train_loader = make_loader(data, "train", config.batch_size,
+    train_loader = split_loader(data, "train", config.batch_size,
                                augmentation(config.augment, size), generator, pin)
-    val_loader = make_loader(data, "val", config.batch_size, pin_memory=pin)
-
-    model = build_classifier(config, len(labels)).to(device)
-    optimizer = make_optimizer(config, model)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    best, speeds = -1.0, []
-    with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
-        for epoch in range(1, config.epochs + 1):
-            stats = train_one_epoch(model, train_loader, optimizer, scaler, device)
-            scheduler.step()
-            val = classification_metrics(*predict(model, val_loader, device), labels)
-            speeds.append(stats.images_per_second)
-            for name, value in (("train/loss", stats.loss), ("train/top1", stats.accuracy),
-                                ("val/loss", val["loss"]), ("val/top1", val["top1"])):
-                live.log_metric(name, round(value, 4))
-            log.info("epoch %d/%d: loss %.3f top1 %.3f | val loss %.3f top1 %.3f | %.0f img/s",
-                     epoch, config.epochs, stats.loss, stats.accuracy, val["loss"],
-                     val["top1"], stats.images_per_second)
-            if val["top1"] > best:  # keep the epoch that does best on validation
-                best = val["top1"]
-                save_checkpoint(CHECKPOINT, {"model": model.state_dict(),
-                                             "optimizer": optimizer.state_dict(),
-                                             "epoch": epoch, "config": config.as_dict(),
-                                             "labels": labels})
-                live.summary["best_epoch"] = epoch
-            live.next_step()
-        live.summary["best_val_top1"] = best
-        live.summary["train_images_per_second"] = round(sum(speeds) / len(speeds), 1)
+    val_rows = data.indices("val")
+    validate = (validator(split_loader(data, "val", config.batch_size, pin_memory=pin), device,
+                          labels) if len(val_rows) else None)
+    model = build_classifier(config, len(labels), load_weights=True).to(device)
+    log.info("%s on %s (%d train, %d val images of %s) on %s", config.arch, variant,
+             len(train_loader.dataset), len(val_rows), "x".join(map(str, size)), device)
+    with Live(str(paths.live_dir("train_classifier")), dvcyaml=False,
+              save_dvc_exp=False) as live:
+        result = fit(model, train_loader, classify_step, validate, "top1",
+                     make_optimizer(config, model), config.epochs, device, live)
+    save_checkpoint(paths.CLASSIFIER, Checkpoint(
+        task="classify", variant=variant, config=config.to_dict(), classes=list(labels),
+        image_size=list(size), epoch=result.best_epoch, model=result.state))
+    log.info("kept epoch %d (val top1 %s); wrote %s", result.best_epoch, result.best_score,
+             paths.CLASSIFIER)
 
 
 if __name__ == "__main__":

@@ -5,18 +5,21 @@ from onnx import TensorProto, helper
 from PIL import Image
 from skimage import data as skdata
 
-from stages.background.composite import composite, parse_fill
-from stages.background.sod import (SodOptions, alpha_path, mask_iou, predict_alpha,
+from fashionbg.background.composite import composite
+from fashionbg.background.params import SOD_MODELS, parse_fill
+from fashionbg.background.sod import (SodOptions, mask_iou, predict_alpha,
                                    remove_backgrounds)
-from stages.background.weights import MODELS, md5sum
-from stages.common.params import ParamError
-from stages.datasets.raw import RawWriter, read_index
+from fashionbg.background.weights import MODELS, md5sum
+from fashionbg.core.errors import ParamError
+from fashionbg.contracts.masks import alpha_path
+from fashionbg.contracts.raw import RawWriter, read_index
 
 
 def test_weights_are_the_real_u2netp(u2netp_home):
     path = u2netp_home / "u2netp.onnx"
     assert path.stat().st_size == 4_574_861
     assert md5sum(path) == MODELS["u2netp"].md5
+    assert set(MODELS) == set(SOD_MODELS)
 
 
 def test_u2netp_finds_the_astronaut(u2netp_session):

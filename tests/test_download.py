@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import yaml
 from helpers_http import FileServer
+from helpers_params import params_with
 from PIL import Image
 
-from stages.datasets.fashionstyle14 import STYLES
+from fashionbg.sources.fashionstyle14 import STYLES
 
 FS14_STYLES = ("conservative", "gal", "rock")
 
@@ -30,10 +31,8 @@ def run_stage(project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     """Run stages/download.py in `project` with these data.* params; (exit code, stderr)."""
     from stages.download import main
 
-    params = {"source": "demo", "path": None, "url": None, "sha256": None, "max_images": None,
-              "max_bad_fraction": 0.05, "seed": 0, **data}
     project.mkdir(parents=True, exist_ok=True)
-    (project / "params.yaml").write_text(yaml.safe_dump({"data": params}))
+    (project / "params.yaml").write_text(yaml.safe_dump(params_with(data=data)))
     monkeypatch.chdir(project)
     capsys.readouterr()
     try:
@@ -276,7 +275,7 @@ def test_http_404_and_offline_say_how_to_use_data_path(tmp_path: Path, server: F
 
 def test_default_fashionpedia_download_is_offline_here(tmp_path: Path, monkeypatch,
                                                        capsys) -> None:
-    monkeypatch.setattr("stages.datasets.fetch.requests.Session.get", _no_network)
+    monkeypatch.setattr("fashionbg.ingest.fetch.requests.Session.get", _no_network)
     code, err = run_stage(tmp_path, monkeypatch, capsys, source="fashionpedia")
     assert code == 2 and "s3.amazonaws.com/ifashionist-dataset" in err and "data.path" in err
 
@@ -323,7 +322,8 @@ def test_fashionpedia_download(tmp_path: Path, server: FileServer, monkeypatch,
     raw = tmp_path / "data/raw"
     rows = read_csv(raw / "index.csv")
     splits = [r["split"] for r in rows]
-    assert splits.count("test") == 3 and splits.count("val") == 1 and splits.count("train") == 5
+    # Official val is the test set; val is drawn from train at data.split's 0.2 / (0.6 + 0.2).
+    assert splits.count("test") == 3 and splits.count("val") == 2 and splits.count("train") == 4
     assert all(r["path"].startswith("images/val/v") for r in rows if r["split"] == "test")
     assert all(r["label"] == "" and r["mask"] for r in rows)
     classes = json.loads((raw / "classes.json").read_text())
@@ -352,7 +352,7 @@ def test_fashionpedia_download(tmp_path: Path, server: FileServer, monkeypatch,
 
 def test_fetch_restarts_when_the_server_ignores_range_and_finishes_a_full_part(
         tmp_path: Path, server: FileServer) -> None:
-    from stages.datasets.fetch import fetch
+    from fashionbg.ingest.fetch import fetch
 
     data = photo(400, 300, 5, "PNG")
     digest = hashlib.sha256(data).hexdigest()

@@ -1,5 +1,6 @@
-"""Every project module a stage imports is a declared dependency in dvc.yaml, so editing it
-re-runs the stage instead of leaving stale results behind."""
+"""dvc.yaml declares exactly the project code each stage runs: every module a stage imports is
+a dependency (else an edit leaves stale results), and nothing else is (else an edit re-runs
+stages it cannot affect). No stage imports another stage."""
 import ast
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("stages", "fashionbg")
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
@@ -20,7 +22,8 @@ def module_file(module: str) -> Path | None:
 
 
 def imported_modules(path: Path) -> set[str]:
-    """Dotted names of the project modules one file imports (absolute and relative)."""
+    """Dotted names of the project modules one file imports (absolute and relative, at any
+    depth, so imports inside functions count too)."""
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
     if path.name != "__init__.py":
         package = package.rpartition(".")[0]
@@ -36,11 +39,12 @@ def imported_modules(path: Path) -> set[str]:
                 base = node.module or ""
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)   # submodules
-    return {name for name in found if name.split(".")[0] == "stages"}
+    return {name for name in found if name.split(".")[0] in PACKAGES}
 
 
 def closure(module: str) -> set[Path]:
-    """The files a module loads from the project, itself and its parent packages included."""
+    """The non-empty files a module loads from the project, itself and its parent packages
+    included (an empty __init__.py holds no code to depend on)."""
     seen: set[Path] = set()
     pending = [module]
     while pending:
@@ -51,24 +55,49 @@ def closure(module: str) -> set[Path]:
             if path is not None and path not in seen:
                 seen.add(path)
                 pending.extend(imported_modules(path))
-    return seen
+    return {p for p in seen if p.read_text().strip()}
 
 
-def covered(path: Path, deps: list[str]) -> bool:
-    rel = path.relative_to(ROOT)
-    return any(rel == Path(dep) or Path(dep) in rel.parents for dep in deps)
+def code_deps(stage: dict) -> list[str]:
+    return [d for d in stage["deps"] if Path(d).parts[0] in PACKAGES]
 
 
-def test_closure_follows_relative_imports():
+def files_under(dep: str) -> set[Path]:
+    path = ROOT / dep
+    files = {path} if path.is_file() else set(path.rglob("*.py"))
+    return {p for p in files if p.read_text().strip()}
+
+
+def stage_module(stage: dict) -> str:
+    return stage["cmd"].removeprefix("python -m ").split()[0]
+
+
+def test_closure_follows_imports():
     files = {p.relative_to(ROOT).as_posix() for p in closure("stages.train_segmenter")}
-    assert {"stages/segment/models.py", "stages/common/lite0.py",
-            "stages/datasets/prepared.py"} <= files
+    assert {"fashionbg/segment/models.py", "fashionbg/nn/lite0.py",
+            "fashionbg/contracts/prepared.py", "stages/train_segmenter.py"} <= files
+    assert "fashionbg/background/sod.py" not in files
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_declares_every_module_it_imports(name):
     stage = STAGES[name]
-    module = stage["cmd"].removeprefix("python -m ").split()[0]
-    missing = sorted(str(p.relative_to(ROOT)) for p in closure(module)
-                     if p.read_text().strip() and not covered(p, stage["deps"]))
+    declared = set().union(*(files_under(d) for d in code_deps(stage)))
+    missing = sorted(str(p.relative_to(ROOT)) for p in closure(stage_module(stage)) - declared)
     assert not missing, f"dvc.yaml stage {name} lacks deps: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_declares_no_code_it_does_not_run(name):
+    stage = STAGES[name]
+    runs = closure(stage_module(stage))
+    extra = sorted(d for d in code_deps(stage) if not files_under(d) or files_under(d) - runs)
+    assert not extra, f"dvc.yaml stage {name} depends on code it does not run: {extra}"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_no_stage_imports_another(name):
+    own = ROOT / "stages" / f"{name}.py"
+    others = sorted(str(p.relative_to(ROOT)) for p in closure(stage_module(STAGES[name]))
+                    if p.parent == ROOT / "stages" and p != own)
+    assert not others, f"stage {name} imports other stages: {others}"

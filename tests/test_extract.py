@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.datasets.extract import Limits, UnsafeArchive, extract
+from fashionbg.ingest.extract import Limits, UnsafeArchive, extract
 
 
 def tree(root: Path) -> set[str]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.datasets.hygiene import RefusedImage, check_image, open_rgb, orient_array
+from fashionbg.ingest.hygiene import RefusedImage, check_image, open_rgb, orient_array
 
 RED = (220, 20, 20)
 

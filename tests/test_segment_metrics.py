@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.segment.instances import boxes_from_masks
-from stages.segment.metrics import ConfusionMatrix, instance_metric, summarize_instances
+from fashionbg.segment.instances import boxes_from_masks
+from fashionbg.segment.metrics import ConfusionMatrix, instance_metric, summarize_instances
 
 NAMES = ["background", "top", "pants", "bag"]
 

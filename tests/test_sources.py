@@ -12,11 +12,12 @@ from test_download import (fashionpedia_files, fs14_files, photo, pixels, read_c
                            rle_rect, run_stage, snapshot, written_outside)
 from test_hygiene import small_bomb_limit  # noqa: F401 (a fixture, used by name)
 from test_hygiene import convertible_images, rotated_jpeg, write_bad_images
+from helpers_params import params_with
 
-from stages.common.params import ParamError
-from stages.datasets import fashionpedia
-from stages.datasets.sources import SOURCES
-from stages.datasets.splits import draw_splits, subsample
+from fashionbg.core.errors import ParamError
+from fashionbg.sources import fashionpedia
+from fashionbg.sources.registry import SOURCES
+from fashionbg.ingest.splits import draw_splits, subsample
 
 def write_tree(root: Path, files: dict[str, bytes]) -> Path:
     for name, data in files.items():
@@ -251,9 +252,8 @@ def test_fashionpedia_from_folder_unpacks_only_the_subsample(tmp_path: Path, mon
     ("fashionpedia", {"seed": -1}, "data.seed"),
 ])
 def test_params_are_checked_before_anything_is_written(source: str, data: dict, key: str) -> None:
-    params = {"path": None, "url": None, "sha256": None, "max_images": None, "seed": 0, **data}
     with pytest.raises(ParamError) as err:
-        SOURCES[source].validate(params)
+        SOURCES[source].validate(params_with(data=data)["data"])
     assert err.value.key == key
 
 

@@ -35,7 +35,11 @@ CASES = [
     ("train_classifier", "classify.arch", "vgg16", "one of shallow_cnn, resnet18"),
     ("train_classifier", "classify.lr", 0, "a number > 0.0"),
     ("train_classifier", "classify.epochs", 0, "an integer >= 1"),
-    ("evaluate_classifier", "classify.batch_size", "big", "an integer >= 1"),
+    ("train_classifier", "classify.lrr", 0.1, "no such key; the known keys are arch"),
+    ("train_segmenter", "segment.arch", "segformer", "one of unet, fpn, deeplabv3plus"),
+    ("evaluate_classifier", "evaluate.batch_size", "big", "an integer >= 1"),
+    ("evaluate_segmenter", "evaluate.overlays", 99, "an integer from 0 to 32"),
+    ("evaluate_segmenter", "evaluate.device", "tpu", "one of auto, cpu, cuda"),
 ]
 
 
@@ -53,3 +57,15 @@ def test_bad_param_stops_stage_cleanly(tmp_path, stage, key, value, allowed):
     assert f"{key} = {value!r}" in result.stderr and allowed in result.stderr, result.stderr
     assert sentinel.read_text() == "untouched"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "params.yaml"]
+
+
+def test_broken_yaml_names_line_and_column(tmp_path):
+    text = (ROOT / "params.yaml").read_text().replace("epochs: 15", "epochs: [15", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    result = subprocess.run([sys.executable, "-m", "stages.train_classifier"], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    line = text.splitlines().index(next(l for l in text.splitlines() if "epochs: [15" in l))
+    assert "params.yaml is not valid YAML at line" in result.stderr
+    assert str(line + 2) in result.stderr or str(line + 1) in result.stderr

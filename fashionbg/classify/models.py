@@ -1,0 +1,54 @@
+"""Classifier architectures: a shallow CNN from scratch, ResNet-18, EfficientNet-Lite0."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+from fashionbg.nn.lite0 import load_lite0_weights
+from fashionbg.nn.normalize import Normalize, stats_for
+from fashionbg.classify.params import ClassifyConfig
+
+
+def shallow_cnn(num_classes: int, batchnorm: bool) -> nn.Module:
+    """Four conv blocks and a linear head: the kind of shallow net the study found helped."""
+    layers: list[nn.Module] = []
+    channels = [3, 32, 64, 128, 192]
+    for cin, cout in zip(channels, channels[1:]):
+        layers.append(nn.Conv2d(cin, cout, 3, padding=1, bias=not batchnorm))
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(cout))
+        layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2),
+                         nn.Linear(channels[-1], num_classes))
+
+
+def resnet18(num_classes: int) -> nn.Module:
+    from torchvision.models import resnet18 as tv_resnet18
+
+    return tv_resnet18(weights=None, num_classes=num_classes)
+
+
+def efficientnet_lite0(num_classes: int, load_weights: bool) -> nn.Module:
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if load_weights:
+        load_lite0_weights(model)
+    model.reset_classifier(num_classes)
+    return model
+
+
+def build_classifier(config: ClassifyConfig, num_classes: int, load_weights: bool
+                     ) -> nn.Sequential:
+    """The network behind the normalisation of 0..255 pixels that its weights expect;
+    `load_weights` loads ImageNet weights where `pretrained` asks for them (training only:
+    evaluation loads the checkpoint instead)."""
+    if config.arch == "shallow_cnn":
+        net = shallow_cnn(num_classes, config.batchnorm)
+    elif config.arch == "resnet18":
+        net = resnet18(num_classes)
+    else:
+        net = efficientnet_lite0(num_classes, load_weights and config.pretrained)
+    return nn.Sequential(OrderedDict(normalize=Normalize(stats_for(config.arch), scale=255),
+                                     net=net))

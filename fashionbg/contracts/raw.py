@@ -1,0 +1,164 @@
+"""The `data/raw/` contract every source writes and every later stage reads.
+
+Layout (paths in index.csv are relative to the raw dir):
+    images/...        photos as shipped by the source (JPEG/PNG), byte-for-byte when they are
+                      upright 8-bit RGB; otherwise converted by fashionbg.ingest.hygiene (EXIF
+                      orientation applied, RGB) and re-encoded (JPEG q95, or PNG)
+    masks/...         optional semantic masks, PNG, one class id per pixel (0 = background,
+                      255 = no ground truth, e.g. COCO crowd regions), in the upright frame
+    index.csv         path,split,label,mask  (label/mask empty where the source has none)
+    classes.json      {"labels": [...], "mask_classes": [...]}  (mask_classes[0] = "background")
+    quarantine.csv    path,reason  for every file the source refused
+    summary.json      counts, refusals by reason, the tasks the source supports, and
+                      provenance (e.g. sha256 of every archive used)
+    instances.json    COCO-like sources only: the instance annotations in COCO format, for
+                      instance segmentation. images[].file_name is the index path
+                      ("images/..."), width/height are those of the stored (upright) image;
+                      annotations keep segmentation (polygons or RLE as given, converted to RLE
+                      only where EXIF orientation moved the pixels), bbox, area, category_id,
+                      iscrowd and any extra fields (Fashionpedia's attribute_ids); categories
+                      gain "mask_class", their class id in masks/ (0 = not drawn there).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fashionbg.core.io import atomic_file, read_json, write_json
+
+SPLITS = ("train", "val", "test")
+IGNORE = 255  # mask value for pixels without ground truth
+INDEX_COLUMNS = ("path", "split", "label", "mask")
+QUARANTINE_COLUMNS = ("path", "reason")
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    path: str
+    split: str
+    label: str
+    mask: str
+
+
+@dataclass
+class RawWriter:
+    """Collects images, masks and refusals for one source, then writes the index files."""
+
+    root: Path
+    rows: list[IndexRow] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        (self.root / "images").mkdir(parents=True, exist_ok=True)
+        (self.root / "masks").mkdir(parents=True, exist_ok=True)
+
+    def add_image(self, rel: str, image: Image.Image | bytes, split: str, label: str = "",
+                  mask: np.ndarray | None = None, quality: int = 92) -> IndexRow:
+        """Store one photo (a PIL image is saved by its suffix; bytes are written as they are)."""
+        target = self._image_target(rel, split)
+        if isinstance(image, bytes):
+            target.write_bytes(image)
+        else:
+            image.save(target, quality=quality) if target.suffix.lower() in (".jpg", ".jpeg") \
+                else image.save(target)
+        return self._add_row(rel, split, label, mask)
+
+    def add_file(self, rel: str, source: Path, split: str, label: str = "",
+                 mask: np.ndarray | None = None, move: bool = False) -> IndexRow:
+        """Store a photo file byte-for-byte: moved (a staging copy of ours) or copied."""
+        target = self._image_target(rel, split)
+        if move:
+            shutil.move(source, target)
+        else:
+            shutil.copyfile(source, target)
+        return self._add_row(rel, split, label, mask)
+
+    def _image_target(self, rel: str, split: str) -> Path:
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} is not one of {SPLITS}")
+        target = self.root / "images" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def _add_row(self, rel: str, split: str, label: str, mask: np.ndarray | None) -> IndexRow:
+        mask_rel = ""
+        if mask is not None:
+            mask_rel = str(Path(rel).with_suffix(".png"))
+            self.write_mask(mask_rel, mask)
+        row = IndexRow(f"images/{rel}", split, label, f"masks/{mask_rel}" if mask_rel else "")
+        self.rows.append(row)
+        return row
+
+    def write_instances(self, coco: dict[str, Any]) -> None:
+        """instances.json: COCO instance annotations for the stored images (see above)."""
+        with atomic_file(self.root / "instances.json", "w") as f:
+            json.dump(coco, f, separators=(",", ":"))  # compact: it can hold 100k+ polygons
+
+    def write_mask(self, rel: str, mask: np.ndarray) -> None:
+        if mask.dtype != np.uint8 or mask.ndim != 2:
+            raise ValueError("a mask must be a 2-D uint8 array of class ids")
+        target = self.root / "masks" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask, mode="L").save(target)
+
+    def quarantine(self, path: str, reason: str) -> None:
+        self.refused.append((path, reason))
+
+    def finish(self, labels: list[str], mask_classes: list[str],
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write index.csv, classes.json, quarantine.csv and summary.json; return the summary."""
+        write_csv(self.root / "index.csv", INDEX_COLUMNS,
+                  [(r.path, r.split, r.label, r.mask) for r in self.rows])
+        write_csv(self.root / "quarantine.csv", QUARANTINE_COLUMNS, self.refused)
+        write_json(self.root / "classes.json", {"labels": labels, "mask_classes": mask_classes})
+        summary: dict[str, Any] = {
+            "images": len(self.rows),
+            "refused": len(self.refused),
+            "refused_by_reason": dict(Counter(reason_kind(r) for _, r in self.refused)),
+            "splits": {s: sum(r.split == s for r in self.rows) for s in SPLITS},
+            **(extra or {}),
+        }
+        write_json(self.root / "summary.json", summary)
+        return summary
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a refusal ("truncated or corrupt: ..." → "truncated or corrupt")."""
+    return reason.split(":", 1)[0]
+
+
+def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    with atomic_file(path, "w") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def read_index(raw_dir: Path) -> list[IndexRow]:
+    with open(Path(raw_dir) / "index.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != INDEX_COLUMNS:
+            raise ValueError(f"{raw_dir}/index.csv must have columns {','.join(INDEX_COLUMNS)}")
+        return [IndexRow(r["path"], r["split"], r["label"], r["mask"]) for r in reader]
+
+
+def read_classes(raw_dir: Path) -> dict[str, list[str]]:
+    return read_json(Path(raw_dir) / "classes.json")
+
+
+@dataclass(frozen=True)
+class SourceResult:
+    """What a source tells the download stage once it has filled a RawWriter."""
+
+    labels: list[str]
+    mask_classes: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,134 @@
+"""Reading params.yaml and validating each section before a stage touches any output.
+
+Every section is read the same way: `section()` checks it is a mapping holding exactly the keys
+its config declares (a typo is an error, not a silent default), and the checkers below turn each
+value into a typed field or raise ParamError naming the key, the value and what is allowed.
+params.yaml is the only source of defaults.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fashionbg.core.errors import ParamError, UserError
+from fashionbg.core.paths import PARAMS
+
+
+def load_params(path: Path = PARAMS) -> dict[str, Any]:
+    """params.yaml as a mapping of sections; a syntax error names its line and column."""
+    try:
+        with open(path) as f:
+            params = yaml.safe_load(f) or {}
+    except FileNotFoundError as err:
+        raise UserError(f"{path} not found; run stages from the project root") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{path} is not valid YAML{where}: {problem}") from err
+    if not isinstance(params, dict):
+        raise UserError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
+    return params
+
+
+def section(params: dict[str, Any], name: str, keys: Iterable[str], within: str = ""
+            ) -> dict[str, Any]:
+    """The mapping `params[name]` holding exactly `keys`; `within` is the dotted path of
+    `params` itself for nested sections (e.g. "data" for data.demo)."""
+    value = params.get(name)
+    name = f"{within}.{name}" if within else name
+    keys = tuple(keys)
+    if not isinstance(value, dict):
+        raise ParamError(name, value, "a mapping with the keys " + ", ".join(keys))
+    for key in value:
+        if key not in keys:
+            raise ParamError(f"{name}.{key}", value[key],
+                             "no such key; the known keys are " + ", ".join(keys))
+    for key in keys:
+        if key not in value:
+            raise ParamError(f"{name}.{key}", None, "a value: the key is missing")
+    return value
+
+
+def choice(cfg: dict[str, Any], prefix: str, key: str, allowed: Iterable[str]) -> str:
+    allowed = list(allowed)
+    value = cfg.get(key)
+    if value not in allowed:
+        raise ParamError(f"{prefix}.{key}", value, "one of " + ", ".join(map(str, allowed)))
+    return value
+
+
+def boolean(cfg: dict[str, Any], prefix: str, key: str) -> bool:
+    value = cfg.get(key)
+    if not isinstance(value, bool):
+        raise ParamError(f"{prefix}.{key}", value, "true or false")
+    return value
+
+
+def integer(cfg: dict[str, Any], prefix: str, key: str, minimum: int | None = None,
+            maximum: int | None = None) -> int:
+    value = cfg.get(key)
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if ok and minimum is not None and value < minimum:
+        ok = False
+    if ok and maximum is not None and value > maximum:
+        ok = False
+    if not ok:
+        raise ParamError(f"{prefix}.{key}", value, _range_text("an integer", minimum, maximum))
+    return value
+
+
+def optional_integer(cfg: dict[str, Any], prefix: str, key: str, minimum: int) -> int | None:
+    if cfg.get(key) is None:
+        return None
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ParamError(f"{prefix}.{key}", value, f"null or an integer >= {minimum}")
+    return value
+
+
+def number(cfg: dict[str, Any], prefix: str, key: str, minimum: float | None = None,
+           maximum: float | None = None, exclusive_min: bool = False) -> float:
+    value = cfg.get(key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and minimum is not None and (value <= minimum if exclusive_min else value < minimum):
+        ok = False
+    if ok and maximum is not None and value > maximum:
+        ok = False
+    if not ok:
+        lower = f"> {minimum}" if exclusive_min else f">= {minimum}"
+        text = "a number" + (f" {lower}" if minimum is not None else "")
+        text += f" and <= {maximum}" if maximum is not None else ""
+        raise ParamError(f"{prefix}.{key}", value, text)
+    return float(value)
+
+
+def optional_str(cfg: dict[str, Any], prefix: str, key: str) -> str | None:
+    value = cfg.get(key)
+    if value is not None and not (isinstance(value, str) and value):
+        raise ParamError(f"{prefix}.{key}", value, "null or a non-empty string")
+    return value
+
+
+def size_pair(cfg: dict[str, Any], prefix: str, key: str, minimum: int = 1) -> tuple[int, int]:
+    """A [height, width] pair of integers >= `minimum`."""
+    value = cfg.get(key)
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+                    for v in value)):
+        return int(value[0]), int(value[1])
+    what = "positive integers" if minimum == 1 else f"integers >= {minimum}"
+    raise ParamError(f"{prefix}.{key}", value, f"two {what} [height, width]")
+
+
+def _range_text(kind: str, minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"{kind} from {minimum} to {maximum}"
+    if minimum is not None:
+        return f"{kind} >= {minimum}"
+    if maximum is not None:
+        return f"{kind} <= {maximum}"
+    return kind

@@ -1,0 +1,33 @@
+"""Every path the pipeline writes or reads, relative to the project root (dvc.yaml names the
+same ones). Stages run from the root, as `dvc repro` does."""
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+
+RAW = Path("data/raw")
+# The refusals of a failed download (data/raw itself is left as it was).
+FAILED_QUARANTINE = Path("data/raw.quarantine-failed.csv")
+REMBG = Path("data/rembg")
+PREPARED = Path("data/prepared")
+DATASET_CACHE = Path(".cache/datasets")
+
+SOD_HOME = Path("models/rembg")
+CLASSIFIER = Path("models/classifier.pt")
+SEGMENTER = Path("models/segmenter.pt")
+
+BACKGROUND_METRICS = Path("metrics/background.json")
+CLASSIFICATION_METRICS = Path("metrics/classification.json")
+SEGMENTATION_METRICS = Path("metrics/segmentation.json")
+CLASSIFIER_PLOTS = Path("plots/classifier")
+SEGMENTATION_PLOTS = Path("plots/segmentation")
+
+
+def prepared(variant: str) -> Path:
+    return PREPARED / variant
+
+
+def live_dir(stage: str) -> Path:
+    """One dvclive directory per stage: a new `Live` wipes its own."""
+    return Path("dvclive") / stage

@@ -1,0 +1,75 @@
+"""What segmentation plugs into the shared engine: a loss step per task (cross-entropy + Dice
+on logits for semantic models, the sum of its own losses for Mask R-CNN), prediction and
+evaluation on a loader."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from segmentation_models_pytorch.losses import DiceLoss
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fashionbg.contracts.raw import IGNORE
+from fashionbg.nn.engine import autocast
+from fashionbg.segment.metrics import ConfusionMatrix, instance_metric, summarize_instances
+
+_dice = DiceLoss(mode="multiclass", from_logits=True, ignore_index=IGNORE)
+
+
+def semantic_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for per-pixel accuracy plus Dice, which keeps small garments from being
+    swamped by background pixels. Pixels without ground truth (IGNORE) count for neither."""
+    logits = logits.float()
+    return F.cross_entropy(logits, target, ignore_index=IGNORE) + _dice(logits, target)
+
+
+def semantic_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
+                  device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    return semantic_loss(model(images.to(device)), masks.to(device)), {}
+
+
+def instance_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict],
+                  device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    losses = model([i.to(device) for i in images],
+                   [{k: v.to(device) for k, v in t.items()} for t in targets])
+    return sum(losses.values()), {}
+
+
+@torch.inference_mode()
+def predict_semantic(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Class-id maps (N, H, W) for uint8 images (N, 3, H, W)."""
+    model.eval()
+    with autocast(device):
+        return model(images.to(device)).argmax(1).cpu()
+
+
+@torch.inference_mode()
+def predict_instances(model: nn.Module, images: list[torch.Tensor], device: torch.device
+                      ) -> list[dict[str, torch.Tensor]]:
+    """Mask R-CNN detections with masks thresholded at 0.5, on the CPU."""
+    model.eval()
+    with autocast(device):
+        outputs = model([i.to(device) for i in images])
+    return [{"boxes": o["boxes"].float().cpu(), "scores": o["scores"].float().cpu(),
+             "labels": o["labels"].cpu(), "masks": o["masks"][:, 0].cpu() > 0.5}
+            for o in outputs]
+
+
+def evaluate_semantic(model: nn.Module, loader: DataLoader, device: torch.device,
+                      class_names: list[str]) -> dict[str, Any]:
+    confusion = ConfusionMatrix(len(class_names))
+    for images, masks in loader:
+        confusion.update(masks, predict_semantic(model, images, device))
+    return confusion.compute(class_names)
+
+
+def evaluate_instances(model: nn.Module, loader: DataLoader, device: torch.device,
+                       class_names: list[str]) -> dict[str, Any]:
+    metric = instance_metric()
+    for images, targets in loader:
+        predictions = predict_instances(model, images, device)
+        metric.update(predictions, [{"boxes": t["boxes"], "labels": t["labels"],
+                                     "masks": t["masks"].bool()} for t in targets])
+    return summarize_instances(metric, class_names)

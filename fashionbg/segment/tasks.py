@@ -1,0 +1,136 @@
+"""What differs between the semantic and the instance task, behind one interface the stages use:
+labels, datasets, loaders, model, loss step, evaluation and overlay pictures."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fashionbg.core.errors import UserError
+from fashionbg.contracts.prepared import Prepared
+from fashionbg.contracts.raw import IGNORE
+from fashionbg.segment.data import InstanceDataset, SemanticDataset, collate_instances
+from fashionbg.nn.data import make_loader
+from fashionbg.nn.engine import Step, Validate
+from fashionbg.segment.engine import (evaluate_instances, evaluate_semantic, instance_step,
+                     predict_instances, predict_semantic, semantic_step)
+from fashionbg.segment.instances import instance_targets
+from fashionbg.segment.models import build_instance, build_semantic
+from fashionbg.segment.params import SegmentConfig
+from fashionbg.segment.plots import class_colors, paint_classes, paint_instances
+
+OverlayRow = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class SemanticTask:
+    """Per-pixel classes of the prepared masks (class 0 = background)."""
+
+    name = "semantic"
+    key_metric = "miou"
+    step: Step = staticmethod(semantic_step)
+
+    def __init__(self, config: SegmentConfig, prepared: Prepared) -> None:
+        if prepared.masks is None:
+            raise UserError("segment.task = semantic needs semantic masks, and this data has "
+                            "none (meta has_masks = false); use segment.task: instance")
+        self.config, self.prepared, self.masks = config, prepared, prepared.masks
+        self.class_names: list[str] = list(prepared.meta["mask_classes"])
+        self.image_size: tuple[int, int] = tuple(prepared.images.shape[1:3])
+
+    def rows(self, split: str) -> np.ndarray:
+        """Rows of `split` with ground truth (a mask that is not IGNORE everywhere)."""
+        rows = self.prepared.indices(split)
+        return rows[[bool((np.asarray(self.masks[r]) != IGNORE).any()) for r in rows]]
+
+    def dataset(self, images: np.ndarray, rows: np.ndarray, augment: str = "none") -> Dataset:
+        return SemanticDataset(images, self.masks, rows, augment)
+
+    def loader(self, dataset: Dataset, batch_size: int,
+               generator: torch.Generator | None = None) -> DataLoader:
+        return make_loader(dataset, batch_size, generator)
+
+    def build_model(self, load_weights: bool) -> nn.Module:
+        return build_semantic(self.config, len(self.class_names), load_weights)
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device
+                 ) -> dict[str, Any]:
+        return evaluate_semantic(model, loader, device, self.class_names)
+
+    def overlay_rows(self, model: nn.Module, images: np.ndarray, rows: np.ndarray,
+                     device: torch.device) -> list[OverlayRow]:
+        colors = class_colors(len(self.class_names))
+        batch = torch.from_numpy(np.array(images[rows])).permute(0, 3, 1, 2)
+        predicted = predict_semantic(model, batch, device).numpy()
+        return [(images[r], paint_classes(images[r], np.asarray(self.masks[r]), colors),
+                 paint_classes(images[r], p, colors)) for r, p in zip(rows, predicted)]
+
+
+class InstanceTask:
+    """Garment instances for Mask R-CNN, from COCO annotations or mask components."""
+
+    name = "instance"
+    key_metric = "mask_ap"
+    step: Step = staticmethod(instance_step)
+    score_threshold = 0.5   # detections drawn in overlays
+
+    def __init__(self, config: SegmentConfig, prepared: Prepared, raw_dir: Path) -> None:
+        self.config, self.prepared = config, prepared
+        self.targets = instance_targets(prepared, raw_dir, config.instance_classes,
+                                        config.min_instance_area)
+        if not self.targets.class_names:
+            raise UserError("segment.task = instance: the data has no object classes")
+        self.class_names = ["background", *self.targets.class_names]
+        self.image_size = tuple(prepared.images.shape[1:3])
+
+    def rows(self, split: str) -> np.ndarray:
+        """Rows of `split` the annotations cover."""
+        rows = self.prepared.indices(split)
+        return rows[[self.targets.has_truth(int(r)) for r in rows]]
+
+    def dataset(self, images: np.ndarray, rows: np.ndarray, augment: str = "none") -> Dataset:
+        return InstanceDataset(images, self.targets, rows, self.config.min_instance_area, augment)
+
+    def loader(self, dataset: Dataset, batch_size: int,
+               generator: torch.Generator | None = None) -> DataLoader:
+        return make_loader(dataset, batch_size, generator, collate_instances)
+
+    def build_model(self, load_weights: bool) -> nn.Module:
+        return build_instance(self.config, len(self.class_names), self.image_size, load_weights)
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device
+                 ) -> dict[str, Any]:
+        return evaluate_instances(model, loader, device, self.class_names[1:])
+
+    def overlay_rows(self, model: nn.Module, images: np.ndarray, rows: np.ndarray,
+                     device: torch.device) -> list[OverlayRow]:
+        colors = class_colors(len(self.class_names))
+        batch = [torch.from_numpy(np.array(images[r])).permute(2, 0, 1) for r in rows]
+        result = []
+        for r, pred in zip(rows, predict_instances(model, batch, device)):
+            masks, labels = self.targets(int(r))
+            keep = (pred["scores"] >= self.score_threshold).nonzero().flatten().flip(0)
+            result.append((images[r], paint_instances(images[r], masks, labels, colors),
+                           paint_instances(images[r], pred["masks"][keep].numpy(),
+                                           pred["labels"][keep].numpy(), colors)))
+        return result
+
+
+Task = SemanticTask | InstanceTask
+
+
+def make_task(config: SegmentConfig, prepared: Prepared, raw_dir: Path) -> Task:
+    if config.task == "semantic":
+        return SemanticTask(config, prepared)
+    return InstanceTask(config, prepared, raw_dir)
+
+
+def validator(task: Task, loader: DataLoader, device: torch.device) -> Validate:
+    """The task's key metric on the validation loader, for the curves and model selection."""
+    def validate(model: nn.Module) -> dict[str, float | None]:
+        return {task.key_metric: task.evaluate(model, loader, device)[task.key_metric]}
+
+    return validate
