@@ -22,3 +22,5 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_pipeline.py
+	$(PY) benchmarks/bench_segment.py
+	PYTHONPATH=tests $(PY) benchmarks/bench_download.py

@@ -1,10 +1,10 @@
 """Download, extraction and index-build speed, each against a baseline run in the same script.
 
-    python benchmarks/bench_download.py [--mb 256] [--images 1000] [--repeat 3]
+    PYTHONPATH=tests python benchmarks/bench_download.py [--mb 256] [--images 1000] [--repeat 3]
 
-- download: stages.datasets.fetch (streamed, sha256 verified) vs `curl -o` and
+- download: fashionbg.ingest.fetch (streamed, sha256 verified) vs `curl -o` and
   `curl -o && sha256sum`, the same file from the same local server on 127.0.0.1;
-- extraction: stages.datasets.extract (safety checks, byte budget) vs `unzip -q` and `tar -xzf`;
+- extraction: fashionbg.ingest.extract (safety checks, byte budget) vs `unzip -q` and `tar -xzf`;
 - index build: the `folder` and `coco` sources on real-photo JPEGs (grace_hopper.jpg and
   skimage's astronaut, randomly cropped to 600x800 portraits): hygiene decode + store, per
   1,000 images.
@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -28,16 +27,17 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would cost time and clutter output
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
-from helpers_http import FileServer  # noqa: E402
+from helpers_http import FileServer  # noqa: E402  (tests/ on PYTHONPATH: see the Makefile)
 from PIL import Image  # noqa: E402
 
-from fashionbg.sources import coco, folder  # noqa: E402
+from fashionbg.contracts.params import data_section  # noqa: E402
+from fashionbg.contracts.raw import RawWriter  # noqa: E402
+from fashionbg.core.params import load_params  # noqa: E402
 from fashionbg.ingest.extract import extract  # noqa: E402
 from fashionbg.ingest.fetch import fetch  # noqa: E402
-from fashionbg.contracts.raw import RawWriter  # noqa: E402
+from fashionbg.sources import coco, folder  # noqa: E402
 
 
 def best(func: Callable[[], object], repeat: int, reset: Callable[[], None]) -> float:
@@ -137,7 +137,7 @@ def bench_index(work: Path, n: int, repeat: int) -> None:
         (tree / f"c{i % 14:02d}" / f"{i:05d}.jpg").write_bytes(data)
     mb = sum(map(len, pool)) / 1e6
     print(f"index: {n} JPEGs 600x800, {mb:.0f} MB")
-    params = {"path": str(tree), "url": None, "sha256": None, "max_images": None, "seed": 0}
+    params = {**data_section(load_params(ROOT / "params.yaml")), "path": str(tree)}
     raw = work / "raw"
 
     def clean() -> None:

@@ -7,23 +7,21 @@ Prints images/s and ratios; it asserts nothing.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fashionbg.background.sod import SodOptions, make_session, predict_alpha
+from fashionbg.classify.data import split_loader
+from fashionbg.contracts.masks import alpha_path
+from fashionbg.contracts.prepared import load_prepared
+from fashionbg.contracts.raw import read_index
+from fashionbg.core import paths
+from fashionbg.ingest.decode import decode_all, resize_rgb
+from fashionbg.ingest.hygiene import open_rgb
 
-from fashionbg.background.sod import SodOptions, alpha_path, make_session, predict_alpha  # noqa: E402
-from fashionbg.classify.data import make_loader  # noqa: E402
-from fashionbg.ingest.decode import decode_all, resize_rgb  # noqa: E402
-from fashionbg.ingest.hygiene import open_rgb  # noqa: E402
-from fashionbg.contracts.prepared import load_prepared  # noqa: E402
-from fashionbg.contracts.raw import read_index  # noqa: E402
-
-RAW, REMBG, PREPARED = Path("data/raw"), Path("data/rembg"), Path("data/prepared/original")
+RAW, REMBG, PREPARED = paths.RAW, paths.REMBG, paths.prepared("original")
 
 
 def rate(n: int, seconds: float) -> str:
@@ -42,7 +40,7 @@ def bench_sod(rows, n: int) -> None:
     from rembg import new_session
 
     images = [open_rgb(RAW / r.path) for r in rows[:n]]
-    session = make_session("u2netp", Path("models/rembg"))
+    session = make_session("u2netp", paths.SOD_HOME)
     one = ort.SessionOptions()
     one.intra_op_num_threads = one.inter_op_num_threads = 1
     single = new_session("u2netp", sess_opts=one)
@@ -66,7 +64,7 @@ def bench_loader(rows, batch: int) -> None:
     """One epoch of batches from the uint8 cache vs decoding the JPEGs every epoch."""
     data = load_prepared(PREPARED)
     size = tuple(data.meta["image_size"])
-    loader = make_loader(data, "train", batch, generator=torch.Generator().manual_seed(0))
+    loader = split_loader(data, "train", batch, generator=torch.Generator().manual_seed(0))
     n = len(loader.dataset)
     cached = timed(lambda: [b for b in loader])
     train = [r for r in rows if r.split == "train"]

@@ -25,16 +25,16 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from fashionbg.core.params import load_params  # noqa: E402
-from fashionbg.nn.device import seed_everything  # noqa: E402
-from fashionbg.contracts.prepared import load_prepared  # noqa: E402
-from fashionbg.segment.engine import train_one_epoch  # noqa: E402
-from fashionbg.segment.params import read_config  # noqa: E402
-from fashionbg.segment.tasks import make_task, warmup_cosine  # noqa: E402
+from fashionbg.contracts.params import read_variant
+from fashionbg.contracts.prepared import load_prepared
+from fashionbg.core import paths
+from fashionbg.core.params import load_params
+from fashionbg.nn.device import seed_everything
+from fashionbg.nn.engine import grad_scaler, train_one_epoch, warmup_cosine
+from fashionbg.segment.params import read_segment
+from fashionbg.segment.tasks import make_task
 
-PREPARED = Path("data/prepared")
 
 
 def override(params: dict[str, Any], settings: list[str]) -> dict[str, Any]:
@@ -55,31 +55,32 @@ BASELINES = {
 def bench_task(params: dict[str, Any], task: str, steps: int) -> float:
     """Training images/s over `steps` batches (after one warm-up batch); also prints the
     evaluation rate over the val split."""
-    variant, config = read_config({**params, "segment": {**params["segment"], "task": task}})
-    data = load_prepared(PREPARED / variant)
-    setup = make_task(config, data, Path("data/raw"))
+    variant = read_variant(params)
+    config = read_segment({"segment": {**params["segment"], "task": task}})
+    data = load_prepared(paths.prepared(variant))
+    setup = make_task(config, data, paths.RAW)
     generator = seed_everything(config.seed)
     model = setup.build_model(load_weights=False)
     rows = setup.rows("train")[: (steps + 1) * config.batch_size]
     warm = setup.loader(setup.dataset(data.images, rows[: config.batch_size], config.augment),
-                        shuffle=True, generator=generator)
+                        config.batch_size, generator)
     timed = setup.loader(setup.dataset(data.images, rows[config.batch_size:], config.augment),
-                         shuffle=True, generator=generator)
+                         config.batch_size, generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.task_lr)
     scheduler = warmup_cosine(optimizer, len(warm) + len(timed))
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
     cpu = torch.device("cpu")
+    scaler = grad_scaler(cpu)
     train_one_epoch(model, warm, setup.step, optimizer, scheduler, scaler, cpu, 0)
     train = train_one_epoch(model, timed, setup.step, optimizer, scheduler, scaler, cpu, 1)
     val = setup.rows("val")
     start = time.perf_counter()
-    setup.evaluate(model, setup.loader(setup.dataset(data.images, val)), cpu)
+    setup.evaluate(model, setup.loader(setup.dataset(data.images, val), config.batch_size), cpu)
     evaluated = len(val) / (time.perf_counter() - start)
     name = (f"{config.arch}/{config.encoder}/w{config.decoder_width}" if task == "semantic"
             else f"maskrcnn/{config.instance_backbone}")
-    print(f"{task:8s} {name:26s} train {train['images_per_s']:7.1f} img/s "
+    print(f"{task:8s} {name:26s} train {train.images_per_second:7.1f} img/s "
           f"(batch {config.batch_size}, augment {config.augment})   eval {evaluated:7.1f} img/s")
-    return train["images_per_s"]
+    return train.images_per_second
 
 
 def bench_stages(params: dict[str, Any]) -> None:
