@@ -36,7 +36,6 @@ from fashionbg.segment.params import read_segment
 from fashionbg.segment.tasks import make_task
 
 
-
 def override(params: dict[str, Any], settings: list[str]) -> dict[str, Any]:
     for setting in settings:
         key, value = setting.split("=", 1)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import logging
 
 from fashionbg.contracts.params import data_section
-from fashionbg.contracts.raw import QUARANTINE_COLUMNS, RawWriter, write_csv
+from fashionbg.contracts.raw import QUARANTINE_COLUMNS, RawWriter
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
-from fashionbg.core.io import atomic_dir
+from fashionbg.core.io import atomic_dir, write_csv
 from fashionbg.core.params import choice, load_params, number
 from fashionbg.sources.registry import SOURCES
 

@@ -15,11 +15,10 @@ from fashionbg.classify.params import ClassifyConfig
 from fashionbg.classify.plots import confusion_figure, sample_grid, save_figure
 from fashionbg.contracts.params import VARIANTS, other_variant
 from fashionbg.contracts.prepared import Prepared, check_same_rows, load_prepared
-from fashionbg.contracts.raw import write_csv
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
-from fashionbg.core.io import write_json
+from fashionbg.core.io import write_csv, write_json
 from fashionbg.core.params import load_params
 from fashionbg.nn.checkpoint import load_checkpoint
 from fashionbg.nn.device import resolve_device

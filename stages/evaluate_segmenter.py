@@ -16,6 +16,7 @@ from fashionbg.core.params import load_params
 from fashionbg.nn.checkpoint import load_checkpoint
 from fashionbg.nn.device import resolve_device
 from fashionbg.nn.params import read_evaluate
+from fashionbg.segment.overlays import overlay_rows
 from fashionbg.segment.params import SegmentConfig
 from fashionbg.segment.plots import class_colors, overlay_grid
 from fashionbg.segment.tasks import make_task
@@ -58,7 +59,7 @@ def main() -> None:
         if len(shown):
             for tested_on in VARIANTS:
                 overlay_grid(tmp / "overlays" / f"{tested_on}.png",
-                             task.overlay_rows(model, caches[tested_on].images, shown, device),
+                             overlay_rows(task, model, caches[tested_on].images, shown, device),
                              task.class_names, class_colors(len(task.class_names)),
                              f"{task.name} model trained on {variant}, tested on {tested_on}")
         # Classes with no score (absent from truth and prediction) get no bar.

@@ -7,10 +7,11 @@ import numpy as np
 
 from fashionbg.background.composite import composite
 from fashionbg.background.params import read_background
+from fashionbg.contracts.codes import SPLITS
 from fashionbg.contracts.masks import FAILURES, alpha_path, read_failures
 from fashionbg.contracts.params import read_image_size
 from fashionbg.contracts.prepared import save_prepared
-from fashionbg.contracts.raw import SPLITS, read_classes, read_index
+from fashionbg.contracts.raw import read_classes, read_index
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError

@@ -6,10 +6,10 @@ import logging
 from fashionbg.background.params import read_background
 from fashionbg.background.sod import SodOptions, make_session, remove_backgrounds
 from fashionbg.contracts.masks import FAILURE_COLUMNS, FAILURES
-from fashionbg.contracts.raw import read_index, write_csv
+from fashionbg.contracts.raw import read_index
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
-from fashionbg.core.io import atomic_dir, write_json
+from fashionbg.core.io import atomic_dir, write_csv, write_json
 from fashionbg.core.params import load_params
 
 log = logging.getLogger("remove_background")

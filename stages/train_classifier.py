@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from dvclive import Live
-
 from fashionbg.classify.data import augmentation, split_loader
 from fashionbg.classify.engine import classify_step, make_optimizer, validator
 from fashionbg.classify.models import build_classifier

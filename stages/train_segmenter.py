@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 
 import torch
-from dvclive import Live
 
+from dvclive import Live
 from fashionbg.contracts.params import read_variant
 from fashionbg.contracts.prepared import load_prepared
 from fashionbg.core import paths

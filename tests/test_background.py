@@ -7,12 +7,11 @@ from skimage import data as skdata
 
 from fashionbg.background.composite import composite
 from fashionbg.background.params import SOD_MODELS, parse_fill
-from fashionbg.background.sod import (SodOptions, mask_iou, predict_alpha,
-                                   remove_backgrounds)
+from fashionbg.background.sod import SodOptions, mask_iou, predict_alpha, remove_backgrounds
 from fashionbg.background.weights import MODELS, md5sum
-from fashionbg.core.errors import ParamError
 from fashionbg.contracts.masks import alpha_path
 from fashionbg.contracts.raw import RawWriter, read_index
+from fashionbg.core.errors import ParamError
 
 
 def test_weights_are_the_real_u2netp(u2netp_home):

@@ -1,4 +1,4 @@
-"""The offline demo dataset: determinism, ground truth, context, splits, the raw contract, params."""
+"""The offline demo dataset: determinism, ground truth, context, splits, raw contract, params."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from fashionbg.contracts.codes import SPLITS
+from fashionbg.contracts.raw import RawWriter, read_classes, read_index
 from fashionbg.core.errors import ParamError
-from fashionbg.contracts.raw import SPLITS, RawWriter, read_classes, read_index
 from fashionbg.sources.demo import source as demo
 from fashionbg.sources.demo.styles import BACKGROUNDS, MASK_CLASSES, STYLES
 

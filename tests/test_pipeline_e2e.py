@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from helpers_s3 import ENV as S3_ENV, s3_bucket
+from helpers_s3 import ENV as S3_ENV
+from helpers_s3 import s3_bucket
 
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM = ("download", "fetch_model", "remove_background", "prepare")

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from fashionbg.core.errors import ParamError
 from fashionbg.contracts.prepared import Prepared
+from fashionbg.core.errors import ParamError
 from fashionbg.segment import models
 from fashionbg.segment.data import InstanceDataset, SemanticDataset
 from fashionbg.segment.instances import CocoTargets, ComponentTargets, components, instance_targets

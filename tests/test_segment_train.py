@@ -122,8 +122,8 @@ def test_semantic_stages_end_to_end(tmp_path: Path) -> None:
     assert checkpoint.config["arch"] == "unet" and checkpoint.variant == "original"
     live = json.loads((project / "dvclive/train_segmenter/metrics.json").read_text())
     assert live["train"]["loss"] > 0 and 0 <= live["val"]["miou"] <= 1
-    miou = [float(line.split("\t")[-1]) for line in (
-        project / "dvclive/train_segmenter/plots/metrics/val/miou.tsv").read_text().splitlines()[1:]]
+    curve = project / "dvclive/train_segmenter/plots/metrics/val/miou.tsv"
+    miou = [float(line.split("\t")[-1]) for line in curve.read_text().splitlines()[1:]]
     assert checkpoint.epoch == 1 + miou.index(max(miou)) == live["best_epoch"]
     assert live["train_images_per_second"] > 0
     assert len((project / "dvclive/train_segmenter/plots/metrics/train/loss.tsv")

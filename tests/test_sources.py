@@ -7,17 +7,32 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from test_download import (fashionpedia_files, fs14_files, photo, pixels, read_csv, rect,
-                           rle_rect, run_stage, snapshot, written_outside)
-from test_hygiene import small_bomb_limit  # noqa: F401 (a fixture, used by name)
-from test_hygiene import convertible_images, rotated_jpeg, write_bad_images
 from helpers_params import params_with
+from PIL import Image
+from test_download import (
+    fashionpedia_files,
+    fs14_files,
+    photo,
+    pixels,
+    read_csv,
+    rect,
+    rle_rect,
+    run_stage,
+    snapshot,
+    written_outside,
+)
+from test_hygiene import (
+    convertible_images,
+    rotated_jpeg,
+    small_bomb_limit,  # noqa: F401 (a fixture, used by name)
+    write_bad_images,
+)
 
 from fashionbg.core.errors import ParamError
+from fashionbg.ingest.splits import draw_splits, subsample
 from fashionbg.sources import fashionpedia
 from fashionbg.sources.registry import SOURCES
-from fashionbg.ingest.splits import draw_splits, subsample
+
 
 def write_tree(root: Path, files: dict[str, bytes]) -> Path:
     for name, data in files.items():

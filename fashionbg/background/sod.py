@@ -1,4 +1,5 @@
-"""Salient-object detection with rembg: one alpha mask per image, always with an explicit session."""
+"""Salient-object detection with rembg: one alpha mask per image, always with an explicit
+session."""
 from __future__ import annotations
 
 import os
@@ -12,10 +13,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from fashionbg.ingest.hygiene import open_rgb
-from fashionbg.contracts.raw import IndexRow
 from fashionbg.background.params import SOD_MODELS
 from fashionbg.contracts.masks import alpha_path
+from fashionbg.contracts.raw import IndexRow
+from fashionbg.ingest.hygiene import open_rgb
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,11 @@ from typing import Any
 
 import torch
 from torch.nn import functional as F
-from torchmetrics.functional.classification import (multiclass_accuracy,
-                                                    multiclass_confusion_matrix,
-                                                    multiclass_f1_score)
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+)
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor,

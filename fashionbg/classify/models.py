@@ -5,9 +5,9 @@ from collections import OrderedDict
 
 from torch import nn
 
+from fashionbg.classify.params import ClassifyConfig
 from fashionbg.nn.lite0 import load_lite0_weights
 from fashionbg.nn.normalize import Normalize, stats_for
-from fashionbg.classify.params import ClassifyConfig
 
 
 def shallow_cnn(num_classes: int, batchnorm: bool) -> nn.Module:

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from fashionbg.core.io import atomic_dir, read_json, write_json
+from fashionbg.contracts.codes import SPLITS
 from fashionbg.core.errors import UserError
-from fashionbg.contracts.raw import SPLITS
+from fashionbg.core.io import atomic_dir, read_json, write_json
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fashionbg.core.io import atomic_file, read_json, write_json
+from fashionbg.contracts.codes import SPLITS
+from fashionbg.core.io import atomic_file, read_json, write_csv, write_json
 
-SPLITS = ("train", "val", "test")
-IGNORE = 255  # mask value for pixels without ground truth
 INDEX_COLUMNS = ("path", "split", "label", "mask")
 QUARANTINE_COLUMNS = ("path", "reason")
 
@@ -134,13 +133,6 @@ class RawWriter:
 def reason_kind(reason: str) -> str:
     """The kind of a refusal ("truncated or corrupt: ..." → "truncated or corrupt")."""
     return reason.split(":", 1)[0]
-
-
-def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    with atomic_file(path, "w") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 def read_index(raw_dir: Path) -> list[IndexRow]:

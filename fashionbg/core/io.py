@@ -1,6 +1,7 @@
 """Atomic writes: a stage that is interrupted leaves nothing half-written for DVC to cache."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -44,6 +45,13 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    with atomic_file(path, "w") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def write_json(target: Path, data: Any) -> None:

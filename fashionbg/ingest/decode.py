@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from fashionbg.contracts.codes import IGNORE
 from fashionbg.ingest.hygiene import open_rgb
-from fashionbg.contracts.raw import IGNORE
 
 
 def resize_rgb(image: Image.Image, size: tuple[int, int]) -> np.ndarray:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fashionbg.ingest.hygiene import CheckedImage, RefusedImage, check_image, open_rgb
 from fashionbg.contracts.raw import IndexRow, RawWriter
+from fashionbg.ingest.hygiene import CheckedImage, RefusedImage, check_image, open_rgb
 
 JPEG_QUALITY = 95
 # Files nobody asked for (OS and archiver droppings), skipped without a quarantine entry.

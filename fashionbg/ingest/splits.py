@@ -14,9 +14,9 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from fashionbg.contracts.codes import SPLITS
 from fashionbg.core.errors import ParamError
 from fashionbg.core.params import integer, optional_integer
-from fashionbg.contracts.raw import SPLITS
 
 T = TypeVar("T")
 

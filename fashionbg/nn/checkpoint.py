@@ -7,8 +7,8 @@ truncated file.
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, fields
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +16,6 @@ import torch
 
 from fashionbg.core.errors import UserError
 from fashionbg.core.io import atomic_file
-
 
 T = TypeVar("T")
 

@@ -1,8 +1,8 @@
 """Datasets over the prepared arrays, with augmentation that moves image and masks together.
 
-Images come out as uint8 tensors (the models normalise them); `standard` augmentation is a horizontal flip, a
-random scale-crop (torchvision v2 resizes tv_tensors.Mask with nearest neighbour, so class ids
-survive) and colour jitter, which v2 applies to the image only.
+Images come out as uint8 tensors (the models normalise them); `standard` augmentation is a
+horizontal flip, a random scale-crop (torchvision v2 resizes tv_tensors.Mask with nearest
+neighbour, so class ids survive) and colour jitter, which v2 applies to the image only.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fashionbg.contracts.raw import IGNORE
+from fashionbg.contracts.codes import IGNORE
 from fashionbg.nn.engine import autocast
 from fashionbg.segment.metrics import ConfusionMatrix, instance_metric, summarize_instances
 

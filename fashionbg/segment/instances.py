@@ -19,9 +19,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 from scipy import ndimage
 
-from fashionbg.core.errors import UserError
+from fashionbg.contracts.codes import IGNORE
 from fashionbg.contracts.prepared import Prepared
-from fashionbg.contracts.raw import IGNORE
+from fashionbg.core.errors import UserError
 from fashionbg.segment.params import select_instance_classes
 
 COCO_FILE = "instances.json"

@@ -28,9 +28,9 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
+from fashionbg.core.errors import ParamError
 from fashionbg.nn.lite0 import load_lite0_weights
 from fashionbg.nn.normalize import Normalize, Stats, stats_for
-from fashionbg.core.errors import ParamError
 from fashionbg.segment.params import SegmentConfig
 
 log = logging.getLogger(__name__)

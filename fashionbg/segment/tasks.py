@@ -1,5 +1,5 @@
 """What differs between the semantic and the instance task, behind one interface the stages use:
-labels, datasets, loaders, model, loss step, evaluation and overlay pictures."""
+labels, datasets, loaders, model, loss step and evaluation."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,20 +10,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fashionbg.core.errors import UserError
+from fashionbg.contracts.codes import IGNORE
 from fashionbg.contracts.prepared import Prepared
-from fashionbg.contracts.raw import IGNORE
-from fashionbg.segment.data import InstanceDataset, SemanticDataset, collate_instances
+from fashionbg.core.errors import UserError
 from fashionbg.nn.data import make_loader
 from fashionbg.nn.engine import Step, Validate
-from fashionbg.segment.engine import (evaluate_instances, evaluate_semantic, instance_step,
-                     predict_instances, predict_semantic, semantic_step)
+from fashionbg.segment.data import InstanceDataset, SemanticDataset, collate_instances
+from fashionbg.segment.engine import (
+    evaluate_instances,
+    evaluate_semantic,
+    instance_step,
+    semantic_step,
+)
 from fashionbg.segment.instances import instance_targets
 from fashionbg.segment.models import build_instance, build_semantic
 from fashionbg.segment.params import SegmentConfig
-from fashionbg.segment.plots import class_colors, paint_classes, paint_instances
-
-OverlayRow = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class SemanticTask:
@@ -60,14 +61,6 @@ class SemanticTask:
                  ) -> dict[str, Any]:
         return evaluate_semantic(model, loader, device, self.class_names)
 
-    def overlay_rows(self, model: nn.Module, images: np.ndarray, rows: np.ndarray,
-                     device: torch.device) -> list[OverlayRow]:
-        colors = class_colors(len(self.class_names))
-        batch = torch.from_numpy(np.array(images[rows])).permute(0, 3, 1, 2)
-        predicted = predict_semantic(model, batch, device).numpy()
-        return [(images[r], paint_classes(images[r], np.asarray(self.masks[r]), colors),
-                 paint_classes(images[r], p, colors)) for r, p in zip(rows, predicted)]
-
 
 class InstanceTask:
     """Garment instances for Mask R-CNN, from COCO annotations or mask components."""
@@ -75,7 +68,6 @@ class InstanceTask:
     name = "instance"
     key_metric = "mask_ap"
     step: Step = staticmethod(instance_step)
-    score_threshold = 0.5   # detections drawn in overlays
 
     def __init__(self, config: SegmentConfig, prepared: Prepared, raw_dir: Path) -> None:
         self.config, self.prepared = config, prepared
@@ -104,19 +96,6 @@ class InstanceTask:
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device
                  ) -> dict[str, Any]:
         return evaluate_instances(model, loader, device, self.class_names[1:])
-
-    def overlay_rows(self, model: nn.Module, images: np.ndarray, rows: np.ndarray,
-                     device: torch.device) -> list[OverlayRow]:
-        colors = class_colors(len(self.class_names))
-        batch = [torch.from_numpy(np.array(images[r])).permute(2, 0, 1) for r in rows]
-        result = []
-        for r, pred in zip(rows, predict_instances(model, batch, device)):
-            masks, labels = self.targets(int(r))
-            keep = (pred["scores"] >= self.score_threshold).nonzero().flatten().flip(0)
-            result.append((images[r], paint_instances(images[r], masks, labels, colors),
-                           paint_instances(images[r], pred["masks"][keep].numpy(),
-                                           pred["labels"][keep].numpy(), colors)))
-        return result
 
 
 Task = SemanticTask | InstanceTask

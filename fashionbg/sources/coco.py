@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from fashionbg.contracts.codes import IGNORE, SPLITS
+from fashionbg.contracts.raw import RawWriter, SourceResult
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import choice
 from fashionbg.ingest.hygiene import CheckedImage, RefusedImage, orient_array
 from fashionbg.ingest.intake import Candidate, ingest, is_junk
 from fashionbg.ingest.origin import Origin, materialize, parse_origin
-from fashionbg.contracts.raw import IGNORE
-from fashionbg.contracts.raw import SPLITS, RawWriter, SourceResult
 from fashionbg.ingest.splits import Sampling, complete_splits, sampling, subsample
 
 log = logging.getLogger(__name__)

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from fashionbg.contracts.raw import RawWriter, SourceResult
 from fashionbg.core.errors import UserError
-from fashionbg.sources.coco import ImageFinder, build_coco, grouping, load_coco, mask_scheme, plan
 from fashionbg.ingest.extract import extract
 from fashionbg.ingest.intake import is_junk
 from fashionbg.ingest.origin import Origin, materialize, parse_origin, staging_dir
-from fashionbg.contracts.raw import RawWriter, SourceResult
 from fashionbg.ingest.splits import Sampling, sampling
+from fashionbg.sources.coco import ImageFinder, build_coco, grouping, load_coco, mask_scheme, plan
 
 HOMEPAGE = "https://fashionpedia.github.io/home/"
 BASE_URL = "https://s3.amazonaws.com/ifashionist-dataset"

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fashionbg.core.errors import UserError
-from fashionbg.sources.folder import build_classified, find_split_lists
-from fashionbg.ingest.origin import Origin, materialize, parse_origin
 from fashionbg.contracts.raw import RawWriter, SourceResult
+from fashionbg.core.errors import UserError
+from fashionbg.ingest.origin import Origin, materialize, parse_origin
 from fashionbg.ingest.splits import Sampling, sampling
+from fashionbg.sources.folder import build_classified, find_split_lists
 
 STYLES = ["conservative", "dressy", "ethnic", "fairy", "feminine", "gal", "girlish",
           "kireime-casual", "lolita", "mode", "natural", "retro", "rock", "street"]

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fashionbg.contracts.codes import SPLITS
+from fashionbg.contracts.raw import RawWriter, SourceResult
 from fashionbg.core.errors import UserError
 from fashionbg.ingest.intake import Candidate, ingest, is_junk
 from fashionbg.ingest.origin import Origin, Tree, materialize, parse_origin
-from fashionbg.contracts.raw import SPLITS, RawWriter, SourceResult
 from fashionbg.ingest.splits import Sampling, complete_splits, sampling, subsample
 
 log = logging.getLogger(__name__)

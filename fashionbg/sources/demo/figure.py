@@ -8,8 +8,20 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fashionbg.sources.demo.styles import (BAG, DETAIL, DRESS, HAIR, OUTER, PANTS, SCALE, SHOES,
-                                           SKIN, SKIRT, TOP, StyleSpec)
+from fashionbg.sources.demo.styles import (
+    BAG,
+    DETAIL,
+    DRESS,
+    HAIR,
+    OUTER,
+    PANTS,
+    SCALE,
+    SHOES,
+    SKIN,
+    SKIRT,
+    TOP,
+    StyleSpec,
+)
 
 Point = tuple[float, float]
 

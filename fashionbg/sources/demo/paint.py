@@ -7,10 +7,26 @@ import math
 import numpy as np
 from PIL import Image, ImageFilter
 
-from fashionbg.sources.demo.styles import (BAG, COLOURS, DETAIL, DRESS, HAIR, HAIR_COLOURS,
-                                           OFF_PALETTE, OUTER, PANTS, PATTERNS, SCALE, SHOES,
-                                           SKIN, SKIN_TONES, SKIRT, TOP, StyleSpec)
 from fashionbg.sources.demo.figure import Body, pick
+from fashionbg.sources.demo.styles import (
+    BAG,
+    COLOURS,
+    DETAIL,
+    DRESS,
+    HAIR,
+    HAIR_COLOURS,
+    OFF_PALETTE,
+    OUTER,
+    PANTS,
+    PATTERNS,
+    SCALE,
+    SHOES,
+    SKIN,
+    SKIN_TONES,
+    SKIRT,
+    TOP,
+    StyleSpec,
+)
 
 Texture = tuple[str, np.ndarray, np.ndarray]  # pattern kind and its two colours
 

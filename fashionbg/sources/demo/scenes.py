@@ -7,9 +7,9 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from fashionbg.sources.demo.styles import PATTERNS
 from fashionbg.sources.demo.figure import Body, pick
 from fashionbg.sources.demo.paint import smooth_noise, swatch
+from fashionbg.sources.demo.styles import PATTERNS
 
 
 def background(family: int, rng: np.random.Generator, w: int, h: int, b: Body) -> np.ndarray:

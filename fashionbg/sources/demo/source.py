@@ -17,15 +17,22 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from fashionbg.contracts.codes import SPLITS
+from fashionbg.contracts.raw import RawWriter, SourceResult
 from fashionbg.core.errors import ParamError
 from fashionbg.core.params import integer, number, section, size_pair
-from fashionbg.contracts.raw import SPLITS, RawWriter, SourceResult
 from fashionbg.ingest.splits import fractions
-from fashionbg.sources.demo.styles import (BACKGROUNDS, MASK_CLASSES, MATERIAL_CLASS, SCALE,
-                                           STYLE_SPECS, STYLES)
 from fashionbg.sources.demo.figure import Canvas, draw_figure, sample_body, sample_outfit
 from fashionbg.sources.demo.paint import paint_figure, textures
 from fashionbg.sources.demo.scenes import background
+from fashionbg.sources.demo.styles import (
+    BACKGROUNDS,
+    MASK_CLASSES,
+    MATERIAL_CLASS,
+    SCALE,
+    STYLE_SPECS,
+    STYLES,
+)
 
 DEMO_KEYS = ("images_per_class", "image_size", "context_correlation")
 

@@ -1,0 +1,45 @@
+"""The rows of an overlay picture: each test image, its ground truth and the model's
+prediction, painted in class colours (evaluation only; training draws nothing)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from fashionbg.segment.engine import predict_instances, predict_semantic
+from fashionbg.segment.plots import class_colors, paint_classes, paint_instances
+from fashionbg.segment.tasks import InstanceTask, SemanticTask, Task
+
+OverlayRow = tuple[np.ndarray, np.ndarray, np.ndarray]
+SCORE_THRESHOLD = 0.5   # detections drawn
+
+
+def overlay_rows(task: Task, model: nn.Module, images: np.ndarray, rows: np.ndarray,
+                 device: torch.device) -> list[OverlayRow]:
+    if isinstance(task, SemanticTask):
+        return _semantic_rows(task, model, images, rows, device)
+    return _instance_rows(task, model, images, rows, device)
+
+
+def _semantic_rows(task: SemanticTask, model: nn.Module, images: np.ndarray, rows: np.ndarray,
+                   device: torch.device) -> list[OverlayRow]:
+    colors = class_colors(len(task.class_names))
+    batch = torch.from_numpy(np.array(images[rows])).permute(0, 3, 1, 2)
+    predicted = predict_semantic(model, batch, device).numpy()
+    return [(images[r], paint_classes(images[r], np.asarray(task.masks[r]), colors),
+             paint_classes(images[r], p, colors)) for r, p in zip(rows, predicted)]
+
+
+def _instance_rows(task: InstanceTask, model: nn.Module, images: np.ndarray, rows: np.ndarray,
+                   device: torch.device) -> list[OverlayRow]:
+    colors = class_colors(len(task.class_names))
+    batch = [torch.from_numpy(np.array(images[r])).permute(2, 0, 1) for r in rows]
+    result = []
+    for r, pred in zip(rows, predict_instances(model, batch, device)):
+        masks, labels = task.targets(int(r))
+        # Ascending score, so the most confident detection is painted last, on top.
+        keep = (pred["scores"] >= SCORE_THRESHOLD).nonzero().flatten().flip(0)
+        result.append((images[r], paint_instances(images[r], masks, labels, colors),
+                       paint_instances(images[r], pred["masks"][keep].numpy(),
+                                       pred["labels"][keep].numpy(), colors)))
+    return result
