@@ -25,6 +25,7 @@ from fashionbg.nn.device import resolve_device
 from fashionbg.nn.params import read_evaluate
 
 SAMPLES_PER_CLASS = 2
+PREDICTION_COLUMNS = ("path", "tested_on", "label", "predicted", "correct")
 log = logging.getLogger("evaluate_classifier")
 
 
@@ -60,7 +61,12 @@ def main() -> None:
 
     metrics, logits, targets = evaluate(variant)
     other = other_variant(variant)
-    cross, _, _ = evaluate(other)
+    cross, cross_logits, _ = evaluate(other)
+    test_paths = [caches[variant].meta["paths"][r] for r in caches[variant].indices("test")]
+    write_csv(paths.CLASSIFICATION_PREDICTIONS, PREDICTION_COLUMNS, [
+        (path, tested_on, labels[t], labels[p], int(t == p))
+        for tested_on, scores in ((variant, logits), (other, cross_logits))
+        for path, t, p in zip(test_paths, targets.tolist(), scores.argmax(1).tolist())])
     write_json(paths.CLASSIFICATION_METRICS, {
         "variant": variant, "arch": config.arch, "best_epoch": checkpoint.epoch,
         "test": metrics,

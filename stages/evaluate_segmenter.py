@@ -11,7 +11,7 @@ from fashionbg.contracts.prepared import check_same_rows, load_prepared
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
-from fashionbg.core.io import atomic_dir, write_json
+from fashionbg.core.io import atomic_dir, write_csv, write_json
 from fashionbg.core.params import load_params
 from fashionbg.nn.checkpoint import load_checkpoint
 from fashionbg.nn.device import resolve_device
@@ -21,6 +21,7 @@ from fashionbg.segment.params import SegmentConfig
 from fashionbg.segment.plots import class_colors, overlay_grid
 from fashionbg.segment.tasks import make_task
 
+PREDICTION_COLUMNS = ("path", "tested_on", "class", "intersection", "union")
 log = logging.getLogger("evaluate_segmenter")
 
 
@@ -45,12 +46,19 @@ def main() -> None:
     model.to(device)
 
     other = other_variant(variant)
-    scores = {}
+    scores, per_image = {}, []
+    test_paths = [caches[variant].meta["paths"][r] for r in rows]
     for tested_on in (variant, other):
         loader = task.loader(task.dataset(caches[tested_on].images, rows), settings.batch_size)
-        scores[tested_on] = task.evaluate(model, loader, device)
+        images: list = []
+        scores[tested_on] = task.evaluate(model, loader, device, images)
+        per_image += [(path, tested_on, name, int(i), int(u))
+                      for path, (inter, union) in zip(test_paths, images)
+                      for name, i, u in zip(task.class_names, inter, union) if u > 0]
         log.info("trained on %s, tested on %s: %s %s", variant, tested_on, task.key_metric,
                  scores[tested_on][task.key_metric])
+    # Semantic only: per-image intersection and union per class (mask AP has no such terms).
+    write_csv(paths.SEGMENTATION_PREDICTIONS, PREDICTION_COLUMNS, per_image)
 
     shown = rows[:settings.overlays]
     per_class_key = "per_class_iou" if task.name == "semantic" else "per_class_mask_ap"

@@ -85,3 +85,15 @@ def test_boxes_from_masks_use_pixel_edges() -> None:
     masks[1, 1:5, 2:8] = True
     assert boxes_from_masks(masks).tolist() == [[4, 3, 5, 4], [2, 1, 8, 5]]
     assert boxes_from_masks(masks[:0]).shape == (0, 4)
+
+
+def test_per_image_terms_add_up_to_the_dataset_iou():
+    target = torch.tensor([[[0, 1], [1, 2]], [[2, 2], [0, 0]]])
+    prediction = torch.tensor([[[0, 1], [2, 2]], [[2, 1], [0, 1]]])
+    confusion = ConfusionMatrix(3, keep_images=True)
+    confusion.update(target, prediction)
+    (hits0, union0), (hits1, union1) = confusion.images
+    assert hits0.tolist() == [1, 1, 1] and union0.tolist() == [1, 2, 2]
+    assert hits1.tolist() == [1, 0, 1] and union1.tolist() == [2, 2, 2]
+    iou = (hits0 + hits1) / (union0 + union1)
+    assert confusion.compute(["a", "b", "c"])["miou"] == pytest.approx(iou.mean(), abs=1e-6)

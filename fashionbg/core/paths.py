@@ -20,6 +20,9 @@ SEGMENTER = Path("models/segmenter.pt")
 BACKGROUND_METRICS = Path("metrics/background.json")
 CLASSIFICATION_METRICS = Path("metrics/classification.json")
 SEGMENTATION_METRICS = Path("metrics/segmentation.json")
+# Per-image test results (git-tracked), so variants are compared on the same test images.
+CLASSIFICATION_PREDICTIONS = Path("predictions/classification.csv")
+SEGMENTATION_PREDICTIONS = Path("predictions/segmentation.csv")
 CLASSIFIER_PLOTS = Path("plots/classifier")
 SEGMENTATION_PLOTS = Path("plots/segmentation")
 

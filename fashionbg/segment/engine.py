@@ -58,10 +58,14 @@ def predict_instances(model: nn.Module, images: list[torch.Tensor], device: torc
 
 
 def evaluate_semantic(model: nn.Module, loader: DataLoader, device: torch.device,
-                      class_names: list[str]) -> dict[str, Any]:
-    confusion = ConfusionMatrix(len(class_names))
+                      class_names: list[str], per_image: list | None = None) -> dict[str, Any]:
+    """Metrics over the loader; `per_image` (a list) receives each image's (intersection,
+    union) per class, in loader order."""
+    confusion = ConfusionMatrix(len(class_names), keep_images=per_image is not None)
     for images, masks in loader:
         confusion.update(masks, predict_semantic(model, images, device))
+    if per_image is not None:
+        per_image.extend(confusion.images)
     return confusion.compute(class_names)
 
 

@@ -13,22 +13,35 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 
 
 class ConfusionMatrix:
-    def __init__(self, num_classes: int) -> None:
+    """Accumulates pixels over images; with `keep_images`, also each image's own intersection
+    and union per class, so paired comparisons can resample test images."""
+
+    def __init__(self, num_classes: int, keep_images: bool = False) -> None:
         self.num_classes = num_classes
         self.matrix = torch.zeros((num_classes, num_classes), dtype=torch.int64)
+        self.images: list[tuple[np.ndarray, np.ndarray]] | None = [] if keep_images else None
 
     def update(self, target: torch.Tensor, prediction: torch.Tensor) -> None:
         """Add a batch of class-id maps; target ids outside [0, num_classes) are ignored."""
+        for t, p in zip(target, prediction):
+            matrix = self._image_matrix(t, p)
+            self.matrix += matrix
+            if self.images is not None:
+                hits = matrix.diag()
+                self.images.append((hits.numpy(), (matrix.sum(0) + matrix.sum(1) - hits).numpy()))
+
+    def _image_matrix(self, target: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
         n = self.num_classes
         target, prediction = target.flatten().long().cpu(), prediction.flatten().long().cpu()
         valid = (target >= 0) & (target < n)
         index = n * target[valid] + prediction[valid]
-        self.matrix += torch.bincount(index, minlength=n * n).reshape(n, n)
+        return torch.bincount(index, minlength=n * n).reshape(n, n)
 
     def compute(self, class_names: list[str]) -> dict[str, Any]:
         m = self.matrix.double()

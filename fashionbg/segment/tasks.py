@@ -57,9 +57,9 @@ class SemanticTask:
     def build_model(self, load_weights: bool) -> nn.Module:
         return build_semantic(self.config, len(self.class_names), load_weights)
 
-    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device
-                 ) -> dict[str, Any]:
-        return evaluate_semantic(model, loader, device, self.class_names)
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device,
+                 per_image: list | None = None) -> dict[str, Any]:
+        return evaluate_semantic(model, loader, device, self.class_names, per_image)
 
 
 class InstanceTask:
@@ -93,8 +93,9 @@ class InstanceTask:
     def build_model(self, load_weights: bool) -> nn.Module:
         return build_instance(self.config, len(self.class_names), self.image_size, load_weights)
 
-    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device
-                 ) -> dict[str, Any]:
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device,
+                 per_image: list | None = None) -> dict[str, Any]:
+        """Mask AP does not split into per-image terms, so `per_image` stays empty."""
         return evaluate_instances(model, loader, device, self.class_names[1:])
 
 
