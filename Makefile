@@ -4,7 +4,10 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test bench clean
+.PHONY: setup repro test bench study clean
+
+PRESET ?= quick
+SHARD ?= 1/1
 
 setup: $(VENV)/.installed
 
@@ -24,3 +27,8 @@ bench: setup
 	$(PY) benchmarks/bench_pipeline.py
 	$(PY) benchmarks/bench_segment.py
 	PYTHONPATH=tests $(PY) benchmarks/bench_download.py
+
+# The study of study.yaml through DVC's experiment queue, then its report (reports/study.md).
+study: setup
+	$(PY) -m fashionbg.study run --preset $(PRESET) --shard $(SHARD)
+	$(PY) -m fashionbg.study report --preset $(PRESET)

@@ -1,0 +1,161 @@
+"""study.yaml: the arms, claims and presets of the study, checked, and the cells a preset runs.
+
+A *cell* is one arm trained on one variant with one seed: one DVC experiment, named after the
+arm, variant, seed and a short hash of every param it sets, so a changed definition gives new
+cells instead of reusing stale ones.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fashionbg.contracts.params import VARIANTS
+from fashionbg.core.errors import UserError
+
+STUDY_FILE = Path("study.yaml")
+TASKS = {   # task: (seed key, evaluation stage, headline metric, metrics file)
+    "classify": ("classify.seed", "evaluate_classifier", "top1", "metrics/classification.json"),
+    "semantic": ("segment.seed", "evaluate_segmenter", "miou", "metrics/segmentation.json"),
+    "instance": ("segment.seed", "evaluate_segmenter", "mask_ap", "metrics/segmentation.json"),
+}
+TESTS = ("gain", "interaction")
+EXPECTS = ("positive", "negative", "not_positive")
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    task: str
+    about: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    claim: str
+    test: str
+    arm: str
+    baseline: str | None
+    expect: str
+
+
+@dataclass(frozen=True)
+class Cell:
+    arm: Arm
+    variant: str
+    seed: int
+    params: dict[str, Any]   # every -S override, seed and variant included
+
+    @property
+    def name(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.params, sort_keys=True).encode()).hexdigest()
+        return f"{self.arm.name}-{self.variant}-s{self.seed}-{digest[:6]}"
+
+    @property
+    def stage(self) -> str:
+        return TASKS[self.arm.task][1]
+
+
+@dataclass(frozen=True)
+class Study:
+    arms: dict[str, Arm]
+    claims: list[Claim]
+    minimal_effect: float
+    presets: dict[str, dict[str, Any]]
+
+    def cells(self, preset: str) -> list[Cell]:
+        """Every cell of `preset`, in a stable order (arm, seed, variant)."""
+        spec = self.presets[preset]
+        cells = []
+        for arm_name, changes in spec["arms"].items():
+            arm = self.arms[arm_name]
+            base = {**spec.get("params", {}), **spec.get("task_params", {}).get(arm.task, {}),
+                    **arm.params, **changes.get("params", {})}
+            for seed in changes.get("seeds", spec["seeds"]):
+                for variant in VARIANTS:
+                    params = {**base, "data.variant": variant, TASKS[arm.task][0]: seed}
+                    cells.append(Cell(arm, variant, seed, params))
+        return cells
+
+
+def load_study(path: Path = STUDY_FILE, params: dict[str, Any] | None = None) -> Study:
+    """The study in `path`; with `params` (params.yaml), every overridden key must exist there,
+    since `dvc exp run -S` only sets keys params.yaml has."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from err
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} must hold a mapping with arms, claims and presets")
+    arms = {name: _arm(path, name, spec) for name, spec in _mapping(path, raw, "arms").items()}
+    claims = [_claim(path, arms, spec) for spec in raw.get("claims") or []]
+    presets = _mapping(path, raw, "presets")
+    for name, preset in presets.items():
+        _check_preset(path, name, preset, arms)
+    study = Study(arms, claims, float(raw.get("minimal_effect", 0.02)), presets)
+    if params is not None:
+        for preset in presets:
+            for cell in study.cells(preset):
+                _check_keys(path, cell.params, params)
+    return study
+
+
+def _mapping(path: Path, raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key)
+    if not isinstance(value, dict) or not value:
+        raise UserError(f"{path}: {key} must be a non-empty mapping")
+    return value
+
+
+def _arm(path: Path, name: str, spec: Any) -> Arm:
+    if not isinstance(spec, dict) or spec.get("task") not in TASKS:
+        raise UserError(f"{path}: arms.{name}.task must be one of " + ", ".join(TASKS))
+    if not isinstance(spec.get("params", {}), dict):
+        raise UserError(f"{path}: arms.{name}.params must be a mapping of params.yaml keys")
+    return Arm(name, spec["task"], str(spec.get("about", "")), dict(spec.get("params", {})))
+
+
+def _claim(path: Path, arms: dict[str, Arm], spec: Any) -> Claim:
+    where = f"{path}: claim {spec.get('id') if isinstance(spec, dict) else spec!r}"
+    if not isinstance(spec, dict) or spec.get("test") not in TESTS:
+        raise UserError(f"{where}: test must be one of " + ", ".join(TESTS))
+    if spec.get("expect") not in EXPECTS:
+        raise UserError(f"{where}: expect must be one of " + ", ".join(EXPECTS))
+    needed = [spec.get("arm")] + ([spec.get("baseline")] if spec["test"] == "interaction" else [])
+    for arm in needed:
+        if arm not in arms:
+            raise UserError(f"{where}: no arm named {arm!r}")
+    if spec["test"] == "interaction" and arms[needed[0]].task != arms[needed[1]].task:
+        raise UserError(f"{where}: an interaction compares arms of the same task")
+    return Claim(str(spec.get("id")), str(spec.get("claim", "")), spec["test"], spec["arm"],
+                 spec.get("baseline"), spec["expect"])
+
+
+def _check_preset(path: Path, name: str, preset: Any, arms: dict[str, Arm]) -> None:
+    where = f"{path}: presets.{name}"
+    if not isinstance(preset, dict) or not isinstance(preset.get("arms"), dict):
+        raise UserError(f"{where}.arms must map arm names to their changes ({{}} for none)")
+    seeds = preset.get("seeds")
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
+        raise UserError(f"{where}.seeds must be a list of integers")
+    for arm, changes in preset["arms"].items():
+        if arm not in arms:
+            raise UserError(f"{where}.arms: no arm named {arm!r}")
+        if not isinstance(changes, dict):
+            raise UserError(f"{where}.arms.{arm} must be a mapping (seeds, params) or {{}}")
+
+
+def _check_keys(path: Path, overrides: dict[str, Any], params: dict[str, Any]) -> None:
+    for key in overrides:
+        node: Any = params
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise UserError(f"{path}: {key} is not a key of params.yaml "
+                                "(dvc exp run -S can only change existing keys)")
+            node = node[part]

@@ -1,0 +1,100 @@
+"""What the experiments of a study hold, read from their git refs: the refs DVC writes for every
+finished experiment and that `dvc exp push` / `dvc exp pull` move between machines, so the
+report sees whatever experiments are present, whoever ran them."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import yaml
+
+from fashionbg.core import paths
+from fashionbg.study.definition import TASKS, Cell
+
+EXPERIMENT_REFS = "refs/exps/"
+QUEUE_REFS = "refs/exps/celery/"   # DVC's own bookkeeping of queued and failed runs
+
+
+@dataclass(frozen=True)
+class CellResult:
+    cell: Cell
+    score: float | None              # the task's headline metric on its own variant's test set
+    cross: float | None              # the same model on the other variant's test images
+    # Per test image, in sorted path order: correctness (classify), or intersection and union
+    # per class in the metrics' class order (semantic); None for instance segmentation (mask AP
+    # has no per-image terms).
+    per_image: np.ndarray | None
+    images: tuple[str, ...]
+
+
+def existing_experiments() -> dict[str, str]:
+    """Name → commit of every finished experiment in this repository."""
+    out = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)",
+                          EXPERIMENT_REFS], capture_output=True, text=True, check=True).stdout
+    found = {}
+    for line in out.splitlines():
+        rev, ref = line.split(" ", 1)
+        if not ref.startswith(QUEUE_REFS):
+            found[ref.rsplit("/", 1)[-1]] = rev
+    return found
+
+
+def git_file(rev: str, path: str) -> str | None:
+    result = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else None
+
+
+def read_results(cells: list[Cell]) -> tuple[list[CellResult], list[Cell]]:
+    """The results of the cells that have an experiment whose params match, and the missing."""
+    present = existing_experiments()
+    results, missing = [], []
+    for cell in cells:
+        rev = present.get(cell.name)
+        result = _read_cell(cell, rev) if rev else None
+        (results.append(result) if result else missing.append(cell))
+    return results, missing
+
+
+def _read_cell(cell: Cell, rev: str) -> CellResult | None:
+    params = yaml.safe_load(git_file(rev, str(paths.PARAMS)) or "{}")
+    if any(_lookup(params, key) != value for key, value in cell.params.items()):
+        return None   # a stale experiment under the same name
+    _, _, key, metrics_path = TASKS[cell.arm.task]
+    metrics = json.loads(git_file(rev, metrics_path) or "{}")
+    if metrics.get("variant") != cell.variant or metrics.get("task", "classify") != cell.arm.task:
+        return None   # the experiment did not run this cell's evaluation
+    per_image, images = _per_image(cell, rev, list(metrics["test"].get("per_class_iou", {})))
+    return CellResult(cell, metrics["test"].get(key), metrics["cross_variant"].get(key),
+                      per_image, images)
+
+
+def _lookup(params: dict[str, Any], key: str) -> Any:
+    node: Any = params
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _per_image(cell: Cell, rev: str, classes: list[str]
+               ) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    if cell.arm.task == "instance":
+        return None, ()
+    path = (paths.CLASSIFICATION_PREDICTIONS if cell.arm.task == "classify"
+            else paths.SEGMENTATION_PREDICTIONS)
+    rows = [r for r in csv.DictReader(io.StringIO(git_file(rev, str(path)) or ""))
+            if r["tested_on"] == cell.variant]
+    images = tuple(sorted({r["path"] for r in rows}))
+    if cell.arm.task == "classify":
+        correct = {r["path"]: float(r["correct"]) for r in rows}
+        return np.array([correct[p] for p in images]), images
+    index = {p: i for i, p in enumerate(images)}
+    terms = np.zeros((len(images), len(classes), 2))
+    for r in rows:
+        terms[index[r["path"]], classes.index(r["class"])] = (int(r["intersection"]),
+                                                                int(r["union"]))
+    return terms, images

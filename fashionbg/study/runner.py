@@ -1,0 +1,128 @@
+"""Running the cells of a preset through DVC's own experiment queue.
+
+Each missing cell is queued with `dvc exp run --queue -n <cell> -S key=value … <evaluation
+stage>` (only its task's stages run; DVC's run cache restores any stage already run with the
+same inputs), then `dvc queue start -j 1` works through them. Cells whose experiment already
+exists are not queued again, so adding a seed runs only the new cells. A failed cell is reported
+with its log and does not stop the others.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import yaml
+
+from fashionbg.core.errors import UserError
+from fashionbg.study.definition import Cell
+from fashionbg.study.results import existing_experiments
+
+log = logging.getLogger("study")
+POLL_SECONDS = 5
+# A name queued again after a failure shows twice; the more current state wins.
+STATES = ("Failed", "Success", "Queued", "Running")
+# A cell's stage that has not finished in this long is taken to be hung.
+CELL_TIMEOUT = float(os.environ.get("FASHIONBG_CELL_TIMEOUT", 6 * 3600))
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int   # 1-based
+    count: int
+
+    def take(self, cells: Sequence[Cell]) -> list[Cell]:
+        """Every count-th cell starting at index: slices of similar cost for each machine."""
+        return [c for i, c in enumerate(cells) if i % self.count == self.index - 1]
+
+
+def parse_shard(text: str) -> Shard:
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise UserError(f"SHARD = {text!r} is not allowed; expected i/N with 1 <= i <= N, "
+                        "e.g. 2/4 for the second of four machines")
+    return Shard(int(match[1]), int(match[2]))
+
+
+def dvc(*args: str, check: bool = True) -> str:
+    result = subprocess.run(["dvc", *args], capture_output=True, text=True,
+                            env={**os.environ, **_git_identity()})
+    if check and result.returncode != 0:
+        raise UserError(f"dvc {' '.join(args)} failed: "
+                        + (result.stderr.strip().splitlines() or ["no output"])[-1])
+    return result.stdout
+
+
+def _git_identity() -> dict[str, str]:
+    """DVC commits each experiment; a machine without a git identity gets a neutral one."""
+    have = subprocess.run(["git", "config", "user.name"], capture_output=True).returncode == 0
+    if have:
+        return {}
+    return {"GIT_AUTHOR_NAME": "fashionbg study", "GIT_AUTHOR_EMAIL": "study@localhost",
+            "GIT_COMMITTER_NAME": "fashionbg study", "GIT_COMMITTER_EMAIL": "study@localhost"}
+
+
+def override(key: str, value: object) -> str:
+    """`-S key=value` with the value in YAML flow style, as params.yaml would hold it."""
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return f"{key}={text.removesuffix('...').strip()}"
+
+
+def queue(cells: Sequence[Cell]) -> None:
+    for cell in cells:
+        sets = [arg for key, value in cell.params.items() for arg in ("-S", override(key, value))]
+        dvc("exp", "run", "--queue", "-n", cell.name, *sets, cell.stage)
+
+
+def queue_status() -> tuple[dict[str, str], int]:
+    """Name → state of every task DVC's queue knows, and how many workers are alive."""
+    text = dvc("queue", "status")
+    states = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[-1] in STATES:
+            old = states.get(parts[1], STATES[0])
+            states[parts[1]] = max(old, parts[-1], key=STATES.index)
+    workers = re.search(r"Worker status: (\d+) active, (\d+) idle", text)
+    return states, (int(workers[1]) + int(workers[2])) if workers else 0
+
+
+def run_cells(cells: Sequence[Cell]) -> tuple[list[str], list[str]]:
+    """Queue the cells that have no experiment yet and wait for them; (done, failed) names."""
+    present = existing_experiments()
+    todo = [c for c in cells if c.name not in present]
+    log.info("%d cells: %d already run, %d to run", len(cells), len(cells) - len(todo),
+             len(todo))
+    if not todo:
+        return [], []
+    queue(todo)
+    names = {c.name for c in todo}
+    start, shown = time.monotonic(), None
+    while True:
+        states, workers = queue_status()
+        mine = {n: s for n, s in states.items() if n in names}
+        pending = [n for n, s in mine.items() if s in ("Queued", "Running")]
+        done = sorted(n for n, s in mine.items() if s == "Success")
+        failed = sorted(n for n, s in mine.items() if s == "Failed")
+        progress = (len(done), len(failed), tuple(n for n, s in mine.items() if s == "Running"))
+        if progress != shown:
+            log.info("[%d/%d] done, %d failed; running: %s", len(done), len(todo), len(failed),
+                     ", ".join(progress[2]) or "-")
+            shown = progress
+        if not pending:
+            break
+        if not workers:   # workers stop when the queue empties, and now and then before
+            dvc("queue", "start", "-j", "1")
+        if time.monotonic() - start > CELL_TIMEOUT * len(todo):
+            raise UserError(f"the queue made no progress for too long; see `dvc queue status` "
+                            f"and `dvc queue logs <name>` for {', '.join(pending[:3])}")
+        time.sleep(POLL_SECONDS)
+    for name in failed:
+        tail = dvc("queue", "logs", name, check=False).strip().splitlines()[-3:]
+        log.error("cell %s failed: %s (full log: dvc queue logs %s)", name,
+                  " | ".join(tail) or "no log", name)
+    return done, failed
