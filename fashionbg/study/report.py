@@ -176,8 +176,8 @@ def build_report(study: Study, preset: str, results: list[CellResult], missing: 
             f"Verdicts: an interval wholly on the expected side supports a claim, wholly on the "
             f"other side reverses it; within ±{study.minimal_effect} of zero it does not support "
             "an expected gain or loss (and supports a 'minimal or negative' claim); otherwise "
-            "the data are inconclusive.", "", f"![forest plot]({FOREST.relative_to(REPORT.parent)})",
-            ""]
+            "the data are inconclusive.", "",
+            f"![forest plot]({FOREST.relative_to(REPORT.parent)})", ""]
     with atomic_file(REPORT) as f:
         f.write("\n".join(body))
     return "\n".join(block)

@@ -57,6 +57,13 @@ def dvc(*args: str, check: bool = True) -> str:
     return result.stdout
 
 
+def start_worker() -> None:
+    """One queue worker (`-j 1`: parallel workers have been seen to hang). The worker lives on
+    in the background, so its output must not be a pipe we would wait on."""
+    subprocess.run(["dvc", "queue", "start", "-j", "1"], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, env={**os.environ, **_git_identity()}, check=True)
+
+
 def _git_identity() -> dict[str, str]:
     """DVC commits each experiment; a machine without a git identity gets a neutral one."""
     have = subprocess.run(["git", "config", "user.name"], capture_output=True).returncode == 0
@@ -116,7 +123,7 @@ def run_cells(cells: Sequence[Cell]) -> tuple[list[str], list[str]]:
         if not pending:
             break
         if not workers:   # workers stop when the queue empties, and now and then before
-            dvc("queue", "start", "-j", "1")
+            start_worker()
         if time.monotonic() - start > CELL_TIMEOUT * len(todo):
             raise UserError(f"the queue made no progress for too long; see `dvc queue status` "
                             f"and `dvc queue logs <name>` for {', '.join(pending[:3])}")

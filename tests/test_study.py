@@ -1,0 +1,169 @@
+"""The study: its definition, statistics on inputs with known answers, verdicts, and the report
+on synthetic experiment results whose verdicts are known."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from fashionbg.core.errors import UserError
+from fashionbg.segment.metrics import ConfusionMatrix
+from fashionbg.study import stats
+from fashionbg.study.definition import load_study
+from fashionbg.study.report import build_report, update_readme
+from fashionbg.study.results import CellResult
+from fashionbg.study.runner import override, parse_shard
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_repository_study_is_valid_and_its_cells_unique():
+    study = load_study(ROOT / "study.yaml", PARAMS)
+    for preset in study.presets:
+        names = [c.name for c in study.cells(preset)]
+        assert len(names) == len(set(names))
+    quick = study.cells("quick")
+    assert {c.arm.name for c in quick} == set(study.arms)   # quick covers every claim's arms
+    assert {c.variant for c in quick} == {"original", "rembg"}
+    instance = [c for c in quick if c.arm.task == "instance"]
+    assert {c.seed for c in instance} == {0, 1} and instance[0].params["segment.epochs"] == 6
+    assert instance[0].stage == "evaluate_segmenter"
+
+
+def test_a_key_params_yaml_lacks_is_refused(tmp_path):
+    text = (ROOT / "study.yaml").read_text().replace("classify.batchnorm: false",
+                                                     "classify.batchnrm: false", 1)
+    (tmp_path / "study.yaml").write_text(text)
+    with pytest.raises(UserError, match="classify.batchnrm is not a key of params.yaml"):
+        load_study(tmp_path / "study.yaml", PARAMS)
+
+
+def test_shards_partition_the_cells():
+    cells = load_study(ROOT / "study.yaml", PARAMS).cells("quick")
+    shards = [parse_shard(f"{i}/3").take(cells) for i in (1, 2, 3)]
+    assert sorted(c.name for s in shards for c in s) == sorted(c.name for c in cells)
+    with pytest.raises(UserError, match="SHARD = '4/3'"):
+        parse_shard("4/3")
+
+
+def test_overrides_are_yaml_values():
+    assert override("data.image_size", [224, 224]) == "data.image_size=[224, 224]"
+    assert override("classify.batchnorm", False) == "classify.batchnorm=false"
+    assert override("classify.arch", "resnet18") == "classify.arch=resnet18"
+
+
+def test_t_interval_matches_scipy_reference():
+    # mean 2, standard error 1/sqrt(3), t(0.975, 2 df) = 4.302653
+    interval = stats.mean_interval([1.0, 2.0, 3.0])
+    assert interval.estimate == 2.0
+    assert interval.low == pytest.approx(-0.484138, abs=1e-5)
+    assert interval.high == pytest.approx(4.484138, abs=1e-5)
+    assert stats.mean_interval([0.5]).low is None
+
+
+def test_paired_tests_match_known_p_values():
+    # Ten positive differences: exact two-sided Wilcoxon p = 2 / 2**10.
+    assert stats.wilcoxon_p(np.arange(1.0, 11.0)) == pytest.approx(2 / 1024)
+    assert stats.wilcoxon_p(np.zeros(5)) == 1.0
+    # t = 0.2 / (0.1 / sqrt(3)) = 3.4641 on 2 df: two-sided p = 0.07418.
+    effect = stats.seed_gain([0.6, 0.7, 0.8], [0.5, 0.5, 0.5])
+    assert effect.p == pytest.approx(0.07418, abs=1e-4)
+    assert effect.interval.estimate == pytest.approx(0.2)
+
+
+def test_resampled_miou_is_the_reported_miou():
+    rng = np.random.default_rng(0)
+    target = torch.from_numpy(rng.integers(0, 4, (6, 8, 8)))
+    prediction = torch.where(torch.rand(6, 8, 8) < 0.7, target, torch.randint(0, 4, (6, 8, 8)))
+    confusion = ConfusionMatrix(4, keep_images=True)
+    confusion.update(target, prediction)
+    terms = np.array([[np.stack(pair, axis=-1) for pair in zip(*image)]
+                      for image in confusion.images])[None]   # (1 seed, images, classes, 2)
+    miou = stats.score(terms, np.arange(1), np.arange(6))
+    assert miou == pytest.approx(confusion.compute(list("abcd"))["miou"], abs=1e-6)
+
+
+def test_bootstrap_of_a_certain_gain_and_of_no_gain():
+    ones, zeros = np.ones((3, 50)), np.zeros((3, 50))
+    certain = stats.gain(ones, zeros)
+    assert (certain.interval.estimate, certain.interval.low, certain.interval.high) == (1, 1, 1)
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 2, (3, 200)).astype(float), rng.integers(0, 2, (3, 200)).astype(float)
+    none = stats.gain(*noise)
+    assert none.interval.low < 0 < none.interval.high and none.p > 0.01
+    strong = stats.gain((rng.random((3, 200)) < 0.9).astype(float),
+                        (rng.random((3, 200)) < 0.5).astype(float))
+    assert strong.interval.low > 0.2 and strong.p < 1e-6
+
+
+@pytest.mark.parametrize("low, high, expect, verdict", [
+    (0.01, 0.05, "positive", "supported"),
+    (-0.05, -0.01, "positive", "reversed"),
+    (-0.01, 0.015, "positive", "not supported"),
+    (-0.01, 0.08, "positive", "inconclusive"),
+    (-0.05, -0.01, "negative", "supported"),
+    (0.01, 0.05, "negative", "reversed"),
+    (-0.015, 0.01, "negative", "not supported"),
+    (-0.05, 0.015, "not_positive", "supported"),
+    (0.03, 0.09, "not_positive", "not supported"),
+    (-0.01, 0.05, "not_positive", "inconclusive"),
+    (None, None, "positive", "inconclusive"),
+])
+def test_verdicts(low, high, expect, verdict):
+    assert stats.verdict(stats.Interval(0.0, low, high), expect, 0.02) == verdict
+
+
+SYNTHETIC_STUDY = """
+variants: [original, rembg]
+minimal_effect: 0.02
+arms:
+  shallow: {task: classify, about: shallow, params: {classify.batchnorm: false}}
+  shallow_bn: {task: classify, about: with batch norm, params: {classify.batchnorm: true}}
+  instance: {task: instance, about: mask r-cnn, params: {segment.task: instance}}
+claims:
+  - {id: a, claim: helps shallow nets, test: gain, arm: shallow, expect: positive}
+  - {id: b, claim: not with batch norm, test: interaction, arm: shallow_bn, baseline: shallow,
+     expect: negative}
+  - {id: c, claim: instance not helped, test: gain, arm: instance, expect: not_positive}
+presets:
+  s: {about: synthetic, seeds: [0, 1, 2], arms: {shallow: {}, shallow_bn: {}, instance: {}}}
+"""
+
+
+def synthetic_results(study):
+    """shallow: 40 % → 80 % correct with removal; shallow_bn: 60 % both ways; instance: mask
+    AP a little lower with removal, every seed."""
+    rng = np.random.default_rng(0)
+    accuracy = {("shallow", "original"): 0.4, ("shallow", "rembg"): 0.8,
+                ("shallow_bn", "original"): 0.6, ("shallow_bn", "rembg"): 0.6}
+    images = tuple(f"images/{i:03d}.jpg" for i in range(300))
+    results = []
+    for cell in study.cells("s"):
+        if cell.arm.task == "instance":
+            ap = 0.30 - 0.05 * (cell.variant == "rembg") + 0.01 * cell.seed
+            results.append(CellResult(cell, ap, ap - 0.1, None, ()))
+            continue
+        correct = (rng.random(len(images)) < accuracy[(cell.arm.name, cell.variant)]) * 1.0
+        results.append(CellResult(cell, correct.mean(), 0.2, correct, images))
+    return results
+
+
+def test_report_on_synthetic_results_gives_the_known_verdicts(tmp_path, monkeypatch):
+    (tmp_path / "study.yaml").write_text(SYNTHETIC_STUDY)
+    study = load_study(tmp_path / "study.yaml")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("# x\n<!-- study:begin -->\nold\n<!-- study:end -->\n")
+    block = build_report(study, "s", synthetic_results(study), 0, "make study PRESET=s")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in block.splitlines()}
+    assert rows["helps shallow nets"].endswith("**supported** |")
+    assert rows["not with batch norm"].endswith("**supported** |")
+    assert rows["instance not helped"].endswith("**supported** |")
+    assert "paired t-test over seeds" in rows["instance not helped"]
+    assert "Wilcoxon signed-rank" in rows["helps shallow nets"]
+    assert (tmp_path / "reports/study.md").read_text().count("**supported**") == 3
+    assert (tmp_path / "reports/study/forest.png").read_bytes()[:4] == b"\x89PNG"
+    assert update_readme(block, tmp_path / "README.md")
+    readme = (tmp_path / "README.md").read_text()
+    assert "old" not in readme and "helps shallow nets" in readme

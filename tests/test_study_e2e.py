@@ -1,0 +1,53 @@
+"""A tiny study through DVC's real experiment queue: two arms, two seeds, then one more seed."""
+import sys
+
+import pytest
+import yaml
+from test_pipeline_e2e import copy_project, run, shrink_params
+
+TINY_PRESET = {"about": "two arms on a tiny demo", "seeds": [0, 1], "params": {},
+               "arms": {"shallow": {}, "shallow_bn": {}}}
+
+
+def study(project, *args: str) -> str:
+    return run([sys.executable, "-m", "fashionbg.study", *args, "--preset", "tiny"], project)
+
+
+def set_seeds(project, seeds: list[int]) -> None:
+    definition = yaml.safe_load((project / "study.yaml").read_text())
+    definition["presets"]["tiny"] = {**TINY_PRESET, "seeds": seeds}
+    (project / "study.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
+
+
+@pytest.mark.timeout(1500)
+def test_tiny_study_through_the_queue(tmp_path):
+    project = tmp_path / "project"
+    copy_project(project)
+    shrink_params(project / "params.yaml")
+    set_seeds(project, [0, 1])
+    (project / "README.md").write_text("<!-- study:begin -->\n<!-- study:end -->\n")
+    run(["git", "init", "-q"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "tiny study"], project)
+    run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline run"], project)
+
+    first = study(project, "run")
+    assert "8 cells: 0 already run, 8 to run" in first and "[8/8] done, 0 failed" in first
+    assert "8 cells: 8 already run, 0 to run" in study(project, "run")   # nothing runs twice
+
+    report = study(project, "report")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in report.splitlines()}
+    claim = rows["removal helps simple, shallow networks trained from scratch (up to +5 % top-1)"]
+    assert "gain of `shallow`" in claim and "Wilcoxon signed-rank" in claim
+    assert any(word in claim for word in ("supported", "reversed", "inconclusive"))
+    assert "gain of `shallow_bn` − gain of `shallow`" in report
+    arm = next(line for line in report.splitlines() if line.startswith("| `shallow`"))
+    assert "| classify: top1 | 2 |" in arm
+    assert (project / "reports/study/forest.png").stat().st_size > 0
+    assert "8 cells read from the experiments" in (project / "README.md").read_text()
+
+    set_seeds(project, [0, 1, 2])                                         # one more seed
+    assert "12 cells: 8 already run, 4 to run" in study(project, "run")
+    assert "| classify: top1 | 3 |" in study(project, "report")
