@@ -26,13 +26,14 @@ import json
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from fashionbg.contracts.codes import SPLITS
+from fashionbg.core.errors import UserError
 from fashionbg.core.io import atomic_file, read_json, write_csv, write_json
 
 INDEX_COLUMNS = ("path", "split", "label", "mask")
@@ -136,11 +137,43 @@ def reason_kind(reason: str) -> str:
 
 
 def read_index(raw_dir: Path) -> list[IndexRow]:
-    with open(Path(raw_dir) / "index.csv", newline="") as f:
-        reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != INDEX_COLUMNS:
-            raise ValueError(f"{raw_dir}/index.csv must have columns {','.join(INDEX_COLUMNS)}")
-        return [IndexRow(r["path"], r["split"], r["label"], r["mask"]) for r in reader]
+    """The rows of index.csv, each checked: an index pulled from a remote is untrusted, and its
+    paths decide where later stages read and write."""
+    index = Path(raw_dir) / "index.csv"
+    try:
+        with open(index, newline="") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != INDEX_COLUMNS:
+                raise UserError(f"{index} must have the columns {','.join(INDEX_COLUMNS)}; "
+                                "run the download stage again")
+            rows = [IndexRow(r["path"], r["split"], r["label"], r["mask"]) for r in reader]
+    except FileNotFoundError as err:
+        raise UserError(f"{index} does not exist; run the download stage first") from err
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{index} is not a readable CSV file ({err}); run the download stage "
+                        "again") from err
+    for line, row in enumerate(rows, start=2):
+        _check_row(index, line, row)
+    return rows
+
+
+def _check_row(index: Path, line: int, row: IndexRow) -> None:
+    where = f"{index} line {line}"
+    if row.split not in SPLITS:
+        raise UserError(f"{where}: split {row.split!r} is not one of {', '.join(SPLITS)}")
+    for value, folder in ((row.path, "images"), (row.mask, "masks")):
+        if value or folder == "images":
+            _confined(where, value, folder)
+
+
+def _confined(where: str, value: str, folder: str) -> None:
+    """A relative path inside `folder/`, with no `..`, absolute or empty parts."""
+    path = PurePosixPath(value)
+    if (path.is_absolute() or "\\" in value or len(path.parts) < 2 or path.parts[0] != folder
+            or any(part in ("..", ".", "") for part in value.split("/"))):
+        raise UserError(f"{where}: path {value!r} is not allowed; expected a relative path "
+                        f"inside {folder}/ without '..'")
+    return path
 
 
 def read_classes(raw_dir: Path) -> dict[str, list[str]]:

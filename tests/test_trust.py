@@ -1,0 +1,48 @@
+"""Inputs pulled from a remote are untrusted: a hostile index writes nowhere else, and a broken
+one is one clear line with exit code 2, however the stage is started."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stage(project: Path, name: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=project,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("row, expected", [
+    ("images/../../../../elsewhere/x.jpg,train,casual,", "path 'images/../../../../elsewhere"),
+    ("/etc/passwd,train,casual,", "path '/etc/passwd' is not allowed"),
+    ("images/a.jpg,train,casual,masks/../../x.png", "path 'masks/../../x.png'"),
+    ("images/a.jpg,holdout,casual,", "split 'holdout' is not one of train, val, test"),
+])
+@pytest.mark.parametrize("name", ["remove_background", "prepare"])
+def test_hostile_index_rows_are_refused_before_anything_is_written(tmp_path, row, expected,
+                                                                   name):
+    project = tmp_path / "project"
+    raw = project / "data" / "raw"
+    raw.mkdir(parents=True)
+    (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (raw / "index.csv").write_text(f"path,split,label,mask\n{row}\n")
+    (raw / "classes.json").write_text('{"labels": ["casual"], "mask_classes": []}')
+    (project / "data" / "rembg").mkdir()
+    (project / "data" / "rembg" / "failures.csv").write_text("path,reason\n")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = stage(project, name)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "index.csv line 2" in result.stderr and expected in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_missing_index_is_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    result = stage(tmp_path, "remove_background")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "index.csv does not exist; run the download stage first" in result.stderr
