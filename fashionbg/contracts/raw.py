@@ -173,7 +173,6 @@ def _confined(where: str, value: str, folder: str) -> None:
             or any(part in ("..", ".", "") for part in value.split("/"))):
         raise UserError(f"{where}: path {value!r} is not allowed; expected a relative path "
                         f"inside {folder}/ without '..'")
-    return path
 
 
 def read_classes(raw_dir: Path) -> dict[str, list[str]]:

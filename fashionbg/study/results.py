@@ -56,7 +56,10 @@ def read_results(cells: list[Cell]) -> tuple[list[CellResult], list[Cell]]:
     for cell in cells:
         rev = present.get(cell.name)
         result = _read_cell(cell, rev) if rev else None
-        (results.append(result) if result else missing.append(cell))
+        if result:
+            results.append(result)
+        else:
+            missing.append(cell)
     return results, missing
 
 

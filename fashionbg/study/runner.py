@@ -8,6 +8,7 @@ with its log and does not stop the others.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -50,7 +51,7 @@ def parse_shard(text: str) -> Shard:
 
 def dvc(*args: str, check: bool = True) -> str:
     result = subprocess.run(["dvc", *args], capture_output=True, text=True,
-                            env={**os.environ, **_git_identity()})
+                            env=_environment())
     if check and result.returncode != 0:
         raise UserError(f"dvc {' '.join(args)} failed: "
                         + (result.stderr.strip().splitlines() or ["no output"])[-1])
@@ -61,16 +62,19 @@ def start_worker() -> None:
     """One queue worker (`-j 1`: parallel workers have been seen to hang). The worker lives on
     in the background, so its output must not be a pipe we would wait on."""
     subprocess.run(["dvc", "queue", "start", "-j", "1"], stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env={**os.environ, **_git_identity()}, check=True)
+                   stderr=subprocess.DEVNULL, env=_environment(), check=True)
 
 
-def _git_identity() -> dict[str, str]:
-    """DVC commits each experiment; a machine without a git identity gets a neutral one."""
+@functools.cache
+def _environment() -> dict[str, str]:
+    """DVC commits each experiment; a machine without a git identity gets a neutral one
+    (looked up once, not at every poll of the queue)."""
     have = subprocess.run(["git", "config", "user.name"], capture_output=True).returncode == 0
     if have:
-        return {}
-    return {"GIT_AUTHOR_NAME": "fashionbg study", "GIT_AUTHOR_EMAIL": "study@localhost",
-            "GIT_COMMITTER_NAME": "fashionbg study", "GIT_COMMITTER_EMAIL": "study@localhost"}
+        return dict(os.environ)
+    neutral = {"GIT_AUTHOR_NAME": "fashionbg study", "GIT_AUTHOR_EMAIL": "study@localhost",
+               "GIT_COMMITTER_NAME": "fashionbg study", "GIT_COMMITTER_EMAIL": "study@localhost"}
+    return {**neutral, **os.environ}
 
 
 def override(key: str, value: object) -> str:

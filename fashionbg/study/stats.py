@@ -40,8 +40,10 @@ def mean_interval(values: list[float]) -> Interval:
     """Mean and Student-t interval over seeds (no interval from one seed)."""
     data = np.asarray(values, dtype=float)
     mean = float(data.mean())
-    if len(data) < 2 or np.all(data == data[0]):
-        return Interval(mean, None if len(data) < 2 else mean, None if len(data) < 2 else mean)
+    if len(data) < 2:
+        return Interval(mean, None, None)
+    if np.all(data == data[0]):   # no spread: scipy would return nan bounds
+        return Interval(mean, mean, mean)
     low, high = stats.t.interval(LEVEL, len(data) - 1, loc=mean, scale=stats.sem(data))
     return Interval(mean, float(low), float(high))
 
