@@ -10,7 +10,8 @@ from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.core.io import atomic_dir, write_csv
 from fashionbg.core.params import choice, load_params, number
-from fashionbg.sources.registry import SOURCES
+from fashionbg.ingest.splits import check_coverage, fractions
+from fashionbg.sources.registry import SOURCES, check_unused
 
 log = logging.getLogger("download")
 
@@ -18,7 +19,9 @@ log = logging.getLogger("download")
 @stage_main
 def main() -> None:
     data = data_section(load_params())
-    source = SOURCES[choice(data, "data", "source", SOURCES)]
+    name = choice(data, "data", "source", SOURCES)
+    check_unused(name, data)
+    source = SOURCES[name]
     max_bad = number(data, "data", "max_bad_fraction", minimum=0.0, maximum=1.0)
     config = source.validate(data)
     failed_list = paths.FAILED_QUARANTINE
@@ -37,9 +40,13 @@ def main() -> None:
             raise UserError(f"{summary['refused']} of {seen} files were refused ({kinds}): "
                             f"{why}. {paths.RAW} was not changed; every refused file and why: "
                             f"{failed_list.resolve()}")
+        warnings = check_coverage([(r.split, r.label) for r in writer.rows], result.labels,
+                                  fractions(data)[1])
     failed_list.unlink(missing_ok=True)
     log.info("%s: %d images (%s), %d refused", paths.RAW, summary["images"], summary["splits"],
              summary["refused"])
+    for warning in warnings:
+        log.warning("%s: the metrics leave it out of that split", warning)
     if summary["refused"]:
         log.warning("refused: %s; see %s", summary["refused_by_reason"],
                     paths.RAW / "quarantine.csv")

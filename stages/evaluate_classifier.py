@@ -9,7 +9,11 @@ import torch
 
 from fashionbg.classify.data import split_loader
 from fashionbg.classify.engine import predict
-from fashionbg.classify.metrics import classification_metrics, confusion_matrix
+from fashionbg.classify.metrics import (
+    absent_classes,
+    classification_metrics,
+    confusion_matrix,
+)
 from fashionbg.classify.models import build_classifier
 from fashionbg.classify.params import ClassifyConfig
 from fashionbg.classify.plots import confusion_figure, sample_grid, save_figure
@@ -60,6 +64,9 @@ def main() -> None:
         return classification_metrics(logits, targets, labels), logits, targets
 
     metrics, logits, targets = evaluate(variant)
+    if absent := absent_classes(targets, labels):
+        log.warning("no test image of class %s: accuracy null, left out of macro-F1",
+                    ", ".join(absent))
     other = other_variant(variant)
     cross, cross_logits, _ = evaluate(other)
     test_paths = [caches[variant].meta["paths"][r] for r in caches[variant].indices("test")]

@@ -21,7 +21,7 @@ from fashionbg.segment.params import SegmentConfig
 from fashionbg.segment.plots import class_colors, overlay_grid
 from fashionbg.segment.tasks import make_task
 
-PREDICTION_COLUMNS = ("path", "tested_on", "class", "intersection", "union")
+PREDICTION_COLUMNS = ("path", "tested_on", "class", "intersection", "union", "truth")
 log = logging.getLogger("evaluate_segmenter")
 
 
@@ -52,12 +52,13 @@ def main() -> None:
         loader = task.loader(task.dataset(caches[tested_on].images, rows), settings.batch_size)
         images: list = []
         scores[tested_on] = task.evaluate(model, loader, device, images)
-        per_image += [(path, tested_on, name, int(i), int(u))
-                      for path, (inter, union) in zip(test_paths, images)
-                      for name, i, u in zip(task.class_names, inter, union) if u > 0]
+        per_image += [(path, tested_on, name, int(i), int(u), int(t))
+                      for path, terms in zip(test_paths, images)
+                      for name, i, u, t in zip(task.class_names, *terms) if u > 0]
         log.info("trained on %s, tested on %s: %s %s", variant, tested_on, task.key_metric,
                  scores[tested_on][task.key_metric])
-    # Semantic only: per-image intersection and union per class (mask AP has no such terms).
+    # Semantic only: per-image intersection, union and truth pixels per class (mask AP has no
+    # such terms).
     write_csv(paths.SEGMENTATION_PREDICTIONS, PREDICTION_COLUMNS, per_image)
 
     shown = rows[:settings.overlays]
@@ -70,7 +71,7 @@ def main() -> None:
                              overlay_rows(task, model, caches[tested_on].images, shown, device),
                              task.class_names, class_colors(len(task.class_names)),
                              f"{task.name} model trained on {variant}, tested on {tested_on}")
-        # Classes with no score (absent from truth and prediction) get no bar.
+        # Classes with no score (no ground truth in the test split) get no bar.
         per_class = scores[variant][per_class_key].items()
         write_json(tmp / "per_class.json",
                    [{"class": k, "score": v} for k, v in per_class if v is not None])

@@ -4,7 +4,7 @@ import torch
 
 from fashionbg.classify.data import augmentation, split_loader
 from fashionbg.classify.engine import classify_step, predict
-from fashionbg.classify.metrics import classification_metrics, confusion_matrix
+from fashionbg.classify.metrics import absent_classes, classification_metrics, confusion_matrix
 from fashionbg.classify.models import build_classifier
 from fashionbg.classify.params import read_classify
 from fashionbg.contracts.prepared import load_prepared, save_prepared
@@ -40,6 +40,17 @@ def test_metrics_on_known_predictions():
     # F1: a = 1, b = 2/3 (precision 1/2, recall 1), c = 2/3 (precision 1, recall 1/2)
     assert m["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3, abs=1e-4)
     assert confusion_matrix(logits, targets, 3).tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+
+
+def test_a_class_without_test_images_is_null_and_left_out_of_macro_f1():
+    # Class "c" has no image but is predicted once: a (1 of 2 right), b (1 of 1).
+    logits = torch.tensor([[5.0, 1, 0], [0, 5, 1], [0, 1, 5]])
+    targets = torch.tensor([0, 1, 0])
+    m = classification_metrics(logits, targets, ["a", "b", "c"])
+    assert m["per_class_accuracy"] == {"a": 0.5, "b": 1.0, "c": None}
+    # F1: a = 2/3 (precision 1, recall 1/2), b = 1; c is not averaged in (it would be 0).
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1) / 2, abs=1e-4)
+    assert absent_classes(targets, ["a", "b", "c"]) == ["c"]
 
 
 @pytest.mark.parametrize("key, value, allowed", [

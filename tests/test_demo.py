@@ -16,7 +16,7 @@ from fashionbg.sources.demo import source as demo
 from fashionbg.sources.demo.styles import BACKGROUNDS, MASK_CLASSES, STYLES
 
 SMALL = demo.DemoConfig(seed=0, images_per_class=5, image_size=(96, 72),
-                        context_correlation=0.3, split=(0.6, 0.2, 0.2))
+                        context_correlation=0.3, split=(0.6, 0.2, 0.2), max_images=None)
 
 
 def draw(config: demo.DemoConfig, style: int, index: int,
@@ -172,10 +172,22 @@ def test_build_writes_a_consistent_raw_dir(tmp_path: Path) -> None:
     assert on_disk == {r.path for r in rows}
 
 
+def test_max_images_is_a_stratified_nested_subsample(tmp_path: Path) -> None:
+    every = {r.path: r for r in read_index(built(SMALL, tmp_path / "all")[0].root)}
+    small = read_index(built(replace(SMALL, max_images=16), tmp_path / "16")[0].root)
+    smaller = read_index(built(replace(SMALL, max_images=8), tmp_path / "8")[0].root)
+    assert len(small) == 16 and len(smaller) == 8
+    assert sorted(sum(r.label == s for r in small) for s in STYLES) == [2] * len(STYLES)
+    assert {r.path for r in smaller} <= {r.path for r in small} <= set(every)
+    assert all(every[r.path] == r for r in small)   # same image, split and mask as in the full set
+    for row in small:
+        assert (tmp_path / "16" / row.path).read_bytes() == (tmp_path / "all" / row.path).read_bytes()
+
+
 # ---- params ---------------------------------------------------------------------------------
 
 def data_params(**demo_changes: object) -> dict:
-    return {"seed": 3, "split": [0.6, 0.2, 0.2],
+    return {"seed": 3, "split": [0.6, 0.2, 0.2], "max_images": None,
             "demo": {"images_per_class": 40, "image_size": [256, 192],
                      "context_correlation": 0.3, **demo_changes}}
 
@@ -183,7 +195,7 @@ def data_params(**demo_changes: object) -> dict:
 def test_validate_reads_the_params() -> None:
     assert demo.validate(data_params()) == demo.DemoConfig(
         seed=3, images_per_class=40, image_size=(256, 192), context_correlation=0.3,
-        split=(0.6, 0.2, 0.2))
+        split=(0.6, 0.2, 0.2), max_images=None)
 
 
 @pytest.mark.parametrize(("key", "value"), [

@@ -31,6 +31,17 @@ def test_confusion_matrix_known_ious() -> None:
     assert result["fw_iou"] == pytest.approx((4 * 0.6 + 4 * 0.8 + 7 * 6 / 7) / 15, abs=1e-6)
 
 
+def test_a_class_predicted_but_absent_from_truth_has_no_iou() -> None:
+    target = torch.tensor([[0, 0, 1, 1]])
+    prediction = torch.tensor([[0, 2, 1, 1]])      # "pants" predicted, never true
+    confusion = ConfusionMatrix(4)
+    confusion.update(target[None], prediction[None])
+    result = confusion.compute(NAMES)
+    assert result["per_class_iou"] == {"background": pytest.approx(0.5), "top": 1.0,
+                                       "pants": None, "bag": None}
+    assert result["miou"] == pytest.approx(0.75)
+
+
 def test_confusion_matrix_accumulates_batches() -> None:
     target = torch.zeros(2, 4, 4, dtype=torch.long)
     target[:, :, 2:] = 1
@@ -92,8 +103,10 @@ def test_per_image_terms_add_up_to_the_dataset_iou():
     prediction = torch.tensor([[[0, 1], [2, 2]], [[2, 1], [0, 1]]])
     confusion = ConfusionMatrix(3, keep_images=True)
     confusion.update(target, prediction)
-    (hits0, union0), (hits1, union1) = confusion.images
+    (hits0, union0, truth0), (hits1, union1, truth1) = confusion.images
     assert hits0.tolist() == [1, 1, 1] and union0.tolist() == [1, 2, 2]
+    assert truth0.tolist() == [1, 2, 1]
     assert hits1.tolist() == [1, 0, 1] and union1.tolist() == [2, 2, 2]
+    assert truth1.tolist() == [2, 0, 2]
     iou = (hits0 + hits1) / (union0 + union1)
     assert confusion.compute(["a", "b", "c"])["miou"] == pytest.approx(iou.mean(), abs=1e-6)

@@ -86,7 +86,7 @@ def test_folder_with_bad_and_convertible_photos(tmp_path: Path, monkeypatch, cap
 @pytest.mark.usefixtures("small_bomb_limit")
 def test_too_many_bad_files_stop_the_run_but_keep_the_list(tmp_path: Path, monkeypatch,
                                                            capsys) -> None:
-    photos = photo_folder(tmp_path / "mine", per_class=3)
+    photos = photo_folder(tmp_path / "mine", per_class=5)
     bad = write_bad_images(photos / "coat")
     (tmp_path / "project/data/raw").mkdir(parents=True)
     (tmp_path / "project/data/raw/index.csv").write_text("previous\n")
@@ -120,8 +120,8 @@ def test_folder_splits_are_stratified_deterministic_and_nested(tmp_path: Path, m
                   for s in ("train", "val", "test")]
         assert counts == [10, 5, 5]
     assert run(split=[0.5, 0.25, 0.25]) == rows
-    small, smaller = run(max_images=12), run(max_images=6)
-    assert len(small) == 12 and len(smaller) == 6
+    small, smaller = run(max_images=30), run(max_images=15)
+    assert len(small) == 30 and len(smaller) == 15
     assert {r["path"] for r in smaller} <= {r["path"] for r in small}
     assert {r["label"] for r in smaller} == {"coat", "dress", "shirt"}
 
@@ -205,7 +205,7 @@ def test_coco_masks_orientation_crowds_and_instances(tmp_path: Path, monkeypatch
                                                      capsys) -> None:
     root = coco_folder(tmp_path / "coco")
     code, err = run_stage(tmp_path / "p", monkeypatch, capsys, source="coco", path=str(root),
-                          max_bad_fraction=0.5)
+                          max_bad_fraction=0.5, split=[0.4, 0.4, 0.2])
     assert code == 0, err
     raw = tmp_path / "p/data/raw"
     refused = {r["path"]: r["reason"] for r in read_csv(raw / "quarantine.csv")}
@@ -231,7 +231,7 @@ def test_coco_masks_orientation_crowds_and_instances(tmp_path: Path, monkeypatch
     assert {c["name"]: c["mask_class"] for c in inst["categories"]} == {"top": 1, "bag": 2,
                                                                        "people": 3}
     code, err = run_stage(tmp_path / "p", monkeypatch, capsys, source="coco", path=str(root),
-                          max_bad_fraction=0.5, mask_grouping="binary")
+                          max_bad_fraction=0.5, mask_grouping="binary", split=[0.4, 0.4, 0.2])
     p0 = pixels(raw / "masks/instances_default/p0.png")
     assert code == 0 and p0[4, 4] == 1 and p0.max() == 255
 
@@ -282,3 +282,36 @@ def test_subsample_keeps_group_shares_and_draw_is_stratified() -> None:
     splits = draw_splits(items, str, group, (0.6, 0.2, 0.2), seed=3)
     assert [sum(s == "val" and n[0] == g for n, s in splits.items()) for g in "abc"] == [6] * 3
 
+
+
+@pytest.mark.parametrize(("source", "data", "expected"), [
+    ("demo", {"path": "/photos"}, "data.path = '/photos' is not allowed; expected null for "
+                                  "data.source = demo (it generates its photos)"),
+    ("demo", {"mask_grouping": "binary"}, "expected category for data.source = demo"),
+    ("folder", {"path": ".", "mask_grouping": "supercategory"},
+     "expected category for data.source = folder (it has no masks to group)"),
+])
+def test_a_key_the_source_would_ignore_is_refused_by_name(tmp_path: Path, monkeypatch, capsys,
+                                                          source: str, data: dict,
+                                                          expected: str) -> None:
+    code, err = run_stage(tmp_path, monkeypatch, capsys, source=source, **data)
+    assert code == 2 and expected in err and not (tmp_path / "data").exists(), err
+
+
+def test_an_empty_split_is_refused_and_a_class_missing_from_test_is_named(
+        tmp_path: Path, monkeypatch, capsys, caplog) -> None:
+    photos = photo_folder(tmp_path / "mine", per_class=2)
+    # Two photos a class at 60/20/20: each class gets one train photo and one val or test one.
+    code, err = run_stage(tmp_path / "project", monkeypatch, capsys, source="folder",
+                          path=str(photos), split=[0.5, 0.5, 0.0])
+    assert code == 2 and "the test split would be empty (train 3, val 3, test 0)" in err, err
+    assert not (tmp_path / "project" / "data" / "raw").exists()
+    rest = [f"{c}/{c}_{i:02d}.jpg" for c in ("coat", "dress", "shirt") for i in range(2)][1:]
+    write_tree(photos, {"test.txt": b"coat/coat_00.jpg\n",
+                        "train.txt": "\n".join(rest).encode()})
+    code, err = run_stage(tmp_path / "project", monkeypatch, capsys, source="folder",
+                          path=str(photos), split=[0.5, 0.5, 0.0])
+    assert code == 0, err
+    assert "class dress has no test images" in caplog.text
+    assert "class shirt has no test images" in caplog.text
+    assert "class coat has no test images" not in caplog.text

@@ -79,8 +79,8 @@ def test_resampled_miou_is_the_reported_miou():
     prediction = torch.where(torch.rand(6, 8, 8) < 0.7, target, torch.randint(0, 4, (6, 8, 8)))
     confusion = ConfusionMatrix(4, keep_images=True)
     confusion.update(target, prediction)
-    terms = np.array([[np.stack(pair, axis=-1) for pair in zip(*image)]
-                      for image in confusion.images])[None]   # (1 seed, images, classes, 2)
+    terms = np.array([np.stack(image, axis=-1)
+                      for image in confusion.images])[None]   # (1 seed, images, classes, 3)
     miou = stats.score(terms, np.arange(1), np.arange(6))
     assert miou == pytest.approx(confusion.compute(list("abcd"))["miou"], abs=1e-6)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fashionbg.contracts.codes import SPLITS
-from fashionbg.core.errors import ParamError
+from fashionbg.core.errors import ParamError, UserError
 from fashionbg.core.params import integer, optional_integer
 
 T = TypeVar("T")
@@ -83,6 +83,24 @@ def complete_splits(official: dict[str, str], group: Callable[[str], Hashable],
     out.update(draw_splits(train, str, group, (1 - val_share, val_share, 0.0), seed))
     given = "train and val (used as test)" if "val" in present else "train and test"
     return out, f"official {given}; val drawn from train ({val_share:.0%} of it)"
+
+
+def check_coverage(rows: Sequence[tuple[str, str]], labels: Sequence[str],
+                   val_share: float) -> list[str]:
+    """Refuse an empty train or test split (or an empty val one when data.split asks for a
+    val share); return a warning per class that is missing from val or test.
+
+    `rows` are (split, label) pairs; labels are empty for sources without image classes.
+    """
+    counts = {s: sum(split == s for split, _ in rows) for s in SPLITS}
+    needed = [s for s in SPLITS if s != "val" or val_share > 0]
+    if empty := [s for s in needed if not counts[s]]:
+        shown = ", ".join(f"{s} {n}" for s, n in counts.items())
+        raise UserError(f"the {' and '.join(empty)} split would be empty ({shown}); change "
+                        "data.split or data.max_images, or give the source's split lists")
+    held_out = {(split, label) for split, label in rows}
+    return [f"class {label} has no {split} images" for label in labels
+            for split in SPLITS[1:] if counts[split] and (split, label) not in held_out]
 
 
 def _drawn(shares: tuple[float, float, float]) -> str:

@@ -1,8 +1,8 @@
 """Segmentation metrics.
 
 Semantic: an accumulated confusion matrix (rows = ground truth, columns = prediction), as in
-torchvision's references/segmentation. IoU of a class is TP / (TP + FP + FN); a class absent
-from both ground truth and prediction has no IoU (None) and is left out of the means.
+torchvision's references/segmentation. IoU of a class is TP / (TP + FP + FN); a class with no
+ground-truth pixel in the split has no IoU (None, not 0.0) and is left out of the means.
 `miou` averages over all classes including background, `miou_fg` over the others;
 `fw_iou` weights each class's IoU by its share of ground-truth pixels.
 
@@ -19,13 +19,13 @@ from torchmetrics.detection import MeanAveragePrecision
 
 
 class ConfusionMatrix:
-    """Accumulates pixels over images; with `keep_images`, also each image's own intersection
-    and union per class, so paired comparisons can resample test images."""
+    """Accumulates pixels over images; with `keep_images`, also each image's own intersection,
+    union and ground-truth pixels per class, so paired comparisons can resample test images."""
 
     def __init__(self, num_classes: int, keep_images: bool = False) -> None:
         self.num_classes = num_classes
         self.matrix = torch.zeros((num_classes, num_classes), dtype=torch.int64)
-        self.images: list[tuple[np.ndarray, np.ndarray]] | None = [] if keep_images else None
+        self.images: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = [] if keep_images else None
 
     def update(self, target: torch.Tensor, prediction: torch.Tensor) -> None:
         """Add a batch of class-id maps; target ids outside [0, num_classes) are ignored."""
@@ -33,8 +33,9 @@ class ConfusionMatrix:
             matrix = self._image_matrix(t, p)
             self.matrix += matrix
             if self.images is not None:
-                hits = matrix.diag()
-                self.images.append((hits.numpy(), (matrix.sum(0) + matrix.sum(1) - hits).numpy()))
+                hits, truth = matrix.diag(), matrix.sum(1)
+                self.images.append((hits.numpy(), (matrix.sum(0) + truth - hits).numpy(),
+                                    truth.numpy()))
 
     def _image_matrix(self, target: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
         n = self.num_classes
@@ -48,7 +49,7 @@ class ConfusionMatrix:
         true_positive = m.diag()
         gt_pixels, predicted = m.sum(1), m.sum(0)
         union = gt_pixels + predicted - true_positive
-        iou = torch.where(union > 0, true_positive / union.clamp(min=1), torch.nan)
+        iou = torch.where(gt_pixels > 0, true_positive / union.clamp(min=1), torch.nan)
         total = m.sum()
         present = ~iou.isnan()
         freq = gt_pixels / total.clamp(min=1)

@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 
 from fashionbg.core import paths
+from fashionbg.core.errors import UserError
 from fashionbg.study.definition import TASKS, Cell
 
 EXPERIMENT_REFS = "refs/exps/"
@@ -25,9 +26,9 @@ class CellResult:
     cell: Cell
     score: float | None              # the task's headline metric on its own variant's test set
     cross: float | None              # the same model on the other variant's test images
-    # Per test image, in sorted path order: correctness (classify), or intersection and union
-    # per class in the metrics' class order (semantic); None for instance segmentation (mask AP
-    # has no per-image terms).
+    # Per test image, in sorted path order: correctness (classify), or intersection, union and
+    # ground-truth pixels per class in the metrics' class order (semantic); None for instance
+    # segmentation (mask AP has no per-image terms).
     per_image: np.ndarray | None
     images: tuple[str, ...]
 
@@ -95,9 +96,13 @@ def _per_image(cell: Cell, rev: str, classes: list[str]
     if cell.arm.task == "classify":
         correct = {r["path"]: float(r["correct"]) for r in rows}
         return np.array([correct[p] for p in images]), images
+    if rows and "truth" not in rows[0]:
+        raise UserError(f"experiment {cell.name} was scored by an older evaluate_segmenter "
+                        f"(no truth column in {path}); remove it with `dvc exp remove "
+                        f"{cell.name}` and run the study again")
     index = {p: i for i, p in enumerate(images)}
-    terms = np.zeros((len(images), len(classes), 2))
+    terms = np.zeros((len(images), len(classes), 3))
     for r in rows:
-        terms[index[r["path"]], classes.index(r["class"])] = (int(r["intersection"]),
-                                                                int(r["union"]))
+        terms[index[r["path"]], classes.index(r["class"])] = (
+            int(r["intersection"]), int(r["union"]), int(r["truth"]))
     return terms, images

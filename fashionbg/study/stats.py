@@ -2,9 +2,9 @@
 with a bootstrap over images and seeds, a named paired test, and the verdict rule.
 
 Per-image results come as arrays shaped (seeds, images) of 0/1 correctness for classification,
-or (seeds, images, classes, 2) of intersection and union for semantic segmentation, where the
-dataset metric is recomputed from resampled sums (so the bootstrap resamples mIoU itself, not a
-per-image proxy). Mask AP does not split into per-image terms: instance segmentation gets
+or (seeds, images, classes, 3) of intersection, union and ground-truth pixels for semantic
+segmentation, where the dataset metric is recomputed from resampled sums (so the bootstrap
+resamples mIoU itself, not a per-image proxy). Mask AP does not split into per-image terms: instance segmentation gets
 intervals and a paired t-test over seeds only.
 """
 from __future__ import annotations
@@ -50,15 +50,12 @@ def mean_interval(values: list[float]) -> Interval:
 
 def score(per_image: np.ndarray, seeds: np.ndarray, images: np.ndarray) -> float:
     """The task metric averaged over `seeds`, on test images `images` (indices, repeats
-    allowed): top-1, or mIoU from summed intersections and unions (classes absent from both
-    truth and prediction are left out, as in the reported metric)."""
+    allowed): top-1, or mIoU from summed intersections and unions (classes without ground
+    truth in the resample are left out, as in the reported metric)."""
     picked = per_image[seeds][:, images]
     if picked.ndim == 2:
         return float(picked.mean())
-    sums = picked.sum(axis=1)                       # (seeds, classes, 2)
-    union = sums[..., 1]
-    iou = np.divide(sums[..., 0], union, out=np.full(union.shape, np.nan), where=union > 0)
-    return float(np.nanmean(iou, axis=1).mean())
+    return float(np.nanmean(_iou(picked.sum(axis=1)), axis=1).mean())
 
 
 def per_image_score(per_image: np.ndarray) -> np.ndarray:
@@ -66,10 +63,15 @@ def per_image_score(per_image: np.ndarray) -> np.ndarray:
     classes present in it (for the rank test, which needs one number per image)."""
     if per_image.ndim == 2:
         return per_image.mean(axis=0)
-    union = per_image[..., 1]
-    iou = np.divide(per_image[..., 0], union, out=np.full(union.shape, np.nan), where=union > 0)
     with np.errstate(all="ignore"):
-        return np.nanmean(np.nanmean(iou, axis=2), axis=0)
+        return np.nanmean(np.nanmean(_iou(per_image), axis=2), axis=0)
+
+
+def _iou(terms: np.ndarray) -> np.ndarray:
+    """Intersection / union where the class has ground truth, else nan; terms (..., 3)."""
+    union = terms[..., 1]
+    return np.divide(terms[..., 0], union, out=np.full(union.shape, np.nan),
+                     where=terms[..., 2] > 0)
 
 
 def bootstrap(statistic: Callable[[np.ndarray, np.ndarray], float], seeds: int, images: int,

@@ -20,8 +20,8 @@ from tqdm import tqdm
 from fashionbg.contracts.codes import SPLITS
 from fashionbg.contracts.raw import RawWriter, SourceResult
 from fashionbg.core.errors import ParamError
-from fashionbg.core.params import integer, number, section, size_pair
-from fashionbg.ingest.splits import fractions
+from fashionbg.core.params import integer, number, optional_integer, section, size_pair
+from fashionbg.ingest.splits import fractions, subsample
 from fashionbg.sources.demo.figure import Canvas, draw_figure, sample_body, sample_outfit
 from fashionbg.sources.demo.paint import paint_figure, textures
 from fashionbg.sources.demo.scenes import background
@@ -44,10 +44,12 @@ class DemoConfig:
     image_size: tuple[int, int]  # (height, width) of generated photos
     context_correlation: float   # probability that the background family follows the style
     split: tuple[float, float, float]  # train/val/test fractions (data.split)
+    max_images: int | None       # data.max_images: a stratified subsample of the rendered set
 
 
 def validate(data: dict[str, Any]) -> DemoConfig:
-    """Check data.seed and data.demo.* before anything is written."""
+    """Check data.seed, data.split, data.max_images and data.demo.* before anything is
+    written."""
     seed = integer(data, "data", "seed", minimum=0)
     demo = section(data, "demo", DEMO_KEYS, within="data")
     size = size_pair(demo, "data.demo", "image_size")
@@ -63,6 +65,7 @@ def validate(data: dict[str, Any]) -> DemoConfig:
         image_size=size,
         context_correlation=number(demo, "data.demo", "context_correlation", 0.0, 1.0),
         split=split,
+        max_images=optional_integer(data, "data", "max_images", minimum=1),
     )
 
 
@@ -96,7 +99,10 @@ def build(config: DemoConfig, writer: RawWriter) -> SourceResult:
     counts = split_counts(config.images_per_class, config.split)
     # Images are drawn independently, so contiguous blocks make an unbiased stratified split.
     split_of = [s for s, c in zip(SPLITS, counts) for _ in range(c)]
-    jobs = [(style, i) for style in range(len(STYLES)) for i in range(config.images_per_class)]
+    jobs = subsample([(style, i) for style in range(len(STYLES))
+                      for i in range(config.images_per_class)], config.max_images,
+                     name=lambda job: f"{job[0]}/{job[1]}", group=lambda job: job[0],
+                     seed=config.seed)
     own = 0
     for style, i in tqdm(jobs, desc="demo", unit="img", disable=None):
         rng = image_rng(config.seed, style, i)
@@ -105,7 +111,7 @@ def build(config: DemoConfig, writer: RawWriter) -> SourceResult:
         image, mask = render(config, style, rng, family)
         name = STYLES[style]
         writer.add_image(f"{name}/{name}_{i:04d}.jpg", image, split_of[i], label=name, mask=mask)
-    total = len(STYLES) * config.images_per_class
+    total = len(jobs)
     return SourceResult(labels=list(STYLES), mask_classes=list(MASK_CLASSES), extra={
         "source": "demo", "tasks": ["classification", "semantic", "instance"],
         "seed": config.seed, "image_size": list(config.image_size),
