@@ -25,7 +25,7 @@ TINY = {
 }
 
 
-def run(cmd: list[str], cwd: Path) -> str:
+def user_env() -> dict[str, str]:
     # Bytecode writing on, as on users' machines: __pycache__ lands in the code folders that
     # stages depend on, and must not change their hashes.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -33,7 +33,12 @@ def run(cmd: list[str], cwd: Path) -> str:
                 "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "e2e",
                 "GIT_AUTHOR_EMAIL": "e2e@localhost", "GIT_COMMITTER_NAME": "e2e",
                 "GIT_COMMITTER_EMAIL": "e2e@localhost"})
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    return env
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=user_env(), capture_output=True, text=True,
+                            timeout=1200)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 

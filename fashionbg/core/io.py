@@ -1,4 +1,9 @@
-"""Atomic writes: a stage that is interrupted leaves nothing half-written for DVC to cache."""
+"""Atomic writes: a stage that is interrupted leaves nothing half-written for DVC to cache.
+
+Work in progress lives beside its target as `.<name>.partial-XXXX` (ignored by git). A stage
+killed outright (SIGKILL, power loss) cannot remove it, so the next write to the same target
+does: DVC runs one stage at a time in a workspace, so no live writer owns such leftovers.
+"""
 from __future__ import annotations
 
 import csv
@@ -16,13 +21,12 @@ from typing import Any
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a fresh temp dir beside `target`; on success it replaces `target` in one rename."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    clear_leftovers(target)
+    tmp = Path(tempfile.mkdtemp(prefix=partial_prefix(target), dir=target.parent))
     try:
         yield tmp
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = target.with_name(f"{partial_prefix(target)}old")
             target.rename(old)
             tmp.rename(target)
             shutil.rmtree(old, ignore_errors=True)
@@ -36,8 +40,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
     """Open a temp file beside `target` and rename it over `target` when the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    clear_leftovers(target)
+    fd, tmp = tempfile.mkstemp(prefix=partial_prefix(target), dir=target.parent)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -45,6 +49,20 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def partial_prefix(target: Path) -> str:
+    return f".{target.name}.partial-"
+
+
+def clear_leftovers(target: Path) -> None:
+    """Create target's folder; remove what an earlier, killed write to `target` left there."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(partial_prefix(target) + "*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
 
 
 def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:

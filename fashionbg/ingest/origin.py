@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -114,6 +115,8 @@ def _is_hex(value: Any) -> bool:
 def staging_dir(label: str) -> Iterator[Path]:
     """A scratch folder beside the download cache (same disk as data/, so moves are renames)."""
     DATASET_CACHE.mkdir(parents=True, exist_ok=True)
+    for stale in DATASET_CACHE.glob(f"unpacked-{label}-*"):   # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=f"unpacked-{label}-", dir=DATASET_CACHE) as tmp:
         yield Path(tmp)
 
