@@ -179,9 +179,10 @@ def test_max_images_is_a_stratified_nested_subsample(tmp_path: Path) -> None:
     assert len(small) == 16 and len(smaller) == 8
     assert sorted(sum(r.label == s for r in small) for s in STYLES) == [2] * len(STYLES)
     assert {r.path for r in smaller} <= {r.path for r in small} <= set(every)
-    assert all(every[r.path] == r for r in small)   # same image, split and mask as in the full set
+    assert all(every[r.path] == r for r in small)   # same split and mask name as in the full set
     for row in small:
-        assert (tmp_path / "16" / row.path).read_bytes() == (tmp_path / "all" / row.path).read_bytes()
+        assert (tmp_path / "16" / row.path).read_bytes() == \
+            (tmp_path / "all" / row.path).read_bytes()
 
 
 # ---- params ---------------------------------------------------------------------------------

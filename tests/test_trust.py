@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,3 +47,17 @@ def test_missing_index_is_one_line(tmp_path):
     result = stage(tmp_path, "remove_background")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "index.csv does not exist; run the download stage first" in result.stderr
+
+
+@pytest.mark.parametrize("rel", ["../x.jpg", "a/../../x.jpg", "/tmp/x.jpg", "a\\..\\x.jpg"])
+def test_raw_writer_keeps_every_name_from_the_data_inside_raw(tmp_path, rel):
+    from fashionbg.contracts.raw import RawWriter
+    from fashionbg.core.errors import UserError
+
+    writer = RawWriter(tmp_path / "raw")
+    with pytest.raises(UserError, match="is not allowed; expected a relative path"):
+        writer.add_image(rel, b"\xff\xd8", "train")
+    with pytest.raises(UserError, match="is not allowed"):
+        writer.write_mask(rel.replace(".jpg", ".png"), np.zeros((2, 2), np.uint8))
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "raw", "raw/images", "raw/masks"]

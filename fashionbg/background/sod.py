@@ -14,6 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fashionbg.background.params import SOD_MODELS
+from fashionbg.background.weights import verified_model
 from fashionbg.contracts.masks import alpha_path
 from fashionbg.contracts.raw import IndexRow
 from fashionbg.ingest.hygiene import open_rgb
@@ -29,6 +30,7 @@ def make_session(model: str, home: Path) -> Any:
     """A rembg session for `model`, loaded from `home` (the weights must already be there)."""
     if model not in SOD_MODELS:
         raise ValueError(f"unknown salient-object model {model!r}")
+    verified_model(model, home)
     # rembg reads its model directory from the environment, not from an argument.
     os.environ["U2NET_HOME"] = str(Path(home).resolve())
     from rembg import new_session  # imported late: rembg reads U2NET_HOME at import in places

@@ -45,6 +45,19 @@ def md5sum(path: Path) -> str:
     return digest.hexdigest()
 
 
+def verified_model(name: str, home: Path) -> Path:
+    """`home/<name>.onnx` if it is there with the expected md5; else a UserError saying what to
+    run (rembg would otherwise try to download it, or load a tampered file)."""
+    spec, target = MODELS[name], Path(home) / f"{name}.onnx"
+    if not target.exists():
+        raise UserError(f"{target} does not exist; run the fetch_model stage first "
+                        "(dvc repro fetch_model)")
+    if (observed := md5sum(target)) != spec.md5:
+        raise UserError(f"{target} has md5 {observed}, not the expected {spec.md5}; delete it "
+                        "and run the fetch_model stage again")
+    return target
+
+
 def ensure_model(name: str, home: Path) -> Path:
     """Return `home/<name>.onnx`, md5-verified, fetching it if needed; UserError if impossible."""
     spec = MODELS[name]

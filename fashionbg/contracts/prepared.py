@@ -39,17 +39,46 @@ def load_prepared(directory: Path) -> Prepared:
     directory = Path(directory)
     if not (directory / "meta.json").exists():
         raise UserError(f"{directory} holds no prepared cache; run the prepare stage first")
-    meta = read_json(directory / "meta.json")
-    masks = np.load(directory / "masks.npy", mmap_mode="r") if meta["has_masks"] else None
-    return Prepared(
-        images=np.load(directory / "images.npy", mmap_mode="r"),
-        masks=masks,
-        alpha=np.load(directory / "alpha.npy", mmap_mode="r")
-        if (directory / "alpha.npy").exists() else None,
-        labels=np.load(directory / "labels.npy"),
-        splits=np.load(directory / "splits.npy"),
-        meta=meta,
-    )
+    try:   # a cache pulled from a remote is untrusted: np.load never unpickles (the default)
+        meta = read_json(directory / "meta.json")
+        has_masks = meta["has_masks"] if isinstance(meta, dict) else None
+        prepared = Prepared(
+            images=np.load(directory / "images.npy", mmap_mode="r"),
+            masks=np.load(directory / "masks.npy", mmap_mode="r") if has_masks else None,
+            alpha=np.load(directory / "alpha.npy", mmap_mode="r")
+            if (directory / "alpha.npy").exists() else None,
+            labels=np.load(directory / "labels.npy"),
+            splits=np.load(directory / "splits.npy"),
+            meta=meta,
+        )
+        problem = _inconsistency(prepared)
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as err:
+        problem = str(err)
+    if problem:
+        raise UserError(f"{directory} is not a usable prepared cache ({problem}); run the "
+                        "prepare stage again")
+    return prepared
+
+
+def _inconsistency(p: Prepared) -> str:
+    """What is wrong with a loaded cache's shapes, types and codes, or ""."""
+    meta, n = p.meta, len(p.splits)
+    if not (isinstance(meta.get("labels"), list) and isinstance(meta.get("paths"), list)
+            and len(meta["paths"]) == n and isinstance(meta.get("variant"), str)):
+        return "meta.json needs variant, labels and one path per row"
+    if p.images.dtype != np.uint8 or p.images.ndim != 4 or p.images.shape[0] != n \
+            or p.images.shape[3] != 3:
+        return f"images.npy is {p.images.dtype} {p.images.shape}, expected uint8 ({n}, H, W, 3)"
+    for name, array in (("masks", p.masks), ("alpha", p.alpha)):
+        if array is not None and (array.dtype != np.uint8
+                                  or array.shape != p.images.shape[:3]):
+            return f"{name}.npy is {array.dtype} {array.shape}, expected uint8 " \
+                   f"{p.images.shape[:3]}"
+    if p.labels.shape != (n,) or n and not (
+            p.labels.min() >= -1 and p.labels.max() < len(meta["labels"])
+            and p.splits.max() < len(SPLITS)):
+        return "labels.npy or splits.npy do not match the rows and codes of meta.json"
+    return ""
 
 
 def check_same_rows(a: Prepared, b: Prepared) -> None:

@@ -85,7 +85,12 @@ class RawWriter:
     def _image_target(self, rel: str, split: str) -> Path:
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not one of {SPLITS}")
-        target = self.root / "images" / rel
+        return self._target("images", rel)
+
+    def _target(self, folder: str, rel: str) -> Path:
+        """Where `rel` goes under `folder/`; a name from the data never leaves it."""
+        _confined(f"{self.root.name}/{folder}", f"{folder}/{rel}", folder)
+        target = self.root / folder / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
@@ -106,9 +111,7 @@ class RawWriter:
     def write_mask(self, rel: str, mask: np.ndarray) -> None:
         if mask.dtype != np.uint8 or mask.ndim != 2:
             raise ValueError("a mask must be a 2-D uint8 array of class ids")
-        target = self.root / "masks" / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mask, mode="L").save(target)
+        Image.fromarray(mask, mode="L").save(self._target("masks", rel))
 
     def quarantine(self, path: str, reason: str) -> None:
         self.refused.append((path, reason))

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fashionbg.core.errors import UserError
+
 
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
@@ -79,5 +81,14 @@ def write_json(target: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """A JSON file an earlier stage wrote (or a remote brought in): missing or broken is a
+    user error."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as err:
+        raise UserError(f"{path} does not exist; run the stages before this one "
+                        "(dvc repro)") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}); run the stage that writes it "
+                        "again") from err

@@ -25,7 +25,8 @@ class ConfusionMatrix:
     def __init__(self, num_classes: int, keep_images: bool = False) -> None:
         self.num_classes = num_classes
         self.matrix = torch.zeros((num_classes, num_classes), dtype=torch.int64)
-        self.images: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = [] if keep_images else None
+        # per image: (intersection, union, truth pixels) per class
+        self.images: list[tuple[np.ndarray, ...]] | None = [] if keep_images else None
 
     def update(self, target: torch.Tensor, prediction: torch.Tensor) -> None:
         """Add a batch of class-id maps; target ids outside [0, num_classes) are ignored."""

@@ -16,7 +16,6 @@ from fashionbg.core.errors import ParamError
 from fashionbg.sources import coco, fashionpedia, fashionstyle14, folder
 from fashionbg.sources.demo import source as demo
 
-
 # The value of each data.* key that a source may leave unread.
 UNSET = {"path": None, "url": None, "sha256": None, "mask_grouping": "category"}
 GENERATED = "it generates its photos"

@@ -4,8 +4,8 @@ with a bootstrap over images and seeds, a named paired test, and the verdict rul
 Per-image results come as arrays shaped (seeds, images) of 0/1 correctness for classification,
 or (seeds, images, classes, 3) of intersection, union and ground-truth pixels for semantic
 segmentation, where the dataset metric is recomputed from resampled sums (so the bootstrap
-resamples mIoU itself, not a per-image proxy). Mask AP does not split into per-image terms: instance segmentation gets
-intervals and a paired t-test over seeds only.
+resamples mIoU itself, not a per-image proxy). Mask AP does not split into per-image terms:
+instance segmentation gets intervals and a paired t-test over seeds only.
 """
 from __future__ import annotations
 
