@@ -43,8 +43,8 @@ def main() -> None:
         warnings = check_coverage([(r.split, r.label) for r in writer.rows], result.labels,
                                   fractions(data)[1])
     failed_list.unlink(missing_ok=True)
-    log.info("%s: %d images (%s), %d refused", paths.RAW, summary["images"], summary["splits"],
-             summary["refused"])
+    log.info("%s: %d images (%s), %d refused; splits: %s", paths.RAW, summary["images"],
+             summary["splits"], summary["refused"], summary.get("splits_from", "from the source"))
     for warning in warnings:
         log.warning("%s: the metrics leave it out of that split", warning)
     if summary["refused"]:

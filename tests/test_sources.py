@@ -315,3 +315,22 @@ def test_an_empty_split_is_refused_and_a_class_missing_from_test_is_named(
     assert "class dress has no test images" in caplog.text
     assert "class shirt has no test images" in caplog.text
     assert "class coat has no test images" not in caplog.text
+
+
+def test_only_the_official_val_part_of_fashionpedia_is_split_deterministically(
+        tmp_path: Path, monkeypatch, capsys, caplog) -> None:
+    files = {Path(k).name: v for k, v in fashionpedia_files().items()
+             if "train" not in Path(k).name}
+    root = write_tree(tmp_path / "fp", files)
+    caplog.set_level("INFO")
+
+    def run() -> list[dict[str, str]]:
+        code, err = run_stage(tmp_path / "p", monkeypatch, capsys, source="fashionpedia",
+                              path=str(root), split=[0.4, 0.3, 0.3])
+        assert code == 0, err
+        return read_csv(tmp_path / "p/data/raw/index.csv")
+
+    rows = run()
+    assert len(rows) == 3 and sorted(r["split"] for r in rows) == ["test", "train", "val"]
+    assert "splits: drawn, stratified: 40%/30%/30%" in caplog.text
+    assert run() == rows

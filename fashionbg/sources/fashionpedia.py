@@ -4,8 +4,9 @@ Files (public CVDF bucket, or any copy under data.path, as a folder or one archi
     annotations/instances_attributes_train2020.json, instances_attributes_val2020.json
     images/train2020.zip (train/<id>.jpg), val_test2020.zip (test/<id>.jpg, val and test)
 Only the annotated sets are used: train, and val as the test set (the paper reports on val);
-a val split is drawn from train (data.split, data.seed). With data.max_images, only the photos
-chosen are unpacked from the zips.
+a val split is drawn from train (data.split, data.seed). A copy with only one of the two parts
+works too: its photos are split afresh, stratified and deterministic (data.split, data.seed).
+With data.max_images, only the photos chosen are unpacked from the zips.
 
 Semantic masks draw the 27 main apparel categories (ids 0-26, grouped by data.mask_grouping:
 `category` = the 27 garments, `supercategory` = upperbody, lowerbody, wholebody, head, neck,
@@ -16,6 +17,7 @@ Fashionpedia has no image-level class (a photo shows several garments), so no cl
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -29,6 +31,7 @@ from fashionbg.ingest.origin import Origin, materialize, parse_origin, staging_d
 from fashionbg.ingest.splits import Sampling, sampling
 from fashionbg.sources.coco import ImageFinder, build_coco, grouping, load_coco, mask_scheme, plan
 
+log = logging.getLogger(__name__)
 HOMEPAGE = "https://fashionpedia.github.io/home/"
 BASE_URL = "https://s3.amazonaws.com/ifashionist-dataset"
 # (annotation file, image zip, official split)
@@ -60,15 +63,18 @@ def is_main(category: dict[str, Any]) -> bool:
 def build(config: FashionpediaConfig, writer: RawWriter) -> SourceResult:
     with materialize(config.origin) as tree:
         found = _files_by_name(tree.root)
-        missing = [a for a, _, _ in SETS if a not in found]
-        if missing:
+        sets = [s for s in SETS if s[0] in found]
+        if not sets:
             raise UserError(f"Fashionpedia annotations not found under {tree.root}: "
-                            f"{', '.join(missing)} (get them from {BASE_URL}/annotations/)")
-        files = [load_coco(found[ann], split) for ann, _, split in SETS]
+                            f"{' or '.join(a for a, _, _ in SETS)} (get them from "
+                            f"{BASE_URL}/annotations/)")
+        if len(sets) < len(SETS):
+            log.info("only the official %s part is under %s", sets[0][2], tree.root)
+        files = [load_coco(found[ann], split) for ann, _, split in sets]
         items, how = plan(files, config.sampling, writer)
         with staging_dir("fashionpedia-images") as stage:
             finders = {}
-            for coco, (_, zip_name, _) in zip(files, SETS, strict=True):
+            for coco, (_, zip_name, _) in zip(files, sets, strict=True):
                 wanted = {PurePosixPath(it.image["file_name"]).name
                           for it in items if it.file is coco}
                 if zip_name in found:
