@@ -55,7 +55,7 @@ def main() -> None:
     if not len(caches[variant].indices("test")):
         raise UserError(f"{paths.prepared(variant)} has no test images")
     model = build_classifier(config, len(labels), load_weights=False)
-    model.load_state_dict(checkpoint.model)
+    checkpoint.load_into(model)
     model.to(device)
 
     def evaluate(tested_on: str) -> tuple[dict, torch.Tensor, torch.Tensor]:

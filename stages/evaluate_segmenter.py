@@ -42,7 +42,7 @@ def main() -> None:
     if not len(rows):
         raise UserError(f"{paths.prepared(variant)} has no test images with ground truth")
     model = task.build_model(load_weights=False)
-    model.load_state_dict(checkpoint.model)
+    checkpoint.load_into(model)
     model.to(device)
 
     other = other_variant(variant)

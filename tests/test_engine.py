@@ -109,6 +109,11 @@ def test_checkpoint_round_trip_and_task_check(tmp_path):
         load_checkpoint(path, ("semantic", "instance"))
     with pytest.raises(UserError, match="cannot rebuild"):
         loaded.rebuild(lambda values: dict(**values, lr=1))   # TypeError: lr given twice
+    with pytest.raises(UserError, match="weights do not fit the model"):
+        loaded.load_into(torch.nn.Linear(2, 2))
+    fitting = torch.nn.Module()
+    fitting.register_buffer("w", torch.zeros(4))
+    assert torch.equal(loaded.load_into(fitting).w, torch.arange(4.0))
 
 
 class Payload:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
 from fashionbg.core.errors import UserError
 from fashionbg.core.io import atomic_file
@@ -37,6 +38,16 @@ class Checkpoint:
         except (TypeError, ValueError) as err:
             raise UserError(f"a {self.task} checkpoint holds settings this version cannot "
                             f"rebuild a model from ({err}); train it again") from err
+
+    def load_into(self, model: nn.Module) -> nn.Module:
+        """`model` with the checkpoint's weights, which must fit it exactly."""
+        try:
+            model.load_state_dict(self.model)
+        except (RuntimeError, TypeError, AttributeError) as err:
+            first = str(err).strip().splitlines()
+            raise UserError(f"the {self.task} checkpoint's weights do not fit the model it "
+                            f"names ({' '.join(first[:2])[:200]}); train it again") from err
+        return model
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:

@@ -1,0 +1,224 @@
+"""Feed each stage the bad inputs a user or a DVC remote can hand it, started as users start
+stages while debugging (`python -m stages.<name>`, bytecode on), and print what the user sees.
+
+    python benchmarks/bad_inputs.py        (needs models/rembg from `dvc repro fetch_model`)
+
+Prints a markdown table (case, stage, exit code, the last line of stderr) and the number of
+cases that ended in a traceback, written anything outside their project, or ran code from data:
+the goal for all three is zero.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+class Pwned:
+    """A pickle that runs code when loaded: it creates the file named in its argument."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def jpeg(seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (32, 24, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def write(project: Path, rel: str, data: bytes | str) -> None:
+    path = project / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def params(project: Path, **data: object) -> None:
+    changed = json.loads(json.dumps(PARAMS))
+    changed["data"].update(data)
+    write(project, "params.yaml", yaml.safe_dump(changed))
+
+
+def raw(project: Path, rows: str) -> None:
+    params(project)
+    write(project, "data/raw/images/a.jpg", jpeg())
+    write(project, "data/raw/index.csv", "path,split,label,mask\n" + rows)
+    write(project, "data/raw/classes.json", '{"labels": ["casual"], "mask_classes": []}')
+    write(project, "data/rembg/failures.csv", "path,reason\n")
+
+
+def weights(project: Path) -> None:
+    shutil.copytree(ROOT / "models" / "rembg", project / "models" / "rembg")
+
+
+def prepared(project: Path) -> None:
+    """A well-formed one-row cache of each variant."""
+    from fashionbg.contracts.prepared import save_prepared
+
+    params(project)
+    for variant in ("original", "rembg"):
+        save_prepared(project / "data/prepared" / variant, np.zeros((3, 8, 8, 3), np.uint8),
+                      None, np.array([0, 0, 0]), np.array([0, 1, 2]),
+                      {"variant": variant, "labels": ["casual"], "mask_classes": [],
+                       "image_size": [8, 8], "paths": ["a", "b", "c"], "fill": "black"})
+
+
+def checkpoint(project: Path, obj: object) -> None:
+    params(project)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write(project, "models/classifier.pt", buffer.getvalue())
+
+
+def zip_with(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
+def folder_zip(project: Path, members: dict[str, bytes]) -> None:
+    write(project, "photos.zip", zip_with(members))
+    params(project, source="folder", path=str(project / "photos.zip"))
+
+
+def coco(project: Path, file_name: str) -> None:
+    write(project, "coco/images/a.jpg", jpeg())
+    write(project, "coco/instances_train.json", json.dumps({
+        "images": [{"id": 1, "file_name": file_name, "width": 24, "height": 32}],
+        "annotations": [], "categories": [{"id": 1, "name": "top"}]}))
+    params(project, source="coco", path=str(project / "coco"))
+
+
+def truncate(project: Path, rel: str, keep: int = 100) -> None:
+    path = project / rel
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+Case = tuple[str, str, Callable[[Path], None]]
+PHOTOS = {f"photos/{c}/{c}{i}.jpg": jpeg(i) for c in ("coat", "dress") for i in range(5)}
+CASES: list[Case] = [
+    ("params.yaml: unclosed bracket", "download",
+     lambda p: write(p, "params.yaml", "data: [1, 2\n")),
+    ("params.yaml: a tab for indentation", "prepare",
+     lambda p: write(p, "params.yaml", "data:\n\tsource: demo\n")),
+    ("params.yaml: empty file", "train_classifier", lambda p: write(p, "params.yaml", "")),
+    ("params.yaml: unknown key classify.lr_typo", "train_classifier",
+     lambda p: write(p, "params.yaml", yaml.safe_dump(
+         {**PARAMS, "classify": {**PARAMS["classify"], "lr_typo": 1}}))),
+    ("data.split sums to 0.9", "download", lambda p: params(p, split=[0.5, 0.2, 0.2])),
+    ("demo with data.path set", "download", lambda p: params(p, path="/photos")),
+    ("demo with data.max_images = 0", "download", lambda p: params(p, max_images=0)),
+    ("folder split leaves test empty", "download",
+     lambda p: (folder_zip(p, PHOTOS), params(p, source="folder", path=str(p / "photos.zip"),
+                                               split=[0.5, 0.5, 0.0]))),
+    ("zip member ../../evil.jpg", "download",
+     lambda p: folder_zip(p, {**PHOTOS, "../../evil.jpg": jpeg()})),
+    ("zip member with absolute path", "download",
+     lambda p: folder_zip(p, {**PHOTOS, "/tmp/evil.jpg": jpeg()})),
+    ("COCO file_name ../../x.jpg", "download", lambda p: coco(p, "../../x.jpg")),
+    ("COCO file_name /etc/passwd", "download", lambda p: coco(p, "/etc/passwd")),
+    ("COCO file not JSON", "download",
+     lambda p: (coco(p, "a.jpg"), write(p, "coco/instances_train.json", "{not json"))),
+    ("index row images/../../../../x.jpg", "remove_background",
+     lambda p: (raw(p, "images/../../../../x.jpg,train,casual,\n"), weights(p))),
+    ("index row /etc/passwd", "prepare", lambda p: raw(p, "/etc/passwd,train,casual,\n")),
+    ("index row mask masks/../../x.png", "prepare",
+     lambda p: raw(p, "images/a.jpg,train,casual,masks/../../x.png\n")),
+    ("index.csv missing", "remove_background", lambda p: params(p)),
+    ("index.csv in UTF-16", "prepare",
+     lambda p: (raw(p, ""), write(p, "data/raw/index.csv", "path,split\n".encode("utf-16")))),
+    ("classes.json not JSON", "prepare",
+     lambda p: (raw(p, "images/a.jpg,train,casual,\n"), write(p, "data/raw/classes.json", "{"))),
+    ("rembg weights missing", "remove_background",
+     lambda p: raw(p, "images/a.jpg,train,casual,\n")),
+    ("rembg weights tampered", "remove_background",
+     lambda p: (raw(p, "images/a.jpg,train,casual,\n"), weights(p),
+                write(p, "models/rembg/u2netp.onnx", b"not onnx"))),
+    ("prepared cache missing", "train_classifier", lambda p: params(p)),
+    ("prepared images.npy truncated", "train_classifier",
+     lambda p: (prepared(p), truncate(p, "data/prepared/original/images.npy"))),
+    ("prepared meta.json garbage", "train_segmenter",
+     lambda p: (prepared(p), write(p, "data/prepared/original/meta.json", "[1, 2]"))),
+    ("prepared labels.npy pickled object array", "train_classifier",
+     lambda p: (prepared(p), np.save(p / "data/prepared/original/labels.npy",
+                                     np.array([Pwned(p / "PWNED")] * 3, dtype=object),
+                                     allow_pickle=True))),
+    ("prepared labels out of range", "train_classifier",
+     lambda p: (prepared(p), np.save(p / "data/prepared/original/labels.npy",
+                                     np.array([0, 7, 0])))),
+    ("checkpoint that runs code (pickle)", "evaluate_classifier",
+     lambda p: checkpoint(p, {"x": Pwned(p / "PWNED")})),
+    ("checkpoint truncated", "evaluate_classifier",
+     lambda p: (checkpoint(p, {"task": "classify"}), truncate(p, "models/classifier.pt", 40))),
+    ("checkpoint garbage bytes", "evaluate_segmenter",
+     lambda p: (params(p), write(p, "models/segmenter.pt", os.urandom(500)))),
+    ("checkpoint with foreign keys", "evaluate_classifier",
+     lambda p: checkpoint(p, {"weights": torch.zeros(2)})),
+    ("checkpoint with wrong field types", "evaluate_classifier",
+     lambda p: (prepared(p), checkpoint(p, {
+         "task": "classify", "variant": "original", "config": "x", "classes": 3,
+         "image_size": None, "epoch": "one", "model": [1, 2]}))),
+    ("checkpoint whose weights do not fit the model", "evaluate_classifier",
+     lambda p: (prepared(p), checkpoint(p, {
+         "task": "classify", "variant": "original", "config": {**PARAMS["classify"]},
+         "classes": ["casual"], "image_size": [8, 8], "epoch": 1,
+         "model": {"conv.weight": torch.zeros(3)}}))),
+]
+
+
+def run_case(stage: str, setup: Callable[[Path], None]) -> tuple[int, str, bool, bool]:
+    """(exit code, last stderr line, traceback seen, something written outside/code ran)."""
+    with tempfile.TemporaryDirectory() as outer:
+        project = Path(outer) / "project"
+        project.mkdir()
+        setup(project)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPATH"] = str(ROOT)
+        result = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=project,
+                                env=env, capture_output=True, text=True, timeout=600)
+        lines = result.stderr.strip().splitlines() or [""]
+        escaped = (sorted(os.listdir(outer)) != ["project"] or (project / "PWNED").exists()
+                   or Path("/tmp/evil.jpg").exists())
+        return result.returncode, lines[-1], "Traceback" in result.stderr, escaped
+
+
+def main() -> None:
+    print("| bad input | stage | exit | what the user sees |")
+    print("|---|---|---|---|")
+    tracebacks = escapes = 0
+    for name, stage, setup in CASES:
+        code, line, traceback, escaped = run_case(stage, setup)
+        tracebacks += traceback
+        escapes += escaped
+        flag = " **TRACEBACK**" if traceback else ""
+        flag += " **ESCAPED**" if escaped else ""
+        shown = line.replace("|", "\\|")[:160]
+        print(f"| {name} | {stage} | {code}{flag} | {shown} |", flush=True)
+    print(f"\n{len(CASES)} cases: {tracebacks} tracebacks, {escapes} wrote outside their "
+          "project or ran code from data")
+
+
+if __name__ == "__main__":
+    main()
