@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys

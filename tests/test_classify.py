@@ -117,7 +117,7 @@ def tiny_cache(tmp_path, n=48, classes=3):
     splits = np.where(np.arange(n) < n * 2 // 3, 0, 2)
     save_prepared(tmp_path / "c", images, None, labels, splits,
                   {"labels": ["r", "g", "b"], "mask_classes": [], "image_size": [32, 24],
-                   "paths": [], "variant": "original"})
+                   "paths": [f"{i}.jpg" for i in range(n)], "variant": "original"})
     return load_prepared(tmp_path / "c")
 
 

@@ -63,8 +63,9 @@ def load_prepared(directory: Path) -> Prepared:
 def _inconsistency(p: Prepared) -> str:
     """What is wrong with a loaded cache's shapes, types and codes, or ""."""
     meta, n = p.meta, len(p.splits)
-    if not (isinstance(meta, dict) and isinstance(meta.get("labels"), list) and isinstance(meta.get("paths"), list)
-            and len(meta["paths"]) == n and isinstance(meta.get("variant"), str)):
+    if not (isinstance(meta, dict) and isinstance(meta.get("labels"), list)
+            and isinstance(meta.get("paths"), list) and len(meta["paths"]) == n
+            and isinstance(meta.get("variant"), str)):
         return "meta.json needs variant, labels and one path per row"
     if p.images.dtype != np.uint8 or p.images.ndim != 4 or p.images.shape[0] != n \
             or p.images.shape[3] != 3:
