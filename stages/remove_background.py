@@ -4,7 +4,14 @@ from __future__ import annotations
 import logging
 
 from fashionbg.background.params import read_background
-from fashionbg.background.sod import SodOptions, make_session, remove_backgrounds
+from fashionbg.background.sod import (
+    MaskCache,
+    SodOptions,
+    cache_key,
+    make_session,
+    remove_backgrounds,
+    session_device,
+)
 from fashionbg.contracts.masks import FAILURE_COLUMNS, FAILURES
 from fashionbg.contracts.raw import read_index
 from fashionbg.core import paths
@@ -20,13 +27,16 @@ def main() -> None:
     config = read_background(load_params())
     options = SodOptions(config.alpha_matting, config.post_process_mask)
     rows = read_index(paths.RAW)
-    session = make_session(config.model, paths.SOD_HOME)
+    session = make_session(config.model, paths.SOD_HOME, config.device)
+    device = session_device(session)
+    cache = MaskCache(paths.SOD_CACHE, cache_key(config.model, options, device))
     with atomic_dir(paths.REMBG) as tmp:
-        report = remove_backgrounds(rows, paths.RAW, tmp, session, options)
+        report = remove_backgrounds(rows, paths.RAW, tmp, session, options, cache)
         write_csv(tmp / FAILURES, FAILURE_COLUMNS, report.failures)
     metrics = report.metrics(config.model)
     write_json(paths.BACKGROUND_METRICS, metrics)
-    log.info("%s", metrics)
+    log.info("%s on %s; %d of %d masks computed, the others reused from %s", metrics, device,
+             report.computed, report.images, cache.dir)
 
 
 if __name__ == "__main__":

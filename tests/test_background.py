@@ -7,11 +7,19 @@ from skimage import data as skdata
 
 from fashionbg.background.composite import composite
 from fashionbg.background.params import SOD_MODELS, parse_fill
-from fashionbg.background.sod import SodOptions, mask_iou, predict_alpha, remove_backgrounds
+from fashionbg.background.sod import (
+    MaskCache,
+    SodOptions,
+    cache_key,
+    mask_iou,
+    predict_alpha,
+    providers,
+    remove_backgrounds,
+)
 from fashionbg.background.weights import MODELS, md5sum
 from fashionbg.contracts.masks import alpha_path
 from fashionbg.contracts.raw import RawWriter, read_index
-from fashionbg.core.errors import ParamError
+from fashionbg.core.errors import ParamError, UserError
 
 
 def test_weights_are_the_real_u2netp(u2netp_home):
@@ -121,3 +129,57 @@ def test_parse_fill_accepts_names_and_triples(value, expected):
 def test_parse_fill_rejects_non_colours(value):
     with pytest.raises(ParamError, match=r"background\.fill .* black, white, gray"):
         parse_fill(value)
+
+
+class Unusable:
+    """A session that fails if it is ever asked for a mask."""
+
+    def __getattr__(self, name):
+        raise AssertionError("the mask should have come from the cache")
+
+
+def test_masks_are_reused_from_the_cache_only_for_the_same_image_and_settings(tmp_path,
+                                                                              tiny_session):
+    writer = RawWriter(tmp_path / "raw")
+    img, truth = square_photo()
+    writer.add_image("a/one.png", Image.fromarray(img), "train", "a", truth)
+    writer.add_image("a/two.png", Image.fromarray(255 - img), "test", "a", truth)
+    writer.finish(["a"], ["background", "x", "y", "thing"])
+    rows = read_index(tmp_path / "raw")
+    cache = MaskCache(tmp_path / "cache", cache_key("u2netp", SodOptions(), "cpu"))
+
+    first = remove_backgrounds(rows, tmp_path / "raw", tmp_path / "a", tiny_session,
+                               SodOptions(), cache)
+    again = remove_backgrounds(rows, tmp_path / "raw", tmp_path / "b", Unusable(),
+                               SodOptions(), cache)
+    assert (first.computed, again.computed, again.images) == (2, 0, 2)
+    for name in ("one", "two"):
+        assert (tmp_path / f"a/masks/a/{name}.png").read_bytes() == \
+            (tmp_path / f"b/masks/a/{name}.png").read_bytes()
+    assert again.metrics("tiny")["mean_iou"] == first.metrics("tiny")["mean_iou"]
+
+    # A truncated cache entry (a run killed while writing it) is computed again.
+    entry = next(cache.dir.glob("*/*.png"))
+    entry.write_bytes(entry.read_bytes()[:20])
+    resumed = remove_backgrounds(rows, tmp_path / "raw", tmp_path / "c", tiny_session,
+                                 SodOptions(), cache)
+    assert resumed.computed == 1
+    # Other settings never see these masks.
+    keys = {cache_key("u2netp", SodOptions(), "cpu"), cache_key("u2net", SodOptions(), "cpu"),
+            cache_key("u2netp", SodOptions(alpha_matting=True), "cpu"),
+            cache_key("u2netp", SodOptions(post_process_mask=True), "cpu"),
+            cache_key("u2netp", SodOptions(), "cuda")}
+    assert len(keys) == 5
+
+
+def test_background_device_picks_the_onnx_runtime_providers():
+    import onnxruntime as ort
+
+    assert providers("cpu") == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():   # onnxruntime-gpu
+        assert providers("auto") == providers("cuda") == ["CUDAExecutionProvider",
+                                                          "CPUExecutionProvider"]
+    else:
+        assert providers("auto") == ["CPUExecutionProvider"]
+        with pytest.raises(UserError, match="install onnxruntime-gpu"):
+            providers("cuda")

@@ -40,6 +40,7 @@ CASES = [
     ("evaluate_classifier", "evaluate.batch_size", "big", "an integer >= 1"),
     ("evaluate_segmenter", "evaluate.overlays", 99, "an integer from 0 to 32"),
     ("evaluate_segmenter", "evaluate.device", "tpu", "one of auto, cpu, cuda"),
+    ("remove_background", "background.device", "gpu", "one of auto, cpu, cuda"),
 ]
 
 

@@ -9,6 +9,7 @@ from fashionbg.core.errors import ParamError
 from fashionbg.core.params import boolean, choice, section
 
 SOD_MODELS = ("u2netp", "u2net")
+DEVICES = ("auto", "cpu", "cuda")
 NAMED_FILLS = {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128)}
 
 
@@ -18,6 +19,7 @@ class BackgroundConfig:
     alpha_matting: bool
     post_process_mask: bool
     fill: tuple[int, int, int]
+    device: str                  # where rembg runs: auto, cpu or cuda
 
 
 KEYS = tuple(BackgroundConfig.__dataclass_fields__)
@@ -30,6 +32,7 @@ def read_background(params: dict[str, Any]) -> BackgroundConfig:
         alpha_matting=boolean(cfg, "background", "alpha_matting"),
         post_process_mask=boolean(cfg, "background", "post_process_mask"),
         fill=parse_fill(cfg["fill"]),
+        device=choice(cfg, "background", "device", DEVICES),
     )
 
 

@@ -12,6 +12,7 @@ FAILED_QUARANTINE = Path("data/raw.quarantine-failed.csv")
 REMBG = Path("data/rembg")
 PREPARED = Path("data/prepared")
 DATASET_CACHE = Path(".cache/datasets")
+SOD_CACHE = Path(".cache/rembg")        # masks by photo content, for resuming
 
 SOD_HOME = Path("models/rembg")
 CLASSIFIER = Path("models/classifier.pt")

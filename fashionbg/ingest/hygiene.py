@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageCms
@@ -87,7 +88,7 @@ def check_image(path: str | os.PathLike[str]) -> CheckedImage:
     return CheckedImage(fmt, size, orientation, clean)
 
 
-def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
+def open_rgb(path: str | os.PathLike[str] | IO[bytes]) -> Image.Image:
     """The photo as an upright 8-bit RGB image (EXIF orientation applied); RefusedImage if not."""
     with _refusing(), Image.open(path, formats=FORMATS) as img:
         img.load()
