@@ -154,10 +154,10 @@ class MaskCache:
 def cache_key(model: str, options: SodOptions, device: str) -> str:
     """Everything a mask depends on besides the image itself (the weights are md5-checked
     against MODELS before a session exists)."""
-    from rembg import __version__ as rembg_version
+    from importlib.metadata import version
 
     parts = [model, MODELS[model].md5, options.alpha_matting, options.post_process_mask,
-             device, rembg_version]
+             device, version("rembg"), version("onnxruntime")]
     return f"{model}-" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
