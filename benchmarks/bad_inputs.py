@@ -46,6 +46,12 @@ def jpeg(seed: int = 0) -> bytes:
     return out.getvalue()
 
 
+def jpeg_mask() -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.full((32, 24), 255, np.uint8), mode="L").save(out, format="PNG")
+    return out.getvalue()
+
+
 def write(project: Path, rel: str, data: bytes | str) -> None:
     path = project / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +152,12 @@ CASES: list[Case] = [
     ("index row mask masks/../../x.png", "prepare",
      lambda p: raw(p, "images/a.jpg,train,casual,masks/../../x.png\n")),
     ("index.csv missing", "remove_background", lambda p: params(p)),
+    ("index row with a label not in classes.json", "prepare",
+     lambda p: (raw(p, "images/a.jpg,train,formal,\n"), write(p, "data/rembg/masks/a.png",
+                                                              jpeg_mask()))),
+    ("classes.json labels not a list", "prepare",
+     lambda p: (raw(p, "images/a.jpg,train,casual,\n"),
+                write(p, "data/raw/classes.json", '{"labels": "casual"}'))),
     ("index.csv in UTF-16", "prepare",
      lambda p: (raw(p, ""), write(p, "data/raw/index.csv", "path,split\n".encode("utf-16")))),
     ("classes.json not JSON", "prepare",

@@ -11,7 +11,7 @@ from fashionbg.contracts.codes import SPLITS
 from fashionbg.contracts.masks import FAILURES, alpha_path, read_failures
 from fashionbg.contracts.params import read_image_size
 from fashionbg.contracts.prepared import save_prepared
-from fashionbg.contracts.raw import read_classes, read_index
+from fashionbg.contracts.raw import label_codes, read_classes, read_index
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
@@ -38,8 +38,7 @@ def main() -> None:
     images, masks, alphas = decode_all(
         [(paths.RAW / r.path, paths.RAW / r.mask if r.mask else None,
           paths.REMBG / alpha_path(r.path)) for r in rows], size)
-    label_ids = {name: i for i, name in enumerate(classes["labels"])}
-    labels = np.array([label_ids[r.label] if r.label else -1 for r in rows], dtype=np.int64)
+    labels = label_codes(rows, classes["labels"], paths.RAW / "index.csv")
     splits = np.array([SPLITS.index(r.split) for r in rows], dtype=np.uint8)
     meta = {"labels": classes["labels"], "mask_classes": classes["mask_classes"],
             "image_size": list(size), "paths": [r.path for r in rows],

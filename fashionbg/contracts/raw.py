@@ -179,7 +179,25 @@ def _confined(where: str, value: str, folder: str) -> None:
 
 
 def read_classes(raw_dir: Path) -> dict[str, list[str]]:
-    return read_json(Path(raw_dir) / "classes.json")
+    """classes.json: {"labels": [...], "mask_classes": [...]}, both lists of names."""
+    path = Path(raw_dir) / "classes.json"
+    classes = read_json(path)
+    if not (isinstance(classes, dict) and all(
+            isinstance(classes.get(k), list) and all(isinstance(n, str) for n in classes[k])
+            for k in ("labels", "mask_classes"))):
+        raise UserError(f"{path} must hold lists of names 'labels' and 'mask_classes'; run the "
+                        "download stage again")
+    return classes
+
+
+def label_codes(rows: list[IndexRow], labels: list[str], index: Path) -> np.ndarray:
+    """Each row's class as an index into `labels`, -1 for rows without one."""
+    code = {name: i for i, name in enumerate(labels)}
+    for row in rows:
+        if row.label and row.label not in code:
+            raise UserError(f"{index}: the label {row.label!r} of {row.path} is not one of the "
+                            "classes in classes.json; run the download stage again")
+    return np.array([code[r.label] if r.label else -1 for r in rows], dtype=np.int64)
 
 
 @dataclass(frozen=True)
