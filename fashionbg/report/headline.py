@@ -1,0 +1,21 @@
+"""Headline metrics: the few numbers the study compares, in one small file per task with one
+rounding, so `dvc exp show` and `dvc metrics diff` list only those. Everything else a stage
+measures (per-class scores, losses, timings, the variant and model it ran) goes to a detail
+file under metrics/detail/, which dvc.yaml does not declare as metrics."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+DIGITS = 4
+
+
+def pick(scores: Mapping[str, Any], keys: Sequence[str]) -> dict[str, float | int | None]:
+    """`keys` of `scores`, rounded to DIGITS places; None (no score) stays None."""
+    return {key: None if scores[key] is None else round(scores[key], DIGITS) for key in keys}
+
+
+def own_and_cross(test: Mapping[str, Any], cross: Mapping[str, Any], keys: Sequence[str]
+                   ) -> dict[str, dict[str, float | int | None]]:
+    """A model's headline: `keys` on its own variant's test images and on the other's."""
+    return {"test": pick(test, keys), "cross_variant": pick(cross, keys)}
