@@ -17,7 +17,7 @@ from fashionbg.nn.checkpoint import load_checkpoint
 from fashionbg.nn.device import resolve_device
 from fashionbg.nn.params import read_evaluate
 from fashionbg.report.figures import save_figure
-from fashionbg.report.headline import own_and_cross
+from fashionbg.report.headline import own_and_cross, rounded
 from fashionbg.report.plots import per_class_bars
 from fashionbg.segment.overlays import overlay_rows
 from fashionbg.segment.params import SegmentConfig
@@ -78,7 +78,8 @@ def main() -> None:
                                          f"{tested_on}"),
                             tmp / "overlays" / f"{tested_on}.png",
                             f"{model_name} trained on {variant}: test {task.key_metric} "
-                            f"{scores[tested_on][task.key_metric]} on {tested_on} images")
+                            f"{rounded(scores[tested_on][task.key_metric])} on {tested_on} "
+                            "images")
         write_json(tmp / "per_class.json", per_class_bars(
             {tested_on: scores[tested_on][per_class_key] for tested_on in (variant, other)}))
     write_json(paths.SEGMENTATION_METRICS,

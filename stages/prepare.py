@@ -58,10 +58,10 @@ def main() -> None:
     sod = read_json(paths.BACKGROUND_DETAIL)
     score = (f"mean IoU of its masks with the true person {sod['mean_iou']}"
              if sod["mean_iou"] is not None else "no true person masks to score it against")
+    caption = (f"Background removal by rembg ({sod['model']}), background filled "
+               f"{params['background']['fill']}: {score}")
     save_figure(samples_figure(load_prepared(paths.prepared("original")),
-                               load_prepared(paths.prepared("rembg"))),
-                paths.SAMPLES, f"Background removal by rembg ({sod['model']}, filled {fill}): "
-                               f"{score}")
+                               load_prepared(paths.prepared("rembg"))), paths.SAMPLES, caption)
 
 
 if __name__ == "__main__":

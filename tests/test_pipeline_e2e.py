@@ -66,7 +66,7 @@ def test_repro_then_rembg_experiment(tmp_path, monkeypatch):
     assert segmentation["task"] == "instance" and segmentation["variant"] == "rembg"
     assert {"mask_ap", "mask_ap50", "mask_ap75", "box_ap"} <= set(segmentation["test"])
     headline = json.loads((project / "metrics/segmentation.json").read_text())
-    assert set(headline["test"]) == set(headline["cross_variant"]) == {"mask_ap"}
+    assert set(headline["test"]) == set(headline["cross"]) == {"mask_ap"}
 
     overlays = run(["dvc", "exp", "run", "-S", "segment.task=instance", "-S",
                     "evaluate.overlays=1"], project)

@@ -7,12 +7,12 @@ import pytest
 import yaml
 
 from fashionbg.core import paths
-from fashionbg.report.headline import DIGITS, pick, own_and_cross
+from fashionbg.report.headline import DIGITS, own_and_cross, pick
 from fashionbg.report.plots import per_class_bars
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-HEADLINE_KEYS = {   # file: the keys of its "test" and "cross_variant" blocks (one of them)
+HEADLINE_KEYS = {   # file: the keys of its "test" and "cross" blocks (one of them)
     paths.CLASSIFICATION_METRICS: [{"top1", "top5", "macro_f1"}],
     paths.SEGMENTATION_METRICS: [{"miou"}, {"mask_ap"}],
 }
@@ -22,7 +22,7 @@ def test_pick_rounds_once_and_keeps_missing_scores():
     assert pick({"a": 0.123456, "b": None, "c": 3, "d": "x"}, ("a", "b", "c")) == {
         "a": 0.1235, "b": None, "c": 3}
     assert own_and_cross({"k": 0.5, "other": 1}, {"k": None}, ("k",)) == {
-        "test": {"k": 0.5}, "cross_variant": {"k": None}}
+        "test": {"k": 0.5}, "cross": {"k": None}}
 
 
 def numbers(block: dict) -> bool:
@@ -31,11 +31,11 @@ def numbers(block: dict) -> bool:
 
 
 @pytest.mark.parametrize("path", sorted(HEADLINE_KEYS, key=str))
-def test_task_headline_files_hold_own_and_cross_variant_scores_only(path):
+def test_task_headline_files_hold_test_and_cross_variant_scores_only(path):
     data = json.loads((ROOT / path).read_text())
-    assert set(data) == {"test", "cross_variant"}
-    assert set(data["test"]) == set(data["cross_variant"]) in HEADLINE_KEYS[path]
-    assert numbers(data["test"]) and numbers(data["cross_variant"])
+    assert set(data) == {"test", "cross"}
+    assert set(data["test"]) == set(data["cross"]) in HEADLINE_KEYS[path]
+    assert numbers(data["test"]) and numbers(data["cross"])
 
 
 def test_background_headline_is_small_and_its_detail_names_the_model():

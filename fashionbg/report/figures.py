@@ -12,8 +12,10 @@ DPI = 200
 
 
 def save_figure(fig: Figure, path: Path, caption: str) -> None:
-    # Below everything drawn so far (tick labels often reach under the figure's bottom edge).
+    # Below everything drawn (tick labels and legends often reach under the figure's bottom
+    # edge); drawing once first places the legends.
+    fig.draw_without_rendering()
     bottom = fig.get_tightbbox().y0 / fig.get_figheight()
-    fig.text(0.5, bottom - 0.02, caption, ha="center", va="top", fontsize=8, wrap=True)
+    fig.text(0.5, bottom - 0.02, caption, ha="center", va="top", fontsize=8)
     with atomic_file(path, "wb") as f:
         fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight")

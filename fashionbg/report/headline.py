@@ -10,12 +10,19 @@ from typing import Any
 DIGITS = 4
 
 
+def rounded(value: float | int | None) -> float | int | None:
+    """`value` to DIGITS places; None (no score) stays None."""
+    return None if value is None else round(value, DIGITS)
+
+
 def pick(scores: Mapping[str, Any], keys: Sequence[str]) -> dict[str, float | int | None]:
-    """`keys` of `scores`, rounded to DIGITS places; None (no score) stays None."""
-    return {key: None if scores[key] is None else round(scores[key], DIGITS) for key in keys}
+    """`keys` of `scores`, rounded."""
+    return {key: rounded(scores[key]) for key in keys}
 
 
 def own_and_cross(test: Mapping[str, Any], cross: Mapping[str, Any], keys: Sequence[str]
                    ) -> dict[str, dict[str, float | int | None]]:
-    """A model's headline: `keys` on its own variant's test images and on the other's."""
-    return {"test": pick(test, keys), "cross_variant": pick(cross, keys)}
+    """A model's headline: `keys` on its own variant's test images ("test") and on the other
+    variant's ("cross"; "cross_variant" in the detail files, shortened so that `dvc exp show`
+    fits a terminal)."""
+    return {"test": pick(test, keys), "cross": pick(cross, keys)}

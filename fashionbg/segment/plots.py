@@ -57,8 +57,9 @@ def overlay_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     for c, name in enumerate(("image", "ground truth", "prediction")):
         axes[0][c].set_title(name, fontsize=8)
     handles = [Patch(color=colors[i], label=name) for i, name in enumerate(class_names) if i]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=6,
-               frameon=False)
+    # Anchored at a point of the figure, so that a caption placed under it stays under it.
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.05),
+               ncol=min(len(handles), 5), fontsize=6, frameon=False)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig

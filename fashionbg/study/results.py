@@ -76,7 +76,7 @@ def _read_cell(cell: Cell, rev: str) -> CellResult | None:
     if detail.get("variant") != cell.variant or detail.get("task", "classify") != cell.arm.task:
         return None   # the experiment did not run this cell's evaluation
     per_image, images = _per_image(cell, rev, list(detail["test"].get("per_class_iou", {})))
-    return CellResult(cell, headline["test"].get(key), headline["cross_variant"].get(key),
+    return CellResult(cell, headline["test"].get(key), headline["cross"].get(key),
                       per_image, images)
 
 def _lookup(params: dict[str, Any], key: str) -> Any:
