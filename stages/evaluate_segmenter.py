@@ -86,6 +86,7 @@ def main() -> None:
                own_and_cross(scores[variant], scores[other], (task.key_metric,)))
     write_json(paths.SEGMENTATION_DETAIL, {
         "task": task.name,
+        "model": model_name,
         "variant": variant,
         "best_epoch": checkpoint.epoch,
         "test": {"images": len(rows), **scores[variant]},

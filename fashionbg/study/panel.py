@@ -19,23 +19,25 @@ from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.report.figures import save_figure
-from fashionbg.study.results import git_file
+from fashionbg.report.headline import rounded
+from fashionbg.study.results import existing_experiments, git_file
 
 PANELS = Path("reports/panels")
 TASKS = {   # each task's detail metrics: the name of its figure
     paths.CLASSIFICATION_DETAIL: "classification",
     paths.SEGMENTATION_DETAIL: "segmentation",
 }
-KEYS = {   # task: (headline key, its name in words, per-class key)
-    "classify": ("top1", "top-1", "per_class_accuracy"),
-    "semantic": ("miou", "mIoU", "per_class_iou"),
-    "instance": ("mask_ap", "mask AP", "per_class_mask_ap"),
+KEYS = {   # task: (headline key, its name in words, per-class key, its name in words)
+    "classify": ("top1", "top-1", "per_class_accuracy", "accuracy"),
+    "semantic": ("miou", "mIoU", "per_class_iou", "IoU"),
+    "instance": ("mask_ap", "mask AP", "per_class_mask_ap", "mask AP"),
 }
 log = logging.getLogger("panel")
 
 
 def read_detail(rev: str, path: Path) -> dict:
-    text = git_file(rev, str(path))
+    """`path` at `rev`: an experiment's name or any git revision."""
+    text = git_file(existing_experiments().get(rev, rev), str(path))
     if text is None:
         raise UserError(f"{rev} has no {path}; run the README's `dvc exp run` lines first")
     return json.loads(text)
@@ -44,7 +46,7 @@ def read_detail(rev: str, path: Path) -> dict:
 def panel_figure(original: dict, rembg: dict) -> tuple[Figure, str]:
     """The figure of one task and its caption, from the detail metrics of the model trained on
     original images and of the one trained on rembg images."""
-    key, name, per_class_key = KEYS[original.get("task", "classify")]
+    key, name, per_class_key, per_class_name = KEYS[original.get("task", "classify")]
     trained = {"original": original, "rembg": rembg}
     fig = Figure(figsize=(7.5, 2.8))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2.6]})
@@ -64,13 +66,14 @@ def panel_figure(original: dict, rembg: dict) -> tuple[Figure, str]:
         right.bar(x + offset, [_score(per_class.get(c)) for c in classes], 0.4,
                   label=f"trained and tested on {variant}")
     right.set_xticks(x, classes, rotation=45, ha="right", fontsize=7)
-    right.set_ylabel(f"per-class {'accuracy' if key == 'top1' else name}")
+    right.set_ylabel(f"per-class {per_class_name}")
     right.set_ylim(0, 1)
     right.legend(fontsize=7)
     fig.tight_layout()
-    model = original.get("arch") or original["task"]
-    caption = (f"{model}: test {name} {original['test'][key]} trained on original images, "
-               f"{rembg['test'][key]} on rembg images ({original['test']['images']} test images)")
+    model = original["arch"] if "arch" in original else original["model"]
+    caption = (f"{model}: test {name} {rounded(original['test'][key])} trained on original "
+               f"images, {rounded(rembg['test'][key])} on rembg images "
+               f"({original['test']['images']} test images)")
     return fig, caption
 
 
