@@ -10,23 +10,23 @@ from matplotlib.figure import Figure
 
 from fashionbg.contracts.prepared import Prepared
 
-SAMPLES_PER_CLASS = 1
+UNLABELLED_SAMPLES = 8
 
 
-def sample_rows(data: Prepared, per_class: int) -> np.ndarray:
-    """The first `per_class` test images of each class (all labelled test images when the
-    data has no classes)."""
+def sample_rows(data: Prepared) -> np.ndarray:
+    """The first test image of each class; for data without classes, the first
+    UNLABELLED_SAMPLES test images."""
     test = data.indices("test")
     if not data.meta["labels"]:
-        return test[:per_class]
-    return np.concatenate([test[data.labels[test] == c][:per_class]
+        return test[:UNLABELLED_SAMPLES]
+    return np.concatenate([test[data.labels[test] == c][:1]
                            for c in range(len(data.meta["labels"]))])
 
 
 def samples_figure(original: Prepared, rembg: Prepared) -> Figure:
     """The sample grid of the two variants' caches, each row titled with its class (or, for
     data without classes, its file name)."""
-    rows = sample_rows(original, SAMPLES_PER_CLASS)
+    rows = sample_rows(original)
     labels, names = original.meta["labels"], original.meta["paths"]
     titles = [labels[original.labels[r]] if original.labels[r] >= 0 else Path(names[r]).name
               for r in rows]
