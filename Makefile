@@ -4,12 +4,16 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test bench study clean
+.PHONY: setup repro test browser bench study metrics-report panels clean
 
 PRESET ?= quick
 SHARD ?= 1/1
+BASE ?= HEAD
+# Headless Chromium for the test that the offline plots page draws its charts.
+CHROMIUM_NAMES := chromium chromium-browser google-chrome
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed node_modules/.package-lock.json
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,10 +21,20 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
+# vega, vega-lite and vega-embed for the offline HTML of `dvc plots` (.dvc/plots_offline.html).
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+browser:
+	@for name in $(CHROMIUM_NAMES); do command -v $$name >/dev/null && exit 0; done; \
+	$(SUDO) apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
 repro: setup
 	dvc repro
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
 
 bench: setup
@@ -32,3 +46,17 @@ bench: setup
 study: setup
 	$(PY) -m fashionbg.study run --preset $(PRESET) --shard $(SHARD)
 	$(PY) -m fashionbg.study report --preset $(PRESET)
+
+# Markdown for a pull request (CI writes it to the job summary): the headline metrics of the
+# `original` experiment against BASE, then `original` against `rembg` (the README's commands
+# make both experiments).
+metrics-report:
+	@echo "### Headline metrics: $(BASE) → this change (original images)"; echo
+	@dvc metrics diff --md --all $(BASE) original
+	@echo; echo "### Original → background removed (rembg)"; echo
+	@dvc metrics diff --md --all original rembg
+
+# One original-against-rembg figure per task for a paper (reports/panels/), from the same two
+# experiments.
+panels:
+	$(PY) -m fashionbg.study.panel original rembg

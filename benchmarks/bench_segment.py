@@ -97,7 +97,7 @@ def bench_stages(params: dict[str, Any]) -> None:
             subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=work, env=env,
                            check=True, capture_output=True)
             print(f"stage {stage:18s} {time.perf_counter() - start:6.1f} s wall")
-        metrics = json.loads((work / "metrics/segmentation.json").read_text())
+        metrics = json.loads((work / "metrics/detail/segmentation.json").read_text())
         key = "miou" if metrics["task"] == "semantic" else "mask_ap"
         cross = metrics["cross_variant"]
         print(f"{metrics['task']} trained on {metrics['variant']}: test {key} "

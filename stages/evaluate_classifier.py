@@ -1,10 +1,10 @@
 """Stage `evaluate_classifier`: rebuild models/classifier.pt from its checkpoint, score it on the
-test split of the variant it was trained on and of the other variant; write metrics and plots."""
+test split of the variant it was trained on and of the other variant; write the headline
+metrics, their detail, per-image predictions and the confusion matrix."""
 from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 
 from fashionbg.classify.data import split_loader
@@ -16,9 +16,9 @@ from fashionbg.classify.metrics import (
 )
 from fashionbg.classify.models import build_classifier
 from fashionbg.classify.params import ClassifyConfig
-from fashionbg.classify.plots import confusion_figure, sample_grid, save_figure
+from fashionbg.classify.plots import confusion_figure
 from fashionbg.contracts.params import VARIANTS, other_variant
-from fashionbg.contracts.prepared import Prepared, check_same_rows, load_prepared
+from fashionbg.contracts.prepared import check_same_rows, load_prepared
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
@@ -27,17 +27,13 @@ from fashionbg.core.params import load_params
 from fashionbg.nn.checkpoint import load_checkpoint
 from fashionbg.nn.device import resolve_device
 from fashionbg.nn.params import read_evaluate
+from fashionbg.report.figures import save_figure
+from fashionbg.report.headline import own_and_cross
+from fashionbg.report.plots import per_class_bars
 
-SAMPLES_PER_CLASS = 2
+HEADLINE = ("top1", "top5", "macro_f1")
 PREDICTION_COLUMNS = ("path", "tested_on", "label", "predicted", "correct")
 log = logging.getLogger("evaluate_classifier")
-
-
-def sample_rows(data: Prepared, per_class: int) -> np.ndarray:
-    """The first test images of each class, for the picture grid."""
-    test = data.indices("test")
-    return np.concatenate([test[data.labels[test] == c][:per_class]
-                           for c in range(len(data.meta["labels"]))])
 
 
 @stage_main
@@ -74,26 +70,22 @@ def main() -> None:
         (path, tested_on, labels[t], labels[p], int(t == p))
         for tested_on, scores in ((variant, logits), (other, cross_logits))
         for path, t, p in zip(test_paths, targets.tolist(), scores.argmax(1).tolist())])
-    write_json(paths.CLASSIFICATION_METRICS, {
+    write_json(paths.CLASSIFICATION_METRICS, own_and_cross(metrics, cross, HEADLINE))
+    write_json(paths.CLASSIFICATION_DETAIL, {
         "variant": variant, "arch": config.arch, "best_epoch": checkpoint.epoch,
-        "test": metrics,
-        "cross_variant": {"variant": other, "top1": cross["top1"], "top5": cross["top5"],
-                          "macro_f1": cross["macro_f1"]},
+        "test": metrics, "cross_variant": {"variant": other, **cross},
     })
     log.info("test top1 %.4f (on %s images: %.4f)", metrics["top1"], other, cross["top1"])
 
-    plots = paths.CLASSIFIER_PLOTS
-    preds = logits.argmax(1)
-    write_csv(plots / "confusion.csv", ("actual", "predicted"),
-              [(labels[t], labels[p]) for t, p in zip(targets.tolist(), preds.tolist())])
     matrix = confusion_matrix(logits, targets, len(labels)).numpy()
-    save_figure(confusion_figure(matrix, labels, f"{config.arch} on {variant} (test)"),
-                plots / "confusion.png")
-    rows = sample_rows(caches["original"], SAMPLES_PER_CLASS)
-    save_figure(sample_grid(caches["original"].images[rows], caches["rembg"].alpha[rows],
-                            caches["rembg"].images[rows],
-                            [labels[caches["original"].labels[r]] for r in rows]),
-                plots / "samples.png")
+    save_figure(confusion_figure(matrix, labels, f"{config.arch} trained on {variant}, "
+                                                 f"tested on {variant}"),
+                paths.CLASSIFIER_PLOTS / "confusion.png",
+                f"{config.arch} ({variant} images): test top-1 {metrics['top1']}, macro-F1 "
+                f"{metrics['macro_f1']} on {metrics['images']} images; on {other} images "
+                f"top-1 {cross['top1']}")
+    write_json(paths.CLASSIFIER_PLOTS / "per_class.json", per_class_bars(
+        {variant: metrics["per_class_accuracy"], other: cross["per_class_accuracy"]}))
 
 
 if __name__ == "__main__":

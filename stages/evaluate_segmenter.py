@@ -1,7 +1,7 @@
 """Stage `evaluate_segmenter`: rebuild models/segmenter.pt from its checkpoint, score it on the
 test split of the variant it was trained on and, with the same ground truth, on the other
-variant's test images; write metrics/segmentation.json and plots/segmentation/ (overlays per
-test variant, per-class scores)."""
+variant's test images; write the headline metrics (mIoU or mask AP), their detail, per-image
+results and plots/segmentation/ (overlays per test variant, per-class scores)."""
 from __future__ import annotations
 
 import logging
@@ -16,6 +16,9 @@ from fashionbg.core.params import load_params
 from fashionbg.nn.checkpoint import load_checkpoint
 from fashionbg.nn.device import resolve_device
 from fashionbg.nn.params import read_evaluate
+from fashionbg.report.figures import save_figure
+from fashionbg.report.headline import own_and_cross, rounded
+from fashionbg.report.plots import per_class_bars
 from fashionbg.segment.overlays import overlay_rows
 from fashionbg.segment.params import SegmentConfig
 from fashionbg.segment.plots import class_colors, overlay_grid
@@ -63,26 +66,35 @@ def main() -> None:
 
     shown = rows[:settings.overlays]
     per_class_key = "per_class_iou" if task.name == "semantic" else "per_class_mask_ap"
+    model_name = (f"{config.arch} on {config.encoder}" if task.name == "semantic"
+                  else f"Mask R-CNN on {config.instance_backbone}")
     with atomic_dir(paths.SEGMENTATION_PLOTS) as tmp:
         (tmp / "overlays").mkdir()
         if len(shown):
             for tested_on in VARIANTS:
-                overlay_grid(tmp / "overlays" / f"{tested_on}.png",
-                             overlay_rows(task, model, caches[tested_on].images, shown, device),
-                             task.class_names, class_colors(len(task.class_names)),
-                             f"{task.name} model trained on {variant}, tested on {tested_on}")
-        # Classes with no score (no ground truth in the test split) get no bar.
-        per_class = scores[variant][per_class_key].items()
-        write_json(tmp / "per_class.json",
-                   [{"class": k, "score": v} for k, v in per_class if v is not None])
-    write_json(paths.SEGMENTATION_METRICS, {
+                painted = overlay_rows(task, model, caches[tested_on].images, shown, device)
+                save_figure(overlay_grid(painted, task.class_names,
+                                         class_colors(len(task.class_names)),
+                                         f"{model_name} trained on {variant}, tested on "
+                                         f"{tested_on}"),
+                            tmp / "overlays" / f"{tested_on}.png",
+                            f"{model_name} trained on {variant}: test {task.key_metric} "
+                            f"{rounded(scores[tested_on][task.key_metric])} on {tested_on} "
+                            "images")
+        write_json(tmp / "per_class.json", per_class_bars(
+            {tested_on: scores[tested_on][per_class_key] for tested_on in (variant, other)}))
+    write_json(paths.SEGMENTATION_METRICS,
+               own_and_cross(scores[variant], scores[other], (task.key_metric,)))
+    write_json(paths.SEGMENTATION_DETAIL, {
         "task": task.name,
+        "model": model_name,
         "variant": variant,
         "best_epoch": checkpoint.epoch,
         "test": {"images": len(rows), **scores[variant]},
         "cross_variant": {"variant": other, "images": len(rows), **scores[other]},
     })
-    log.info("wrote %s and %s", paths.SEGMENTATION_METRICS, paths.SEGMENTATION_PLOTS)
+    log.info("wrote %s, %s and %s", paths.SEGMENTATION_METRICS, paths.SEGMENTATION_DETAIL,
+             paths.SEGMENTATION_PLOTS)
 
 
 if __name__ == "__main__":

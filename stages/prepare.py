@@ -1,4 +1,5 @@
-"""Stage `prepare`: decode every usable raw image once into the original and rembg caches."""
+"""Stage `prepare`: decode every usable raw image once into the original and rembg caches, and
+draw the sample grid of the two (plots/samples.png)."""
 from __future__ import annotations
 
 import logging
@@ -7,16 +8,19 @@ import numpy as np
 
 from fashionbg.background.composite import composite
 from fashionbg.background.params import read_background
+from fashionbg.background.samples import samples_figure
 from fashionbg.contracts.codes import SPLITS
 from fashionbg.contracts.masks import FAILURES, alpha_path, read_failures
 from fashionbg.contracts.params import read_image_size
-from fashionbg.contracts.prepared import save_prepared
+from fashionbg.contracts.prepared import load_prepared, save_prepared
 from fashionbg.contracts.raw import label_codes, read_classes, read_index
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
+from fashionbg.core.io import read_json
 from fashionbg.core.params import load_params
 from fashionbg.ingest.decode import decode_all
+from fashionbg.report.figures import save_figure
 
 log = logging.getLogger("prepare")
 
@@ -49,6 +53,14 @@ def main() -> None:
     save_prepared(paths.prepared("rembg"), composite(images, alphas, fill), masks, labels, splits,
                   {**meta, "variant": "rembg"}, alpha=alphas)
     log.info("prepared %d images of %s for both variants", len(rows), size)
+
+    sod = read_json(paths.BACKGROUND_DETAIL)
+    score = (f"mean IoU of its masks with the true person {sod['mean_iou']}"
+             if sod["mean_iou"] is not None else "no true person masks to score it against")
+    caption = (f"Background removal by rembg ({sod['model']}), background filled "
+               f"{params['background']['fill']}: {score}")
+    save_figure(samples_figure(load_prepared(paths.prepared("original")),
+                               load_prepared(paths.prepared("rembg"))), paths.SAMPLES, caption)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Stage `remove_background`: rembg alpha mask for every raw image, plus how good they are."""
+"""Stage `remove_background`: rembg alpha mask for every raw image, plus how good they are
+(headline: failures and mean IoU with the true person; detail: model and timing)."""
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,9 @@ from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.io import atomic_dir, write_csv, write_json
 from fashionbg.core.params import load_params
+from fashionbg.report.headline import pick
 
+HEADLINE = ("failures", "mean_iou")
 log = logging.getLogger("remove_background")
 
 
@@ -34,7 +37,8 @@ def main() -> None:
         report = remove_backgrounds(rows, paths.RAW, tmp, session, options, cache)
         write_csv(tmp / FAILURES, FAILURE_COLUMNS, report.failures)
     metrics = report.metrics(config.model)
-    write_json(paths.BACKGROUND_METRICS, metrics)
+    write_json(paths.BACKGROUND_DETAIL, metrics)
+    write_json(paths.BACKGROUND_METRICS, pick(metrics, HEADLINE))
     log.info("%s on %s; %d of %d masks computed, the others reused from %s", metrics, device,
              report.computed, report.images, cache.dir)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline_e2e import copy_project, run, shrink_params, user_env
+from helpers_project import copy_project, project_env, run, shrink_params
 
 KILLED = ("remove_background", "prepare")
 
@@ -34,7 +34,7 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 def forced_run(project: Path, stage: str) -> subprocess.Popen:
     return subprocess.Popen(["dvc", "repro", "--force", "-s", stage], cwd=project,
-                            env=user_env(), stdout=subprocess.DEVNULL,
+                            env=project_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 

@@ -1,66 +1,14 @@
 """The real pipeline on a tiny demo config: dvc repro, dvc exp run -S, dvc metrics diff."""
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
+from helpers_project import run, tiny_project
 from helpers_s3 import ENV as S3_ENV
 from helpers_s3 import s3_bucket
 
-ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM = ("download", "fetch_model", "remove_background", "prepare")
 TRAINING = ("train_classifier", "evaluate_classifier")
 SEGMENTING = ("train_segmenter", "evaluate_segmenter")
-TINY = {
-    ("data", "demo", "images_per_class"): 6,
-    ("data", "demo", "image_size"): [128, 96],
-    ("data", "image_size"): [64, 48],
-    ("classify", "epochs"): 2,
-    ("classify", "batch_size"): 16,
-    ("segment", "epochs"): 2,
-}
-
-
-def user_env() -> dict[str, str]:
-    # Bytecode writing on, as on users' machines: __pycache__ lands in the code folders that
-    # stages depend on, and must not change their hashes.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env.update({"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "e2e",
-                "GIT_AUTHOR_EMAIL": "e2e@localhost", "GIT_COMMITTER_NAME": "e2e",
-                "GIT_COMMITTER_EMAIL": "e2e@localhost"})
-    return env
-
-
-def run(cmd: list[str], cwd: Path) -> str:
-    result = subprocess.run(cmd, cwd=cwd, env=user_env(), capture_output=True, text=True,
-                            timeout=1200)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
-def copy_project(target: Path) -> None:
-    """The files git would clone (tracked and not ignored), without data or the venv."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split()
-    for rel in listed:
-        if (ROOT / rel).is_file():
-            (target / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, target / rel)
-
-
-def shrink_params(path: Path) -> None:
-    params = yaml.safe_load(path.read_text())
-    for keys, value in TINY.items():
-        node = params
-        for key in keys[:-1]:
-            node = node[key]
-        node[keys[-1]] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def ran(output: str, stage: str) -> bool:
@@ -73,20 +21,16 @@ def skipped(output: str, stage: str) -> bool:
 
 @pytest.mark.timeout(1500)
 def test_repro_then_rembg_experiment(tmp_path, monkeypatch):
-    project = tmp_path / "project"
-    copy_project(project)
-    shrink_params(project / "params.yaml")
-    run(["git", "init", "-q"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "tiny config"], project)
+    project = tiny_project(tmp_path / "project")
 
     first = run(["dvc", "repro"], project)
     for stage in UPSTREAM + TRAINING + SEGMENTING:
         assert ran(first, stage), f"{stage} did not run:\n{first}"
     background = json.loads((project / "metrics/background.json").read_text())
-    assert background["images"] == 6 * 8 and background["failures"] == 0
-    assert background["mean_iou"] > 0.5
-    assert (project / "plots/classifier/samples.png").stat().st_size > 0
+    assert background["failures"] == 0 and background["mean_iou"] > 0.5
+    detail = json.loads((project / "metrics/detail/background.json").read_text())
+    assert detail["images"] == 6 * 8 and detail["model"] == "u2netp"
+    assert (project / "plots/samples.png").stat().st_size > 0
     assert list(project.glob("fashionbg/**/__pycache__/*.pyc")), "bytecode was not written"
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "original variant"], project)
@@ -106,7 +50,7 @@ def test_repro_then_rembg_experiment(tmp_path, monkeypatch):
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], project))
     top1 = diff["metrics/classification.json"]["test.top1"]
     assert 0.0 <= top1["old"] <= 1.0 and 0.0 <= top1["new"] <= 1.0
-    metrics = json.loads((project / "metrics/classification.json").read_text())
+    metrics = json.loads((project / "metrics/detail/classification.json").read_text())
     assert metrics["variant"] == "rembg" and metrics["cross_variant"]["variant"] == "original"
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
@@ -118,9 +62,11 @@ def test_repro_then_rembg_experiment(tmp_path, monkeypatch):
         assert skipped(instance, stage) and not ran(instance, stage), instance
     for stage in SEGMENTING:
         assert ran(instance, stage), instance
-    segmentation = json.loads((project / "metrics/segmentation.json").read_text())
+    segmentation = json.loads((project / "metrics/detail/segmentation.json").read_text())
     assert segmentation["task"] == "instance" and segmentation["variant"] == "rembg"
     assert {"mask_ap", "mask_ap50", "mask_ap75", "box_ap"} <= set(segmentation["test"])
+    headline = json.loads((project / "metrics/segmentation.json").read_text())
+    assert set(headline["test"]) == set(headline["cross"]) == {"mask_ap"}
 
     overlays = run(["dvc", "exp", "run", "-S", "segment.task=instance", "-S",
                     "evaluate.overlays=1"], project)

@@ -130,7 +130,7 @@ def test_semantic_stages_end_to_end(tmp_path: Path) -> None:
                .read_text().splitlines()) == 3
 
     ok(run_stage(project, "evaluate_segmenter"))
-    metrics = json.loads((project / "metrics/segmentation.json").read_text())
+    metrics = json.loads((project / "metrics/detail/segmentation.json").read_text())
     assert metrics["task"] == "semantic" and metrics["variant"] == "original"
     assert metrics["test"]["images"] == 4 and set(metrics["test"]["per_class_iou"]) == set(CLASSES)
     assert metrics["cross_variant"]["variant"] == "rembg"
@@ -139,14 +139,20 @@ def test_semantic_stages_end_to_end(tmp_path: Path) -> None:
             assert 0 <= block[key] <= 1
     for name in ("original", "rembg"):
         assert (project / f"plots/segmentation/overlays/{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((project / "metrics/segmentation.json").read_text()) == {
+        "test": {"miou": round(metrics["test"]["miou"], 4)},
+        "cross": {"miou": round(metrics["cross_variant"]["miou"], 4)}}
     per_class = json.loads((project / "plots/segmentation/per_class.json").read_text())
-    assert {row["class"] for row in per_class} <= set(CLASSES)
+    assert {row["class"] for row in per_class} <= {f"{name}, tested on {variant}"
+                                                   for name in CLASSES
+                                                   for variant in ("original", "rembg")}
     assert all(0 <= row["score"] <= 1 for row in per_class)
 
     # Evaluation rebuilds the model and its variant from the checkpoint, not from params.
     write_params(project, "rembg", arch="fpn")
     ok(run_stage(project, "evaluate_segmenter"))
-    assert json.loads((project / "metrics/segmentation.json").read_text())["variant"] == "original"
+    detail = json.loads((project / "metrics/detail/segmentation.json").read_text())
+    assert detail["variant"] == "original"
 
 
 @pytest.mark.timeout(300)
@@ -156,7 +162,7 @@ def test_instance_stages_end_to_end(tmp_path: Path) -> None:
     live = json.loads((project / "dvclive/train_segmenter/metrics.json").read_text())
     assert "mask_ap" in live["val"]
     ok(run_stage(project, "evaluate_segmenter"))
-    metrics = json.loads((project / "metrics/segmentation.json").read_text())
+    metrics = json.loads((project / "metrics/detail/segmentation.json").read_text())
     assert metrics["task"] == "instance" and metrics["cross_variant"]["variant"] == "original"
     for block in (metrics["test"], metrics["cross_variant"]):
         for key in ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "box_ap75"):

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 import yaml
-from test_pipeline_e2e import copy_project, run, shrink_params
+from helpers_project import copy_project, run, shrink_params
 
 TINY_PRESET = {"about": "two arms on a tiny demo", "seeds": [0, 1], "params": {},
                "arms": {"shallow": {}, "shallow_bn": {}}}

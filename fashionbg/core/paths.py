@@ -18,12 +18,17 @@ SOD_HOME = Path("models/rembg")
 CLASSIFIER = Path("models/classifier.pt")
 SEGMENTER = Path("models/segmenter.pt")
 
+# Headline metrics (what `dvc exp show` lists) and their detail (not declared as metrics).
 BACKGROUND_METRICS = Path("metrics/background.json")
 CLASSIFICATION_METRICS = Path("metrics/classification.json")
 SEGMENTATION_METRICS = Path("metrics/segmentation.json")
+BACKGROUND_DETAIL = Path("metrics/detail/background.json")
+CLASSIFICATION_DETAIL = Path("metrics/detail/classification.json")
+SEGMENTATION_DETAIL = Path("metrics/detail/segmentation.json")
 # Per-image test results (git-tracked), so variants are compared on the same test images.
 CLASSIFICATION_PREDICTIONS = Path("predictions/classification.csv")
 SEGMENTATION_PREDICTIONS = Path("predictions/segmentation.csv")
+SAMPLES = Path("plots/samples.png")
 CLASSIFIER_PLOTS = Path("plots/classifier")
 SEGMENTATION_PLOTS = Path("plots/segmentation")
 

@@ -127,6 +127,7 @@ def fit(model: nn.Module, loader: DataLoader, step: Step, validate: Validate | N
     best_epoch, best_score, best_state = 0, None, None
     stats: list[EpochStats] = []
     for epoch in range(1, epochs + 1):
+        live.step = epoch   # the curves' x axis counts epochs from 1
         epoch_stats = train_one_epoch(model, loader, step, optimizer, scheduler, scaler, device,
                                       epoch)
         stats.append(epoch_stats)

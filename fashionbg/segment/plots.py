@@ -1,15 +1,11 @@
 """Overlay pictures: one row per test image, columns image | ground truth | prediction."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy import ndimage
-
-from fashionbg.core.io import atomic_file
 
 ALPHA = 0.75
 DIM = 0.5   # the photo under a class map is shown grey and dimmed so class colours read clearly
@@ -45,10 +41,10 @@ def paint_instances(image: np.ndarray, masks: np.ndarray, labels: np.ndarray,
     return out
 
 
-def overlay_grid(path: Path, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                 class_names: list[str], colors: np.ndarray, title: str) -> None:
-    """Write a PNG from (image, painted ground truth, painted prediction) rows, with a legend
-    of `class_names` (index i is coloured colors[i]; index 0 is left out)."""
+def overlay_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 class_names: list[str], colors: np.ndarray, title: str) -> Figure:
+    """A figure of (image, painted ground truth, painted prediction) rows, with a legend of
+    `class_names` (index i is coloured colors[i]; index 0 is left out)."""
     height, width = rows[0][0].shape[:2]
     panel = 1.6
     # A bare Figure (no pyplot) needs no GUI backend and keeps no global state.
@@ -61,9 +57,9 @@ def overlay_grid(path: Path, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray
     for c, name in enumerate(("image", "ground truth", "prediction")):
         axes[0][c].set_title(name, fontsize=8)
     handles = [Patch(color=colors[i], label=name) for i, name in enumerate(class_names) if i]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=6,
-               frameon=False)
+    # Anchored at a point of the figure, so that a caption placed under it stays under it.
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.05),
+               ncol=min(len(handles), 5), fontsize=6, frameon=False)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
+    return fig

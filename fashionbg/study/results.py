@@ -19,6 +19,9 @@ from fashionbg.study.definition import TASKS, Cell
 
 EXPERIMENT_REFS = "refs/exps/"
 QUEUE_REFS = "refs/exps/celery/"   # DVC's own bookkeeping of queued and failed runs
+# Each headline metrics file and its detail (the variant and task it scored, per-class scores).
+DETAIL = {str(paths.CLASSIFICATION_METRICS): paths.CLASSIFICATION_DETAIL,
+          str(paths.SEGMENTATION_METRICS): paths.SEGMENTATION_DETAIL}
 
 
 @dataclass(frozen=True)
@@ -69,11 +72,12 @@ def _read_cell(cell: Cell, rev: str) -> CellResult | None:
     if any(_lookup(params, key) != value for key, value in cell.params.items()):
         return None   # a stale experiment under the same name
     _, _, key, metrics_path = TASKS[cell.arm.task]
-    metrics = json.loads(git_file(rev, metrics_path) or "{}")
-    if metrics.get("variant") != cell.variant or metrics.get("task", "classify") != cell.arm.task:
+    headline = json.loads(git_file(rev, metrics_path) or "{}")
+    detail = json.loads(git_file(rev, str(DETAIL[metrics_path])) or "{}")
+    if detail.get("variant") != cell.variant or detail.get("task", "classify") != cell.arm.task:
         return None   # the experiment did not run this cell's evaluation
-    per_image, images = _per_image(cell, rev, list(metrics["test"].get("per_class_iou", {})))
-    return CellResult(cell, metrics["test"].get(key), metrics["cross_variant"].get(key),
+    per_image, images = _per_image(cell, rev, list(detail["test"].get("per_class_iou", {})))
+    return CellResult(cell, headline["test"].get(key), headline["cross"].get(key),
                       per_image, images)
 
 

@@ -1,0 +1,28 @@
+"""Headline metrics: the few numbers the study compares, in one small file per task with one
+rounding, so `dvc exp show` and `dvc metrics diff` list only those. Everything else a stage
+measures (per-class scores, losses, timings, the variant and model it ran) goes to a detail
+file under metrics/detail/, which dvc.yaml does not declare as metrics."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+DIGITS = 4
+
+
+def rounded(value: float | int | None) -> float | int | None:
+    """`value` to DIGITS places; None (no score) stays None."""
+    return None if value is None else round(value, DIGITS)
+
+
+def pick(scores: Mapping[str, Any], keys: Sequence[str]) -> dict[str, float | int | None]:
+    """`keys` of `scores`, rounded."""
+    return {key: rounded(scores[key]) for key in keys}
+
+
+def own_and_cross(test: Mapping[str, Any], cross: Mapping[str, Any], keys: Sequence[str]
+                   ) -> dict[str, dict[str, float | int | None]]:
+    """A model's headline: `keys` on its own variant's test images ("test") and on the other
+    variant's ("cross"; "cross_variant" in the detail files, shortened so that `dvc exp show`
+    fits a terminal)."""
+    return {"test": pick(test, keys), "cross": pick(cross, keys)}
