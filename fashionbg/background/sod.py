@@ -113,7 +113,9 @@ class SodReport:
             "model": model,
             "images": self.images,
             "failures": len(self.failures),
-            "seconds_per_image": round(self.seconds / max(self.computed, 1), 4),
+            # None when every mask came from the cache: no inference was timed
+            "seconds_per_image": round(self.seconds / self.computed, 4) if self.computed
+            else None,
             "images_with_ground_truth": len(self.ious),
             "mean_iou": round(float(np.mean(self.ious)), 4) if self.ious else None,
         }
@@ -154,10 +156,12 @@ class MaskCache:
 def cache_key(model: str, options: SodOptions, device: str) -> str:
     """Everything a mask depends on besides the image itself (the weights are md5-checked
     against MODELS before a session exists)."""
-    from importlib.metadata import version
+    import onnxruntime
+    import rembg
 
+    # Versions from the modules: onnxruntime-gpu installs the same module under another name.
     parts = [model, MODELS[model].md5, options.alpha_matting, options.post_process_mask,
-             device, version("rembg"), version("onnxruntime")]
+             device, rembg.__version__, onnxruntime.__version__]
     return f"{model}-" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
