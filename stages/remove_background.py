@@ -4,7 +4,14 @@ from __future__ import annotations
 import logging
 
 from fashionbg.background.params import read_background
-from fashionbg.background.sod import SodOptions, make_session, remove_backgrounds
+from fashionbg.background.sod import (
+    MaskCache,
+    SodOptions,
+    cache_key,
+    make_session,
+    remove_backgrounds,
+    sod_providers,
+)
 from fashionbg.contracts.masks import FAILURE_COLUMNS, FAILURES
 from fashionbg.contracts.raw import read_index
 from fashionbg.core import paths
@@ -19,11 +26,16 @@ log = logging.getLogger("remove_background")
 def main() -> None:
     config = read_background(load_params())
     options = SodOptions(config.alpha_matting, config.post_process_mask)
+    providers = sod_providers(config.device)
     rows = read_index(paths.RAW)
-    session = make_session(config.model, paths.SOD_HOME)
+    session = make_session(config.model, paths.SOD_HOME, providers)
+    cache = MaskCache(paths.SOD_CACHE, cache_key(config.model, paths.SOD_HOME, options,
+                                                 providers))
     with atomic_dir(paths.REMBG) as tmp:
-        report = remove_backgrounds(rows, paths.RAW, tmp, session, options)
+        report = remove_backgrounds(rows, paths.RAW, tmp, session, options, cache)
         write_csv(tmp / FAILURES, FAILURE_COLUMNS, report.failures)
+    log.info("%d of %d alphas reused from %s (on %s)", report.reused, report.images, cache.dir,
+             providers[0])
     metrics = report.metrics(config.model)
     write_json(paths.BACKGROUND_METRICS, metrics)
     log.info("%s", metrics)

@@ -7,7 +7,16 @@ from skimage import data as skdata
 
 from fashionbg.background.composite import composite
 from fashionbg.background.params import SOD_MODELS, parse_fill
-from fashionbg.background.sod import SodOptions, mask_iou, predict_alpha, remove_backgrounds
+from fashionbg.background.sod import (
+    CPU_PROVIDERS,
+    CUDA_PROVIDERS,
+    MaskCache,
+    SodOptions,
+    mask_iou,
+    predict_alpha,
+    remove_backgrounds,
+    sod_providers,
+)
 from fashionbg.background.weights import MODELS, md5sum
 from fashionbg.contracts.masks import alpha_path
 from fashionbg.contracts.raw import RawWriter, read_index
@@ -121,3 +130,46 @@ def test_parse_fill_accepts_names_and_triples(value, expected):
 def test_parse_fill_rejects_non_colours(value):
     with pytest.raises(ParamError, match=r"background\.fill .* black, white, gray"):
         parse_fill(value)
+
+
+def test_masks_are_reused_only_for_the_same_image_and_key(tmp_path, tiny_session):
+    writer = RawWriter(tmp_path / "raw")
+    img, truth = square_photo()
+    writer.add_image("a/one.png", Image.fromarray(img), "train", "a", truth)
+    writer.add_image("a/two.png", Image.fromarray(255 - img), "test", "a", truth)
+    writer.finish(["a"], ["background", "x", "y", "thing"])
+    rows, raw = read_index(tmp_path / "raw"), tmp_path / "raw"
+    key = {"model": "tiny", "alpha_matting": False}
+
+    first = remove_backgrounds(rows, raw, tmp_path / "a", tiny_session, SodOptions(),
+                               MaskCache(tmp_path / "cache", key))
+    assert (first.images, first.reused) == (2, 0)
+    broken = object()       # any prediction with it fails: reused masks need none
+    again = remove_backgrounds(rows, raw, tmp_path / "b", broken, SodOptions(),
+                               MaskCache(tmp_path / "cache", key))
+    assert (again.images, again.reused, again.failures) == (2, 2, [])
+    for name in ("one", "two"):
+        assert (tmp_path / f"a/masks/a/{name}.png").read_bytes() == \
+            (tmp_path / f"b/masks/a/{name}.png").read_bytes()
+    assert again.metrics("tiny")["mean_iou"] == first.metrics("tiny")["mean_iou"]
+
+    other = remove_backgrounds(rows, raw, tmp_path / "c", broken, SodOptions(),
+                               MaskCache(tmp_path / "cache", {**key, "alpha_matting": True}))
+    assert (other.images, other.reused, len(other.failures)) == (0, 0, 2)
+    (raw / "images/a/one.png").write_bytes((raw / "images/a/two.png").read_bytes())
+    edited = remove_backgrounds(rows, raw, tmp_path / "d", broken, SodOptions(),
+                                MaskCache(tmp_path / "cache", key))
+    assert edited.reused == 2 and (tmp_path / "d/masks/a/one.png").read_bytes() == \
+        (tmp_path / "a/masks/a/two.png").read_bytes()     # keyed by content, not by name
+
+
+def test_cuda_for_background_removal_needs_the_provider(monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: CPU_PROVIDERS)
+    assert sod_providers("auto") == sod_providers("cpu") == CPU_PROVIDERS
+    with pytest.raises(ParamError, match="rembg\\[gpu\\]"):
+        sod_providers("cuda")
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: CUDA_PROVIDERS)
+    assert sod_providers("auto") == sod_providers("cuda") == CUDA_PROVIDERS
+    assert sod_providers("cpu") == CPU_PROVIDERS

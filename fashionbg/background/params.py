@@ -1,5 +1,5 @@
-"""The `background:` section of params.yaml: the salient-object model, its options, and the
-fill that replaces the background."""
+"""The `background:` section of params.yaml: the salient-object model, its options, where it
+runs, and the fill that replaces the background."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +9,7 @@ from fashionbg.core.errors import ParamError
 from fashionbg.core.params import boolean, choice, section
 
 SOD_MODELS = ("u2netp", "u2net")
+SOD_DEVICES = ("auto", "cpu", "cuda")       # ONNX Runtime provider for background removal
 NAMED_FILLS = {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128)}
 
 
@@ -17,6 +18,7 @@ class BackgroundConfig:
     model: str
     alpha_matting: bool
     post_process_mask: bool
+    device: str
     fill: tuple[int, int, int]
 
 
@@ -29,6 +31,7 @@ def read_background(params: dict[str, Any]) -> BackgroundConfig:
         model=choice(cfg, "background", "model", SOD_MODELS),
         alpha_matting=boolean(cfg, "background", "alpha_matting"),
         post_process_mask=boolean(cfg, "background", "post_process_mask"),
+        device=choice(cfg, "background", "device", SOD_DEVICES),
         fill=parse_fill(cfg["fill"]),
     )
 

@@ -1,8 +1,13 @@
 """Salient-object detection with rembg: one alpha mask per image, always with an explicit
-session."""
+session on an explicit ONNX Runtime provider, reusing masks already computed for the same image
+bytes under the same model weights, options, provider and library versions (`MaskCache`)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,6 +21,7 @@ from tqdm import tqdm
 from fashionbg.background.params import SOD_MODELS
 from fashionbg.contracts.masks import alpha_path
 from fashionbg.contracts.raw import IndexRow
+from fashionbg.core.errors import ParamError
 from fashionbg.ingest.hygiene import open_rgb
 
 
@@ -25,15 +31,73 @@ class SodOptions:
     post_process_mask: bool = False
 
 
-def make_session(model: str, home: Path) -> Any:
+CPU_PROVIDERS = ["CPUExecutionProvider"]
+CUDA_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def sod_providers(device: str) -> list[str]:
+    """ONNX Runtime providers for `background.device`: `auto` takes CUDA when onnxruntime-gpu
+    offers it (`pip install rembg[gpu]`), `cuda` insists on it, `cpu` never uses it."""
+    import onnxruntime as ort
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda" and not has_cuda:
+        raise ParamError("background.device", device, "auto or cpu: this onnxruntime has no "
+                         "CUDA provider (install rembg[gpu], which brings onnxruntime-gpu)")
+    return CUDA_PROVIDERS if device == "cuda" or (device == "auto" and has_cuda) \
+        else CPU_PROVIDERS
+
+
+def make_session(model: str, home: Path, providers: list[str] = CPU_PROVIDERS) -> Any:
     """A rembg session for `model`, loaded from `home` (the weights must already be there)."""
     if model not in SOD_MODELS:
         raise ValueError(f"unknown salient-object model {model!r}")
     # rembg reads its model directory from the environment, not from an argument.
     os.environ["U2NET_HOME"] = str(Path(home).resolve())
-    from rembg import new_session  # imported late: rembg reads U2NET_HOME at import in places
+    from rembg import (
+        new_session,  # imported late: rembg reads U2NET_HOME at import in places
+    )
 
-    return new_session(model)
+    return new_session(model, providers=list(providers))
+
+
+class MaskCache:
+    """Alphas already computed, one PNG per image content (sha256 of the file's bytes), in a
+    folder named by everything else that shapes a mask: the model's weights (md5), the rembg
+    options, the providers and the rembg and onnxruntime versions. A stage interrupted after
+    hours resumes where it stopped; a mask is reused only when it would be computed again
+    byte for byte, so DVC's view of the stage stays true. Failures are never cached."""
+
+    def __init__(self, root: Path, key: dict[str, Any]) -> None:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        self.dir = Path(root) / digest
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
+
+    def path(self, content: bytes) -> Path:
+        return self.dir / f"{hashlib.sha256(content).hexdigest()}.png"
+
+    def store(self, saved: Path, content: bytes) -> None:
+        """Keep a copy of the alpha PNG `saved` for the image with these bytes (atomically,
+        so an interrupted copy is never taken for a mask)."""
+        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
+        os.close(fd)
+        shutil.copyfile(saved, tmp)
+        os.replace(tmp, self.path(content))
+
+
+def cache_key(model: str, home: Path, options: SodOptions, providers: list[str]
+              ) -> dict[str, Any]:
+    """What shapes a mask besides the image: the weights at `home/<model>.onnx` (where rembg
+    finds them), the options, the providers and the library versions."""
+    from importlib.metadata import version
+
+    with open(Path(home) / f"{model}.onnx", "rb") as f:
+        weights_md5 = hashlib.file_digest(f, "md5").hexdigest()
+    return {"model": model, "weights_md5": weights_md5,
+            "alpha_matting": options.alpha_matting,
+            "post_process_mask": options.post_process_mask, "providers": providers,
+            "rembg": version("rembg"), "onnxruntime": version("onnxruntime")}
 
 
 def predict_alpha(image: Image.Image, session: Any, options: SodOptions) -> np.ndarray:
@@ -64,7 +128,8 @@ def mask_iou(alpha: np.ndarray, truth: np.ndarray, threshold: int = 128) -> floa
 class SodReport:
     images: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0            # predicting, over the images not taken from the cache
+    reused: int = 0                 # alphas copied from the cache
     ious: list[float] = field(default_factory=list)
 
     def metrics(self, model: str) -> dict[str, Any]:
@@ -72,30 +137,38 @@ class SodReport:
             "model": model,
             "images": self.images,
             "failures": len(self.failures),
-            "seconds_per_image": round(self.seconds / max(self.images, 1), 4),
+            "seconds_per_image": round(self.seconds / max(self.images - self.reused, 1), 4),
             "images_with_ground_truth": len(self.ious),
             "mean_iou": round(float(np.mean(self.ious)), 4) if self.ious else None,
         }
 
 
 def remove_backgrounds(rows: Iterable[IndexRow], raw_dir: Path, out_dir: Path, session: Any,
-                       options: SodOptions) -> SodReport:
-    """Predict and save the alpha of every indexed image; a failing image is recorded, not fatal."""
+                       options: SodOptions, cache: MaskCache | None = None) -> SodReport:
+    """Predict and save the alpha of every indexed image, or copy it from `cache`; a failing
+    image is recorded, not fatal."""
     report = SodReport()
     rows = list(rows)
     for row in tqdm(rows, desc="rembg", unit="img", disable=None):
-        start = time.perf_counter()
-        try:
-            image = open_rgb(raw_dir / row.path)
-            alpha = predict_alpha(image, session, options)
-        except Exception as err:  # one bad image must not stop the run; it is recorded
-            report.failures.append((row.path, f"{type(err).__name__}: {err}"))
-            continue
-        report.seconds += time.perf_counter() - start
-        report.images += 1
         target = out_dir / alpha_path(row.path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(alpha, mode="L").save(target)
+        content = (raw_dir / row.path).read_bytes() if cache is not None else b""
+        if cache is not None and cache.path(content).exists():
+            shutil.copyfile(cache.path(content), target)
+            alpha = np.asarray(Image.open(target))
+            report.reused += 1
+        else:
+            start = time.perf_counter()
+            try:
+                alpha = predict_alpha(open_rgb(raw_dir / row.path), session, options)
+            except Exception as err:  # one bad image must not stop the run; it is recorded
+                report.failures.append((row.path, f"{type(err).__name__}: {err}"))
+                continue
+            report.seconds += time.perf_counter() - start
+            Image.fromarray(alpha, mode="L").save(target)
+            if cache is not None:
+                cache.store(target, content)
+        report.images += 1
         if row.mask:
             truth = np.asarray(Image.open(raw_dir / row.mask)) > 0
             report.ious.append(mask_iou(alpha, truth))

@@ -12,6 +12,8 @@ FAILED_QUARANTINE = Path("data/raw.quarantine-failed.csv")
 REMBG = Path("data/rembg")
 PREPARED = Path("data/prepared")
 DATASET_CACHE = Path(".cache/datasets")
+# Alphas already computed, reused by remove_background for the same image, model and options.
+SOD_CACHE = Path(".cache/rembg")
 
 SOD_HOME = Path("models/rembg")
 CLASSIFIER = Path("models/classifier.pt")
