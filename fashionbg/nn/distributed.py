@@ -97,11 +97,6 @@ def all_sum(values: list[float], world: World, device: torch.device) -> list[flo
     return tensor.tolist()
 
 
-def barrier(world: World) -> None:
-    if world.distributed:
-        tdist.barrier()
-
-
 def main_live(world: World, directory: str) -> Any:
     """dvclive on rank 0; other ranks log nothing (None)."""
     if world.is_main:
