@@ -20,13 +20,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CLASSIFY = {"arch": "shallow_cnn", "batchnorm": True, "pretrained": False, "augment": "standard",
             "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0, "epochs": 2,
             "batch_size": 4, "seed": 0, "device": "cpu"}
-STAGES = {"train_classifier": ("evaluate_classifier", "models/classifier.pt", "classify",
-                               "metrics/classification.json", "top1"),
-          "train_segmenter": ("evaluate_segmenter", "models/segmenter.pt", "semantic",
-                              "metrics/segmentation.json", "miou")}
+CASES = {"classify": ("train_classifier", "evaluate_classifier", "models/classifier.pt",
+                      "metrics/classification.json", "top1"),
+         "semantic": ("train_segmenter", "evaluate_segmenter", "models/segmenter.pt",
+                      "metrics/segmentation.json", "miou"),
+         "instance": ("train_segmenter", "evaluate_segmenter", "models/segmenter.pt",
+                      "metrics/segmentation.json", "mask_ap")}
 
 
-def write_project(root: Path, workers: int | str) -> Path:
+def write_project(root: Path, workers: int | str, segment_task: str = "semantic") -> Path:
     """24 figures with masks and two labels (12 train, 6 val, 6 test) in both variants."""
     images, masks, rembg = figures(24)
     splits = np.repeat([0, 1, 2], [12, 6, 6])
@@ -39,7 +41,7 @@ def write_project(root: Path, workers: int | str) -> Path:
                       alpha=(masks > 0).astype(np.uint8) * 255 if name == "rembg" else None)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["classify"] = CLASSIFY
-    params["segment"] = {**SEGMENT, "augment": "none"}
+    params["segment"] = {**SEGMENT, "augment": "none", "task": segment_task}
     params["train"]["workers"] = workers
     params["evaluate"].update(device="cpu", overlays=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -55,11 +57,12 @@ def run(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("stage", sorted(STAGES))
-def test_two_gloo_processes_train_a_checkpoint_that_evaluates_like_one(tmp_path, stage):
-    evaluate, model_path, task, metrics_path, key = STAGES[stage]
-    single = write_project(tmp_path / "single", "auto")
-    ddp = write_project(tmp_path / "ddp", 1)
+@pytest.mark.parametrize("task", sorted(CASES))
+def test_two_gloo_processes_train_a_checkpoint_that_evaluates_like_one(tmp_path, task):
+    stage, evaluate, model_path, metrics_path, key = CASES[task]
+    segment_task = "semantic" if task == "classify" else task
+    single = write_project(tmp_path / "single", "auto", segment_task)
+    ddp = write_project(tmp_path / "ddp", 1, segment_task)
     run(single, "-m", f"stages.{stage}")
     log = run(ddp, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
               "-m", f"stages.{stage}").stderr
