@@ -152,6 +152,7 @@ def test_masks_are_reused_only_for_the_same_image_and_key(tmp_path, tiny_session
         assert (tmp_path / f"a/masks/a/{name}.png").read_bytes() == \
             (tmp_path / f"b/masks/a/{name}.png").read_bytes()
     assert again.metrics("tiny")["mean_iou"] == first.metrics("tiny")["mean_iou"]
+    assert again.metrics("tiny")["seconds_per_image"] is None     # nothing was predicted
 
     other = remove_backgrounds(rows, raw, tmp_path / "c", broken, SodOptions(),
                                MaskCache(tmp_path / "cache", {**key, "alpha_matting": True}))

@@ -54,9 +54,8 @@ def make_session(model: str, home: Path, providers: list[str] = CPU_PROVIDERS) -
         raise ValueError(f"unknown salient-object model {model!r}")
     # rembg reads its model directory from the environment, not from an argument.
     os.environ["U2NET_HOME"] = str(Path(home).resolve())
-    from rembg import (
-        new_session,  # imported late: rembg reads U2NET_HOME at import in places
-    )
+    # imported late: rembg reads U2NET_HOME at import in places
+    from rembg import new_session
 
     return new_session(model, providers=list(providers))
 
@@ -92,12 +91,14 @@ def cache_key(model: str, home: Path, options: SodOptions, providers: list[str]
     finds them), the options, the providers and the library versions."""
     from importlib.metadata import version
 
+    import onnxruntime  # its distribution is onnxruntime or onnxruntime-gpu: ask the module
+
     with open(Path(home) / f"{model}.onnx", "rb") as f:
         weights_md5 = hashlib.file_digest(f, "md5").hexdigest()
     return {"model": model, "weights_md5": weights_md5,
             "alpha_matting": options.alpha_matting,
             "post_process_mask": options.post_process_mask, "providers": providers,
-            "rembg": version("rembg"), "onnxruntime": version("onnxruntime")}
+            "rembg": version("rembg"), "onnxruntime": onnxruntime.__version__}
 
 
 def predict_alpha(image: Image.Image, session: Any, options: SodOptions) -> np.ndarray:
@@ -137,7 +138,9 @@ class SodReport:
             "model": model,
             "images": self.images,
             "failures": len(self.failures),
-            "seconds_per_image": round(self.seconds / max(self.images - self.reused, 1), 4),
+            # measured on the images predicted in this run; none when every mask was reused
+            "seconds_per_image": round(self.seconds / (self.images - self.reused), 4)
+            if self.images > self.reused else None,
             "images_with_ground_truth": len(self.ious),
             "mean_iou": round(float(np.mean(self.ious)), 4) if self.ious else None,
         }
