@@ -18,7 +18,7 @@ from fashionbg.contracts.masks import alpha_path
 from fashionbg.contracts.prepared import load_prepared
 from fashionbg.contracts.raw import read_index
 from fashionbg.core import paths
-from fashionbg.ingest.decode import decode_all, resize_rgb
+from fashionbg.ingest.decode import decode_chunks, resize_rgb
 from fashionbg.ingest.hygiene import open_rgb
 
 RAW, REMBG, PREPARED = paths.RAW, paths.REMBG, paths.prepared("original")
@@ -54,7 +54,7 @@ def bench_sod(rows, n: int) -> None:
 def bench_decode(rows, n: int, size: tuple[int, int]) -> None:
     """prepare's threaded decode vs a plain sequential decode loop."""
     items = [(RAW / r.path, None, REMBG / alpha_path(r.path)) for r in rows[:n]]
-    threaded = timed(lambda: decode_all(items, size, workers=2))
+    threaded = timed(lambda: list(decode_chunks(items, size, workers=2)))
     plain = timed(lambda: [resize_rgb(open_rgb(p), size) for p, _, _ in items])
     print(f"prepare decode, 2 threads: {rate(n, threaded)}")
     print(f"prepare decode, 1 loop   : {rate(n, plain)}  ratio {plain / threaded:.2f}x")

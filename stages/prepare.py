@@ -12,14 +12,14 @@ from fashionbg.background.samples import samples_figure
 from fashionbg.contracts.codes import SPLITS
 from fashionbg.contracts.masks import FAILURES, alpha_path, read_failures
 from fashionbg.contracts.params import read_image_size
-from fashionbg.contracts.prepared import load_prepared, save_prepared
+from fashionbg.contracts.prepared import load_prepared, prepared_writer
 from fashionbg.contracts.raw import label_codes, read_classes, read_index
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.core.io import read_json
 from fashionbg.core.params import load_params
-from fashionbg.ingest.decode import decode_all
+from fashionbg.ingest.decode import decode_chunks
 from fashionbg.report.figures import save_figure
 
 log = logging.getLogger("prepare")
@@ -39,19 +39,23 @@ def main() -> None:
         log.warning("%d images left out of both variants because rembg failed on them "
                     "(listed in %s)", len(failed), paths.REMBG / FAILURES)
 
-    images, masks, alphas = decode_all(
-        [(paths.RAW / r.path, paths.RAW / r.mask if r.mask else None,
-          paths.REMBG / alpha_path(r.path)) for r in rows], size)
+    items = [(paths.RAW / r.path, paths.RAW / r.mask if r.mask else None,
+              paths.REMBG / alpha_path(r.path)) for r in rows]
     labels = label_codes(rows, classes["labels"], paths.RAW / "index.csv")
     splits = np.array([SPLITS.index(r.split) for r in rows], dtype=np.uint8)
     meta = {"labels": classes["labels"], "mask_classes": classes["mask_classes"],
             "image_size": list(size), "paths": [r.path for r in rows],
             "excluded": sorted(failed), "fill": list(fill)}
+    has_masks = any(r.mask for r in rows)
 
-    save_prepared(paths.prepared("original"), images, masks, labels, splits,
-                  {**meta, "variant": "original"})
-    save_prepared(paths.prepared("rembg"), composite(images, alphas, fill), masks, labels, splits,
-                  {**meta, "variant": "rembg"}, alpha=alphas)
+    # Chunks stream from the decoder into both caches, so memory does not grow with N.
+    with prepared_writer(paths.prepared("original"), size, labels, splits,
+                         {**meta, "variant": "original"}, has_masks) as original, \
+            prepared_writer(paths.prepared("rembg"), size, labels, splits,
+                            {**meta, "variant": "rembg"}, has_masks, has_alpha=True) as rembg:
+        for chunk in decode_chunks(items, size):
+            original.append(chunk.images, chunk.masks)
+            rembg.append(composite(chunk.images, chunk.alphas, fill), chunk.masks, chunk.alphas)
     log.info("prepared %d images of %s for both variants", len(rows), size)
 
     sod = read_json(paths.BACKGROUND_DETAIL)

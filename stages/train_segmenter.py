@@ -7,7 +7,6 @@ import logging
 
 import torch
 
-from dvclive import Live
 from fashionbg.contracts.params import read_variant
 from fashionbg.contracts.prepared import load_prepared
 from fashionbg.core import paths
@@ -15,9 +14,10 @@ from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import load_params
 from fashionbg.nn.checkpoint import Checkpoint, save_checkpoint
-from fashionbg.nn.device import resolve_device, seed_everything
+from fashionbg.nn.distributed import main_live
 from fashionbg.nn.engine import fit
-from fashionbg.segment.params import read_segment
+from fashionbg.nn.launch import TrainingRun, training_run
+from fashionbg.segment.params import SegmentConfig, read_segment
 from fashionbg.segment.tasks import make_task, validator
 
 log = logging.getLogger("train_segmenter")
@@ -27,7 +27,11 @@ log = logging.getLogger("train_segmenter")
 def main() -> None:
     params = load_params()
     variant, config = read_variant(params), read_segment(params)
-    device = resolve_device(config.device, "segment.device")
+    with training_run(params, config.device, "segment.device", config.seed) as run:
+        train(run, variant, config)
+
+
+def train(run: TrainingRun, variant: str, config: SegmentConfig) -> None:
     prepared = load_prepared(paths.prepared(variant))
     task = make_task(config, prepared, paths.RAW)
     train_rows, val_rows = task.rows("train"), task.rows("val")
@@ -35,27 +39,28 @@ def main() -> None:
         raise UserError(f"{paths.prepared(variant)} has {len(train_rows)} training images; "
                         "segmentation needs at least 2")
 
-    generator = seed_everything(config.seed)
-    model = task.build_model(load_weights=True).to(device)
+    model = run.place(task.build_model(load_weights=True))
     train_loader = task.loader(task.dataset(prepared.images, train_rows, config.augment),
-                               config.batch_size, generator)
+                               run.batch_size(config.batch_size, "segment.batch_size"),
+                               run.generator, run.loader)
     validate = (validator(task, task.loader(task.dataset(prepared.images, val_rows),
-                                            config.batch_size), device)
-                if len(val_rows) else None)
+                                            config.batch_size, options=run.loader), run.device)
+                if len(val_rows) and run.world.is_main else None)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.task_lr, weight_decay=config.weight_decay)
-    log.info("%s task on %s (%d train, %d val images of %s) on %s; labels: %s", task.name,
-             variant, len(train_rows), len(val_rows), "x".join(map(str, task.image_size)),
-             device, ", ".join(task.class_names))
-    with Live(str(paths.live_dir("train_segmenter")), dvcyaml=False,
-              save_dvc_exp=False) as live:
+    log.info("%s task on %s (%d train, %d val images of %s) on %s, %d process(es); labels: %s",
+             task.name, variant, len(train_rows), len(val_rows),
+             "x".join(map(str, task.image_size)), run.device, run.world.size,
+             ", ".join(task.class_names))
+    with main_live(run.world, str(paths.live_dir("train_segmenter"))) as live:
         result = fit(model, train_loader, task.step, validate, task.key_metric, optimizer,
-                     config.epochs, device, live)
-    save_checkpoint(paths.SEGMENTER, Checkpoint(
-        task=task.name, variant=variant, config=config.to_dict(), classes=task.class_names,
-        image_size=list(task.image_size), epoch=result.best_epoch, model=result.state))
-    log.info("kept epoch %d (val %s %s); wrote %s", result.best_epoch, task.key_metric,
-             result.best_score, paths.SEGMENTER)
+                     config.epochs, run.device, live, run.world)
+    if run.world.is_main:
+        save_checkpoint(paths.SEGMENTER, Checkpoint(
+            task=task.name, variant=variant, config=config.to_dict(), classes=task.class_names,
+            image_size=list(task.image_size), epoch=result.best_epoch, model=result.state))
+        log.info("kept epoch %d (val %s %s); wrote %s", result.best_epoch, task.key_metric,
+                 result.best_score, paths.SEGMENTER)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ from fashionbg.classify.models import build_classifier
 from fashionbg.classify.params import read_classify
 from fashionbg.contracts.prepared import load_prepared, save_prepared
 from fashionbg.core.errors import ParamError
+from fashionbg.nn.data import LoaderOptions
 from fashionbg.nn.device import seed_everything
+from fashionbg.nn.distributed import SINGLE
 from fashionbg.nn.engine import grad_scaler, train_one_epoch
 
 CPU = torch.device("cpu")
@@ -155,3 +157,18 @@ def test_augmentation_keeps_size_and_dtype(name):
     out = augmentation(name, (32, 24))(image)
     assert out.shape == (3, 32, 24) and out.dtype == torch.uint8
     assert augmentation("none", (32, 24)) is None
+
+
+def test_batches_from_worker_processes_repeat_exactly(tmp_path):
+    data = tiny_cache(tmp_path)
+
+    def epochs():
+        generator = seed_everything(3)
+        options = LoaderOptions(workers=2, pin_memory=False, world=SINGLE, shard_seed=3)
+        loader = split_loader(data, "train", 8, augmentation("standard", (32, 24)), generator,
+                              options)
+        return [torch.cat([images.flatten() for images, _ in loader]) for _ in range(2)]
+
+    first, second = epochs(), epochs()
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not torch.equal(first[0], first[1])      # a new shuffle and new crops each epoch

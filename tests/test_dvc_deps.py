@@ -69,7 +69,9 @@ def files_under(dep: str) -> set[Path]:
 
 
 def stage_module(stage: dict) -> str:
-    return stage["cmd"].removeprefix("python -m ").split()[0]
+    """The module after `-m` (python -m X, or torchrun ... -m X)."""
+    words = stage["cmd"].split()
+    return words[words.index("-m") + 1]
 
 
 def test_closure_follows_imports():

@@ -1,4 +1,5 @@
 """The shared training engine, model-selection rule and checkpoint schema."""
+import os
 import pickle
 
 import pytest
@@ -7,7 +8,10 @@ from torch import nn
 
 from fashionbg.core.errors import UserError
 from fashionbg.nn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fashionbg.nn.data import auto_workers
+from fashionbg.nn.distributed import SINGLE, World, per_rank_batch
 from fashionbg.nn.engine import EpochStats, fit, steady_throughput, warmup_cosine
+from fashionbg.nn.launch import training_run
 
 CPU = torch.device("cpu")
 
@@ -145,3 +149,18 @@ def test_checkpoint_with_other_keys_is_refused(tmp_path):
     torch.save({"model": {}, "epoch": 1}, path)
     with pytest.raises(UserError, match="does not hold the keys"):
         load_checkpoint(path, ("classify",))
+
+
+def test_training_run_places_the_model_and_picks_loader_workers(monkeypatch):
+    params = {"train": {"nproc": 1, "workers": "auto", "channels_last": True}}
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with training_run(params, "cpu", "classify.device", 0) as run:
+        model = run.place(nn.Conv2d(3, 4, 3))
+        assert model.weight.is_contiguous(memory_format=torch.channels_last)
+        assert (run.world, run.loader.workers, run.loader.pin_memory) == (SINGLE, 0, False)
+        assert run.batch_size(32, "classify.batch_size") == 32
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert auto_workers(torch.device("cuda"), World(rank=1, size=2, local_rank=1)) == 7
+    assert auto_workers(torch.device("cuda"), SINGLE) == 8
+    with pytest.raises(UserError, match="divisible"):
+        per_rank_batch(30, World(rank=0, size=4, local_rank=0), "classify.batch_size")

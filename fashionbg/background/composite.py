@@ -5,7 +5,8 @@ import numpy as np
 
 
 def composite(image: np.ndarray, alpha: np.ndarray, fill: tuple[int, int, int]) -> np.ndarray:
-    """Blend an (H, W, 3) uint8 image onto `fill` with an (H, W) uint8 alpha."""
+    """Blend (..., H, W, 3) uint8 images onto `fill` with (..., H, W) uint8 alphas: one image
+    or a chunk of them (prepare composites a chunk at a time, bounding the float32 copies)."""
     a = alpha.astype(np.float32)[..., None] / 255.0
     background = np.asarray(fill, dtype=np.float32)
     out = image.astype(np.float32) * a + background * (1.0 - a)

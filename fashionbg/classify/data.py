@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from fashionbg.contracts.prepared import Prepared
-from fashionbg.nn.data import make_loader
+from fashionbg.nn.data import IN_PROCESS, LoaderOptions, make_loader
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -49,8 +49,8 @@ class ArrayDataset(Dataset):
 
 
 def split_loader(data: Prepared, split: str, batch_size: int, transform: Transform | None = None,
-                 generator: torch.Generator | None = None, pin_memory: bool = False
+                 generator: torch.Generator | None = None, options: LoaderOptions = IN_PROCESS
                  ) -> DataLoader:
     """The images of one split; shuffled when a generator is given (training)."""
     return make_loader(ArrayDataset(data, data.indices(split), transform), batch_size,
-                       generator, pin_memory=pin_memory)
+                       generator, options=options)

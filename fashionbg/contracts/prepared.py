@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,21 +88,91 @@ def check_same_rows(a: Prepared, b: Prepared) -> None:
     """Cross-variant scores are only meaningful on the same photos with the same ground truth."""
     same = (a.meta["paths"] == b.meta["paths"] and np.array_equal(a.splits, b.splits)
             and np.array_equal(a.labels, b.labels) and (a.masks is None) == (b.masks is None)
-            and (a.masks is None or np.array_equal(a.masks, b.masks)))
+            and (a.masks is None or _equal_rows(a.masks, b.masks)))
     if not same:
         raise UserError(f"the {a.meta['variant']} and {b.meta['variant']} prepared caches do not "
                         "hold the same rows and ground truth; re-run the prepare stage")
 
 
+def _equal_rows(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> bool:
+    """np.array_equal a chunk of rows at a time, so memory-mapped arrays are never compared
+    (nor their boolean result held) whole."""
+    return a.shape == b.shape and all(np.array_equal(a[i:i + chunk], b[i:i + chunk])
+                                      for i in range(0, len(a), chunk))
+
+
+class NpyStream:
+    """An .npy file written row by row: the header np.save writes, then the rows in order, so
+    an array larger than memory is written in chunks and reads back with np.load(mmap_mode).
+    Plain sequential writes, not a writable memmap: dirty mapped pages would count towards the
+    writer's resident memory until unmapped."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.shape, self.dtype, self.written = shape, np.dtype(dtype), 0
+        self.file = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.file, {
+            "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+            "shape": shape})
+
+    def append(self, rows: np.ndarray) -> None:
+        if rows.shape[1:] != self.shape[1:] or rows.dtype != self.dtype:
+            raise ValueError(f"rows {rows.shape} {rows.dtype} do not fit {self.shape} "
+                             f"{self.dtype}")
+        self.file.write(np.ascontiguousarray(rows).data)
+        self.written += len(rows)
+
+    def check_complete(self) -> None:
+        if self.written != self.shape[0]:
+            raise ValueError(f"{self.file.name}: wrote {self.written} of {self.shape[0]} rows")
+
+
+class PreparedWriter:
+    """Streams one variant's arrays: `append` chunks of rows in order."""
+
+    def __init__(self, directory: Path, count: int, size: tuple[int, int], has_masks: bool,
+                 has_alpha: bool) -> None:
+        self.directory = directory
+        shape = (count, *size)
+        self.streams = {"images": NpyStream(directory / "images.npy", (*shape, 3), np.uint8)}
+        if has_masks:
+            self.streams["masks"] = NpyStream(directory / "masks.npy", shape, np.uint8)
+        if has_alpha:
+            self.streams["alpha"] = NpyStream(directory / "alpha.npy", shape, np.uint8)
+
+    def append(self, images: np.ndarray, masks: np.ndarray | None = None,
+               alpha: np.ndarray | None = None) -> None:
+        for name, rows in (("images", images), ("masks", masks), ("alpha", alpha)):
+            if (name in self.streams) != (rows is not None):
+                raise ValueError(f"{self.directory}: {name} is "
+                                 f"{'missing' if rows is None else 'not part of this cache'}")
+            if rows is not None:
+                self.streams[name].append(rows)
+
+
+@contextmanager
+def prepared_writer(directory: Path, size: tuple[int, int], labels: np.ndarray,
+                    splits: np.ndarray, meta: dict[str, Any], has_masks: bool,
+                    has_alpha: bool = False) -> Iterator[PreparedWriter]:
+    """A writer for the rows of `labels` into a temp dir; when the block succeeds (every row
+    appended) the cache is completed and replaces `directory` in one rename."""
+    with atomic_dir(Path(directory)) as tmp:
+        writer = PreparedWriter(tmp, len(labels), size, has_masks, has_alpha)
+        try:
+            yield writer
+        finally:
+            for stream in writer.streams.values():
+                stream.file.close()
+        for stream in writer.streams.values():
+            stream.check_complete()
+        np.save(tmp / "labels.npy", labels.astype(np.int64))
+        np.save(tmp / "splits.npy", splits.astype(np.uint8))
+        write_json(tmp / "meta.json", {**meta, "has_masks": has_masks})
+
+
 def save_prepared(directory: Path, images: np.ndarray, masks: np.ndarray | None,
                   labels: np.ndarray, splits: np.ndarray, meta: dict[str, Any],
                   alpha: np.ndarray | None = None) -> None:
-    with atomic_dir(Path(directory)) as tmp:
-        np.save(tmp / "images.npy", images)
-        if masks is not None:
-            np.save(tmp / "masks.npy", masks)
-        if alpha is not None:
-            np.save(tmp / "alpha.npy", alpha)
-        np.save(tmp / "labels.npy", labels.astype(np.int64))
-        np.save(tmp / "splits.npy", splits.astype(np.uint8))
-        write_json(tmp / "meta.json", {**meta, "has_masks": masks is not None})
+    """A whole cache from in-memory arrays (small data, tests)."""
+    with prepared_writer(directory, images.shape[1:3], labels, splits, meta,
+                         masks is not None, alpha is not None) as writer:
+        writer.append(images, masks, alpha)

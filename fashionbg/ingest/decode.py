@@ -1,8 +1,9 @@
 """Decoding the raw photos once into fixed-size arrays for the training cache."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,10 @@ from tqdm import tqdm
 
 from fashionbg.contracts.codes import IGNORE
 from fashionbg.ingest.hygiene import open_rgb
+
+# Images per chunk are chosen to hold about this many pixels (12 MB of RGB; compositing's
+# float32 temporaries are a few times that), whatever the image size.
+CHUNK_PIXELS = 1 << 22
 
 
 def resize_rgb(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -27,34 +32,54 @@ def resize_gray(path: Path, size: tuple[int, int], nearest: bool) -> np.ndarray:
         return np.asarray(img.convert("L").resize((width, height), resample), dtype=np.uint8)
 
 
-def decode_all(items: Sequence[tuple[Path, Path | None, Path | None]], size: tuple[int, int],
-               workers: int = 2) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Decode (image, mask, alpha) paths into stacked arrays, in parallel threads.
+@dataclass(frozen=True)
+class Decoded:
+    """Consecutive rows of decoded arrays; masks/alphas are None when the items have none."""
+    images: np.ndarray              # (n, H, W, 3)
+    masks: np.ndarray | None        # (n, H, W), IGNORE for an item without a mask
+    alphas: np.ndarray | None       # (n, H, W)
+
+
+def chunk_rows(size: tuple[int, int]) -> int:
+    """How many images of `size` make one chunk of about CHUNK_PIXELS pixels."""
+    return max(1, CHUNK_PIXELS // (size[0] * size[1]))
+
+
+Item = tuple[Path, Path | None, Path | None]     # image, mask (or None), alpha (or None)
+
+
+def decode_item(item: Item, size: tuple[int, int], has_masks: bool
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """One item's image, mask (IGNORE where it has none, None when no item has one) and
+    alpha, at `size`."""
+    image_path, mask_path, alpha_path = item
+    image = resize_rgb(open_rgb(image_path), size)
+    mask = None
+    if has_masks:
+        mask = (resize_gray(mask_path, size, nearest=True) if mask_path is not None
+                else np.full(size, IGNORE, dtype=np.uint8))
+    alpha = resize_gray(alpha_path, size, nearest=False) if alpha_path is not None else None
+    return image, mask, alpha
+
+
+def decode_chunks(items: Sequence[Item], size: tuple[int, int], workers: int = 2
+                  ) -> Iterator[Decoded]:
+    """Decode the items into chunks of stacked arrays, in order, so a caller can stream any
+    number of images through bounded memory.
 
     PIL releases the GIL while decoding and resizing, so threads keep both cores busy.
-    Missing masks become IGNORE; alphas are all present or all absent.
+    Alphas must be all present or all absent.
     """
-    height, width = size
-    n = len(items)
-    images = np.empty((n, height, width, 3), dtype=np.uint8)
     has_masks = any(mask is not None for _, mask, _ in items)
-    masks = np.full((n, height, width), IGNORE, dtype=np.uint8) if has_masks else None
-    has_alpha = n > 0 and all(alpha is not None for _, _, alpha in items)
-    alphas = np.empty((n, height, width), dtype=np.uint8) if has_alpha else None
-
-    def load(i: int) -> None:
-        image_path, mask_path, alpha_path = items[i]
-        images[i] = resize_rgb(open_rgb(image_path), size)
-        if masks is not None and mask_path is not None:
-            masks[i] = resize_gray(mask_path, size, nearest=True)
-        if alphas is not None:
-            alphas[i] = resize_gray(alpha_path, size, nearest=False)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        _drain(pool.map(load, range(n)), n)
-    return images, masks, alphas
-
-
-def _drain(results: Iterable[None], total: int) -> None:
-    for _ in tqdm(results, total=total, desc="decode", unit="img", disable=None):
-        pass
+    if len({alpha is None for _, _, alpha in items}) > 1:
+        raise ValueError("alphas must be given for every item or for none")
+    step = chunk_rows(size)
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            tqdm(total=len(items), desc="decode", unit="img", disable=None) as bar:
+        for start in range(0, len(items), step):
+            chunk = items[start:start + step]
+            images, masks, alphas = zip(*pool.map(
+                lambda item: decode_item(item, size, has_masks), chunk))
+            bar.update(len(chunk))
+            yield Decoded(np.stack(images), np.stack(masks) if has_masks else None,
+                          None if alphas[0] is None else np.stack(alphas))

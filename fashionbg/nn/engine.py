@@ -1,6 +1,7 @@
 """The one training engine both tasks use (after torchvision's references): an epoch loop with
 mixed precision on CUDA, a non-finite-loss check and a progress bar; a warm-up + cosine
-schedule; and `fit`, which applies the one model-selection rule and measures throughput.
+schedule; and `fit`, which applies the one model-selection rule, measures throughput and runs
+the same loop under torchrun (DistributedDataParallel).
 
 A task plugs in a *step* that turns a batch into a loss (plus counts to sum, e.g. correct
 predictions) and a *validate* function that scores the model on the validation split.
@@ -17,10 +18,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from fashionbg.core.errors import UserError
+from fashionbg.nn.distributed import SINGLE, World, all_sum, wrap
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,18 @@ class FitResult:
     images_per_second: float
 
 
+def sum_over_ranks(stats: EpochStats, world: World, device: torch.device) -> EpochStats:
+    """One epoch's figures over every rank: summed loss, counts and images; mean seconds."""
+    if not world.distributed:
+        return stats
+    keys = sorted(stats.sums)
+    loss, images, seconds, *sums = all_sum(
+        [stats.loss * stats.images, stats.images, stats.seconds,
+         *(stats.sums[k] for k in keys)], world, device)
+    return EpochStats(loss / max(images, 1), dict(zip(keys, sums)), int(images),
+                      seconds / world.size)
+
+
 def steady_throughput(epochs: list[EpochStats]) -> float:
     """Training images per second over every epoch but the first, which pays one-off
     warm-up costs (allocations, kernel selection, page-ins of the cache)."""
@@ -117,20 +131,32 @@ def steady_throughput(epochs: list[EpochStats]) -> float:
 
 
 def fit(model: nn.Module, loader: DataLoader, step: Step, validate: Validate | None, key: str,
-        optimizer: torch.optim.Optimizer, epochs: int, device: torch.device, live: Any
-        ) -> FitResult:
+        optimizer: torch.optim.Optimizer, epochs: int, device: torch.device, live: Any,
+        world: World = SINGLE) -> FitResult:
     """Train for `epochs` and keep one epoch's weights by the model-selection rule shared by
     every task: the epoch with the best validation `key` (higher is better; the earliest on a
-    tie); without validation images, the last epoch. The test split never takes part."""
+    tie); without validation images, the last epoch. The test split never takes part.
+
+    Under torchrun every rank trains its shard through DistributedDataParallel and the epoch's
+    sums are added up over the ranks; rank 0 alone validates (on the whole split, as in one
+    process), logs to `live` and keeps weights; other ranks pass `live` None and get no state.
+    """
+    trained = wrap(model, world, device)
     scheduler = warmup_cosine(optimizer, epochs * len(loader))
     scaler = grad_scaler(device)
     best_epoch, best_score, best_state = 0, None, None
     stats: list[EpochStats] = []
+    sampler = getattr(loader, "sampler", None)
     for epoch in range(1, epochs + 1):
-        live.step = epoch   # the curves' x axis counts epochs from 1
-        epoch_stats = train_one_epoch(model, loader, step, optimizer, scheduler, scaler, device,
-                                      epoch)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)     # a new shuffle each epoch, the same on every rank
+        epoch_stats = sum_over_ranks(train_one_epoch(trained, loader, step, optimizer,
+                                                     scheduler, scaler, device, epoch),
+                                     world, device)
         stats.append(epoch_stats)
+        if not world.is_main:
+            continue
+        live.step = epoch   # the curves' x axis counts epochs from 1
         logged = {"train/loss": epoch_stats.loss,
                   **{f"train/{k}": v / max(epoch_stats.images, 1)
                      for k, v in epoch_stats.sums.items()}}
@@ -146,6 +172,8 @@ def fit(model: nn.Module, loader: DataLoader, step: Step, validate: Validate | N
                  " ".join(f"{k} {v:.4f}" for k, v in logged.items()),
                  epoch_stats.images_per_second)
         live.next_step()
+    if not world.is_main:
+        return FitResult(0, None, {}, steady_throughput(stats))
     if best_state is None:   # validation never produced a score: keep the last epoch
         best_epoch, best_state = epochs, copy.deepcopy(model.state_dict())
     result = FitResult(best_epoch, best_score, best_state, steady_throughput(stats))

@@ -1,11 +1,15 @@
-"""The `evaluate:` section of params.yaml: how evaluation runs and what it draws, for every
-task. Evaluation rebuilds each model from its checkpoint, so it reads no training keys."""
+"""The `train:` and `evaluate:` sections of params.yaml: how training runs (processes, loading,
+memory format) and how evaluation runs and what it draws, for every task. Evaluation rebuilds
+each model from its checkpoint, so it reads no training keys."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from fashionbg.core.params import choice, integer, section
+import torch
+
+from fashionbg.core.errors import ParamError
+from fashionbg.core.params import boolean, choice, integer, section
 from fashionbg.nn.device import DEVICES
 
 
@@ -25,4 +29,34 @@ def read_evaluate(params: dict[str, Any]) -> EvaluateConfig:
         device=choice(cfg, "evaluate", "device", DEVICES),
         batch_size=integer(cfg, "evaluate", "batch_size", minimum=1),
         overlays=integer(cfg, "evaluate", "overlays", minimum=0, maximum=32),
+    )
+
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    nproc: int              # processes per machine; dvc.yaml starts that many with torchrun
+    workers: int | None     # DataLoader worker processes per training process; None = auto
+    channels_last: bool     # channels-last memory format for the model's convolutions
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+TRAIN_KEYS = tuple(TrainConfig.__dataclass_fields__)
+
+
+def read_train(params: dict[str, Any]) -> TrainConfig:
+    cfg = section(params, "train", TRAIN_KEYS)
+    workers = cfg.get("workers")
+    if workers != AUTO and (isinstance(workers, bool) or not isinstance(workers, int)
+                            or workers < 0):
+        raise ParamError("train.workers", workers, f"{AUTO} or an integer >= 0")
+    return TrainConfig(
+        nproc=integer(cfg, "train", "nproc", minimum=1),
+        workers=None if workers == AUTO else workers,
+        channels_last=boolean(cfg, "train", "channels_last"),
     )

@@ -73,8 +73,10 @@ def _mean(values: torch.Tensor) -> float | None:
 
 
 def instance_metric() -> MeanAveragePrecision:
+    """Scores what this process saw: under torchrun rank 0 validates alone, so torchmetrics
+    must not wait for the other ranks to sync."""
     return MeanAveragePrecision(iou_type=("bbox", "segm"), class_metrics=True,
-                                backend="pycocotools")
+                                backend="pycocotools", sync_on_compute=False)
 
 
 def summarize_instances(metric: MeanAveragePrecision, class_names: list[str]) -> dict[str, Any]:

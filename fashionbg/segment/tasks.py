@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from fashionbg.contracts.codes import IGNORE
 from fashionbg.contracts.prepared import Prepared
 from fashionbg.core.errors import UserError
-from fashionbg.nn.data import make_loader
+from fashionbg.nn.data import IN_PROCESS, LoaderOptions, make_loader
 from fashionbg.nn.engine import Step, Validate
 from fashionbg.segment.data import InstanceDataset, SemanticDataset, collate_instances
 from fashionbg.segment.engine import (
@@ -50,9 +50,9 @@ class SemanticTask:
     def dataset(self, images: np.ndarray, rows: np.ndarray, augment: str = "none") -> Dataset:
         return SemanticDataset(images, self.masks, rows, augment)
 
-    def loader(self, dataset: Dataset, batch_size: int,
-               generator: torch.Generator | None = None) -> DataLoader:
-        return make_loader(dataset, batch_size, generator)
+    def loader(self, dataset: Dataset, batch_size: int, generator: torch.Generator | None = None,
+               options: LoaderOptions = IN_PROCESS) -> DataLoader:
+        return make_loader(dataset, batch_size, generator, options=options)
 
     def build_model(self, load_weights: bool) -> nn.Module:
         return build_semantic(self.config, len(self.class_names), load_weights)
@@ -86,9 +86,9 @@ class InstanceTask:
     def dataset(self, images: np.ndarray, rows: np.ndarray, augment: str = "none") -> Dataset:
         return InstanceDataset(images, self.targets, rows, self.config.min_instance_area, augment)
 
-    def loader(self, dataset: Dataset, batch_size: int,
-               generator: torch.Generator | None = None) -> DataLoader:
-        return make_loader(dataset, batch_size, generator, collate_instances)
+    def loader(self, dataset: Dataset, batch_size: int, generator: torch.Generator | None = None,
+               options: LoaderOptions = IN_PROCESS) -> DataLoader:
+        return make_loader(dataset, batch_size, generator, collate_instances, options)
 
     def build_model(self, load_weights: bool) -> nn.Module:
         return build_instance(self.config, len(self.class_names), self.image_size, load_weights)

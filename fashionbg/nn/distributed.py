@@ -1,0 +1,104 @@
+"""Running one training stage as several processes under `torchrun` (DistributedDataParallel:
+NCCL on CUDA, gloo on the CPU), or as one plain process, through the same calls.
+
+torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them (or with WORLD_SIZE 1) the stage
+runs single-process exactly as before. Each rank reads its shard of the training split
+(DistributedSampler), training sums are added up across ranks, and rank 0 alone validates (on
+the whole validation split, so the model-selection rule sees the same numbers as in one
+process), writes dvclive and saves the checkpoint.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from dvclive import Live
+from fashionbg.core.errors import UserError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+SINGLE = World(rank=0, size=1, local_rank=0)
+
+
+def world_from_env() -> World:
+    """The process's place in a torchrun job, or SINGLE when not run by torchrun."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return SINGLE
+    return World(int(os.environ["RANK"]), size, int(os.environ["LOCAL_RANK"]))
+
+
+@contextmanager
+def process_group(world: World, device: torch.device) -> Iterator[torch.device]:
+    """Join the job's process group for the block (NCCL for CUDA, gloo for the CPU) and yield
+    this rank's device (cuda:LOCAL_RANK on a GPU box)."""
+    if not world.distributed:
+        yield device
+        return
+    if device.type == "cuda":
+        if torch.cuda.device_count() <= world.local_rank:
+            raise UserError(f"torchrun started local rank {world.local_rank} but this machine "
+                            f"has {torch.cuda.device_count()} CUDA devices; lower train.nproc")
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    tdist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                             device_id=device if device.type == "cuda" else None)
+    try:
+        yield device
+    finally:
+        tdist.destroy_process_group()
+
+
+def per_rank_batch(batch_size: int, world: World, key: str) -> int:
+    """Each rank's share of the batch, so the effective batch (and the schedule's steps per
+    epoch) are those of one process."""
+    if batch_size % world.size:
+        raise UserError(f"{key} = {batch_size} must be divisible by the number of torchrun "
+                        f"processes ({world.size}, train.nproc)")
+    return batch_size // world.size
+
+
+def wrap(model: nn.Module, world: World, device: torch.device) -> nn.Module:
+    """The module training steps call: DDP when distributed, the model itself otherwise."""
+    if not world.distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                   else None)
+
+
+def all_sum(values: list[float], world: World, device: torch.device) -> list[float]:
+    """Element-wise sums over every rank."""
+    if not world.distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    tdist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def main_live(world: World, directory: str) -> Any:
+    """dvclive on rank 0; other ranks log nothing (None)."""
+    if world.is_main:
+        return Live(directory, dvcyaml=False, save_dvc_exp=False)
+    return nullcontext(None)

@@ -1,0 +1,87 @@
+"""Both training stages under real torchrun with two CPU processes (gloo): each rank trains its
+shard, rank 0 alone writes dvclive and a checkpoint that evaluates like a single-process one."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from test_segment_train import CLASSES, SEGMENT, figures
+
+from fashionbg.contracts.prepared import save_prepared
+from fashionbg.nn.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSIFY = {"arch": "shallow_cnn", "batchnorm": True, "pretrained": False, "augment": "standard",
+            "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0, "epochs": 2,
+            "batch_size": 4, "seed": 0, "device": "cpu"}
+CASES = {"classify": ("train_classifier", "evaluate_classifier", "models/classifier.pt",
+                      "metrics/classification.json", "top1"),
+         "semantic": ("train_segmenter", "evaluate_segmenter", "models/segmenter.pt",
+                      "metrics/segmentation.json", "miou"),
+         "instance": ("train_segmenter", "evaluate_segmenter", "models/segmenter.pt",
+                      "metrics/segmentation.json", "mask_ap")}
+
+
+def write_project(root: Path, workers: int | str, segment_task: str = "semantic") -> Path:
+    """24 figures with masks and two labels (12 train, 6 val, 6 test) in both variants."""
+    images, masks, rembg = figures(24)
+    splits = np.repeat([0, 1, 2], [12, 6, 6])
+    labels = np.arange(24) % 2
+    for name, pictures in (("original", images), ("rembg", rembg)):
+        meta = {"variant": name, "labels": ["a", "b"], "mask_classes": CLASSES,
+                "image_size": [64, 48], "paths": [f"images/{i}.png" for i in range(24)],
+                "fill": [0, 0, 0]}
+        save_prepared(root / "data/prepared" / name, pictures, masks, labels, splits, meta,
+                      alpha=(masks > 0).astype(np.uint8) * 255 if name == "rembg" else None)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["classify"] = CLASSIFY
+    params["segment"] = {**SEGMENT, "augment": "none", "task": segment_task}
+    params["train"]["workers"] = workers
+    params["evaluate"].update(device="cpu", overlays=1)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def run(project: Path, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *args], cwd=project, capture_output=True,
+                            text=True, timeout=400,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("task", sorted(CASES))
+def test_two_gloo_processes_train_a_checkpoint_that_evaluates_like_one(tmp_path, task):
+    stage, evaluate, model_path, metrics_path, key = CASES[task]
+    segment_task = "semantic" if task == "classify" else task
+    single = write_project(tmp_path / "single", "auto", segment_task)
+    ddp = write_project(tmp_path / "ddp", 1, segment_task)
+    run(single, "-m", f"stages.{stage}")
+    log = run(ddp, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+              "-m", f"stages.{stage}").stderr
+    assert "on cpu, 2 process(es)" in log and log.count("kept epoch") == 1, log[-3000:]
+
+    one, two = (load_checkpoint(p / model_path, (task,)) for p in (single, ddp))
+    assert (one.config, one.classes, one.image_size, one.variant) == \
+        (two.config, two.classes, two.image_size, two.variant)
+    assert {k: v.shape for k, v in one.model.items()} == \
+        {k: v.shape for k, v in two.model.items()}       # plain module keys, no "module."
+    lives = [json.loads((p / f"dvclive/{stage}/metrics.json").read_text())
+             for p in (single, ddp)]
+    assert lives[0].keys() == lives[1].keys() and lives[1]["train"]["loss"] > 0
+    curve = (ddp / f"dvclive/{stage}/plots/metrics/val/{key}.tsv").read_text().splitlines()
+    assert len(curve) == 1 + CLASSIFY["epochs"]     # rank 0 alone logged, once per epoch
+
+    for project in (single, ddp):
+        run(project, "-m", f"stages.{evaluate}")
+    metrics = [json.loads((p / metrics_path).read_text()) for p in (single, ddp)]
+    assert metrics[0].keys() == metrics[1].keys()
+    assert metrics[0]["test"].keys() == metrics[1]["test"].keys()
+    assert 0 <= metrics[1]["test"][key] <= 1 and metrics[1]["best_epoch"] == two.epoch
