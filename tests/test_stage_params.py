@@ -73,3 +73,16 @@ def test_broken_yaml_names_line_and_column(tmp_path):
     line = text.splitlines().index(next(l for l in text.splitlines() if "epochs: [15" in l))
     assert "params.yaml is not valid YAML at line" in result.stderr
     assert str(line + 2) in result.stderr or str(line + 1) in result.stderr
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    text = (ROOT / "params.yaml").read_text().replace("  fill: black",
+                                                      "  fill: white\n  fill: black", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    result = subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                            text=True, timeout=120)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith("  fill: black"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"params.yaml is not valid YAML at line {line}, column 3: duplicate key 'fill'" \
+        in result.stderr

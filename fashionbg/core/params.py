@@ -17,11 +17,26 @@ from fashionbg.core.errors import ParamError, UserError
 from fashionbg.core.paths import PARAMS
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (as DVC does): PyYAML would keep
+    the last one silently, so a stage and `dvc repro` could disagree on a value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: Path = PARAMS) -> dict[str, Any]:
     """params.yaml as a mapping of sections; a syntax error names its line and column."""
     try:
         with open(path) as f:
-            params = yaml.safe_load(f) or {}
+            params = yaml.load(f, Loader=UniqueKeyLoader) or {}
     except FileNotFoundError as err:
         raise UserError(f"{path} not found; run stages from the project root") from err
     except yaml.YAMLError as err:
