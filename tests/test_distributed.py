@@ -21,11 +21,11 @@ CLASSIFY = {"arch": "shallow_cnn", "batchnorm": True, "pretrained": False, "augm
             "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0, "epochs": 2,
             "batch_size": 4, "seed": 0, "device": "cpu"}
 CASES = {"classify": ("train_classifier", "evaluate_classifier", "models/classifier.pt",
-                      "metrics/classification.json", "top1"),
+                      "metrics/detail/classification.json", "top1"),
          "semantic": ("train_segmenter", "evaluate_segmenter", "models/segmenter.pt",
-                      "metrics/segmentation.json", "miou"),
+                      "metrics/detail/segmentation.json", "miou"),
          "instance": ("train_segmenter", "evaluate_segmenter", "models/segmenter.pt",
-                      "metrics/segmentation.json", "mask_ap")}
+                      "metrics/detail/segmentation.json", "mask_ap")}
 
 
 def write_project(root: Path, workers: int | str, segment_task: str = "semantic") -> Path:
