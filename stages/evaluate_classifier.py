@@ -1,6 +1,7 @@
 """Stage `evaluate_classifier`: rebuild models/classifier.pt from its checkpoint, score it on the
-test split of the variant it was trained on and of the other variant; write the headline
-metrics, their detail, per-image predictions and the confusion matrix."""
+test split of every built variant (its own, the other of original/rembg, and the controlled
+ones); write the headline metrics (with the BG-gap and only-BG accuracy), their detail, per-image
+predictions, the model's row of the train × test variant matrix and the confusion matrix."""
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,8 @@ from fashionbg.classify.metrics import (
 from fashionbg.classify.models import build_classifier
 from fashionbg.classify.params import ClassifyConfig
 from fashionbg.classify.plots import confusion_figure
-from fashionbg.contracts.params import VARIANTS, other_variant
-from fashionbg.contracts.prepared import check_same_rows, load_prepared
+from fashionbg.contracts.params import other_variant
+from fashionbg.contracts.prepared import load_variants
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
@@ -28,7 +29,7 @@ from fashionbg.nn.checkpoint import load_checkpoint
 from fashionbg.nn.device import resolve_device
 from fashionbg.nn.params import read_evaluate
 from fashionbg.report.figures import save_figure
-from fashionbg.report.headline import own_and_cross
+from fashionbg.report.headline import matrix_row, own_and_cross, reliance
 from fashionbg.report.plots import per_class_bars
 
 HEADLINE = ("top1", "top5", "macro_f1")
@@ -43,8 +44,10 @@ def main() -> None:
     checkpoint = load_checkpoint(paths.CLASSIFIER, ("classify",))
     config = checkpoint.rebuild(ClassifyConfig.from_dict)   # the model as it was trained
     variant, labels = checkpoint.variant, checkpoint.classes
-    caches = {v: load_prepared(paths.prepared(v)) for v in VARIANTS}
-    check_same_rows(caches["original"], caches["rembg"])
+    caches = load_variants(paths.PREPARED)
+    if variant not in caches:
+        raise UserError(f"{paths.prepared(variant)}, which the model was trained on, is no "
+                        "longer built; add it to data.variants and run prepare again")
     if caches[variant].meta["labels"] != labels:
         raise UserError(f"the data's classes changed since {paths.CLASSIFIER} was trained; "
                         "run train_classifier again")
@@ -59,23 +62,28 @@ def main() -> None:
         logits, targets = predict(model, loader, device)
         return classification_metrics(logits, targets, labels), logits, targets
 
-    metrics, logits, targets = evaluate(variant)
+    results = {tested_on: evaluate(tested_on) for tested_on in caches}
+    metrics, logits, targets = results[variant]
     if absent := absent_classes(targets, labels):
         log.warning("no test image of class %s: accuracy null, left out of macro-F1",
                     ", ".join(absent))
     other = other_variant(variant)
-    cross, cross_logits, _ = evaluate(other)
+    cross = results[other][0]
     test_paths = [caches[variant].meta["paths"][r] for r in caches[variant].indices("test")]
     write_csv(paths.CLASSIFICATION_PREDICTIONS, PREDICTION_COLUMNS, [
         (path, tested_on, labels[t], labels[p], int(t == p))
-        for tested_on, scores in ((variant, logits), (other, cross_logits))
+        for tested_on, (_, scores, _) in results.items()
         for path, t, p in zip(test_paths, targets.tolist(), scores.argmax(1).tolist())])
-    write_json(paths.CLASSIFICATION_METRICS, own_and_cross(metrics, cross, HEADLINE))
+    top1 = {tested_on: result[0]["top1"] for tested_on, result in results.items()}
+    write_json(paths.CLASSIFICATION_METRICS, {**own_and_cross(metrics, cross, HEADLINE),
+                                              "bg": reliance(top1)})
     write_json(paths.CLASSIFICATION_DETAIL, {
         "variant": variant, "arch": config.arch, "best_epoch": checkpoint.epoch,
         "test": metrics, "cross_variant": {"variant": other, **cross},
+        "by_test_variant": {tested_on: result[0] for tested_on, result in results.items()},
     })
-    log.info("test top1 %.4f (on %s images: %.4f)", metrics["top1"], other, cross["top1"])
+    log.info("trained on %s, test top1 by test variant: %s", variant,
+             ", ".join(f"{v} {score:.4f}" for v, score in top1.items()))
 
     matrix = confusion_matrix(logits, targets, len(labels)).numpy()
     save_figure(confusion_figure(matrix, labels, f"{config.arch} trained on {variant}, "
@@ -86,6 +94,7 @@ def main() -> None:
                 f"top-1 {cross['top1']}")
     write_json(paths.CLASSIFIER_PLOTS / "per_class.json", per_class_bars(
         {variant: metrics["per_class_accuracy"], other: cross["per_class_accuracy"]}))
+    write_json(paths.CLASSIFIER_PLOTS / "variants.json", matrix_row(variant, top1))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
-"""Stage `evaluate_segmenter`: rebuild models/segmenter.pt from its checkpoint, score it on the
-test split of the variant it was trained on and, with the same ground truth, on the other
-variant's test images; write the headline metrics (mIoU or mask AP), their detail, per-image
-results and plots/segmentation/ (overlays per test variant, per-class scores)."""
+"""Stage `evaluate_segmenter`: rebuild models/segmenter.pt from its checkpoint, score it, with
+the same ground truth, on the test images of every built variant (its own, the other of
+original/rembg, and the controlled ones); write the headline metrics (mIoU or mask AP, with the
+BG-gap and only-BG score), their detail, per-image results and plots/segmentation/ (overlays per
+test variant, per-class scores, the model's row of the train × test variant matrix)."""
 from __future__ import annotations
 
 import logging
 
-from fashionbg.contracts.params import VARIANTS, other_variant
-from fashionbg.contracts.prepared import check_same_rows, load_prepared
+from fashionbg.contracts.params import other_variant
+from fashionbg.contracts.prepared import load_variants
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
@@ -17,7 +18,7 @@ from fashionbg.nn.checkpoint import load_checkpoint
 from fashionbg.nn.device import resolve_device
 from fashionbg.nn.params import read_evaluate
 from fashionbg.report.figures import save_figure
-from fashionbg.report.headline import own_and_cross, rounded
+from fashionbg.report.headline import matrix_row, own_and_cross, reliance, rounded
 from fashionbg.report.plots import per_class_bars
 from fashionbg.segment.overlays import overlay_rows
 from fashionbg.segment.params import SegmentConfig
@@ -35,8 +36,10 @@ def main() -> None:
     checkpoint = load_checkpoint(paths.SEGMENTER, ("semantic", "instance"))
     config = checkpoint.rebuild(SegmentConfig.from_dict)   # the model as it was trained
     variant = checkpoint.variant
-    caches = {v: load_prepared(paths.prepared(v)) for v in VARIANTS}
-    check_same_rows(caches["original"], caches["rembg"])
+    caches = load_variants(paths.PREPARED)
+    if variant not in caches:
+        raise UserError(f"{paths.prepared(variant)}, which the model was trained on, is no "
+                        "longer built; add it to data.variants and run prepare again")
     task = make_task(config, caches[variant], paths.RAW)
     if task.class_names != checkpoint.classes:
         raise UserError(f"the data's classes changed since {paths.SEGMENTER} was trained; "
@@ -51,7 +54,7 @@ def main() -> None:
     other = other_variant(variant)
     scores, per_image = {}, []
     test_paths = [caches[variant].meta["paths"][r] for r in rows]
-    for tested_on in (variant, other):
+    for tested_on in caches:
         loader = task.loader(task.dataset(caches[tested_on].images, rows), settings.batch_size)
         images: list = []
         scores[tested_on] = task.evaluate(model, loader, device, images)
@@ -64,6 +67,7 @@ def main() -> None:
     # such terms).
     write_csv(paths.SEGMENTATION_PREDICTIONS, PREDICTION_COLUMNS, per_image)
 
+    by_variant = {v: scores[v][task.key_metric] for v in caches}
     shown = rows[:settings.overlays]
     per_class_key = "per_class_iou" if task.name == "semantic" else "per_class_mask_ap"
     model_name = (f"{config.arch} on {config.encoder}" if task.name == "semantic"
@@ -71,7 +75,7 @@ def main() -> None:
     with atomic_dir(paths.SEGMENTATION_PLOTS) as tmp:
         (tmp / "overlays").mkdir()
         if len(shown):
-            for tested_on in VARIANTS:
+            for tested_on in caches:
                 painted = overlay_rows(task, model, caches[tested_on].images, shown, device)
                 save_figure(overlay_grid(painted, task.class_names,
                                          class_colors(len(task.class_names)),
@@ -83,8 +87,10 @@ def main() -> None:
                             "images")
         write_json(tmp / "per_class.json", per_class_bars(
             {tested_on: scores[tested_on][per_class_key] for tested_on in (variant, other)}))
+        write_json(tmp / "variants.json", matrix_row(variant, by_variant))
     write_json(paths.SEGMENTATION_METRICS,
-               own_and_cross(scores[variant], scores[other], (task.key_metric,)))
+               {**own_and_cross(scores[variant], scores[other], (task.key_metric,)),
+                "bg": reliance(by_variant)})
     write_json(paths.SEGMENTATION_DETAIL, {
         "task": task.name,
         "model": model_name,
@@ -92,6 +98,7 @@ def main() -> None:
         "best_epoch": checkpoint.epoch,
         "test": {"images": len(rows), **scores[variant]},
         "cross_variant": {"variant": other, "images": len(rows), **scores[other]},
+        "by_test_variant": {v: {"images": len(rows), **scores[v]} for v in caches},
     })
     log.info("wrote %s, %s and %s", paths.SEGMENTATION_METRICS, paths.SEGMENTATION_DETAIL,
              paths.SEGMENTATION_PLOTS)

@@ -1,25 +1,34 @@
-"""Stage `prepare`: decode every usable raw image once into the original and rembg caches, and
-draw the sample grid of the two (plots/samples.png)."""
+"""Stage `prepare`: decode every usable raw image once into the cache of each variant of
+data.variants (original, rembg and the controlled variants), and draw the sample grid of them
+(plots/samples.png)."""
 from __future__ import annotations
 
 import logging
+import shutil
+from contextlib import ExitStack
 
 import numpy as np
 
 from fashionbg.background.composite import composite
 from fashionbg.background.params import read_background
 from fashionbg.background.samples import samples_figure
+from fashionbg.background.variants import (
+    other_class_partners,
+    remove_person,
+    same_class_partners,
+    truth_alpha,
+)
 from fashionbg.contracts.codes import SPLITS
 from fashionbg.contracts.masks import FAILURES, alpha_path, read_failures
-from fashionbg.contracts.params import read_image_size
-from fashionbg.contracts.prepared import load_prepared, prepared_writer
+from fashionbg.contracts.params import MIXED, VARIANTS, read_image_size, read_variants
+from fashionbg.contracts.prepared import load_prepared, load_variants, prepared_writer
 from fashionbg.contracts.raw import label_codes, read_classes, read_index
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.core.io import read_json
-from fashionbg.core.params import load_params
-from fashionbg.ingest.decode import decode_chunks
+from fashionbg.core.params import integer, load_params
+from fashionbg.ingest.decode import Decoded, chunk_rows, decode_chunks
 from fashionbg.report.figures import save_figure
 
 log = logging.getLogger("prepare")
@@ -29,14 +38,15 @@ log = logging.getLogger("prepare")
 def main() -> None:
     params = load_params()
     size, fill = read_image_size(params), read_background(params).fill
+    variants = read_variants(params)
     classes = read_classes(paths.RAW)
     failed = read_failures(paths.REMBG)
-    # Both variants keep exactly the rows rembg produced an alpha for, so their splits match.
+    # Every variant keeps exactly the rows rembg produced an alpha for, so their splits match.
     rows = [r for r in read_index(paths.RAW) if r.path not in failed]
     if not rows:
         raise UserError(f"no usable images in {paths.RAW} (rembg failed on {len(failed)})")
     if failed:
-        log.warning("%d images left out of both variants because rembg failed on them "
+        log.warning("%d images left out of every variant because rembg failed on them "
                     "(listed in %s)", len(failed), paths.REMBG / FAILURES)
 
     items = [(paths.RAW / r.path, paths.RAW / r.mask if r.mask else None,
@@ -47,24 +57,74 @@ def main() -> None:
             "image_size": list(size), "paths": [r.path for r in rows],
             "excluded": sorted(failed), "fill": list(fill)}
     has_masks = any(r.mask for r in rows)
+    if "oracle" in variants and not has_masks:
+        raise UserError(f"data.variants lists oracle, but data.source = "
+                        f"{params['data']['source']} has no ground-truth masks; leave it out")
+    first = [v for v in variants if v not in MIXED]
 
-    # Chunks stream from the decoder into both caches, so memory does not grow with N.
-    with prepared_writer(paths.prepared("original"), size, labels, splits,
-                         {**meta, "variant": "original"}, has_masks) as original, \
-            prepared_writer(paths.prepared("rembg"), size, labels, splits,
-                            {**meta, "variant": "rembg"}, has_masks, has_alpha=True) as rembg:
+    # Chunks stream from the decoder into every cache, so memory does not grow with N.
+    with ExitStack() as stack:
+        writers = {v: stack.enter_context(prepared_writer(
+            paths.prepared(v), size, labels, splits, {**meta, "variant": v}, has_masks,
+            has_alpha=v == "rembg")) for v in first}
+        fallback = 0
         for chunk in decode_chunks(items, size):
-            original.append(chunk.images, chunk.masks)
-            rembg.append(composite(chunk.images, chunk.alphas, fill), chunk.masks, chunk.alphas)
-    log.info("prepared %d images of %s for both variants", len(rows), size)
+            images, missing = variant_images(chunk, fill, first)
+            fallback += missing
+            for v, writer in writers.items():
+                writer.append(images[v], chunk.masks, chunk.alphas if v == "rembg" else None)
+    if fallback:
+        log.warning("%d images have no ground-truth mask: oracle and only_bg take rembg's "
+                    "mask of the person for them", fallback)
+    seed = integer(params["data"], "data", "seed", minimum=0)
+    for v in variants:
+        if v in MIXED:
+            write_mixed(v, PARTNERS[v](labels, splits, seed), size, meta, has_masks)
+    for v in set(VARIANTS) - set(variants):   # a variant no longer asked for
+        shutil.rmtree(paths.prepared(v), ignore_errors=True)
+    log.info("prepared %d images of %s for %s", len(rows), size, ", ".join(variants))
 
     sod = read_json(paths.BACKGROUND_DETAIL)
     score = (f"mean IoU of its masks with the true person {sod['mean_iou']}"
              if sod["mean_iou"] is not None else "no true person masks to score it against")
     caption = (f"Background removal by rembg ({sod['model']}), background filled "
                f"{params['background']['fill']}: {score}")
-    save_figure(samples_figure(load_prepared(paths.prepared("original")),
-                               load_prepared(paths.prepared("rembg"))), paths.SAMPLES, caption)
+    save_figure(samples_figure(load_variants(paths.PREPARED)), paths.SAMPLES, caption)
+
+
+def variant_images(chunk: Decoded, fill: tuple[int, int, int], variants: list[str]
+                   ) -> tuple[dict[str, np.ndarray], int]:
+    """A decoded chunk's images in each of `variants` (no mixed ones), and how many of its
+    rows had no ground truth for the oracle mask."""
+    out = {"original": chunk.images, "rembg": composite(chunk.images, chunk.alphas, fill)}
+    person, missing = (truth_alpha(chunk.masks, chunk.alphas) if chunk.masks is not None
+                       else (chunk.alphas, len(chunk.images)))
+    if "oracle" in variants:
+        out["oracle"] = composite(chunk.images, person, fill)
+    if "only_bg" in variants:
+        out["only_bg"] = remove_person(chunk.images, person)
+    uses_person = {"oracle", "only_bg"} & set(variants)
+    return {v: out[v] for v in variants}, missing if uses_person else 0
+
+
+def write_mixed(variant: str, partners: np.ndarray, size: tuple[int, int], meta: dict,
+                has_masks: bool) -> None:
+    """The rembg foreground of every row on the only_bg background of its partner row, read
+    back from the finished caches a chunk at a time."""
+    original, rembg, only_bg = (load_prepared(paths.prepared(v))
+                                for v in ("original", "rembg", "only_bg"))
+    step = chunk_rows(size)
+    with prepared_writer(paths.prepared(variant), size, original.labels, original.splits,
+                         {**meta, "variant": variant, "background_rows": partners.tolist()},
+                         has_masks) as writer:
+        for start in range(0, len(partners), step):
+            rows = slice(start, start + step)
+            writer.append(composite(original.images[rows], rembg.alpha[rows],
+                                    only_bg.images[partners[rows]]),
+                          None if original.masks is None else original.masks[rows])
+
+
+PARTNERS = {"mixed_same": same_class_partners, "mixed_rand": other_class_partners}
 
 
 if __name__ == "__main__":

@@ -31,11 +31,12 @@ def numbers(block: dict) -> bool:
 
 
 @pytest.mark.parametrize("path", sorted(HEADLINE_KEYS, key=str))
-def test_task_headline_files_hold_test_and_cross_variant_scores_only(path):
+def test_task_headline_files_hold_test_cross_and_background_reliance_only(path):
     data = json.loads((ROOT / path).read_text())
-    assert set(data) == {"test", "cross"}
+    assert set(data) == {"test", "cross", "bg"}
     assert set(data["test"]) == set(data["cross"]) in HEADLINE_KEYS[path]
-    assert numbers(data["test"]) and numbers(data["cross"])
+    assert set(data["bg"]) == {"gap", "only_bg"}
+    assert numbers(data["test"]) and numbers(data["cross"]) and numbers(data["bg"])
 
 
 def test_background_headline_is_small_and_its_detail_names_the_model():

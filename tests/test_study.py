@@ -143,11 +143,60 @@ def synthetic_results(study):
     for cell in study.cells("s"):
         if cell.arm.task == "instance":
             ap = 0.30 - 0.05 * (cell.variant == "rembg") + 0.01 * cell.seed
-            results.append(CellResult(cell, ap, ap - 0.1, None, ()))
+            results.append(CellResult(cell, ap, ap - 0.1, None, (), {}, {}))
             continue
         correct = (rng.random(len(images)) < accuracy[(cell.arm.name, cell.variant)]) * 1.0
-        results.append(CellResult(cell, correct.mean(), 0.2, correct, images))
+        results.append(CellResult(cell, correct.mean(), 0.2, correct, images,
+                                  {cell.variant: correct.mean()}, {cell.variant: correct}))
     return results
+
+
+def exactly(share: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n 0/1 results of which exactly `share` are 1, in random order."""
+    return rng.permutation((np.arange(n) < round(share * n)) * 1.0)
+
+
+# Accuracy of the shallow arm by training variant (rows) and test variant (columns).
+BACKGROUND_ACCURACY = {
+    "original": {"original": 0.4, "rembg": 0.3, "only_bg": 0.5, "mixed_same": 0.7,
+                 "mixed_rand": 0.3},
+    "rembg": {"original": 0.5, "rembg": 0.6, "only_bg": 0.2, "mixed_same": 0.6,
+              "mixed_rand": 0.6},
+    "oracle": {"original": 0.5, "oracle": 0.7, "only_bg": 0.2, "mixed_same": 0.6,
+               "mixed_rand": 0.6},
+    "mixed_rand": {"original": 0.35, "only_bg": 0.1, "mixed_same": 0.5, "mixed_rand": 0.5},
+}
+
+
+def test_background_section_gives_the_known_gaps_and_decomposition(tmp_path, monkeypatch):
+    """A BG-gap of +0.4 for the photo-trained model and 0 for the mixed_rand-trained one;
+    rembg − original = +0.2 splits into removal +0.3 and SOD error −0.1."""
+    study_text = SYNTHETIC_STUDY.replace(
+        "arms: {shallow: {}, shallow_bn: {}, instance: {}}",
+        "arms: {shallow: {variants: [original, rembg, oracle, mixed_rand]}}")
+    (tmp_path / "study.yaml").write_text(study_text)
+    study = load_study(tmp_path / "study.yaml")
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(1)
+    images = tuple(f"images/{i:03d}.jpg" for i in range(200))
+    results = []
+    for cell in study.cells("s"):
+        tested = {v: exactly(a, len(images), rng)
+                  for v, a in BACKGROUND_ACCURACY[cell.variant].items()}
+        own = tested[cell.variant] if cell.variant in tested else tested["original"]
+        results.append(CellResult(cell, own.mean(), 0.0, own, images,
+                                  {v: x.mean() for v, x in tested.items()}, tested))
+    build_report(study, "s", results, 0, "make study PRESET=s")
+    report = (tmp_path / "reports/study.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| `shallow` |")]
+    gaps = {line.split(" | ")[1]: line.split(" | ")[2] for line in rows[:4]}
+    assert gaps["original"].startswith("+0.400 [") and gaps["mixed_rand"].startswith("+0.000")
+    assert rows[0].endswith("| 0.500 [0.500, 0.500] |")        # only-BG over 3 seeds
+    split = rows[4].split(" | ")
+    assert [part[:6] for part in split[1:4]] == ["+0.200", "+0.300", "-0.100"], rows[4]
+    assert rows[5].split(" | ")[1].startswith("-0.400 [")        # the remedy closes the gap
+    assert rows[5].split(" | ")[2].startswith("-0.050 [")        # at a cost on the photos
+    assert (tmp_path / "reports/study/variants.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_report_on_synthetic_results_gives_the_known_verdicts(tmp_path, monkeypatch):

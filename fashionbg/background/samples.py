@@ -1,5 +1,5 @@
-"""The picture of what background removal does: original | rembg alpha | composited image for
-the first test images of each class. It depends on the data only, so it is drawn once, by
+"""The picture of what each background variant shows: the rembg alpha and every built variant
+for the first test images of each class. It depends on the data only, so it is drawn once, by
 `prepare`, not per experiment."""
 from __future__ import annotations
 
@@ -23,31 +23,33 @@ def sample_rows(data: Prepared) -> np.ndarray:
                            for c in range(len(data.meta["labels"]))])
 
 
-def samples_figure(original: Prepared, rembg: Prepared) -> Figure:
-    """The sample grid of the two variants' caches, each row titled with its class (or, for
-    data without classes, its file name)."""
+def samples_figure(variants: dict[str, Prepared]) -> Figure:
+    """The sample grid of the built variants' caches (original and rembg at least), each row
+    titled with its class (or, for data without classes, its file name)."""
+    original, rembg = variants["original"], variants["rembg"]
     rows = sample_rows(original)
     labels, names = original.meta["labels"], original.meta["paths"]
     titles = [labels[original.labels[r]] if original.labels[r] >= 0 else Path(names[r]).name
               for r in rows]
-    return sample_grid(original.images[rows], rembg.alpha[rows], rembg.images[rows], titles)
+    columns = {"original": original.images[rows], "rembg mask": rembg.alpha[rows],
+               **{name: cache.images[rows] for name, cache in variants.items()
+                  if name != "original"}}
+    return sample_grid(columns, titles)
 
 
-def sample_grid(original: np.ndarray, alpha: np.ndarray, rembg: np.ndarray,
-                titles: list[str]) -> Figure:
-    """One row per sample: original | rembg alpha | composited rembg image."""
-    n = len(original)
-    fig = Figure(figsize=(6, 2.6 * n))
-    axes = fig.subplots(n, 3, squeeze=False)
-    for i in range(n):
-        for j, (img, name) in enumerate(((original[i], "original"), (alpha[i], "rembg mask"),
-                                         (rembg[i], "rembg"))):
+def sample_grid(columns: dict[str, np.ndarray], titles: list[str]) -> Figure:
+    """One row per sample, one column per named stack of images (2-D ones drawn in grey)."""
+    n, width = len(titles), len(columns)
+    fig = Figure(figsize=(2 * width, 2.6 * n))
+    axes = fig.subplots(n, width, squeeze=False)
+    for j, (name, images) in enumerate(columns.items()):
+        for i in range(n):
             ax = axes[i, j]
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
+            ax.imshow(images[i], cmap="gray" if images[i].ndim == 2 else None, vmin=0, vmax=255)
             ax.set_xticks([])
             ax.set_yticks([])
-            if i == 0:
-                ax.set_title(name, fontsize=9)
-        axes[i, 0].set_ylabel(titles[i], fontsize=8)
+        axes[0, j].set_title(name, fontsize=9)
+    for i, title in enumerate(titles):
+        axes[i, 0].set_ylabel(title, fontsize=8)
     fig.tight_layout()
     return fig

@@ -7,6 +7,10 @@
     labels.npy   int64 (N,)           index into meta["labels"], -1 where there is no label
     splits.npy   uint8 (N,)           0 train, 1 val, 2 test (same rows in every variant)
     meta.json    {"variant", "labels", "mask_classes", "image_size", "paths", "has_masks", "fill"}
+                 and, for mixed_same / mixed_rand, "background_rows": the row whose only_bg
+                 background each row shows
+
+One directory per variant of data.variants (data/prepared/<variant>/), all with the same rows.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from fashionbg.contracts.codes import SPLITS
+from fashionbg.contracts.params import VARIANTS
 from fashionbg.core.errors import UserError
 from fashionbg.core.io import atomic_dir, read_json, write_json
 
@@ -92,6 +97,19 @@ def check_same_rows(a: Prepared, b: Prepared) -> None:
     if not same:
         raise UserError(f"the {a.meta['variant']} and {b.meta['variant']} prepared caches do not "
                         "hold the same rows and ground truth; re-run the prepare stage")
+
+
+def load_variants(root: Path) -> dict[str, Prepared]:
+    """Every variant `prepare` built under `root`, in VARIANTS order, checked to hold the same
+    rows and ground truth as the original photos."""
+    built = {v: load_prepared(Path(root) / v) for v in VARIANTS
+             if (Path(root) / v / "meta.json").exists()}
+    if "original" not in built:
+        raise UserError(f"{root} holds no prepared cache of the original photos; run the "
+                        "prepare stage first")
+    for cache in built.values():
+        check_same_rows(built["original"], cache)
+    return built
 
 
 def _equal_rows(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> bool:

@@ -26,3 +26,20 @@ def own_and_cross(test: Mapping[str, Any], cross: Mapping[str, Any], keys: Seque
     variant's ("cross"; "cross_variant" in the detail files, shortened so that `dvc exp show`
     fits a terminal)."""
     return {"test": pick(test, keys), "cross": pick(cross, keys)}
+
+
+def reliance(scores: Mapping[str, float | None]) -> dict[str, float | None]:
+    """How much a model relies on the background, from its score per test variant (Xiao et
+    al. 2020): the BG-gap, score on mixed_same − score on mixed_rand (the same people on
+    backgrounds of their own class against another class's), and the score on only_bg (the
+    background alone, person inpainted away); None where those variants were not built."""
+    same, rand = scores.get("mixed_same"), scores.get("mixed_rand")
+    gap = None if same is None or rand is None else same - rand
+    return {"gap": rounded(gap), "only_bg": rounded(scores.get("only_bg"))}
+
+
+def matrix_row(trained_on: str, scores: Mapping[str, float | None]) -> list[dict[str, Any]]:
+    """One model's row of the train-variant × test-variant matrix, as `dvc plots` rows (the
+    heatmap template .dvc/plots/variant_heatmap.json stacks the rows of every revision)."""
+    return [{"trained_on": trained_on, "tested_on": tested_on, "score": rounded(score)}
+            for tested_on, score in scores.items()]

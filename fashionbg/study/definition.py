@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from fashionbg.contracts.params import VARIANTS
+from fashionbg.contracts.params import REQUIRED, VARIANTS
 from fashionbg.core.errors import UserError
 
 STUDY_FILE = Path("study.yaml")
@@ -68,6 +68,7 @@ class Study:
     claims: list[Claim]
     minimal_effect: float
     presets: dict[str, dict[str, Any]]
+    variants: list[str]     # the training variants of every arm, unless a preset says others
 
     def cells(self, preset: str) -> list[Cell]:
         """Every cell of `preset`, in a stable order (arm, seed, variant)."""
@@ -78,7 +79,7 @@ class Study:
             base = {**spec.get("params", {}), **spec.get("task_params", {}).get(arm.task, {}),
                     **arm.params, **changes.get("params", {})}
             for seed in changes.get("seeds", spec["seeds"]):
-                for variant in VARIANTS:
+                for variant in changes.get("variants", spec.get("variants", self.variants)):
                     params = {**base, "data.variant": variant, TASKS[arm.task][0]: seed}
                     cells.append(Cell(arm, variant, seed, params))
         return cells
@@ -98,7 +99,8 @@ def load_study(path: Path = STUDY_FILE, params: dict[str, Any] | None = None) ->
     presets = _mapping(path, raw, "presets")
     for name, preset in presets.items():
         _check_preset(path, name, preset, arms)
-    study = Study(arms, claims, float(raw.get("minimal_effect", 0.02)), presets)
+    variants = _variants(f"{path}: variants", raw.get("variants", list(REQUIRED)))
+    study = Study(arms, claims, float(raw.get("minimal_effect", 0.02)), presets, variants)
     if params is not None:
         for preset in presets:
             for cell in study.cells(preset):
@@ -144,11 +146,25 @@ def _check_preset(path: Path, name: str, preset: Any, arms: dict[str, Arm]) -> N
     seeds = preset.get("seeds")
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
         raise UserError(f"{where}.seeds must be a list of integers")
+    if "variants" in preset:
+        _variants(f"{where}.variants", preset["variants"])
     for arm, changes in preset["arms"].items():
         if arm not in arms:
             raise UserError(f"{where}.arms: no arm named {arm!r}")
         if not isinstance(changes, dict):
-            raise UserError(f"{where}.arms.{arm} must be a mapping (seeds, params) or {{}}")
+            raise UserError(f"{where}.arms.{arm} must be a mapping (seeds, params, variants) "
+                            "or {}")
+        if "variants" in changes:
+            _variants(f"{where}.arms.{arm}.variants", changes["variants"])
+
+
+def _variants(where: str, value: Any) -> list[str]:
+    """A list of training variants holding original and rembg (every claim compares them)."""
+    if not (isinstance(value, list) and len(set(map(str, value))) == len(value)
+            and set(REQUIRED) <= set(value) <= set(VARIANTS)):
+        raise UserError(f"{where} = {value!r} is not allowed; expected a list of distinct "
+                        f"names from {', '.join(VARIANTS)} holding {' and '.join(REQUIRED)}")
+    return value
 
 
 def _check_keys(path: Path, overrides: dict[str, Any], params: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """The study report, built from the experiments alone: per arm the metric per variant over
 seeds, the paired difference rembg − original, the cross-variant scores, the interactions the
-claims are about, and a verdict per claim; as reports/study.md, a forest plot and a CSV that
-`dvc plots` draws, and as the README's results section."""
+claims are about, a verdict per claim and how much the models rely on the background
+(backgrounds.py); as reports/study.md, a forest plot and a CSV that `dvc plots` draws, and as
+the README's results section."""
 from __future__ import annotations
 
 import re
@@ -16,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fashionbg.core.io import atomic_file, write_csv  # noqa: E402
-from fashionbg.study import stats  # noqa: E402
+from fashionbg.study import backgrounds, stats  # noqa: E402
 from fashionbg.study.definition import TASKS, Arm, Claim, Study  # noqa: E402
 from fashionbg.study.results import CellResult  # noqa: E402
 
@@ -177,7 +178,8 @@ def build_report(study: Study, preset: str, results: list[CellResult], missing: 
             f"other side reverses it; within ±{study.minimal_effect} of zero it does not support "
             "an expected gain or loss (and supports a 'minimal or negative' claim); otherwise "
             "the data are inconclusive.", "",
-            f"![forest plot]({FOREST.relative_to(REPORT.parent)})", ""]
+            f"![forest plot]({FOREST.relative_to(REPORT.parent)})", "",
+            *backgrounds.section(results)]
     with atomic_file(REPORT) as f:
         f.write("\n".join(body))
     return "\n".join(block)

@@ -34,6 +34,10 @@ class CellResult:
     # segmentation (mask AP has no per-image terms).
     per_image: np.ndarray | None
     images: tuple[str, ...]
+    # The same model on every built variant's test images: the headline metric, and the
+    # per-image results in the same layout as per_image (empty for instance segmentation).
+    by_test: dict[str, float | None]
+    tested: dict[str, np.ndarray]
 
 
 def existing_experiments() -> dict[str, str]:
@@ -76,9 +80,10 @@ def _read_cell(cell: Cell, rev: str) -> CellResult | None:
     detail = json.loads(git_file(rev, str(DETAIL[metrics_path])) or "{}")
     if detail.get("variant") != cell.variant or detail.get("task", "classify") != cell.arm.task:
         return None   # the experiment did not run this cell's evaluation
-    per_image, images = _per_image(cell, rev, list(detail["test"].get("per_class_iou", {})))
+    tested, images = _per_image(cell, rev, list(detail["test"].get("per_class_iou", {})))
+    by_test = {v: scores.get(key) for v, scores in detail.get("by_test_variant", {}).items()}
     return CellResult(cell, headline["test"].get(key), headline["cross"].get(key),
-                      per_image, images)
+                      tested.get(cell.variant), images, by_test, tested)
 
 
 def _lookup(params: dict[str, Any], key: str) -> Any:
@@ -89,24 +94,37 @@ def _lookup(params: dict[str, Any], key: str) -> Any:
 
 
 def _per_image(cell: Cell, rev: str, classes: list[str]
-               ) -> tuple[np.ndarray | None, tuple[str, ...]]:
+               ) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """Per test variant, the per-image results in sorted path order, and those paths."""
     if cell.arm.task == "instance":
-        return None, ()
+        return {}, ()
     path = (paths.CLASSIFICATION_PREDICTIONS if cell.arm.task == "classify"
             else paths.SEGMENTATION_PREDICTIONS)
-    rows = [r for r in csv.DictReader(io.StringIO(git_file(rev, str(path)) or ""))
-            if r["tested_on"] == cell.variant]
-    images = tuple(sorted({r["path"] for r in rows}))
-    if cell.arm.task == "classify":
-        correct = {r["path"]: float(r["correct"]) for r in rows}
-        return np.array([correct[p] for p in images]), images
-    if rows and "truth" not in rows[0]:
+    rows = list(csv.DictReader(io.StringIO(git_file(rev, str(path)) or "")))
+    if rows and cell.arm.task == "semantic" and "truth" not in rows[0]:
         raise UserError(f"experiment {cell.name} was scored by an older evaluate_segmenter "
                         f"(no truth column in {path}); remove it with `dvc exp remove "
                         f"{cell.name}` and run the study again")
+    images = tuple(sorted({r["path"] for r in rows if r["tested_on"] == cell.variant}))
+    tested = {}
+    for variant in dict.fromkeys(r["tested_on"] for r in rows):
+        picked = [r for r in rows if r["tested_on"] == variant]
+        tested[variant] = (_correctness(picked, images) if cell.arm.task == "classify"
+                           else _terms(picked, images, classes))
+    return tested, images
+
+
+def _correctness(rows: list[dict[str, str]], images: tuple[str, ...]) -> np.ndarray:
+    correct = {r["path"]: float(r["correct"]) for r in rows}
+    return np.array([correct[p] for p in images])
+
+
+def _terms(rows: list[dict[str, str]], images: tuple[str, ...], classes: list[str]
+           ) -> np.ndarray:
+    """(images, classes, 3): intersection, union and truth pixels per image and class."""
     index = {p: i for i, p in enumerate(images)}
     terms = np.zeros((len(images), len(classes), 3))
     for r in rows:
         terms[index[r["path"]], classes.index(r["class"])] = (
             int(r["intersection"]), int(r["union"]), int(r["truth"]))
-    return terms, images
+    return terms

@@ -1,0 +1,194 @@
+"""The report's section on how much the models rely on the background (after Xiao et al. 2020,
+"Noise or Signal"): per arm the train-variant × test-variant matrix, the BG-gap (score on
+mixed_same − mixed_rand: the same people on backgrounds of their own class against another's)
+and the only-BG score; the rembg effect split into removal itself (oracle − original) and SOD
+error (rembg − oracle); and training on mixed_rand as the remedy.
+
+Every difference is paired: the same test images (bootstrap over seeds and images, Wilcoxon)
+where per-image results exist, else the same seeds (t-interval, paired t-test)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fashionbg.contracts.params import VARIANTS  # noqa: E402
+from fashionbg.core.io import atomic_file  # noqa: E402
+from fashionbg.study import stats  # noqa: E402
+from fashionbg.study.definition import TASKS  # noqa: E402
+from fashionbg.study.results import CellResult  # noqa: E402
+
+HEATMAP = Path("reports/study/variants.png")
+Cells = dict[int, CellResult]     # seed → result of one arm trained on one variant
+
+
+def by_arm(results: list[CellResult]) -> dict[str, dict[str, Cells]]:
+    """arm → training variant → seed → result."""
+    grouped: dict[str, dict[str, Cells]] = defaultdict(lambda: defaultdict(dict))
+    for r in results:
+        grouped[r.cell.arm.name][r.cell.variant][r.cell.seed] = r
+    return grouped
+
+
+def _seeds(groups: list[tuple[Cells, str]]) -> list[int]:
+    """The seeds every (cells, test variant) pair has a score for."""
+    common = set.intersection(*(set(cells) for cells, _ in groups))
+    return sorted(s for s in common
+                  if all(cells[s].by_test.get(on) is not None for cells, on in groups))
+
+
+def _per_image(groups: list[tuple[Cells, str]], seeds: list[int]) -> list[np.ndarray] | None:
+    """(seeds, images, ...) arrays of each pair, where all have per-image results on the same
+    test images; else None."""
+    first = groups[0][0][seeds[0]]
+    if not all(on in cells[s].tested and cells[s].images == first.images
+               for cells, on in groups for s in seeds):
+        return None
+    return [np.stack([cells[s].tested[on] for s in seeds]) for cells, on in groups]
+
+
+def difference(a: Cells, on_a: str, b: Cells, on_b: str) -> stats.Effect | None:
+    """Score of the `a` models on `on_a` test images − the `b` models' on `on_b`."""
+    groups = [(a, on_a), (b, on_b)]
+    seeds = _seeds(groups)
+    if not seeds:
+        return None
+    arrays = _per_image(groups, seeds)
+    if arrays is not None:
+        return stats.gain(*arrays)
+    return stats.seed_gain([a[s].by_test[on_a] for s in seeds],
+                           [b[s].by_test[on_b] for s in seeds])
+
+
+def gap_change(a: Cells, b: Cells) -> stats.Effect | None:
+    """BG-gap of the `a` models − BG-gap of the `b` models."""
+    groups = [(a, "mixed_same"), (a, "mixed_rand"), (b, "mixed_same"), (b, "mixed_rand")]
+    seeds = _seeds(groups)
+    if not seeds:
+        return None
+    arrays = _per_image(groups, seeds)
+    if arrays is not None:
+        return stats.interaction((arrays[0], arrays[1]), (arrays[2], arrays[3]))
+    scores = [[cells[s].by_test[on] for s in seeds] for cells, on in groups]
+    return stats.seed_interaction((scores[0], scores[1]), (scores[2], scores[3]))
+
+
+def fmt_effect(effect: stats.Effect | None) -> str:
+    if effect is None:
+        return "not run"
+    i = effect.interval
+    if i.low is None:
+        return f"{i.estimate:+.3f} (one seed)"
+    p = "" if effect.p is None else f", p {effect.p:.2g}"
+    return f"{i.estimate:+.3f} [{i.low:+.3f}, {i.high:+.3f}]{p}"
+
+
+def matrix(trained: dict[str, Cells]) -> tuple[list[str], list[str], np.ndarray]:
+    """Training variants, test variants and the mean score over seeds of each pair (nan where
+    not measured)."""
+    rows = [v for v in VARIANTS if v in trained]
+    columns = [v for v in VARIANTS
+               if any(v in r.by_test for cells in trained.values() for r in cells.values())]
+    values = np.array([[np.mean([r.by_test[c] for r in trained[v].values()
+                                 if r.by_test.get(c) is not None] or [np.nan])
+                        for c in columns] for v in rows])
+    return rows, columns, values
+
+
+def matrix_lines(name: str, metric: str, trained: dict[str, Cells]) -> list[str]:
+    rows, columns, values = matrix(trained)
+    lines = [f"| `{name}` ({metric}, mean over seeds) | " + " | ".join(columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for v, scores in zip(rows, values):
+        cells = " | ".join("–" if np.isnan(x) else f"{x:.3f}" for x in scores)
+        lines.append(f"| trained on {v} | {cells} |")
+    return lines
+
+
+def heatmap(arms: dict[str, dict[str, Cells]], path: Path) -> None:
+    """One panel per arm: training variant (rows) × test variant (columns), mean score."""
+    fig, axes = plt.subplots(len(arms), 1, figsize=(7.5, 1.6 + 0.45 * 6 * len(arms)),
+                             squeeze=False)
+    for ax, (name, trained) in zip(axes[:, 0], arms.items()):
+        rows, columns, values = matrix(trained)
+        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(rows)), [f"trained on {v}" for v in rows], fontsize=8)
+        metric = _metric(trained)
+        ax.set_title(f"{name}: {metric} by training (rows) and test images (columns)",
+                     fontsize=9)
+        for (i, j), x in np.ndenumerate(values):
+            if not np.isnan(x):
+                ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if x > 0.5 else "black")
+        fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=200)
+    plt.close(fig)
+
+
+def section(results: list[CellResult]) -> list[str]:
+    """The markdown of the section (empty where no model was tested on the controlled
+    variants), and the heatmap written beside the report."""
+    arms = {name: trained for name, trained in by_arm(results).items()
+            if any("mixed_rand" in r.by_test or "only_bg" in r.by_test
+                   for cells in trained.values() for r in cells.values())}
+    if not arms:
+        return []
+    heatmap(arms, HEATMAP)
+    lines = ["## How much do the models rely on the background?", "",
+             "BG-gap = score on `mixed_same` − score on `mixed_rand` (the rembg person on the "
+             "inpainted background of another image of the same class, against another "
+             "class's); near zero when a model ignores the background. Only-BG = the score with "
+             "the person inpainted away (chance for classification: 1 / classes).", "",
+             "| arm | trained on | BG-gap [95 % CI] | only-BG score [95 % CI] |",
+             "|---|---|---|---|"]
+    for name, trained in arms.items():
+        for v in (v for v in VARIANTS if v in trained):
+            only = [r.by_test["only_bg"] for r in trained[v].values()
+                    if r.by_test.get("only_bg") is not None]
+            only_bg = "–" if not only else _interval(stats.mean_interval(only))
+            gap = difference(trained[v], "mixed_same", trained[v], "mixed_rand")
+            lines.append(f"| `{name}` | {v} | {fmt_effect(gap)} | {only_bg} |")
+    lines += ["", "What the rembg effect splits into, on each model's own test images: "
+              "removal itself (oracle − original: the true person mask) and the error of the "
+              "salient-object detector (rembg − oracle); they add up to rembg − original.", "",
+              "| arm | rembg − original | oracle − original (removal) | rembg − oracle "
+              "(SOD error) |", "|---|---|---|---|"]
+    for name, t in arms.items():
+        if {"original", "rembg", "oracle"} <= set(t):
+            parts = [difference(t[a], a, t[b], b) for a, b in
+                     (("rembg", "original"), ("oracle", "original"), ("rembg", "oracle"))]
+            lines.append(f"| `{name}` | " + " | ".join(map(fmt_effect, parts)) + " |")
+    lines += ["", "The remedy: training on `mixed_rand` (backgrounds that carry no class "
+              "information), against training on the photos.", "",
+              "| arm | BG-gap, mixed_rand-trained − original-trained | score on the photos, "
+              "mixed_rand-trained − original-trained |", "|---|---|---|"]
+    for name, t in arms.items():
+        if {"original", "mixed_rand"} <= set(t):
+            cost = difference(t["mixed_rand"], "original", t["original"], "original")
+            lines.append(f"| `{name}` | {fmt_effect(gap_change(t['mixed_rand'], t['original']))}"
+                         f" | {fmt_effect(cost)} |")
+    lines.append("")
+    for name, trained in arms.items():
+        lines += [*matrix_lines(name, _metric(trained), trained), ""]
+    lines.append(f"![train × test variant matrices]({HEATMAP.relative_to('reports')})")
+    return lines
+
+
+def _metric(trained: dict[str, Cells]) -> str:
+    """The headline metric of the arm these cells belong to."""
+    cell = next(iter(next(iter(trained.values())).values())).cell
+    return TASKS[cell.arm.task][2]
+
+
+def _interval(i: stats.Interval) -> str:
+    if i.low is None:
+        return f"{i.estimate:.3f} (one seed)"
+    return f"{i.estimate:.3f} [{i.low:.3f}, {i.high:.3f}]"
