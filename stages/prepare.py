@@ -58,8 +58,10 @@ def main() -> None:
             "excluded": sorted(failed), "fill": list(fill)}
     has_masks = any(r.mask for r in rows)
     if "oracle" in variants and not has_masks:
+        kept = ",".join(v for v in variants if v != "oracle")
         raise UserError(f"data.variants lists oracle, but data.source = "
-                        f"{params['data']['source']} has no ground-truth masks; leave it out")
+                        f"{params['data']['source']} has no ground-truth masks; leave it out "
+                        f"(dvc exp run -S 'data.variants=[{kept}]')")
     first = [v for v in variants if v not in MIXED]
 
     # Chunks stream from the decoder into every cache, so memory does not grow with N.

@@ -25,8 +25,11 @@ def test_repository_study_is_valid_and_its_cells_unique():
         names = [c.name for c in study.cells(preset)]
         assert len(names) == len(set(names))
     quick = study.cells("quick")
-    assert {c.arm.name for c in quick} == set(study.arms)   # quick covers every claim's arms
+    claimed = {c.arm for c in study.claims} | {c.baseline for c in study.claims} - {None}
+    assert claimed <= {c.arm.name for c in quick}     # quick covers every claim's arms
     assert {c.variant for c in quick} == {"original", "rembg"}
+    backgrounds = study.cells("backgrounds")
+    assert {c.variant for c in backgrounds} == {"original", "rembg", "oracle", "mixed_rand"}
     instance = [c for c in quick if c.arm.task == "instance"]
     assert {c.seed for c in instance} == {0, 1} and instance[0].params["segment.epochs"] == 6
     assert instance[0].stage == "evaluate_segmenter"
@@ -173,7 +176,8 @@ def test_background_section_gives_the_known_gaps_and_decomposition(tmp_path, mon
     rembg − original = +0.2 splits into removal +0.3 and SOD error −0.1."""
     study_text = SYNTHETIC_STUDY.replace(
         "arms: {shallow: {}, shallow_bn: {}, instance: {}}",
-        "arms: {shallow: {variants: [original, rembg, oracle, mixed_rand]}}")
+        "report: reports/study-bg.md, arms: {shallow: {variants: [original, rembg, oracle, "
+        "mixed_rand]}}")
     (tmp_path / "study.yaml").write_text(study_text)
     study = load_study(tmp_path / "study.yaml")
     monkeypatch.chdir(tmp_path)
@@ -187,7 +191,7 @@ def test_background_section_gives_the_known_gaps_and_decomposition(tmp_path, mon
         results.append(CellResult(cell, own.mean(), 0.0, own, images,
                                   {v: x.mean() for v, x in tested.items()}, tested))
     build_report(study, "s", results, 0, "make study PRESET=s")
-    report = (tmp_path / "reports/study.md").read_text()
+    report = (tmp_path / "reports/study-bg.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| `shallow` |")]
     gaps = {line.split(" | ")[1]: line.split(" | ")[2] for line in rows[:4]}
     assert gaps["original"].startswith("+0.400 [") and gaps["mixed_rand"].startswith("+0.000")
@@ -196,7 +200,8 @@ def test_background_section_gives_the_known_gaps_and_decomposition(tmp_path, mon
     assert [part[:6] for part in split[1:4]] == ["+0.200", "+0.300", "-0.100"], rows[4]
     assert rows[5].split(" | ")[1].startswith("-0.400 [")        # the remedy closes the gap
     assert rows[5].split(" | ")[2].startswith("-0.050 [")        # at a cost on the photos
-    assert (tmp_path / "reports/study/variants.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "reports/study-bg/variants.png").read_bytes()[:4] == b"\x89PNG"
+    assert "](study-bg/variants.png)" in report
 
 
 def test_report_on_synthetic_results_gives_the_known_verdicts(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import load_params
 from fashionbg.study.definition import load_study
-from fashionbg.study.report import REPORT, build_report, update_readme
+from fashionbg.study.report import build_report, report_path, update_readme
 from fashionbg.study.results import read_results
 from fashionbg.study.runner import parse_shard, run_cells
 
@@ -41,7 +41,9 @@ def main() -> None:
     command = "make study" + ("" if args.preset == "quick" else f" PRESET={args.preset}")
     block = build_report(study, args.preset, results, len(missing), command)
     print(block)
-    log.info("wrote %s%s", REPORT, " and the README's results" if update_readme(block) else "")
+    own_report = "report" in study.presets[args.preset]
+    log.info("wrote %s%s", report_path(study, args.preset),
+             "" if own_report or not update_readme(block) else " and the README's results")
 
 
 if __name__ == "__main__":

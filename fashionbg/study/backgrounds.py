@@ -23,7 +23,7 @@ from fashionbg.study import stats  # noqa: E402
 from fashionbg.study.definition import TASKS  # noqa: E402
 from fashionbg.study.results import CellResult  # noqa: E402
 
-HEATMAP = Path("reports/study/variants.png")
+HEATMAP = "variants.png"
 Cells = dict[int, CellResult]     # seed → result of one arm trained on one variant
 
 
@@ -133,15 +133,15 @@ def heatmap(arms: dict[str, dict[str, Cells]], path: Path) -> None:
     plt.close(fig)
 
 
-def section(results: list[CellResult]) -> list[str]:
+def section(results: list[CellResult], figures: Path, report_dir: Path) -> list[str]:
     """The markdown of the section (empty where no model was tested on the controlled
-    variants), and the heatmap written beside the report."""
+    variants), with the heatmap written to `figures` and linked from `report_dir`."""
     arms = {name: trained for name, trained in by_arm(results).items()
             if any("mixed_rand" in r.by_test or "only_bg" in r.by_test
                    for cells in trained.values() for r in cells.values())}
     if not arms:
         return []
-    heatmap(arms, HEATMAP)
+    heatmap(arms, figures / HEATMAP)
     lines = ["## How much do the models rely on the background?", "",
              "BG-gap = score on `mixed_same` − score on `mixed_rand` (the rembg person on the "
              "inpainted background of another image of the same class, against another "
@@ -178,7 +178,8 @@ def section(results: list[CellResult]) -> list[str]:
     lines.append("")
     for name, trained in arms.items():
         lines += [*matrix_lines(name, _metric(trained), trained), ""]
-    lines.append(f"![train × test variant matrices]({HEATMAP.relative_to('reports')})")
+    lines.append(f"![train × test variant matrices]"
+                 f"({(figures / HEATMAP).relative_to(report_dir)})")
     return lines
 
 

@@ -148,6 +148,11 @@ def _check_preset(path: Path, name: str, preset: Any, arms: dict[str, Arm]) -> N
         raise UserError(f"{where}.seeds must be a list of integers")
     if "variants" in preset:
         _variants(f"{where}.variants", preset["variants"])
+    report = preset.get("report", "reports/study.md")
+    if not (isinstance(report, str) and report.startswith("reports/") and report.endswith(".md")
+            and ".." not in report):
+        raise UserError(f"{where}.report = {report!r} is not allowed; expected a file "
+                        "reports/<name>.md")
     for arm, changes in preset["arms"].items():
         if arm not in arms:
             raise UserError(f"{where}.arms: no arm named {arm!r}")

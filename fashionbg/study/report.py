@@ -21,9 +21,8 @@ from fashionbg.study import backgrounds, stats  # noqa: E402
 from fashionbg.study.definition import TASKS, Arm, Claim, Study  # noqa: E402
 from fashionbg.study.results import CellResult  # noqa: E402
 
-REPORT = Path("reports/study.md")
-FOREST = Path("reports/study/forest.png")
-DIFFERENCES = Path("reports/study/differences.csv")
+REPORT = Path("reports/study.md")      # a preset's `report:` names another; its figures go
+FOREST, DIFFERENCES = "forest.png", "differences.csv"   # to the folder of the same name
 README = Path("README.md")
 README_MARKERS = ("<!-- study:begin -->", "<!-- study:end -->")
 
@@ -147,9 +146,16 @@ def forest_plot(rows: list[tuple[str, stats.Interval]], path: Path) -> None:
     plt.close(fig)
 
 
+def report_path(study: Study, preset: str) -> Path:
+    """reports/study.md, or the preset's own `report:` (which leaves the README alone)."""
+    return Path(study.presets[preset].get("report", REPORT))
+
+
 def build_report(study: Study, preset: str, results: list[CellResult], missing: int,
                  command: str) -> str:
     """Write the report files; return the markdown block the README shows."""
+    report = report_path(study, preset)
+    figures = report.with_suffix("")
     arms = group(results)
     claims = []
     for claim in study.claims:
@@ -161,8 +167,8 @@ def build_report(study: Study, preset: str, results: list[CellResult], missing: 
     rows += [(f"{c.arm} − {c.baseline}", e.interval) for c, e, _ in claims
              if e is not None and c.test == "interaction"]
     if rows:
-        forest_plot(rows, FOREST)
-    write_csv(DIFFERENCES, ("effect", "difference", "low", "high"),
+        forest_plot(rows, figures / FOREST)
+    write_csv(figures / DIFFERENCES, ("effect", "difference", "low", "high"),
               [(label, i.estimate, i.low, i.high) for label, i in rows])
     block = [f"Preset `{preset}` ({study.presets[preset].get('about', '')}): "
              f"{len(results)} cells read from the experiments, {missing} not run yet. "
@@ -178,9 +184,9 @@ def build_report(study: Study, preset: str, results: list[CellResult], missing: 
             f"other side reverses it; within ±{study.minimal_effect} of zero it does not support "
             "an expected gain or loss (and supports a 'minimal or negative' claim); otherwise "
             "the data are inconclusive.", "",
-            f"![forest plot]({FOREST.relative_to(REPORT.parent)})", "",
-            *backgrounds.section(results)]
-    with atomic_file(REPORT) as f:
+            f"![forest plot]({(figures / FOREST).relative_to(report.parent)})", "",
+            *backgrounds.section(results, figures, report.parent)]
+    with atomic_file(report) as f:
         f.write("\n".join(body))
     return "\n".join(block)
 
