@@ -56,6 +56,24 @@ def test_repro_then_rembg_experiment(tmp_path, monkeypatch):
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
     assert "rembg" in json.dumps(shown) and "original" in json.dumps(shown)
 
+    # A controlled variant: the rembg person on another class's background. prepare built it
+    # with the others, so only training and evaluation run.
+    mixed = run(["dvc", "exp", "run", "-S", "data.variant=mixed_rand"], project)
+    for stage in UPSTREAM:
+        assert skipped(mixed, stage) and not ran(mixed, stage), mixed
+    for stage in TRAINING + SEGMENTING:
+        assert ran(mixed, stage), mixed
+    metrics = json.loads((project / "metrics/detail/classification.json").read_text())
+    assert metrics["variant"] == "mixed_rand" and metrics["cross_variant"]["variant"] == "original"
+    assert list(metrics["by_test_variant"]) == ["original", "rembg", "oracle", "only_bg",
+                                                "mixed_same", "mixed_rand"]
+    headline = json.loads((project / "metrics/classification.json").read_text())
+    gap = (metrics["by_test_variant"]["mixed_same"]["top1"]
+           - metrics["by_test_variant"]["mixed_rand"]["top1"])
+    assert headline["bg"]["gap"] == round(gap, 4)
+    row = json.loads((project / "plots/classifier/variants.json").read_text())
+    assert {r["trained_on"] for r in row} == {"mixed_rand"} and len(row) == 6
+
     # Segmentation keys re-run only the segmentation stages, and only those that read them.
     instance = run(["dvc", "exp", "run", "-S", "segment.task=instance"], project)
     for stage in UPSTREAM + TRAINING:
@@ -63,7 +81,7 @@ def test_repro_then_rembg_experiment(tmp_path, monkeypatch):
     for stage in SEGMENTING:
         assert ran(instance, stage), instance
     segmentation = json.loads((project / "metrics/detail/segmentation.json").read_text())
-    assert segmentation["task"] == "instance" and segmentation["variant"] == "rembg"
+    assert segmentation["task"] == "instance" and segmentation["variant"] == "mixed_rand"
     assert {"mask_ap", "mask_ap50", "mask_ap75", "box_ap"} <= set(segmentation["test"])
     headline = json.loads((project / "metrics/segmentation.json").read_text())
     assert set(headline["test"]) == set(headline["cross"]) == {"mask_ap"}
