@@ -63,6 +63,9 @@ def main() -> None:
                         f"{params['data']['source']} has no ground-truth masks; leave it out "
                         f"(dvc exp run -S 'data.variants=[{kept}]')")
     first = [v for v in variants if v not in MIXED]
+    seed = integer(params["data"], "data", "seed", minimum=0)
+    # Drawn before anything is written, so a split with one class stops the stage cleanly.
+    partners = {v: PARTNERS[v](labels, splits, seed) for v in variants if v in MIXED}
 
     # Chunks stream from the decoder into every cache, so memory does not grow with N.
     with ExitStack() as stack:
@@ -78,10 +81,8 @@ def main() -> None:
     if fallback:
         log.warning("%d images have no ground-truth mask: oracle and only_bg take rembg's "
                     "mask of the person for them", fallback)
-    seed = integer(params["data"], "data", "seed", minimum=0)
-    for v in variants:
-        if v in MIXED:
-            write_mixed(v, PARTNERS[v](labels, splits, seed), size, meta, has_masks)
+    for v, rows_of in partners.items():
+        write_mixed(v, rows_of, size, meta, has_masks)
     for v in set(VARIANTS) - set(variants):   # a variant no longer asked for
         shutil.rmtree(paths.prepared(v), ignore_errors=True)
     log.info("prepared %d images of %s for %s", len(rows), size, ", ".join(variants))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from fashionbg.core.errors import ParamError
-from fashionbg.core.params import choice, section, size_pair
+from fashionbg.core.params import section, size_pair
 
 # What a prepared cache can show: the photo, rembg's removal, and the controlled variants of
 # fashionbg/background/variants.py. original and rembg are always built (the paper's question).
@@ -39,7 +39,11 @@ def read_variants(params: dict[str, Any]) -> tuple[str, ...]:
 
 def read_variant(params: dict[str, Any]) -> str:
     """data.variant: which prepared images training reads; one of the built data.variants."""
-    return choice(data_section(params), "data", "variant", read_variants(params))
+    built, variant = read_variants(params), data_section(params).get("variant")
+    if variant not in built:
+        raise ParamError("data.variant", variant,
+                         "one of the variants data.variants builds: " + ", ".join(built))
+    return variant
 
 
 def read_image_size(params: dict[str, Any]) -> tuple[int, int]:
