@@ -26,7 +26,7 @@ from fashionbg.contracts.raw import label_codes, read_classes, read_index
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
-from fashionbg.core.io import read_json
+from fashionbg.core.io import clear_leftovers, read_json
 from fashionbg.core.params import integer, load_params
 from fashionbg.ingest.decode import Decoded, chunk_rows, decode_chunks
 from fashionbg.report.figures import save_figure
@@ -83,8 +83,9 @@ def main() -> None:
                     "mask of the person for them", fallback)
     for v, rows_of in partners.items():
         write_mixed(v, rows_of, size, meta, has_masks)
-    for v in set(VARIANTS) - set(variants):   # a variant no longer asked for
+    for v in set(VARIANTS) - set(variants):   # a variant no longer asked for, or its leftovers
         shutil.rmtree(paths.prepared(v), ignore_errors=True)
+        clear_leftovers(paths.prepared(v))
     log.info("prepared %d images of %s for %s", len(rows), size, ", ".join(variants))
 
     sod = read_json(paths.BACKGROUND_DETAIL)
