@@ -1,6 +1,6 @@
 """The `train:` and `evaluate:` sections of params.yaml: how training runs (processes, loading,
-memory format) and how evaluation runs and what it draws, for every task. Evaluation rebuilds
-each model from its checkpoint, so it reads no training keys."""
+where augmentation runs, memory format) and how evaluation runs and what it draws, for every
+task. Evaluation rebuilds each model from its checkpoint, so it reads no training keys."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ def read_evaluate(params: dict[str, Any]) -> EvaluateConfig:
 
 
 AUTO = "auto"
+AUGMENT_ON = ("loader", "device")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class TrainConfig:
     nproc: int              # processes per machine; dvc.yaml starts that many with torchrun
     workers: int | None     # DataLoader worker processes per training process; None = auto
     channels_last: bool     # channels-last memory format for the model's convolutions
+    augment_on: str         # loader (DataLoader workers) | device (the batch, on the device)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -59,4 +61,5 @@ def read_train(params: dict[str, Any]) -> TrainConfig:
         nproc=integer(cfg, "train", "nproc", minimum=1),
         workers=None if workers == AUTO else workers,
         channels_last=boolean(cfg, "train", "channels_last"),
+        augment_on=choice(cfg, "train", "augment_on", AUGMENT_ON),
     )
