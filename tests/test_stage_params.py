@@ -45,6 +45,7 @@ CASES = [
     ("evaluate_segmenter", "evaluate.overlays", 99, "an integer from 0 to 32"),
     ("evaluate_segmenter", "evaluate.device", "tpu", "one of auto, cpu, cuda"),
     ("remove_background", "background.device", "gpu", "one of auto, cpu, cuda"),
+    ("remove_background", "background.batch_size", 0, "auto or an integer >= 1"),
 ]
 
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import torch
 
-from fashionbg.core.errors import ParamError
-from fashionbg.core.params import boolean, choice, integer, section
+from fashionbg.core.params import boolean, choice, integer, optional_integer, section
 from fashionbg.nn.device import DEVICES
 
 
@@ -53,13 +52,9 @@ TRAIN_KEYS = tuple(TrainConfig.__dataclass_fields__)
 
 def read_train(params: dict[str, Any]) -> TrainConfig:
     cfg = section(params, "train", TRAIN_KEYS)
-    workers = cfg.get("workers")
-    if workers != AUTO and (isinstance(workers, bool) or not isinstance(workers, int)
-                            or workers < 0):
-        raise ParamError("train.workers", workers, f"{AUTO} or an integer >= 0")
     return TrainConfig(
         nproc=integer(cfg, "train", "nproc", minimum=1),
-        workers=None if workers == AUTO else workers,
+        workers=optional_integer(cfg, "train", "workers", 0, AUTO),
         channels_last=boolean(cfg, "train", "channels_last"),
         augment_on=choice(cfg, "train", "augment_on", AUGMENT_ON),
     )
