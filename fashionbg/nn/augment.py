@@ -24,6 +24,9 @@ T = TypeVar("T")
 def augment_batch(transform: SampleTransform, inputs: torch.Tensor, targets: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch with `transform` applied to every sample on its own (per-sample randomness)."""
+    # channels-last, as the loader's images are (HWC in the cache): torch resizes such uint8
+    # images on a fast path (half the time per 224x224 crop on the CPU)
+    inputs = inputs.contiguous(memory_format=torch.channels_last)
     pairs = [transform(x, y) for x, y in zip(inputs, targets)]
     return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
 
