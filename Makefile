@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test browser bench study metrics-report panels clean
+.PHONY: setup repro test browser bench bench-gpu study metrics-report panels clean
 
 PRESET ?= quick
 SHARD ?= 1/1
@@ -41,6 +41,11 @@ bench: setup
 	$(PY) benchmarks/bench_pipeline.py
 	$(PY) benchmarks/bench_segment.py
 	PYTHONPATH=tests $(PY) benchmarks/bench_download.py
+
+# On a GPU machine: background removal per ONNX Runtime provider and both training stages in
+# one process and DDP over every visible GPU, in one table (also runs, slowly, on the CPU).
+bench-gpu: setup
+	$(PY) benchmarks/bench_gpu.py
 
 # The study of study.yaml through DVC's experiment queue, then its report (reports/study.md).
 study: setup

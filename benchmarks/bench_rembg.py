@@ -1,17 +1,20 @@
 """Background removal on full-size photos: the stage's loop against rembg's own file loop and
 against bare ONNX Runtime inference on pre-decoded tensors, in one run, on the same photos.
 
-    python benchmarks/bench_rembg.py [--images 48] [--height 1024] [--device auto]
+    python benchmarks/bench_rembg.py [--images 48] [--height 1024] [--device auto] [--batch 8]
 
 Needs models/rembg (`dvc repro fetch_model`). The photos are demo renders at --height pixels.
 Rows printed:
   bare inference   session.run on inputs decoded, resized and normalised beforehand (the ceiling)
+  bare, batch B    the same, B photos per call (the graph with a symbolic batch dimension)
   rembg files      rembg's `rembg p` loop (read bytes, rembg.remove(only_mask), write PNG); the
                    CLI itself needs the rembg[cli] extras, so its calls are made here directly
   stage, before    the stage's former loop: decode, predict, write, one image after the other
   stage            remove_backgrounds as the stage runs it (decode prefetched in a thread)
   stage, resumed   the same with every mask already in the cache (an interrupted run resumed)
-and the mean absolute difference of the stage's masks from rembg's (goal <= 1/255).
+  stage, batch B   remove_backgrounds with background.batch_size B
+and the mean absolute difference of the stage's masks (one photo and B per call) from rembg's
+(goal <= 1/255).
 """
 from __future__ import annotations
 
@@ -25,8 +28,12 @@ import numpy as np
 from PIL import Image
 
 from fashionbg.background.sod import (
+    MEAN,
+    SIDE,
+    STD,
     MaskCache,
     SodOptions,
+    batched_model,
     cache_key,
     make_session,
     predict_alpha,
@@ -38,8 +45,6 @@ from fashionbg.contracts.raw import RawWriter, read_index
 from fashionbg.core import paths
 from fashionbg.ingest.hygiene import open_rgb
 from fashionbg.sources.demo import source as demo
-
-MEAN, STD, SIDE = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (320, 320)
 
 
 def photos(root: Path, n: int, height: int) -> list:
@@ -67,6 +72,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--batch", type=int, default=8, help="photos per call, batched rows")
     args = parser.parse_args()
     from rembg import remove
 
@@ -82,6 +88,13 @@ def main() -> None:
         inputs = [session.normalize(open_rgb(raw / r.path), MEAN, STD, SIDE) for r in rows]
         bare = timed("bare inference", n, lambda: [session.inner_session.run(None, x)
                                                    for x in inputs])
+        batched = batched_model(session, "u2netp", paths.SOD_HOME, args.batch)
+        name = batched.inner.get_inputs()[0].name
+        stacked = [np.concatenate([x[name] for x in inputs[i:i + args.batch]])
+                   for i in range(0, n, args.batch)]
+        batched.inner.run(None, {name: stacked[0]})     # warm-up at this batch size
+        timed(f"bare, batch {args.batch}", n, lambda: [batched.inner.run(None, {name: x})
+                                                       for x in stacked])
         (root / "files").mkdir()
 
         def rembg_files() -> None:
@@ -106,12 +119,15 @@ def main() -> None:
         timed("stage, resumed", n, lambda: remove_backgrounds(rows, raw, root / "again",
                                                               session, SodOptions(), cache),
               files)
+        timed(f"stage, batch {args.batch}", n, lambda: remove_backgrounds(
+            rows, raw, root / "batched", session, SodOptions(), batched=batched), files)
         print(f"stage / bare inference: {bare / stage:.2f}")
-        diffs = [np.abs(np.asarray(Image.open(root / "stage" / alpha_path(r.path)), np.int16)
-                        - np.asarray(Image.open(io.BytesIO(
-                            (root / "files" / f"{i}.png").read_bytes())).convert("L"),
-                            np.int16)).mean() for i, r in enumerate(rows)]
-        print(f"mask mean |stage - rembg|: {max(diffs):.4f} / 255 at most")
+        for label, folder in (("stage", "stage"), (f"stage, batch {args.batch}", "batched")):
+            diffs = [np.abs(np.asarray(Image.open(root / folder / alpha_path(r.path)), np.int16)
+                            - np.asarray(Image.open(io.BytesIO(
+                                (root / "files" / f"{i}.png").read_bytes())).convert("L"),
+                                np.int16)).mean() for i, r in enumerate(rows)]
+            print(f"mask mean |{label} - rembg|: {max(diffs):.4f} / 255 at most")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ from fashionbg.background.params import read_background
 from fashionbg.background.sod import (
     MaskCache,
     SodOptions,
+    batched_model,
     cache_key,
     make_session,
     remove_backgrounds,
+    resolve_batch,
     session_device,
 )
 from fashionbg.contracts.masks import FAILURE_COLUMNS, FAILURES
@@ -32,15 +34,17 @@ def main() -> None:
     rows = read_index(paths.RAW)
     session = make_session(config.model, paths.SOD_HOME, config.device)
     device = session_device(session)
-    cache = MaskCache(paths.SOD_CACHE, cache_key(config.model, options, device))
+    batch = resolve_batch(config.batch_size, device)
+    batched = batched_model(session, config.model, paths.SOD_HOME, batch)
+    cache = MaskCache(paths.SOD_CACHE, cache_key(config.model, options, device, batch))
     with atomic_dir(paths.REMBG) as tmp:
-        report = remove_backgrounds(rows, paths.RAW, tmp, session, options, cache)
+        report = remove_backgrounds(rows, paths.RAW, tmp, session, options, cache, batched)
         write_csv(tmp / FAILURES, FAILURE_COLUMNS, report.failures)
     metrics = report.metrics(config.model)
     write_json(paths.BACKGROUND_DETAIL, metrics)
     write_json(paths.BACKGROUND_METRICS, pick(metrics, HEADLINE))
-    log.info("%s on %s; %d of %d masks computed, the others reused from %s", metrics, device,
-             report.computed, report.images, cache.dir)
+    log.info("%s on %s, %d photo(s) per call; %d of %d masks computed, the others reused "
+             "from %s", metrics, device, batch, report.computed, report.images, cache.dir)
 
 
 if __name__ == "__main__":

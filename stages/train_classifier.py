@@ -14,6 +14,7 @@ from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import load_params
+from fashionbg.nn.augment import place_augmentation
 from fashionbg.nn.checkpoint import Checkpoint, save_checkpoint
 from fashionbg.nn.distributed import main_live
 from fashionbg.nn.engine import fit
@@ -37,9 +38,12 @@ def train(run: TrainingRun, variant: str, config: ClassifyConfig) -> None:
         raise UserError("this data source has no classification labels; "
                         "choose a source with a classification task (e.g. demo, fashionstyle14)")
     size = tuple(data.meta["image_size"])
+    # a v2 transform also takes (image, label) pairs, leaving the label as it is
+    loader_augment, step = place_augmentation(augmentation(config.augment, size), classify_step,
+                                              run.augment_on_device)
     train_loader = split_loader(data, "train", run.batch_size(config.batch_size,
                                                                "classify.batch_size"),
-                                augmentation(config.augment, size), run.generator, run.loader)
+                                loader_augment, run.generator, run.loader)
     val_rows = data.indices("val")
     validate = (validator(split_loader(data, "val", config.batch_size, options=run.loader),
                           run.device, labels) if len(val_rows) and run.world.is_main else None)
@@ -48,7 +52,7 @@ def train(run: TrainingRun, variant: str, config: ClassifyConfig) -> None:
              variant, len(data.indices("train")), len(val_rows), "x".join(map(str, size)),
              run.device, run.world.size)
     with main_live(run.world, str(paths.live_dir("train_classifier"))) as live:
-        result = fit(model, train_loader, classify_step, validate, "top1",
+        result = fit(model, train_loader, step, validate, "top1",
                      make_optimizer(config, model), config.epochs, run.device, live, run.world)
     if run.world.is_main:
         save_checkpoint(paths.CLASSIFIER, Checkpoint(

@@ -40,7 +40,8 @@ def train(run: TrainingRun, variant: str, config: SegmentConfig) -> None:
                         "segmentation needs at least 2")
 
     model = run.place(task.build_model(load_weights=True))
-    train_loader = task.loader(task.dataset(prepared.images, train_rows, config.augment),
+    loader_augment, step = task.training(config.augment, run.augment_on_device)
+    train_loader = task.loader(task.dataset(prepared.images, train_rows, loader_augment),
                                run.batch_size(config.batch_size, "segment.batch_size"),
                                run.generator, run.loader)
     validate = (validator(task, task.loader(task.dataset(prepared.images, val_rows),
@@ -53,7 +54,7 @@ def train(run: TrainingRun, variant: str, config: SegmentConfig) -> None:
              "x".join(map(str, task.image_size)), run.device, run.world.size,
              ", ".join(task.class_names))
     with main_live(run.world, str(paths.live_dir("train_segmenter"))) as live:
-        result = fit(model, train_loader, task.step, validate, task.key_metric, optimizer,
+        result = fit(model, train_loader, step, validate, task.key_metric, optimizer,
                      config.epochs, run.device, live, run.world)
     if run.world.is_main:
         save_checkpoint(paths.SEGMENTER, Checkpoint(

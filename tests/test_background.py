@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -6,15 +8,17 @@ from PIL import Image
 from skimage import data as skdata
 
 from fashionbg.background.composite import composite
-from fashionbg.background.params import SOD_MODELS, parse_fill
+from fashionbg.background.params import SOD_MODELS, parse_fill, read_background
 from fashionbg.background.sod import (
     MaskCache,
     SodOptions,
+    batched_model,
     cache_key,
     mask_iou,
     predict_alpha,
     providers,
     remove_backgrounds,
+    resolve_batch,
 )
 from fashionbg.background.weights import MODELS, md5sum
 from fashionbg.contracts.masks import alpha_path
@@ -183,3 +187,44 @@ def test_background_device_picks_the_onnx_runtime_providers():
         assert providers("auto") == ["CPUExecutionProvider"]
         with pytest.raises(UserError, match="install onnxruntime-gpu"):
             providers("cuda")
+
+
+def real_photos(tmp_path):
+    """Three real photos of different sizes (one grey), written to a raw folder."""
+    import matplotlib
+
+    writer = RawWriter(tmp_path / "raw")
+    grace = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    for name, photo in (("astronaut.png", Image.fromarray(skdata.astronaut())),
+                        ("camera.png", Image.fromarray(skdata.camera()).convert("RGB")),
+                        ("grace.jpg", Image.open(grace))):
+        writer.add_image(f"a/{name}", photo, "train", "a")
+    writer.finish(["a"], [])
+    return read_index(tmp_path / "raw")
+
+
+@pytest.mark.parametrize("post_process_mask", [False, True])
+def test_batched_inference_gives_rembgs_masks(tmp_path, u2netp_home, u2netp_session,
+                                              post_process_mask):
+    rows, options = real_photos(tmp_path), SodOptions(post_process_mask=post_process_mask)
+    batched = batched_model(u2netp_session, "u2netp", u2netp_home, 2)   # a full and a part batch
+    one = remove_backgrounds(rows, tmp_path / "raw", tmp_path / "one", u2netp_session, options)
+    two = remove_backgrounds(rows, tmp_path / "raw", tmp_path / "two", u2netp_session, options,
+                             batched=batched)
+    assert (one.images, two.images, two.computed, two.failures) == (3, 3, 3, [])
+    for row in rows:
+        a, b = (np.asarray(Image.open(tmp_path / d / alpha_path(row.path)), np.int16)
+                for d in ("one", "two"))
+        assert a.shape == b.shape and np.abs(a - b).mean() <= 1.0, row.path
+
+
+def test_batch_size_auto_and_cache_keys():
+    assert (resolve_batch(None, "cpu"), resolve_batch(None, "cuda"), resolve_batch(4, "cpu")) \
+        == (1, 8, 4)
+    # one photo per call keeps the key masks were cached under before batching existed
+    assert cache_key("u2netp", SodOptions(), "cpu", 1) == cache_key("u2netp", SodOptions(), "cpu")
+    assert cache_key("u2netp", SodOptions(), "cpu", 8) != cache_key("u2netp", SodOptions(), "cpu")
+    with pytest.raises(ParamError, match="auto or 1 with alpha_matting"):
+        read_background({"background": {"model": "u2netp", "alpha_matting": True,
+                                         "post_process_mask": False, "fill": "black",
+                                         "device": "cpu", "batch_size": 4}})

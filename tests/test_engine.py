@@ -152,12 +152,14 @@ def test_checkpoint_with_other_keys_is_refused(tmp_path):
 
 
 def test_training_run_places_the_model_and_picks_loader_workers(monkeypatch):
-    params = {"train": {"nproc": 1, "workers": "auto", "channels_last": True}}
+    params = {"train": {"nproc": 1, "workers": "auto", "channels_last": True,
+                        "augment_on": "device"}}
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with training_run(params, "cpu", "classify.device", 0) as run:
         model = run.place(nn.Conv2d(3, 4, 3))
         assert model.weight.is_contiguous(memory_format=torch.channels_last)
-        assert (run.world, run.loader.workers, run.loader.pin_memory) == (SINGLE, 0, False)
+        assert (run.world, run.loader.workers, run.loader.pin_memory, run.augment_on_device) \
+            == (SINGLE, 0, False, True)
         assert run.batch_size(32, "classify.batch_size") == 32
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     assert auto_workers(torch.device("cuda"), World(rank=1, size=2, local_rank=1)) == 7

@@ -40,10 +40,12 @@ CASES = [
     ("train_classifier", "train.workers", -1, "auto or an integer >= 0"),
     ("train_segmenter", "train.nproc", 0, "an integer >= 1"),
     ("train_segmenter", "train.channels_last", "yes", "true or false"),
+    ("train_classifier", "train.augment_on", "gpu", "one of loader, device"),
     ("evaluate_classifier", "evaluate.batch_size", "big", "an integer >= 1"),
     ("evaluate_segmenter", "evaluate.overlays", 99, "an integer from 0 to 32"),
     ("evaluate_segmenter", "evaluate.device", "tpu", "one of auto, cpu, cuda"),
     ("remove_background", "background.device", "gpu", "one of auto, cpu, cuda"),
+    ("remove_background", "background.batch_size", 0, "auto or an integer >= 1"),
 ]
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fashionbg.core.errors import ParamError
-from fashionbg.core.params import boolean, choice, section
+from fashionbg.core.params import boolean, choice, optional_integer, section
 
 SOD_MODELS = ("u2netp", "u2net")
 DEVICES = ("auto", "cpu", "cuda")
@@ -20,6 +20,7 @@ class BackgroundConfig:
     post_process_mask: bool
     fill: tuple[int, int, int]
     device: str                  # where rembg runs: auto, cpu or cuda
+    batch_size: int | None       # photos per ONNX call; None = auto (1 on the CPU, 8 on CUDA)
 
 
 KEYS = tuple(BackgroundConfig.__dataclass_fields__)
@@ -33,7 +34,17 @@ def read_background(params: dict[str, Any]) -> BackgroundConfig:
         post_process_mask=boolean(cfg, "background", "post_process_mask"),
         fill=parse_fill(cfg["fill"]),
         device=choice(cfg, "background", "device", DEVICES),
+        batch_size=batch_size(cfg),
     )
+
+
+def batch_size(cfg: dict[str, Any]) -> int | None:
+    """`background.batch_size`; batches skip rembg's remove(), so alpha matting (which it
+    applies) runs one photo at a time."""
+    value = optional_integer(cfg, "background", "batch_size", 1, "auto")
+    if cfg["alpha_matting"] is True and value not in (None, 1):
+        raise ParamError("background.batch_size", value, "auto or 1 with alpha_matting: true")
+    return value
 
 
 def parse_fill(value: Any, key: str = "background.fill") -> tuple[int, int, int]:

@@ -32,6 +32,9 @@ T = TypeVar("T")
 # process-wide state that two decoding threads would race on.
 PREFETCH_THREADS = 1
 PREFETCH_DEPTH = 4
+# rembg's U²-Net input (its U2netSession and U2netpSession): ImageNet statistics at 320×320
+MEAN, STD, SIDE = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (320, 320)
+AUTO_BATCH = {"cpu": 1, "cuda": 8}
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,57 @@ def predict_alpha(image: Image.Image, session: Any, options: SodOptions) -> np.n
         alpha = remove(image, session=session, only_mask=True,
                        post_process_mask=options.post_process_mask)
     return np.asarray(alpha.convert("L"), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class Batched:
+    inner: Any      # onnxruntime session of the model with a symbolic batch dimension
+    size: int       # photos per call
+
+
+def resolve_batch(batch_size: int | None, device: str) -> int:
+    """`background.batch_size: auto`: 8 on CUDA; 1 on the CPU, where batches measured no
+    faster (benchmarks/bench_rembg.py) and each mask comes from rembg's own remove()."""
+    return batch_size if batch_size is not None else AUTO_BATCH[device]
+
+
+def batched_model(session: Any, model: str, home: Path, size: int) -> Batched | None:
+    """The session's U²-Net taking `size` photos per call, or None for one at a time. The
+    exported graph declares a batch of 1, but no operation depends on it (convolutions,
+    pooling, and resizes to shapes read from the tensors), so the batch dimension is made
+    symbolic; in memory only, the file on disk keeps its md5."""
+    if size == 1:
+        return None
+    import onnx
+    import onnxruntime as ort
+
+    graph = onnx.load(verified_model(model, home))
+    for value in (*graph.graph.input, *graph.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    inner = session.inner_session
+    return Batched(ort.InferenceSession(graph.SerializeToString(),
+                                        sess_options=inner.get_session_options(),
+                                        providers=inner.get_providers()), size)
+
+
+def predict_alphas(images: list[Image.Image], session: Any, batched: Batched,
+                   options: SodOptions) -> list[np.ndarray]:
+    """predict_alpha for several photos in one call: rembg's own input normalisation and, per
+    photo, U²-Net's post-processing as rembg's session does it (min-max scaling, LANCZOS
+    resize to the photo's size) and remove()'s optional mask post-processing."""
+    from rembg.bg import post_process
+
+    name = batched.inner.get_inputs()[0].name
+    inputs = np.concatenate([session.normalize(image, MEAN, STD, SIDE)[name] for image in images])
+    alphas = []
+    for pred, image in zip(batched.inner.run(None, {name: inputs})[0][:, 0], images):
+        pred = (pred - pred.min()) / (pred.max() - pred.min())
+        mask = Image.fromarray((pred * 255).astype("uint8"), mode="L")
+        mask = mask.resize(image.size, Image.Resampling.LANCZOS)
+        if options.post_process_mask:
+            mask = Image.fromarray(post_process(np.array(mask)))
+        alphas.append(np.asarray(mask, dtype=np.uint8))
+    return alphas
 
 
 def mask_iou(alpha: np.ndarray, truth: np.ndarray, threshold: int = 128) -> float:
@@ -153,15 +207,17 @@ class MaskCache:
         os.replace(partial, path)
 
 
-def cache_key(model: str, options: SodOptions, device: str) -> str:
+def cache_key(model: str, options: SodOptions, device: str, batch: int = 1) -> str:
     """Everything a mask depends on besides the image itself (the weights are md5-checked
-    against MODELS before a session exists)."""
+    against MODELS before a session exists). A batch size above 1 is part of the key, since
+    kernels may sum in another order; one photo a call keeps the key it always had."""
     import onnxruntime
     import rembg
 
     # Versions from the modules: onnxruntime-gpu installs the same module under another name.
     parts = [model, MODELS[model].md5, options.alpha_matting, options.post_process_mask,
              device, rembg.__version__, onnxruntime.__version__]
+    parts += [batch] if batch > 1 else []
     return f"{model}-" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -192,32 +248,63 @@ def prefetched(pool: ThreadPoolExecutor, fn: Callable[[T], Any], items: Iterable
 
 
 def remove_backgrounds(rows: Iterable[IndexRow], raw_dir: Path, out_dir: Path, session: Any,
-                       options: SodOptions, cache: MaskCache | None = None) -> SodReport:
-    """Predict (or take from the cache) and save the alpha of every indexed image; a failing
-    image is recorded, not fatal."""
+                       options: SodOptions, cache: MaskCache | None = None,
+                       batched: Batched | None = None) -> SodReport:
+    """Predict (or take from the cache) and save the alpha of every indexed image, through
+    `batched` when given; a failing image (or batch) is recorded, not fatal."""
     report = SodReport()
     rows = list(rows)
+    size = batched.size if batched else 1
+    pending: list[tuple[IndexRow, Loaded]] = []      # cache misses waiting for a full batch
     with ThreadPoolExecutor(max_workers=PREFETCH_THREADS) as pool:
-        loads = prefetched(pool, lambda row: load(row, raw_dir), rows, PREFETCH_DEPTH)
+        loads = prefetched(pool, lambda row: load(row, raw_dir), rows, PREFETCH_DEPTH + size)
         for row, future in tqdm(loads, total=len(rows), desc="rembg", unit="img",
                                 disable=None):
             try:
                 loaded = future.result()
-                alpha = cache.get(loaded.digest, loaded.image.size) if cache else None
-                if alpha is None:
-                    start = time.perf_counter()
-                    alpha = predict_alpha(loaded.image, session, options)
-                    report.seconds += time.perf_counter() - start
-                    report.computed += 1
-                    if cache:
-                        cache.put(loaded.digest, alpha)
             except Exception as err:  # one bad image must not stop the run; it is recorded
                 report.failures.append((row.path, f"{type(err).__name__}: {err}"))
                 continue
-            report.images += 1
-            target = out_dir / alpha_path(row.path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(alpha, mode="L").save(target)
-            if loaded.truth is not None:
-                report.ious.append(mask_iou(alpha, loaded.truth))
+            alpha = cache.get(loaded.digest, loaded.image.size) if cache else None
+            if alpha is not None:
+                save_alpha(report, out_dir, row, loaded, alpha)
+                continue
+            pending.append((row, loaded))
+            if len(pending) == size:
+                infer(pending, session, options, batched, cache, report, out_dir)
+                pending = []
+        infer(pending, session, options, batched, cache, report, out_dir)
     return report
+
+
+def infer(pending: list[tuple[IndexRow, Loaded]], session: Any, options: SodOptions,
+          batched: Batched | None, cache: MaskCache | None, report: SodReport, out_dir: Path
+          ) -> None:
+    """Masks for photos the cache did not have, in one call (or rembg's remove() for one)."""
+    if not pending:
+        return
+    images = [loaded.image for _, loaded in pending]
+    start = time.perf_counter()
+    try:
+        alphas = (predict_alphas(images, session, batched, options) if batched
+                  else [predict_alpha(images[0], session, options)])
+        report.seconds += time.perf_counter() - start
+        for (_, loaded), alpha in zip(pending, alphas):
+            if cache:
+                cache.put(loaded.digest, alpha)
+    except Exception as err:  # recorded for every photo of the batch, as for one photo
+        report.failures.extend((row.path, f"{type(err).__name__}: {err}") for row, _ in pending)
+        return
+    report.computed += len(pending)
+    for (row, loaded), alpha in zip(pending, alphas):
+        save_alpha(report, out_dir, row, loaded, alpha)
+
+
+def save_alpha(report: SodReport, out_dir: Path, row: IndexRow, loaded: Loaded,
+               alpha: np.ndarray) -> None:
+    report.images += 1
+    target = out_dir / alpha_path(row.path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(alpha, mode="L").save(target)
+    if loaded.truth is not None:
+        report.ious.append(mask_iou(alpha, loaded.truth))

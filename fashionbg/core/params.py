@@ -96,12 +96,15 @@ def integer(cfg: dict[str, Any], prefix: str, key: str, minimum: int | None = No
     return value
 
 
-def optional_integer(cfg: dict[str, Any], prefix: str, key: str, minimum: int) -> int | None:
-    if cfg.get(key) is None:
+def optional_integer(cfg: dict[str, Any], prefix: str, key: str, minimum: int,
+                     word: str | None = None) -> int | None:
+    """An integer >= minimum, or None where the value is `word` (null, or e.g. auto)."""
+    value = cfg.get(key)
+    if value == word:
         return None
-    value = cfg[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ParamError(f"{prefix}.{key}", value, f"null or an integer >= {minimum}")
+        raise ParamError(f"{prefix}.{key}", value,
+                         f"{'null' if word is None else word} or an integer >= {minimum}")
     return value
 
 

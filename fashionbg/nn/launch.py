@@ -23,6 +23,7 @@ class TrainingRun:
     loader: LoaderOptions
     memory_format: torch.memory_format
     generator: torch.Generator      # the training loader's shuffle (and its workers' seeds)
+    augment_on_device: bool         # train.augment_on: device
 
     def batch_size(self, batch_size: int, key: str) -> int:
         """This process's share of the task's batch size."""
@@ -43,4 +44,5 @@ def training_run(params: dict[str, Any], device: str, device_key: str, seed: int
     with process_group(world, resolve_device(device, device_key)) as rank_device:
         yield TrainingRun(world, rank_device,
                           training_options(train.workers, rank_device, world, seed),
-                          train.memory_format, seed_everything(seed + world.rank))
+                          train.memory_format, seed_everything(seed + world.rank),
+                          train.augment_on == "device")

@@ -1,6 +1,6 @@
 """The `train:` and `evaluate:` sections of params.yaml: how training runs (processes, loading,
-memory format) and how evaluation runs and what it draws, for every task. Evaluation rebuilds
-each model from its checkpoint, so it reads no training keys."""
+where augmentation runs, memory format) and how evaluation runs and what it draws, for every
+task. Evaluation rebuilds each model from its checkpoint, so it reads no training keys."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,8 +8,7 @@ from typing import Any
 
 import torch
 
-from fashionbg.core.errors import ParamError
-from fashionbg.core.params import boolean, choice, integer, section
+from fashionbg.core.params import boolean, choice, integer, optional_integer, section
 from fashionbg.nn.device import DEVICES
 
 
@@ -33,6 +32,7 @@ def read_evaluate(params: dict[str, Any]) -> EvaluateConfig:
 
 
 AUTO = "auto"
+AUGMENT_ON = ("loader", "device")
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class TrainConfig:
     nproc: int              # processes per machine; dvc.yaml starts that many with torchrun
     workers: int | None     # DataLoader worker processes per training process; None = auto
     channels_last: bool     # channels-last memory format for the model's convolutions
+    augment_on: str         # loader (DataLoader workers) | device (the batch, on the device)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -51,12 +52,9 @@ TRAIN_KEYS = tuple(TrainConfig.__dataclass_fields__)
 
 def read_train(params: dict[str, Any]) -> TrainConfig:
     cfg = section(params, "train", TRAIN_KEYS)
-    workers = cfg.get("workers")
-    if workers != AUTO and (isinstance(workers, bool) or not isinstance(workers, int)
-                            or workers < 0):
-        raise ParamError("train.workers", workers, f"{AUTO} or an integer >= 0")
     return TrainConfig(
         nproc=integer(cfg, "train", "nproc", minimum=1),
-        workers=None if workers == AUTO else workers,
+        workers=optional_integer(cfg, "train", "workers", 0, AUTO),
         channels_last=boolean(cfg, "train", "channels_last"),
+        augment_on=choice(cfg, "train", "augment_on", AUGMENT_ON),
     )

@@ -33,6 +33,14 @@ def _image(images: np.ndarray, row: int) -> tv_tensors.Image:
     return tv_tensors.Image(torch.from_numpy(np.array(images[row])).permute(2, 0, 1))
 
 
+def augment_pair(transform: v2.Transform, image: torch.Tensor, mask: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One (CHW image, HW class-id mask) pair through `transform`, as plain tensors; in a
+    dataset or on a device batch (train.augment_on)."""
+    image, mask = transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+    return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+
 class SemanticDataset(Dataset):
     """(image, class-id mask) pairs; `masks` is the ground truth whichever variant `images` is."""
 
@@ -46,11 +54,11 @@ class SemanticDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = int(self.rows[index])
-        image = _image(self.images, row)
-        mask = tv_tensors.Mask(torch.from_numpy(np.array(self.masks[row])))
+        image = _image(self.images, row).as_subclass(torch.Tensor)
+        mask = torch.from_numpy(np.array(self.masks[row]))
         if self.transform is not None:
-            image, mask = self.transform(image, mask)
-        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
+            image, mask = augment_pair(self.transform, image, mask)
+        return image, mask.long()
 
 
 class InstanceDataset(Dataset):

@@ -2,6 +2,7 @@
 labels, datasets, loaders, model, loss step and evaluation."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,16 @@ from torch.utils.data import DataLoader, Dataset
 from fashionbg.contracts.codes import IGNORE
 from fashionbg.contracts.prepared import Prepared
 from fashionbg.core.errors import UserError
+from fashionbg.nn.augment import place_augmentation
 from fashionbg.nn.data import IN_PROCESS, LoaderOptions, make_loader
 from fashionbg.nn.engine import Step, Validate
-from fashionbg.segment.data import InstanceDataset, SemanticDataset, collate_instances
+from fashionbg.segment.data import (
+    InstanceDataset,
+    SemanticDataset,
+    augment_pair,
+    collate_instances,
+    paired_transform,
+)
 from fashionbg.segment.engine import (
     evaluate_instances,
     evaluate_semantic,
@@ -49,6 +57,14 @@ class SemanticTask:
 
     def dataset(self, images: np.ndarray, rows: np.ndarray, augment: str = "none") -> Dataset:
         return SemanticDataset(images, self.masks, rows, augment)
+
+    def training(self, augment: str, on_device: bool) -> tuple[str, Step]:
+        """(the training dataset's augmentation, the step the engine runs) for
+        `train.augment_on`: on the device the step augments each batch, the dataset none."""
+        transform = paired_transform(augment, self.image_size)
+        pair = None if transform is None else partial(augment_pair, transform)
+        in_loader, step = place_augmentation(pair, self.step, on_device)
+        return (augment if in_loader is not None else "none"), step
 
     def loader(self, dataset: Dataset, batch_size: int, generator: torch.Generator | None = None,
                options: LoaderOptions = IN_PROCESS) -> DataLoader:
@@ -85,6 +101,11 @@ class InstanceTask:
 
     def dataset(self, images: np.ndarray, rows: np.ndarray, augment: str = "none") -> Dataset:
         return InstanceDataset(images, self.targets, rows, self.config.min_instance_area, augment)
+
+    def training(self, augment: str, on_device: bool) -> tuple[str, Step]:
+        """Augmentation stays in the loader whatever `train.augment_on` says: each image's
+        instance masks and boxes vary in number, so the batch is a list, not a tensor."""
+        return augment, self.step
 
     def loader(self, dataset: Dataset, batch_size: int, generator: torch.Generator | None = None,
                options: LoaderOptions = IN_PROCESS) -> DataLoader:
