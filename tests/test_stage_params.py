@@ -31,7 +31,7 @@ CASES = [
     ("prepare", "data.image_size", [128], "two positive integers"),
     ("prepare", "data.image_size", [0, 96], "two positive integers"),
     ("prepare", "background.fill", "purple", "black, white, gray or an [r, g, b]"),
-    ("train_classifier", "data.variant", "nobg", "one of original, rembg"),
+    ("train_classifier", "data.variant", "nobg", "one of the variants data.variants builds"),
     ("train_classifier", "classify.arch", "vgg16", "one of shallow_cnn, resnet18"),
     ("train_classifier", "classify.lr", 0, "a number > 0.0"),
     ("train_classifier", "classify.epochs", 0, "an integer >= 1"),
