@@ -158,7 +158,8 @@ def build_report(study: Study, preset: str, results: list[CellResult], missing: 
     figures = report.with_suffix("")
     arms = group(results)
     claims = []
-    for claim in study.claims:
+    ran = study.presets[preset]["arms"]
+    for claim in (c for c in study.claims if {c.arm, c.baseline or c.arm} <= set(ran)):
         effect = claim_effect(claim, arms)
         verdict = ("inconclusive" if effect is None
                    else stats.verdict(effect.interval, claim.expect, study.minimal_effect))
@@ -172,7 +173,8 @@ def build_report(study: Study, preset: str, results: list[CellResult], missing: 
               [(label, i.estimate, i.low, i.high) for label, i in rows])
     block = [f"Preset `{preset}` ({study.presets[preset].get('about', '')}): "
              f"{len(results)} cells read from the experiments, {missing} not run yet. "
-             f"Made by `{command}`.", "", *claim_table(claims), "", *arm_table(arms, study)]
+             f"Made by `{command}`.", "", *(claim_table(claims) + [""] if claims else []),
+             *arm_table(arms, study)]
     body = ["# Study report", "", *block, "",
             "Differences are rembg − original on the same test images. Classification and "
             "semantic segmentation: 95 % percentile bootstrap over seeds and test images "
