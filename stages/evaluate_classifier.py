@@ -29,7 +29,7 @@ from fashionbg.nn.checkpoint import load_checkpoint
 from fashionbg.nn.device import resolve_device
 from fashionbg.nn.params import read_evaluate
 from fashionbg.report.figures import save_figure
-from fashionbg.report.headline import matrix_row, own_and_cross, reliance
+from fashionbg.report.headline import matrix_row, task_headline
 from fashionbg.report.plots import per_class_bars
 
 HEADLINE = ("top1", "top5", "macro_f1")
@@ -44,10 +44,7 @@ def main() -> None:
     checkpoint = load_checkpoint(paths.CLASSIFIER, ("classify",))
     config = checkpoint.rebuild(ClassifyConfig.from_dict)   # the model as it was trained
     variant, labels = checkpoint.variant, checkpoint.classes
-    caches = load_variants(paths.PREPARED)
-    if variant not in caches:
-        raise UserError(f"{paths.prepared(variant)}, which the model was trained on, is no "
-                        "longer built; add it to data.variants and run prepare again")
+    caches = load_variants(paths.PREPARED, trained_on=variant)
     if caches[variant].meta["labels"] != labels:
         raise UserError(f"the data's classes changed since {paths.CLASSIFIER} was trained; "
                         "run train_classifier again")
@@ -74,13 +71,13 @@ def main() -> None:
         (path, tested_on, labels[t], labels[p], int(t == p))
         for tested_on, (_, scores, _) in results.items()
         for path, t, p in zip(test_paths, targets.tolist(), scores.argmax(1).tolist())])
-    top1 = {tested_on: result[0]["top1"] for tested_on, result in results.items()}
-    write_json(paths.CLASSIFICATION_METRICS, {**own_and_cross(metrics, cross, HEADLINE),
-                                              "bg": reliance(top1)})
+    by_variant = {tested_on: result[0] for tested_on, result in results.items()}
+    top1 = {tested_on: scores["top1"] for tested_on, scores in by_variant.items()}
+    write_json(paths.CLASSIFICATION_METRICS, task_headline(by_variant, variant, other, HEADLINE))
     write_json(paths.CLASSIFICATION_DETAIL, {
         "variant": variant, "arch": config.arch, "best_epoch": checkpoint.epoch,
         "test": metrics, "cross_variant": {"variant": other, **cross},
-        "by_test_variant": {tested_on: result[0] for tested_on, result in results.items()},
+        "by_test_variant": by_variant,
     })
     log.info("trained on %s, test top1 by test variant: %s", variant,
              ", ".join(f"{v} {score:.4f}" for v, score in top1.items()))

@@ -18,7 +18,7 @@ from fashionbg.nn.checkpoint import load_checkpoint
 from fashionbg.nn.device import resolve_device
 from fashionbg.nn.params import read_evaluate
 from fashionbg.report.figures import save_figure
-from fashionbg.report.headline import matrix_row, own_and_cross, reliance, rounded
+from fashionbg.report.headline import matrix_row, rounded, task_headline
 from fashionbg.report.plots import per_class_bars
 from fashionbg.segment.overlays import overlay_rows
 from fashionbg.segment.params import SegmentConfig
@@ -36,10 +36,7 @@ def main() -> None:
     checkpoint = load_checkpoint(paths.SEGMENTER, ("semantic", "instance"))
     config = checkpoint.rebuild(SegmentConfig.from_dict)   # the model as it was trained
     variant = checkpoint.variant
-    caches = load_variants(paths.PREPARED)
-    if variant not in caches:
-        raise UserError(f"{paths.prepared(variant)}, which the model was trained on, is no "
-                        "longer built; add it to data.variants and run prepare again")
+    caches = load_variants(paths.PREPARED, trained_on=variant)
     task = make_task(config, caches[variant], paths.RAW)
     if task.class_names != checkpoint.classes:
         raise UserError(f"the data's classes changed since {paths.SEGMENTER} was trained; "
@@ -89,8 +86,7 @@ def main() -> None:
             {tested_on: scores[tested_on][per_class_key] for tested_on in (variant, other)}))
         write_json(tmp / "variants.json", matrix_row(variant, by_variant))
     write_json(paths.SEGMENTATION_METRICS,
-               {**own_and_cross(scores[variant], scores[other], (task.key_metric,)),
-                "bg": reliance(by_variant)})
+               task_headline(scores, variant, other, (task.key_metric,)))
     write_json(paths.SEGMENTATION_DETAIL, {
         "task": task.name,
         "model": model_name,

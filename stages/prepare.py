@@ -101,14 +101,15 @@ def variant_images(chunk: Decoded, fill: tuple[int, int, int], variants: list[st
     """A decoded chunk's images in each of `variants` (no mixed ones), and how many of its
     rows had no ground truth for the oracle mask."""
     out = {"original": chunk.images, "rembg": composite(chunk.images, chunk.alphas, fill)}
+    if not {"oracle", "only_bg"} & set(variants):
+        return out, 0
     person, missing = (truth_alpha(chunk.masks, chunk.alphas) if chunk.masks is not None
                        else (chunk.alphas, len(chunk.images)))
     if "oracle" in variants:
         out["oracle"] = composite(chunk.images, person, fill)
     if "only_bg" in variants:
         out["only_bg"] = remove_person(chunk.images, person)
-    uses_person = {"oracle", "only_bg"} & set(variants)
-    return {v: out[v] for v in variants}, missing if uses_person else 0
+    return out, missing
 
 
 def write_mixed(variant: str, partners: np.ndarray, size: tuple[int, int], meta: dict,

@@ -99,16 +99,19 @@ def check_same_rows(a: Prepared, b: Prepared) -> None:
                         "hold the same rows and ground truth; re-run the prepare stage")
 
 
-def load_variants(root: Path) -> dict[str, Prepared]:
+def load_variants(root: Path, trained_on: str = "original") -> dict[str, Prepared]:
     """Every variant `prepare` built under `root`, in VARIANTS order, checked to hold the same
-    rows and ground truth as the original photos."""
+    rows and ground truth as the original photos; `trained_on`, a model's variant, must be
+    among them."""
     built = {v: load_prepared(Path(root) / v) for v in VARIANTS
              if (Path(root) / v / "meta.json").exists()}
-    if "original" not in built:
-        raise UserError(f"{root} holds no prepared cache of the original photos; run the "
-                        "prepare stage first")
-    for cache in built.values():
-        check_same_rows(built["original"], cache)
+    for needed in dict.fromkeys(("original", trained_on)):
+        if needed not in built:
+            raise UserError(f"{Path(root) / needed} is not built; list {needed} in "
+                            "data.variants and run the prepare stage again")
+    for name, cache in built.items():
+        if name != "original":
+            check_same_rows(built["original"], cache)
     return built
 
 

@@ -38,6 +38,15 @@ def reliance(scores: Mapping[str, float | None]) -> dict[str, float | None]:
     return {"gap": rounded(gap), "only_bg": rounded(scores.get("only_bg"))}
 
 
+def task_headline(scores: Mapping[str, Mapping[str, Any]], own: str, other: str,
+                  keys: Sequence[str]) -> dict[str, dict[str, float | int | None]]:
+    """The headline of a model scored on every built variant (`scores` by test variant):
+    `keys` on its own and the other variant's test images, and its reliance on the background
+    by the first of them."""
+    return {**own_and_cross(scores[own], scores[other], keys),
+            "bg": reliance({v: s[keys[0]] for v, s in scores.items()})}
+
+
 def matrix_row(trained_on: str, scores: Mapping[str, float | None]) -> list[dict[str, Any]]:
     """One model's row of the train-variant × test-variant matrix, as `dvc plots` rows (the
     heatmap template .dvc/plots/variant_heatmap.json stacks the rows of every revision)."""
