@@ -4,10 +4,20 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test browser bench bench-gpu study metrics-report panels clean
+.PHONY: setup repro test browser bench bench-gpu study preflight metrics-report panels clean
 
 PRESET ?= quick
 SHARD ?= 1/1
+# Where the paper's datasets are (an archive, a folder or an http(s) URL), said once for every
+# cell; SMOKE=1 runs the preset's smoke settings (every arm, variant and claim, tiny).
+FASHIONSTYLE14 ?=
+FASHIONPEDIA ?=
+FASHIONSTYLE14_SHA256 ?=
+FASHIONPEDIA_SHA256 ?=
+SMOKE ?=
+STUDY_ARGS = --preset '$(PRESET)' $(if $(SMOKE),--smoke) \
+	--data 'fashionstyle14=$(FASHIONSTYLE14)' --data 'fashionpedia=$(FASHIONPEDIA)' \
+	--sha256 'fashionstyle14=$(FASHIONSTYLE14_SHA256)' --sha256 'fashionpedia=$(FASHIONPEDIA_SHA256)'
 BASE ?= HEAD
 # Headless Chromium for the test that the offline plots page draws its charts.
 CHROMIUM_NAMES := chromium chromium-browser google-chrome
@@ -47,10 +57,15 @@ bench: setup
 bench-gpu: setup
 	$(PY) benchmarks/bench_gpu.py
 
-# The study of study.yaml through DVC's experiment queue, then its report (reports/study.md).
-study: setup
-	$(PY) -m fashionbg.study run --preset $(PRESET) --shard $(SHARD)
-	$(PY) -m fashionbg.study report --preset $(PRESET)
+# The study of study.yaml through DVC's experiment queue (after the pre-flight), then its
+# report (reports/study.md, or the preset's own).
+study: $(VENV)/.installed
+	$(PY) -m fashionbg.study run $(STUDY_ARGS) --shard '$(SHARD)'
+	$(PY) -m fashionbg.study report $(STUDY_ARGS)
+
+# The study's pre-flight alone: data, weights, disk, memory, devices, a time per cell.
+preflight: $(VENV)/.installed
+	$(PY) -m fashionbg.study preflight $(STUDY_ARGS)
 
 # Markdown for a pull request (CI writes it to the job summary): the headline metrics of the
 # `original` experiment against BASE, then `original` against `rembg` (the README's commands

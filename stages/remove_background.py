@@ -40,8 +40,8 @@ def main() -> None:
     with atomic_dir(paths.REMBG) as tmp:
         report = remove_backgrounds(rows, paths.RAW, tmp, session, options, cache, batched)
         write_csv(tmp / FAILURES, FAILURE_COLUMNS, report.failures)
-    metrics = report.metrics(config.model)
-    write_json(paths.BACKGROUND_DETAIL, metrics)
+        metrics = report.metrics(config.model)
+        write_json(tmp / paths.BACKGROUND_DETAIL.relative_to(paths.REMBG), metrics)
     write_json(paths.BACKGROUND_METRICS, pick(metrics, HEADLINE))
     log.info("%s on %s, %d photo(s) per call; %d of %d masks computed, the others reused "
              "from %s", metrics, device, batch, report.computed, report.images, cache.dir)

@@ -28,7 +28,7 @@ def test_repro_then_rembg_experiment(tmp_path, monkeypatch):
         assert ran(first, stage), f"{stage} did not run:\n{first}"
     background = json.loads((project / "metrics/background.json").read_text())
     assert background["failures"] == 0 and background["mean_iou"] > 0.5
-    detail = json.loads((project / "metrics/detail/background.json").read_text())
+    detail = json.loads((project / "data/rembg/summary.json").read_text())
     assert detail["images"] == 6 * 8 and detail["model"] == "u2netp"
     assert (project / "plots/samples.png").stat().st_size > 0
     assert list(project.glob("fashionbg/**/__pycache__/*.pyc")), "bytecode was not written"

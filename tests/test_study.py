@@ -10,7 +10,7 @@ import yaml
 from fashionbg.core.errors import UserError
 from fashionbg.segment.metrics import ConfusionMatrix
 from fashionbg.study import stats
-from fashionbg.study.definition import load_study
+from fashionbg.study.definition import load_study, locate
 from fashionbg.study.report import build_report, update_readme
 from fashionbg.study.results import CellResult
 from fashionbg.study.runner import override, parse_shard
@@ -51,10 +51,54 @@ def test_shards_partition_the_cells():
         parse_shard("4/3")
 
 
-def test_overrides_are_yaml_values():
-    assert override("data.image_size", [224, 224]) == "data.image_size=[224, 224]"
-    assert override("classify.batchnorm", False) == "classify.batchnorm=false"
-    assert override("classify.arch", "resnet18") == "classify.arch=resnet18"
+@pytest.mark.parametrize("value", [
+    [224, 224], False, None, 0.5, "resnet18", "null", "1.5", "/data/a b/c,d.zip", "it's",
+    "C:\\data\\", "x=y:z{a}[b]", "/données/ü.zip", ["shirt, blouse", "pants"]])
+def test_overrides_reach_params_yaml_as_they_are(tmp_path, value):
+    from dvc.utils.hydra import apply_overrides
+
+    (tmp_path / "params.yaml").write_text("data:\n  path: null\n")
+    apply_overrides(tmp_path / "params.yaml", [override("data.path", value)])
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["data"]["path"] == value
+
+
+def test_an_override_that_omegaconf_would_resolve_is_refused():
+    with pytest.raises(UserError, match="data.path = '/x/\\$\\{oc.env:HOME\\}' is not allowed"):
+        override("data.path", "/x/${oc.env:HOME}")
+
+
+def test_smoke_preset_keeps_arms_variants_and_claims_with_tiny_settings():
+    study = load_study(ROOT / "study.yaml", PARAMS)
+    paper, smoke = study.cells("paper"), study.cells("paper-smoke")
+    assert {c.arm.name for c in smoke} == {c.arm.name for c in paper}
+    assert {(c.arm.name, c.variant) for c in smoke} == {(c.arm.name, c.variant) for c in paper}
+    for cell in smoke:
+        assert cell.seed == 0 and cell.params.get("data.max_images")
+        same = next(c for c in paper if c.arm == cell.arm and c.variant == cell.variant)
+        for key in ("data.source", "data.variants", "data.mask_grouping",
+                    "segment.instance_classes"):
+            assert cell.params.get(key) == same.params.get(key)
+        epochs = "classify.epochs" if cell.arm.task == "classify" else "segment.epochs"
+        assert cell.params[epochs] == 1
+    assert study.presets["paper-smoke"]["report"] == "reports/study-paper-smoke.md"
+    assert not {c.name for c in smoke} & {c.name for c in paper}
+
+
+def test_data_said_once_reaches_every_cell_that_reads_it_and_not_the_name(tmp_path):
+    study = load_study(ROOT / "study.yaml", PARAMS)
+    cells = study.cells("paper")
+    placed = locate(cells, {"fashionstyle14": str(tmp_path / "fs14.zip"),
+                            "fashionpedia": "https://example.org/fp/"},
+                    {"fashionstyle14": "ab" * 32})
+    for before, after in zip(cells, placed):
+        assert after.name == before.name and after.params == before.params
+        if before.params["data.source"] == "fashionstyle14":
+            assert after.where == {"data.path": str(tmp_path / "fs14.zip"),
+                                   "data.sha256": "ab" * 32}
+        else:
+            assert after.where == {"data.url": "https://example.org/fp/"}
+    with pytest.raises(UserError, match="FASHIONPEDIA is given but no cell of this preset"):
+        locate(study.cells("quick"), {"fashionpedia": "/data/fp"}, {})
 
 
 def test_t_interval_matches_scipy_reference():

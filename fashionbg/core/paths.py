@@ -22,7 +22,7 @@ SEGMENTER = Path("models/segmenter.pt")
 BACKGROUND_METRICS = Path("metrics/background.json")
 CLASSIFICATION_METRICS = Path("metrics/classification.json")
 SEGMENTATION_METRICS = Path("metrics/segmentation.json")
-BACKGROUND_DETAIL = Path("metrics/detail/background.json")
+BACKGROUND_DETAIL = REMBG / "summary.json"   # inside the cached masks, for prepare's caption
 CLASSIFICATION_DETAIL = Path("metrics/detail/classification.json")
 SEGMENTATION_DETAIL = Path("metrics/detail/segmentation.json")
 # Per-image test results (git-tracked), so variants are compared on the same test images.

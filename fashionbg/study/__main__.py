@@ -1,4 +1,8 @@
-"""`python -m fashionbg.study run|report`: what `make study` calls."""
+"""`python -m fashionbg.study run|preflight|report`: what `make study` and `make preflight` call.
+
+Where each real dataset lies is said once (`--data fashionstyle14=<archive, folder or URL>`) and
+reaches every cell that reads it; `--smoke` runs the preset's smoke settings instead.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +11,8 @@ import logging
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import load_params
-from fashionbg.study.definition import load_study
+from fashionbg.study.definition import SMOKE_SUFFIX, Cell, Study, load_study, locate
+from fashionbg.study.preflight import preflight
 from fashionbg.study.report import build_report, report_path, update_readme
 from fashionbg.study.results import read_results
 from fashionbg.study.runner import parse_shard, run_cells
@@ -18,31 +23,68 @@ log = logging.getLogger("study")
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fashionbg.study",
                                      description="Run the study's cells and write its report.")
-    parser.add_argument("command", choices=("run", "report"))
+    parser.add_argument("command", choices=("run", "preflight", "report"))
     parser.add_argument("--preset", default="quick")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the preset's smoke run: every arm, variant and claim, tiny")
     parser.add_argument("--shard", default="1/1", help="i/N: run every N-th cell from the i-th")
+    parser.add_argument("--data", action="append", default=[], metavar="SOURCE=WHERE",
+                        help="where a dataset is: an archive, a folder or an http(s) URL, "
+                             "e.g. fashionstyle14=~/data/FashionStyle14_v1.zip")
+    parser.add_argument("--sha256", action="append", default=[], metavar="SOURCE=HEX",
+                        help="the sha256 of that archive or download")
     return parser.parse_args()
+
+
+def pairs(values: list[str], flag: str) -> dict[str, str]:
+    """`--data a=b` arguments as a mapping; an empty value (an unset make variable) is left out."""
+    out = {}
+    for value in values:
+        name, sep, where = value.partition("=")
+        if not sep or not name:
+            raise UserError(f"{flag} {value!r} is not allowed; expected SOURCE=VALUE, "
+                            "e.g. fashionpedia=/data/fashionpedia")
+        if where:
+            out[name.strip().lower()] = where
+    return out
+
+
+def preset_name(study: Study, preset: str, smoke: bool) -> str:
+    name = preset + SMOKE_SUFFIX if smoke else preset
+    if name not in study.presets:
+        allowed = sorted(p for p in study.presets if not p.endswith(SMOKE_SUFFIX))
+        raise UserError(f"PRESET = {preset!r}" + (" with SMOKE=1" if smoke else "")
+                        + " is not allowed; expected one of " + ", ".join(
+                            p for p in allowed if not smoke or p + SMOKE_SUFFIX in study.presets))
+    return name
+
+
+def cells_of(args: argparse.Namespace, study: Study, preset: str) -> list[Cell]:
+    return locate(study.cells(preset), pairs(args.data, "--data"),
+                  pairs(args.sha256, "--sha256"))
 
 
 @stage_main
 def main() -> None:
     args = arguments()
-    study = load_study(params=load_params())
-    if args.preset not in study.presets:
-        raise UserError(f"PRESET = {args.preset!r} is not allowed; expected one of "
-                        + ", ".join(study.presets))
-    cells = study.cells(args.preset)
-    if args.command == "run":
-        _, failed = run_cells(parse_shard(args.shard).take(cells))
-        if failed:
-            log.warning("%d cells failed; the report uses the others", len(failed))
+    params = load_params()
+    study = load_study(params=params)
+    preset = preset_name(study, args.preset, args.smoke)
+    cells = cells_of(args, study, preset)
+    if args.command in ("run", "preflight"):
+        preflight(cells, params)
+        if args.command == "run":
+            _, failed = run_cells(parse_shard(args.shard).take(cells))
+            if failed:
+                log.warning("%d cells failed; the report uses the others", len(failed))
         return
     results, missing = read_results(cells)
-    command = "make study" + ("" if args.preset == "quick" else f" PRESET={args.preset}")
-    block = build_report(study, args.preset, results, len(missing), command)
+    command = "make study" + ("" if args.preset == "quick" else f" PRESET={args.preset}") + (
+        " SMOKE=1" if args.smoke else "")
+    block = build_report(study, preset, results, len(missing), command)
     print(block)
-    own_report = "report" in study.presets[args.preset]
-    log.info("wrote %s%s", report_path(study, args.preset),
+    own_report = "report" in study.presets[preset]
+    log.info("wrote %s%s", report_path(study, preset),
              "" if own_report or not update_readme(block) else " and the README's results")
 
 

@@ -2,13 +2,17 @@
 
 A *cell* is one arm trained on one variant with one seed: one DVC experiment, named after the
 arm, variant, seed and a short hash of every param it sets, so a changed definition gives new
-cells instead of reusing stale ones.
+cells instead of reusing stale ones. Where a dataset lies on this machine (data.path / data.url)
+is not part of a cell's identity: the same cell run from another copy is the same cell.
+
+A preset with a `smoke:` block also has a smoke run, `<preset>-smoke`: the same arms, variants,
+tasks and claims with the block's seeds and tiny settings applied last, reported on its own.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,8 @@ TASKS = {   # task: (seed key, evaluation stage, headline metric, metrics file)
     "instance": ("segment.seed", "evaluate_segmenter", "mask_ap", "metrics/segmentation.json"),
 }
 TESTS = ("gain", "interaction")
+SMOKE_SUFFIX = "-smoke"
+LAST = "applied_last"   # a smoke preset's settings, over every arm's own
 EXPECTS = ("positive", "negative", "not_positive")
 
 
@@ -50,7 +56,17 @@ class Cell:
     arm: Arm
     variant: str
     seed: int
-    params: dict[str, Any]   # every -S override, seed and variant included
+    params: dict[str, Any]   # every -S override that defines the cell, seed and variant included
+    where: dict[str, Any] = field(default_factory=dict)   # data.path / url / sha256 here
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """Every -S override the cell's experiment runs with."""
+        return {**self.params, **self.where}
+
+    @property
+    def source(self) -> str | None:
+        return self.params.get("data.source")
 
     @property
     def name(self) -> str:
@@ -73,12 +89,15 @@ class Study:
     def cells(self, preset: str) -> list[Cell]:
         """Every cell of `preset`, in a stable order (arm, seed, variant)."""
         spec = self.presets[preset]
+        last = spec.get(LAST, {})
         cells = []
         for arm_name, changes in spec["arms"].items():
             arm = self.arms[arm_name]
             base = {**spec.get("params", {}), **spec.get("task_params", {}).get(arm.task, {}),
-                    **arm.params, **changes.get("params", {})}
-            for seed in changes.get("seeds", spec["seeds"]):
+                    **arm.params, **changes.get("params", {}),
+                    **last.get("params", {}), **last.get("task_params", {}).get(arm.task, {})}
+            seeds = spec["seeds"] if last else changes.get("seeds", spec["seeds"])
+            for seed in seeds:
                 for variant in changes.get("variants", spec.get("variants", self.variants)):
                     params = {**base, "data.variant": variant, TASKS[arm.task][0]: seed}
                     cells.append(Cell(arm, variant, seed, params))
@@ -99,6 +118,8 @@ def load_study(path: Path = STUDY_FILE, params: dict[str, Any] | None = None) ->
     presets = _mapping(path, raw, "presets")
     for name, preset in presets.items():
         _check_preset(path, name, preset, arms)
+    presets = {**presets, **{name + SMOKE_SUFFIX: _smoke_preset(path, name, preset, presets, arms)
+                             for name, preset in presets.items() if "smoke" in preset}}
     variants = _variants(f"{path}: variants", raw.get("variants", list(REQUIRED)))
     study = Study(arms, claims, float(raw.get("minimal_effect", 0.02)), presets, variants)
     if params is not None:
@@ -161,6 +182,49 @@ def _check_preset(path: Path, name: str, preset: Any, arms: dict[str, Arm]) -> N
                             "or {}")
         if "variants" in changes:
             _variants(f"{where}.arms.{arm}.variants", changes["variants"])
+
+
+def _smoke_preset(path: Path, name: str, preset: dict[str, Any], presets: dict[str, Any],
+                  arms: dict[str, Arm]) -> dict[str, Any]:
+    """`<name>-smoke`: the preset's arms, variants and tasks with the smoke block's seeds and
+    settings over everything else, and a report of its own (the README's stays as it is)."""
+    where = f"{path}: presets.{name}.smoke"
+    smoke = preset["smoke"]
+    if not isinstance(smoke, dict) or set(smoke) - {"seeds", "params", "task_params", "report"}:
+        raise UserError(f"{where} must be a mapping with seeds, params, task_params or report")
+    if name + SMOKE_SUFFIX in presets:
+        raise UserError(f"{where}: a preset named {name + SMOKE_SUFFIX} exists already")
+    for key in ("params", "task_params"):
+        if not isinstance(smoke.get(key, {}), dict):
+            raise UserError(f"{where}.{key} must be a mapping")
+    derived = {**preset, "seeds": smoke.get("seeds", preset["seeds"]),
+               "about": f"smoke run of preset {name}: {preset.get('about', '')}",
+               "report": smoke.get("report", f"reports/study-{name}{SMOKE_SUFFIX}.md"),
+               LAST: {"params": smoke.get("params", {}),
+                      "task_params": smoke.get("task_params", {})}}
+    del derived["smoke"]
+    _check_preset(path, f"{name}.smoke", derived, arms)
+    return derived
+
+
+def locate(cells: list[Cell], places: dict[str, str], sha256: dict[str, str]) -> list[Cell]:
+    """The cells with data.path (a folder or archive, made absolute) or data.url (an http(s)
+    URL, with data.sha256 where given) for the dataset each reads, from `places` (source →
+    where it is, said once for every cell). A place no cell reads is an error: a typo."""
+    sources = {c.source for c in cells}
+    for name in {*places, *sha256} - sources:
+        raise UserError(f"{name.upper()} is given but no cell of this preset reads data.source "
+                        f"{name}; the preset reads " + (", ".join(sorted(map(str, sources)))))
+    wheres = {name: _where(name, value, sha256.get(name)) for name, value in places.items()}
+    return [replace(c, where=wheres.get(c.source, {})) for c in cells]
+
+
+def _where(source: str, value: str, sha256: str | None) -> dict[str, Any]:
+    if "://" in value:
+        return {"data.url": value, **({"data.sha256": sha256} if sha256 else {})}
+    if sha256:   # data.path takes a sha256 for archives only; parse_origin checks it
+        return {"data.path": str(Path(value).expanduser().resolve()), "data.sha256": sha256}
+    return {"data.path": str(Path(value).expanduser().resolve())}
 
 
 def _variants(where: str, value: Any) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
 import subprocess
@@ -17,7 +18,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import yaml
 
 from fashionbg.core.errors import UserError
 from fashionbg.study.definition import Cell
@@ -78,14 +78,34 @@ def _environment() -> dict[str, str]:
 
 
 def override(key: str, value: object) -> str:
-    """`-S key=value` with the value in YAML flow style, as params.yaml would hold it."""
-    text = yaml.safe_dump(value, default_flow_style=True).strip()
-    return f"{key}={text.removesuffix('...').strip()}"
+    """`-S key=value` in the Hydra override grammar DVC parses: strings always quoted, so a
+    path with commas, quotes, `=` or braces arrives as it is (never a sweep or a syntax error)."""
+    return f"{key}={hydra_value(key, value)}"
+
+
+def hydra_value(key: str, value: object) -> str:
+    if isinstance(value, str):
+        if "${" in value:   # OmegaConf would resolve it (even ${oc.env:...}) inside quotes
+            raise UserError(f"{key} = {value!r} is not allowed; a value may not hold '${{'")
+        # a backslash escapes only a quote, or a run of backslashes before the closing quote
+        body = re.sub(r"(\\*)'", lambda m: m[1] * 2 + "\\'", value)
+        return "'" + re.sub(r"(\\+)$", lambda m: m[1] * 2, body) + "'"
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(hydra_value(key, v) for v in value) + "]"
+    if isinstance(value, dict) and all(isinstance(k, str) and k.isidentifier() for k in value):
+        return "{" + ", ".join(f"{k}: {hydra_value(key, v)}" for k, v in value.items()) + "}"
+    raise UserError(f"{key} = {value!r} is not allowed; expected a string, number, boolean, "
+                    "null, or a list or mapping of them")
 
 
 def queue(cells: Sequence[Cell]) -> None:
     for cell in cells:
-        sets = [arg for key, value in cell.params.items() for arg in ("-S", override(key, value))]
+        sets = [arg for key, value in cell.overrides.items()
+                for arg in ("-S", override(key, value))]
         dvc("exp", "run", "--queue", "-n", cell.name, *sets, cell.stage)
 
 

@@ -1,0 +1,82 @@
+"""The study's pre-flight refuses, one line per problem and before anything starts: a dataset
+that is missing or not in its layout, too little disk for the caches, and devices or ONNX Runtime
+providers the params ask for but this machine lacks."""
+import copy
+import subprocess
+import sys
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers_archives import fashionpedia_folder, fashionstyle14_zip
+
+from fashionbg.core.errors import UserError
+from fashionbg.study import preflight as preflight_module
+from fashionbg.study.definition import load_study, locate
+from fashionbg.study.preflight import preflight
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def run_preflight(*data: str) -> subprocess.CompletedProcess:
+    args = [a for d in data for a in ("--data", d)]
+    return subprocess.run([sys.executable, "-m", "fashionbg.study", "preflight", "--preset",
+                           "paper", "--smoke", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_a_missing_dataset_is_one_line_and_nothing_starts(tmp_path):
+    fp = fashionpedia_folder(tmp_path / "fashionpedia")
+    result = run_preflight(f"fashionstyle14={tmp_path / 'nowhere.zip'}", f"fashionpedia={fp}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 2, result.stderr
+    assert "data.path" in lines[0] and "nowhere.zip" in lines[0] and "and 11 more" in lines[0]
+    assert "nothing was started" in lines[1]
+
+
+def test_a_dataset_in_another_layout_is_named(tmp_path):
+    fs14 = fashionstyle14_zip(tmp_path / "FashionStyle14_v1.zip")
+    (tmp_path / "fashionpedia/images").mkdir(parents=True)   # photos but no annotations
+    result = run_preflight(f"fashionstyle14={fs14}", f"fashionpedia={tmp_path / 'fashionpedia'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert any("no Fashionpedia annotations in" in line for line in error_lines(result.stderr))
+
+
+def quick_cells(params: dict) -> list:
+    return locate(load_study(ROOT / "study.yaml", params).cells("quick"), {}, {})
+
+
+def test_too_little_disk_is_refused_before_anything_runs(monkeypatch, capsys):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(preflight_module.shutil, "disk_usage",
+                        lambda path: usage(10 << 20, 9 << 20, 1 << 20))
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(UserError, match="nothing was started"):
+        preflight(quick_cells(PARAMS), PARAMS)
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith("error: disk: about ")
+    assert "1.0 MiB free" in lines[0] and "dvc cache dir" in lines[0]
+
+
+def test_devices_and_providers_asked_for_but_missing(monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    params = copy.deepcopy(PARAMS)
+    params["background"]["device"] = "cuda"
+    params["classify"]["device"] = "cuda"
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(UserError, match="2 problem"):
+        preflight(quick_cells(params), params)
+    lines = error_lines(capsys.readouterr().err)
+    assert any("background.device = cuda but onnxruntime has no CUDA provider" in line
+               for line in lines)
+    assert any("classify.device = cuda" in line and "no CUDA device" in line for line in lines)
