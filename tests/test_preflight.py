@@ -5,6 +5,7 @@ import copy
 import subprocess
 import sys
 from collections import namedtuple
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,20 @@ def test_devices_and_providers_asked_for_but_missing(monkeypatch, capsys):
     assert any("background.device = cuda but onnxruntime has no CUDA provider" in line
                for line in lines)
     assert any("classify.device = cuda" in line and "no CUDA device" in line for line in lines)
+
+
+def test_instance_classes_the_dataset_lacks_are_named_before_training(tmp_path, monkeypatch,
+                                                                       capsys):
+    fs14 = fashionstyle14_zip(tmp_path / "FashionStyle14_v1.zip")
+    fp = fashionpedia_folder(tmp_path / "fashionpedia")
+    cells = locate(load_study(ROOT / "study.yaml", PARAMS).cells("paper-smoke"),
+                   {"fashionstyle14": str(fs14), "fashionpedia": str(fp)}, {})
+    demo_names = ["top", "bag"]   # what params.yaml names: the demo's classes
+    cells = [replace(c, params={**c.params, "segment.instance_classes": demo_names})
+             if c.arm.task == "instance" else c for c in cells]
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(UserError, match="1 problem"):
+        preflight(cells, PARAMS)
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "segment.instance_classes names top, bag, which fashionpedia does not have" in line
+    assert "dress" in line and "'all'" in line

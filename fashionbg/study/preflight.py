@@ -151,7 +151,7 @@ def _instance_classes(ds: Dataset, found: datasets.Probe, problems: list[str]) -
     for cell in ds.cells:
         if cell.arm.task != "instance":
             continue
-        wanted = read_segment(cell_params(ds.params, cell.overrides)).instance_classes
+        wanted = read_segment(cell_params(ds.params, cell.params)).instance_classes
         unknown = [n for n in wanted or () if found.classes is not None
                    and n not in found.classes]
         if unknown:
