@@ -100,7 +100,7 @@ def masks_agree(pairs: list[tuple[np.ndarray, np.ndarray]], tol: MaskTolerance =
     diffs = [mask_difference(a, b, tol.far) for a, b in pairs]
     worst_mean, worst_far = max(d[0] for d in diffs), max(d[1] for d in diffs)
     ok = worst_mean <= tol.mean_abs and worst_far <= tol.far_share
-    return ok, (f"vs cpu provider, worst photo: mean |diff| {worst_mean:.2f}/255 "
+    return ok, (f"vs cpu provider, worst photo: mean abs diff {worst_mean:.2f}/255 "
                 f"(<= {tol.mean_abs}), {worst_far:.2%} of pixels > {tol.far}/255 "
                 f"(<= {tol.far_share:.0%})")
 
@@ -292,14 +292,14 @@ def segment_eval_agrees(cuda: dict, cpu: dict, tol: EvalTolerance = EVAL) -> tup
     a, b = cuda["test"]["miou"], cpu["test"]["miou"]
     if a is None or b is None:
         return False, "no mIoU"
-    return abs(a - b) <= tol.miou, f"test mIoU {a:.4f} vs cpu {b:.4f} (|diff| <= {tol.miou})"
+    return abs(a - b) <= tol.miou, f"test mIoU {a:.4f} vs cpu {b:.4f} (abs diff <= {tol.miou})"
 
 
 def eval_row(label: str, project: Path, stage: str, device: str,
              agree: Callable[[Path, Path], tuple[bool, str]]) -> Row:
     """Evaluate the project's checkpoint on `device` and on the CPU, and compare."""
     runs = {}
-    for where in (device, "cpu"):
+    for i, where in enumerate((device, "cpu")):
         params = yaml.safe_load((project / "params.yaml").read_text())
         params["evaluate"]["device"] = where
         (project / "params.yaml").write_text(yaml.safe_dump(params))
@@ -310,7 +310,7 @@ def eval_row(label: str, project: Path, stage: str, device: str,
             return Row(label, "fail", None, f"{where}: timed out after {STAGE_TIMEOUT} s")
         if result.returncode != 0:
             return Row(label, "fail", None, f"{where}: {last_line(result.stderr)}")
-        out = project / f"eval-{where}"
+        out = project / f"eval-{i}-{where}"
         out.mkdir()
         for name in ("metrics", "predictions"):     # what the next run would overwrite
             os.replace(project / name, out / name)
@@ -342,6 +342,14 @@ STAGES = {"train_classifier": ("evaluate_classifier", classify_outputs_agree),
           "train_segmenter": ("evaluate_segmenter", segment_outputs_agree)}
 
 
+def guarded(label: str, make: Callable[[], Row]) -> Row:
+    """The row `make` builds, or a failed row when checking it raised (the table still prints)."""
+    try:
+        return make()
+    except Exception as err:
+        return Row(label, "fail", None, f"{type(err).__name__}: {err}"[:150])
+
+
 def training_rows(root: Path, device: str, gpus: int, bf16: bool) -> list[Row]:
     ddp = gpus if device == "cuda" else 2      # the rehearsal's DDP: 2 gloo processes
     processes = max(ddp, 1)
@@ -351,21 +359,23 @@ def training_rows(root: Path, device: str, gpus: int, bf16: bool) -> list[Row]:
         for v in training_variants(bf16):
             project = write_project(root / stage / v.label.replace(" ", "_"), device, processes,
                                     train=v.train)
-            rows.append(train_row(f"{stage}, {v.label}", project, stage, 1, v.expect))
+            label = f"{stage}, {v.label}"
+            rows.append(guarded(label, lambda: train_row(label, project, stage, 1, v.expect)))
             checkpoint = checkpoint or (project if rows[-1].result == "pass" else None)
         backend = "NCCL" if device == "cuda" else "gloo"
         if ddp < 2:
             rows.append(Row(f"{stage}, DDP ({backend})", "skipped", None, "skipped: 1 GPU"))
         else:
             project = write_project(root / stage / "ddp", device, processes)
-            rows.append(train_row(f"{stage}, DDP {ddp} processes ({backend})", project, stage,
-                                  ddp))
+            label = f"{stage}, DDP {ddp} processes ({backend})"
+            rows.append(guarded(label, lambda: train_row(label, project, stage, ddp)))
         label = f"{evaluate}, {device} vs cpu"
-        rows.append(eval_row(label, checkpoint, evaluate, device, agree) if checkpoint else
+        rows.append(guarded(label, lambda: eval_row(label, checkpoint, evaluate, device, agree))
+                    if checkpoint else
                     Row(label, "fail", None, "no checkpoint: every training row failed"))
     project = write_project(root / "instance", device, processes, "instance")
-    rows.append(train_row("train_segmenter (instance), auto precision", project,
-                          "train_segmenter"))
+    label = "train_segmenter (instance), auto precision"
+    rows.append(guarded(label, lambda: train_row(label, project, "train_segmenter")))
     return rows
 
 
