@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test browser bench bench-gpu study preflight metrics-report panels clean
+.PHONY: setup repro test browser bench bench-gpu gpu-check study preflight metrics-report panels clean
 
 PRESET ?= quick
 SHARD ?= 1/1
@@ -56,6 +56,13 @@ bench: setup
 # one process and DDP over every visible GPU, in one table (also runs, slowly, on the CPU).
 bench-gpu: setup
 	$(PY) benchmarks/bench_gpu.py
+
+# GPU acceptance: every CUDA path once on small data (rembg's CUDA provider against its CPU
+# provider, bf16 / fp16 autocast, channels_last, augmentation on the device, NCCL DDP, CUDA
+# evaluation against CPU evaluation), one pass/fail table, exit 1 on a failure; under 8 minutes.
+# Without CUDA it says so in one line and exits 0.
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py
 
 # The study of study.yaml through DVC's experiment queue (after the pre-flight), then its
 # report (reports/study.md, or the preset's own).

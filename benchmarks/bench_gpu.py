@@ -4,8 +4,8 @@ process and under DDP over every visible GPU (real torchrun), in one table.
 
     python benchmarks/bench_gpu.py [--quick]        (or: make bench-gpu)
 
-Training rows run the stages themselves (`python -m stages.train_*`, and `torchrun
---nproc_per_node=<GPUs> -m stages.train_*`) in a temporary project over a synthetic prepared
+Training rows run the stages themselves (gpu_check.run_stage: `python -m stages.train_*`,
+or under torchrun with one process per GPU) in a temporary project over a synthetic prepared
 cache, and report the engine's own steady throughput (every epoch but the first, summed over
 ranks; dvclive's train_images_per_second). Without CUDA the same rows run on the CPU, DDP with
 2 gloo processes, and the CUDA provider rows say why they are missing. --quick shrinks sizes so
@@ -16,26 +16,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import yaml
 from bench_rembg import photos
 from bench_train_input import synthetic_cache
+from gpu_check import SOD_BATCH, removal_rate, run_stage, stage_summary
 
-from fashionbg.background.sod import SodOptions, batched_model, make_session, remove_backgrounds
-from fashionbg.background.weights import ensure_model
-from fashionbg.core import paths
 from fashionbg.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-SOD_BATCH = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,18 +57,10 @@ def background_rows(root: Path, sizes: Sizes) -> None:
     """u2netp over the same demo photos with each provider (the stage's own loop)."""
     import onnxruntime as ort
 
-    home = ensure_model("u2netp", ROOT / paths.SOD_HOME)
     rows = photos(root, sizes.photos, sizes.photo_height)
 
     def rate(device: str, batch: int) -> float:
-        session = make_session("u2netp", home.parent, device)
-        batched = batched_model(session, "u2netp", home.parent, batch)
-        remove_backgrounds(rows[:1], root / "raw", root / "warm", session, SodOptions(),
-                           batched=batched)
-        start = time.perf_counter()
-        remove_backgrounds(rows, root / "raw", root / f"{device}{batch}", session, SodOptions(),
-                           batched=batched)
-        return len(rows) / (time.perf_counter() - start)
+        return removal_rate(rows, root, root / f"{device}{batch}", device, batch)
 
     cpu = rate("cpu", 1)
     row("background removal, cpu provider", cpu, f"{len(rows)} photos, "
@@ -110,16 +96,11 @@ def project(root: Path, size: tuple[int, int], sizes: Sizes, processes: int) -> 
 
 
 def stage_rate(root: Path, stage: str, processes: int) -> float:
-    """The stage's steady images/s, in one process or under torchrun."""
-    launcher = ([] if processes == 1 else
-                ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"])
-    result = subprocess.run([sys.executable, *launcher, "-m", f"stages.{stage}"], cwd=root,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                            text=True)
+    """The stage's steady images/s, in one process or under DDP."""
+    result = run_stage(root, stage, processes, timeout=None)
     if result.returncode != 0:
         sys.exit(f"{stage} failed:\n{result.stderr[-3000:]}")
-    summary = json.loads((root / paths.live_dir(stage) / "metrics.json").read_text())
-    return summary["train_images_per_second"]
+    return stage_summary(root, stage)["train_images_per_second"]
 
 
 def training_rows(root: Path, sizes: Sizes) -> None:

@@ -52,8 +52,8 @@ def train(run: TrainingRun, variant: str, config: ClassifyConfig) -> None:
              variant, len(data.indices("train")), len(val_rows), "x".join(map(str, size)),
              run.device, run.world.size)
     with main_live(run.world, str(paths.live_dir("train_classifier"))) as live:
-        result = fit(model, train_loader, step, validate, "top1",
-                     make_optimizer(config, model), config.epochs, run.device, live, run.world)
+        result = fit(model, train_loader, step, validate, "top1", make_optimizer(config, model),
+                     config.epochs, run.device, live, run.world, run.amp)
     if run.world.is_main:
         save_checkpoint(paths.CLASSIFIER, Checkpoint(
             task="classify", variant=variant, config=config.to_dict(), classes=list(labels),

@@ -55,7 +55,7 @@ def train(run: TrainingRun, variant: str, config: SegmentConfig) -> None:
              ", ".join(task.class_names))
     with main_live(run.world, str(paths.live_dir("train_segmenter"))) as live:
         result = fit(model, train_loader, step, validate, task.key_metric, optimizer,
-                     config.epochs, run.device, live, run.world)
+                     config.epochs, run.device, live, run.world, run.amp)
     if run.world.is_main:
         save_checkpoint(paths.SEGMENTER, Checkpoint(
             task=task.name, variant=variant, config=config.to_dict(), classes=task.class_names,

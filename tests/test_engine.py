@@ -153,7 +153,7 @@ def test_checkpoint_with_other_keys_is_refused(tmp_path):
 
 def test_training_run_places_the_model_and_picks_loader_workers(monkeypatch):
     params = {"train": {"nproc": 1, "workers": "auto", "channels_last": True,
-                        "augment_on": "device"}}
+                        "augment_on": "device", "precision": "auto"}}
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with training_run(params, "cpu", "classify.device", 0) as run:
         model = run.place(nn.Conv2d(3, 4, 3))
@@ -161,6 +161,7 @@ def test_training_run_places_the_model_and_picks_loader_workers(monkeypatch):
         assert (run.world, run.loader.workers, run.loader.pin_memory, run.augment_on_device) \
             == (SINGLE, 0, False, True)
         assert run.batch_size(32, "classify.batch_size") == 32
+        assert run.amp is None                 # auto on the CPU: float32, no autocast
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     assert auto_workers(torch.device("cuda"), World(rank=1, size=2, local_rank=1)) == 7
     assert auto_workers(torch.device("cuda"), SINGLE) == 8

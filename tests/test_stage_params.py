@@ -41,6 +41,7 @@ CASES = [
     ("train_segmenter", "train.nproc", 0, "an integer >= 1"),
     ("train_segmenter", "train.channels_last", "yes", "true or false"),
     ("train_classifier", "train.augment_on", "gpu", "one of loader, device"),
+    ("train_segmenter", "train.precision", "fp8", "one of auto, bf16, fp16, fp32"),
     ("evaluate_classifier", "evaluate.batch_size", "big", "an integer >= 1"),
     ("evaluate_segmenter", "evaluate.overlays", 99, "an integer from 0 to 32"),
     ("evaluate_segmenter", "evaluate.device", "tpu", "one of auto, cpu, cuda"),

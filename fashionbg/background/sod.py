@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +37,7 @@ PREFETCH_DEPTH = 4
 # rembg's U²-Net input (its U2netSession and U2netpSession): ImageNet statistics at 320×320
 MEAN, STD, SIDE = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (320, 320)
 AUTO_BATCH = {"cpu": 1, "cuda": 8}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,25 +56,56 @@ def make_session(model: str, home: Path, device: str = "cpu") -> Any:
     os.environ["U2NET_HOME"] = str(Path(home).resolve())
     from rembg import new_session  # imported late: rembg reads U2NET_HOME at import in places
 
-    session = new_session(model, providers=providers(device))
-    if device == "cuda" and session_device(session) != "cuda":
-        raise UserError("background.device = cuda, but onnxruntime could not load its CUDA "
-                        "provider (CUDA or cuDNN libraries missing or of another version; its "
-                        "log above says which); install them or set background.device: cpu")
+    wanted = providers(device)
+    session = new_session(model, providers=wanted)
+    if session_device(session) != "cuda" and "CUDAExecutionProvider" in wanted:
+        if device == "cuda":
+            raise UserError("background.device = cuda, but onnxruntime could not load its CUDA "
+                            "provider (CUDA or cuDNN libraries missing or of another version; "
+                            "its log above says which); install them or set "
+                            "background.device: cpu")
+        log.warning("background.device = auto: onnxruntime could not load its CUDA provider "
+                    "(its log above says why); removing backgrounds on the CPU")
     return session
 
 
+GPU_RUNTIME, CPU_RUNTIME = "onnxruntime-gpu", "onnxruntime"
+SHADOWED = (f"both {CPU_RUNTIME} and {GPU_RUNTIME} are installed and share one module, so the "
+            f"CPU package hides the CUDA provider; fix: pip uninstall -y {CPU_RUNTIME} "
+            f"{GPU_RUNTIME} && pip install {GPU_RUNTIME}")
+
+
+def installed_runtimes() -> set[str]:
+    """Which ONNX Runtime distributions pip installed (both install the module onnxruntime)."""
+    found = set()
+    for name in (CPU_RUNTIME, GPU_RUNTIME):
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.add(name)
+    return found
+
+
 def providers(device: str) -> list[str]:
-    """ONNX Runtime providers for background.device; `auto` takes CUDA where it is installed."""
+    """ONNX Runtime providers for background.device; `auto` takes CUDA where it is installed,
+    and says so in the log when it falls back to the CPU."""
     import onnxruntime as ort
 
-    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    if device == "cuda" and not has_cuda:
-        raise UserError("background.device = cuda, but this onnxruntime has no CUDA provider; "
-                        "install onnxruntime-gpu in place of onnxruntime (README: Real data "
-                        "on a GPU machine) or set background.device: cpu")
-    cuda = device == "cuda" or (device == "auto" and has_cuda)
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        if device in ("auto", "cuda"):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+    shadowed = installed_runtimes() == {CPU_RUNTIME, GPU_RUNTIME}
+    if device == "cuda":
+        raise UserError("background.device = cuda, but this onnxruntime has no CUDA provider: "
+                        + (SHADOWED if shadowed else
+                           f"install {GPU_RUNTIME} in place of {CPU_RUNTIME} (README: Real data "
+                           "on a GPU machine)") + "; or set background.device: cpu")
+    if device == "auto":
+        log.info("background.device = auto: onnxruntime has no CUDA provider, so backgrounds "
+                 "are removed on the CPU%s", f" ({SHADOWED})" if shadowed else "")
+    return ["CPUExecutionProvider"]
 
 
 def session_device(session: Any) -> str:

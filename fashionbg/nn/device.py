@@ -1,6 +1,7 @@
 """Device choice and seeding shared by every stage that runs a network."""
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -23,7 +24,10 @@ def resolve_device(name: str, key: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed every RNG the training code touches and make CPU kernels deterministic."""
+    """Seed every RNG the training code touches and make kernels deterministic where they can
+    be. cuBLAS is deterministic only with a fixed workspace, read when its first handle is made
+    (so before any CUDA matmul); without it every matmul warns under deterministic mode."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -41,6 +42,14 @@ class World:
 
 SINGLE = World(rank=0, size=1, local_rank=0)
 
+# The job's own collectives keep the backend's timeout (None: NCCL's 10 minutes, gloo's 30),
+# which still catches a real hang. Rank 0 validates alone, on the whole split, while the other
+# ranks wait: they wait in a barrier of a separate gloo group whose timeout allows a long
+# validation, not inside the next epoch's all-reduce, where NCCL would time out and abort.
+COLLECTIVE_TIMEOUT: timedelta | None = None
+MAIN_WAIT_TIMEOUT = timedelta(hours=6)
+_main_wait: list[Any] = []      # that gloo group, while a job runs
+
 
 def world_from_env() -> World:
     """The process's place in a torchrun job, or SINGLE when not run by torchrun."""
@@ -64,11 +73,20 @@ def process_group(world: World, device: torch.device) -> Iterator[torch.device]:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     tdist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                             device_id=device if device.type == "cuda" else None)
+                             device_id=device if device.type == "cuda" else None,
+                             timeout=COLLECTIVE_TIMEOUT)
+    _main_wait.append(tdist.new_group(backend="gloo", timeout=MAIN_WAIT_TIMEOUT))
     try:
         yield device
     finally:
+        _main_wait.clear()
         tdist.destroy_process_group()
+
+
+def wait_for_main(world: World) -> None:
+    """Every rank waits here until rank 0 has validated and logged its epoch."""
+    if world.distributed:
+        tdist.barrier(group=_main_wait[-1] if _main_wait else None)
 
 
 def per_rank_batch(batch_size: int, world: World, key: str) -> int:

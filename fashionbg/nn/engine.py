@@ -8,7 +8,6 @@ predictions) and a *validate* function that scores the model on the validation s
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -21,8 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from fashionbg.core.errors import UserError
-from fashionbg.nn.distributed import SINGLE, World, all_sum, wrap
+from fashionbg.core.errors import ParamError, UserError
+from fashionbg.nn.distributed import SINGLE, World, all_sum, wait_for_main, wrap
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +30,54 @@ Step = Callable[[nn.Module, Any, Any, torch.device], tuple[torch.Tensor, dict[st
 Validate = Callable[[nn.Module], dict[str, float | None]]
 
 
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where the card supports it (no loss scaling needed), else fp16; None on the CPU."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
-def autocast(device: torch.device) -> torch.autocast:
-    dtype = amp_dtype(device)
+def choose_amp_dtype(precision: str, device_type: str, bf16_supported: bool) -> torch.dtype | None:
+    """The autocast dtype for `train.precision` (None = float32, no autocast). `auto`: bf16
+    where the card supports it (no loss scaling needed), else fp16 (with loss scaling); float32
+    on the CPU. A forced bf16 or fp16 holds on any device (CPU autocast has both), except bf16
+    on a card without it, which is a parameter error."""
+    if precision not in PRECISIONS:
+        raise ParamError("train.precision", precision, "one of " + ", ".join(PRECISIONS))
+    if precision == "auto":
+        if device_type != "cuda":
+            return None
+        return torch.bfloat16 if bf16_supported else torch.float16
+    if precision == "bf16" and device_type == "cuda" and not bf16_supported:
+        raise ParamError("train.precision", precision,
+                         "auto, fp16 or fp32: this GPU has no bf16 support")
+    return DTYPES[precision]
+
+
+def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """choose_amp_dtype for this machine's `device`."""
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return choose_amp_dtype(precision, device.type, bf16)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None | str = "auto") -> torch.autocast:
+    """Mixed precision in `dtype` (None: off), or by amp_dtype's auto choice by default."""
+    if isinstance(dtype, str):
+        dtype = amp_dtype(device, dtype)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
-    """Loss scaling, which only fp16 needs."""
-    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
+def grad_scaler(device: torch.device, dtype: torch.dtype | None | str = "auto"
+                ) -> torch.amp.GradScaler:
+    """Loss scaling, which only fp16 needs (bf16 has float32's range)."""
+    if isinstance(dtype, str):
+        dtype = amp_dtype(device, dtype)
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How a run logs its precision, e.g. 'fp16 autocast with loss scaling'."""
+    if dtype is None:
+        return "fp32"
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return f"{name} autocast" + (" with loss scaling" if dtype == torch.float16 else "")
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int
@@ -77,14 +109,15 @@ class EpochStats:
 def train_one_epoch(model: nn.Module, loader: DataLoader, step: Step,
                     optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler,
-                    scaler: torch.amp.GradScaler, device: torch.device, epoch: int
-                    ) -> EpochStats:
-    """One pass over `loader`, stepping the schedule once per batch."""
+                    scaler: torch.amp.GradScaler, device: torch.device, epoch: int,
+                    amp: torch.dtype | None | str = "auto") -> EpochStats:
+    """One pass over `loader` with autocast in `amp` (see `autocast`), stepping the schedule
+    once per batch. `scaler` must be grad_scaler(device, amp): enabled for fp16 only."""
     model.train()
     total, seen, sums = 0.0, 0, {}
     start = time.perf_counter()
     for inputs, targets in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
-        with autocast(device):
+        with autocast(device, amp):
             loss, counts = step(model, inputs, targets, device)
         value = loss.item()
         if not math.isfinite(value):
@@ -92,9 +125,11 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, step: Step,
                             "try a lower learning rate")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        scaler.step(optimizer)
+        scale = scaler.get_scale()              # 1.0 when loss scaling is off
+        scaler.step(optimizer)                  # unscales first; skipped on inf/nan gradients
         scaler.update()
-        scheduler.step()
+        if scaler.get_scale() >= scale:         # a skipped step lowers the scale: the schedule
+            scheduler.step()                    # follows the optimizer's steps, not the batches
         total += value * len(inputs)
         seen += len(inputs)
         for key, count in counts.items():
@@ -130,20 +165,32 @@ def steady_throughput(epochs: list[EpochStats]) -> float:
     return sum(e.images for e in steady) / seconds if seconds > 0 else 0.0
 
 
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's weights in host memory: the kept epoch costs no GPU memory, and
+    the checkpoint it becomes loads on a machine without CUDA."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def fit(model: nn.Module, loader: DataLoader, step: Step, validate: Validate | None, key: str,
         optimizer: torch.optim.Optimizer, epochs: int, device: torch.device, live: Any,
-        world: World = SINGLE) -> FitResult:
+        world: World = SINGLE, amp: torch.dtype | None | str = "auto") -> FitResult:
     """Train for `epochs` and keep one epoch's weights by the model-selection rule shared by
     every task: the epoch with the best validation `key` (higher is better; the earliest on a
     tie); without validation images, the last epoch. The test split never takes part.
 
     Under torchrun every rank trains its shard through DistributedDataParallel and the epoch's
     sums are added up over the ranks; rank 0 alone validates (on the whole split, as in one
-    process), logs to `live` and keeps weights; other ranks pass `live` None and get no state.
+    process), logs to `live` and keeps weights; other ranks pass `live` None and get no state,
+    and wait for it at the end of each epoch (wait_for_main), not inside the next collective.
+    `amp` is the autocast dtype (TrainingRun.amp; None = float32); fp16 adds loss scaling.
     """
+    if isinstance(amp, str):
+        amp = amp_dtype(device, amp)
     trained = wrap(model, world, device)
     scheduler = warmup_cosine(optimizer, epochs * len(loader))
-    scaler = grad_scaler(device)
+    scaler = grad_scaler(device, amp)
+    if world.is_main:
+        log.info("precision: %s on %s", precision_name(amp), device)
     best_epoch, best_score, best_state = 0, None, None
     stats: list[EpochStats] = []
     sampler = getattr(loader, "sampler", None)
@@ -151,31 +198,31 @@ def fit(model: nn.Module, loader: DataLoader, step: Step, validate: Validate | N
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)     # a new shuffle each epoch, the same on every rank
         epoch_stats = sum_over_ranks(train_one_epoch(trained, loader, step, optimizer,
-                                                     scheduler, scaler, device, epoch),
+                                                     scheduler, scaler, device, epoch, amp),
                                      world, device)
         stats.append(epoch_stats)
-        if not world.is_main:
-            continue
-        live.step = epoch   # the curves' x axis counts epochs from 1
-        logged = {"train/loss": epoch_stats.loss,
-                  **{f"train/{k}": v / max(epoch_stats.images, 1)
-                     for k, v in epoch_stats.sums.items()}}
-        val = validate(model) if validate is not None else {}
-        logged.update({f"val/{k}": v for k, v in val.items() if v is not None})
-        for name, value in logged.items():
-            live.log_metric(name, round(float(value), 4))
-        score = val.get(key)
-        if validate is None or (score is not None and (best_score is None or score > best_score)):
-            best_epoch, best_score = epoch, score
-            best_state = copy.deepcopy(model.state_dict())
-        log.info("epoch %d/%d: %s | %.1f images/s", epoch, epochs,
-                 " ".join(f"{k} {v:.4f}" for k, v in logged.items()),
-                 epoch_stats.images_per_second)
-        live.next_step()
+        if world.is_main:
+            live.step = epoch   # the curves' x axis counts epochs from 1
+            logged = {"train/loss": epoch_stats.loss,
+                      **{f"train/{k}": v / max(epoch_stats.images, 1)
+                         for k, v in epoch_stats.sums.items()}}
+            val = validate(model) if validate is not None else {}
+            logged.update({f"val/{k}": v for k, v in val.items() if v is not None})
+            for name, value in logged.items():
+                live.log_metric(name, round(float(value), 4))
+            score = val.get(key)
+            if validate is None or (score is not None and
+                                    (best_score is None or score > best_score)):
+                best_epoch, best_score, best_state = epoch, score, cpu_state(model)
+            log.info("epoch %d/%d: %s | %.1f images/s", epoch, epochs,
+                     " ".join(f"{k} {v:.4f}" for k, v in logged.items()),
+                     epoch_stats.images_per_second)
+            live.next_step()
+        wait_for_main(world)     # the other ranks wait here while rank 0 validates
     if not world.is_main:
         return FitResult(0, None, {}, steady_throughput(stats))
     if best_state is None:   # validation never produced a score: keep the last epoch
-        best_epoch, best_state = epochs, copy.deepcopy(model.state_dict())
+        best_epoch, best_state = epochs, cpu_state(model)
     result = FitResult(best_epoch, best_score, best_state, steady_throughput(stats))
     live.summary["best_epoch"] = best_epoch
     live.summary[f"best_val_{key}"] = None if best_score is None else round(best_score, 4)

@@ -13,6 +13,7 @@ from torch import nn
 from fashionbg.nn.data import LoaderOptions, training_options
 from fashionbg.nn.device import resolve_device, seed_everything
 from fashionbg.nn.distributed import World, per_rank_batch, process_group, world_from_env
+from fashionbg.nn.engine import amp_dtype
 from fashionbg.nn.params import read_train
 
 
@@ -24,6 +25,7 @@ class TrainingRun:
     memory_format: torch.memory_format
     generator: torch.Generator      # the training loader's shuffle (and its workers' seeds)
     augment_on_device: bool         # train.augment_on: device
+    amp: torch.dtype | None         # train.precision on this device: autocast dtype, None = fp32
 
     def batch_size(self, batch_size: int, key: str) -> int:
         """This process's share of the task's batch size."""
@@ -45,4 +47,5 @@ def training_run(params: dict[str, Any], device: str, device_key: str, seed: int
         yield TrainingRun(world, rank_device,
                           training_options(train.workers, rank_device, world, seed),
                           train.memory_format, seed_everything(seed + world.rank),
-                          train.augment_on == "device")
+                          train.augment_on == "device",
+                          amp_dtype(rank_device, train.precision))

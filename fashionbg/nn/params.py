@@ -10,6 +10,7 @@ import torch
 
 from fashionbg.core.params import boolean, choice, integer, optional_integer, section
 from fashionbg.nn.device import DEVICES
+from fashionbg.nn.engine import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class TrainConfig:
     workers: int | None     # DataLoader worker processes per training process; None = auto
     channels_last: bool     # channels-last memory format for the model's convolutions
     augment_on: str         # loader (DataLoader workers) | device (the batch, on the device)
+    precision: str          # auto (bf16 if the GPU has it, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -57,4 +59,5 @@ def read_train(params: dict[str, Any]) -> TrainConfig:
         workers=optional_integer(cfg, "train", "workers", 0, AUTO),
         channels_last=boolean(cfg, "train", "channels_last"),
         augment_on=choice(cfg, "train", "augment_on", AUGMENT_ON),
+        precision=choice(cfg, "train", "precision", PRECISIONS),
     )

@@ -1,0 +1,241 @@
+"""The CUDA paths' classic failures, checked on the CPU where they can be: the autocast dtype
+chooser (bf16, else fp16 with loss scaling), GradScaler's use, weights kept in host memory,
+pinned memory and worker seeding, the other ranks waiting while rank 0 validates, and ONNX
+Runtime's provider choice (fallback lines, onnxruntime shadowing onnxruntime-gpu)."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from test_engine import FakeLive, regression_step
+from torch import nn
+from torch.utils.data import Dataset
+
+from fashionbg.background import sod
+from fashionbg.core.errors import ParamError, UserError
+from fashionbg.nn import distributed, engine
+from fashionbg.nn.data import LoaderOptions, make_loader, training_options
+from fashionbg.nn.device import seed_everything
+from fashionbg.nn.distributed import SINGLE, process_group, world_from_env
+from fashionbg.nn.engine import (
+    amp_dtype,
+    choose_amp_dtype,
+    cpu_state,
+    fit,
+    grad_scaler,
+    precision_name,
+)
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+BF16, FP16 = torch.bfloat16, torch.float16
+
+
+@pytest.mark.parametrize("precision, device, bf16_supported, expected", [
+    ("auto", "cuda", True, BF16),
+    ("auto", "cuda", False, FP16),        # e.g. a T4 or V100: fp16, with loss scaling
+    ("auto", "cpu", True, None),
+    ("fp16", "cuda", True, FP16),         # forced on a bf16 card (make gpu-check does this)
+    ("bf16", "cpu", False, BF16),
+    ("fp32", "cuda", True, None),
+])
+def test_autocast_dtype_chooser(precision, device, bf16_supported, expected):
+    assert choose_amp_dtype(precision, device, bf16_supported) == expected
+
+
+def test_chooser_refuses_bf16_on_a_card_without_it_and_unknown_names():
+    with pytest.raises(ParamError, match="train.precision = 'bf16'.*no bf16 support"):
+        choose_amp_dtype("bf16", "cuda", False)
+    with pytest.raises(ParamError, match="one of auto, bf16, fp16, fp32"):
+        choose_amp_dtype("fp8", "cuda", True)
+
+
+def test_amp_dtype_asks_the_card(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert amp_dtype(CUDA) == FP16 and precision_name(FP16) == "fp16 autocast with loss scaling"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert amp_dtype(CUDA) == BF16 and amp_dtype(CUDA, "fp16") == FP16
+    assert amp_dtype(CPU) is None and precision_name(None) == "fp32"
+
+
+def test_loss_scaling_only_for_fp16():
+    assert grad_scaler(CPU, FP16).is_enabled()
+    assert not grad_scaler(CPU, BF16).is_enabled()
+    assert not grad_scaler(CPU, None).is_enabled() and not grad_scaler(CPU).is_enabled()
+
+
+class RecordingScaler(torch.amp.GradScaler):
+    """A GradScaler that records the order of the calls the engine makes."""
+
+    calls: list[str] = []
+
+    def scale(self, outputs):
+        self.calls.append("scale")
+        return super().scale(outputs)
+
+    def unscale_(self, optimizer):
+        self.calls.append("unscale_")
+        return super().unscale_(optimizer)
+
+    def step(self, optimizer, *args, **kwargs):
+        self.calls.append("step")
+        return super().step(optimizer, *args, **kwargs)
+
+    def update(self, new_scale=None):
+        self.calls.append("update")
+        return super().update(new_scale)
+
+
+@pytest.mark.parametrize("amp, scaled", [(FP16, True), (BF16, False), (None, False)])
+def test_fit_runs_in_the_forced_precision_and_scales_only_fp16(monkeypatch, amp, scaled):
+    made = []
+
+    def recording(device, dtype="auto"):
+        made.append(RecordingScaler(device.type, enabled=dtype == FP16))
+        return made[-1]
+
+    monkeypatch.setattr(engine, "grad_scaler", recording)
+    RecordingScaler.calls = []
+    seen = []
+
+    def step(model, inputs, targets, device):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return regression_step(model, inputs, targets, device)
+
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    batches = [(torch.randn(4, 2), torch.randn(4, 1)) for _ in range(3)]
+    result = fit(model, batches, step, None, "score", torch.optim.SGD(model.parameters(), lr=0.1),
+                 2, CPU, FakeLive(), amp=amp)
+    assert all(s == (amp is not None, amp or s[1]) for s in seen) and len(seen) == 6
+    assert made[0].is_enabled() == scaled
+    # scale the loss, step (which unscales first when enabled), update: once per batch
+    per_batch = ["scale", "step", "unscale_", "update"] if scaled else ["scale", "step", "update"]
+    assert RecordingScaler.calls == per_batch * 6
+    assert all(v.dtype == torch.float32 for v in result.state.values())   # weights stay fp32
+
+
+def test_kept_weights_are_a_host_copy():
+    model = nn.Linear(2, 1)
+    state = cpu_state(model)
+    with torch.no_grad():
+        model.weight.add_(1)
+    assert all(v.device == CPU for v in state.values())
+    assert not torch.equal(state["weight"], model.weight)
+
+
+def test_pinned_memory_only_for_cuda():
+    assert training_options(0, CUDA, SINGLE, 0).pin_memory
+    assert not training_options(0, CPU, SINGLE, 0).pin_memory
+
+
+class Draws(Dataset):
+    """Each item is a draw from the loading process's torch generator."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.rand(1)
+
+
+def test_loader_workers_draw_differently_and_repeat_with_the_seed():
+    options = LoaderOptions(workers=2, pin_memory=False, world=SINGLE, shard_seed=0)
+
+    def epoch(seed: int) -> list[float]:
+        loader = make_loader(Draws(), 1, torch.Generator().manual_seed(seed), options=options)
+        return [float(x) for x in loader]
+
+    first = epoch(1)
+    assert len(set(first)) == len(first)       # no two workers repeat each other's draws
+    assert epoch(1) == first and epoch(2) != first
+
+
+def test_seeding_makes_cublas_deterministic(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    seed_everything(0)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def slow_validation_rank(rank: int, port: int, validation_seconds: float) -> None:
+    """One of two gloo ranks whose collectives time out after 1 s, while rank 0 validates for
+    longer: the other rank must wait for it, not fail inside the next epoch's all-reduce."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    distributed.COLLECTIVE_TIMEOUT = timedelta(seconds=1)
+    world = world_from_env()
+    with process_group(world, CPU) as device:
+        torch.manual_seed(0)
+        model = nn.Linear(2, 1)
+        batches = [(torch.randn(4, 2), torch.randn(4, 1)) for _ in range(2)]
+
+        def validate(m):
+            time.sleep(validation_seconds)
+            return {"score": 1.0}
+
+        fit(model, batches, regression_step, validate if world.is_main else None, "score",
+            torch.optim.SGD(model.parameters(), lr=0.1), 2, device,
+            FakeLive() if world.is_main else None, world)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(120)
+def test_other_ranks_wait_for_rank0_validation_past_the_collective_timeout():
+    mp.start_processes(slow_validation_rank, args=(free_port(), 3.0), nprocs=2,
+                       start_method="spawn")
+
+
+def test_provider_choice_with_the_cuda_provider(monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert sod.providers("auto") == sod.providers("cuda") == ["CUDAExecutionProvider",
+                                                              "CPUExecutionProvider"]
+    assert sod.providers("cpu") == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("shadowed", [False, True])
+def test_provider_fallback_says_why_and_how_to_fix(monkeypatch, caplog, shadowed):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    both = {"onnxruntime", "onnxruntime-gpu"}
+    monkeypatch.setattr(sod, "installed_runtimes",
+                        lambda: both if shadowed else {"onnxruntime"})
+    fix = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+    with pytest.raises(UserError) as err:
+        sod.providers("cuda")
+    assert "\n" not in str(err.value) and (fix in str(err.value)) == shadowed
+    with caplog.at_level(logging.INFO, logger=sod.__name__):
+        assert sod.providers("auto") == ["CPUExecutionProvider"]
+    assert "no CUDA provider, so backgrounds are removed on the CPU" in caplog.text
+    assert (fix in caplog.text) == shadowed
+
+
+def test_installed_runtimes_sees_this_venvs_cpu_package():
+    assert sod.installed_runtimes() == {"onnxruntime"}
+
+
+def test_a_cuda_provider_that_does_not_load_is_an_error_or_a_logged_fallback(
+        monkeypatch, caplog, u2netp_home):
+    """The provider is listed but cannot start (here: a CPU build asked for CUDA), as when
+    CUDA or cuDNN libraries are missing: `cuda` stops, `auto` says it runs on the CPU."""
+    monkeypatch.setattr(sod, "providers",
+                        lambda device: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(UserError, match="could not load its CUDA provider"):
+        sod.make_session("u2netp", u2netp_home, "cuda")
+    with caplog.at_level(logging.WARNING, logger=sod.__name__):
+        session = sod.make_session("u2netp", u2netp_home, "auto")
+    assert sod.session_device(session) == "cpu"
+    assert "removing backgrounds on the CPU" in caplog.text

@@ -1,0 +1,103 @@
+"""`make gpu-check` on a machine without CUDA says so in one line and exits 0; its tolerances
+and table, on made-up figures."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_check  # noqa: E402
+from gpu_check import (  # noqa: E402
+    EvalTolerance,
+    MaskTolerance,
+    Row,
+    classify_eval_agrees,
+    exit_code,
+    mask_difference,
+    masks_agree,
+    segment_eval_agrees,
+    table,
+)
+
+
+def test_without_cuda_it_prints_one_line_and_exits_0():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "benchmarks/gpu_check.py"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [gpu_check.NO_CUDA]
+    assert result.stdout.startswith("no CUDA device: gpu-check has nothing to run; ")
+
+
+def test_mask_difference_in_255_units():
+    a = np.zeros((10, 10), np.uint8)
+    b = a.copy()
+    b[0, :] = 200                      # 10 of 100 pixels far off
+    b[1, :] = 10                       # 10 a little off
+    mean, far = mask_difference(a, b, far=32)
+    assert mean == pytest.approx((10 * 200 + 10 * 10) / 100) and far == pytest.approx(0.10)
+    assert mask_difference(a, np.zeros((5, 5), np.uint8)) == (float("inf"), 1.0)
+
+
+def test_masks_agree_within_the_stated_tolerance_only():
+    tol = MaskTolerance(mean_abs=2.0, far=32, far_share=0.01)
+    a = np.full((100, 100), 128, np.uint8)
+    close = a + np.uint8(1)            # mean 1/255, nothing far
+    edge = a.copy()
+    edge[:2, :] = 0                    # 2 % of pixels far off: mean 2.56/255
+    assert masks_agree([(a, close), (a, a)], tol)[0]
+    ok, note = masks_agree([(a, close), (a, edge)], tol)
+    assert not ok and "2.56/255" in note and "2.00% of pixels > 32/255" in note
+    assert not masks_agree([], tol)[0]
+
+
+def predictions(predicted: list[str], variant: str = "original") -> list[dict]:
+    return [{"path": f"{i}.png", "tested_on": variant, "predicted": p}
+            for i, p in enumerate(predicted)]
+
+
+def test_classification_evaluations_may_differ_on_one_image_per_variant():
+    cpu = predictions(list("aabb")) + predictions(list("abab"), "rembg")
+    one_off = predictions(list("aaba")) + predictions(list("abab"), "rembg")
+    two_off = predictions(list("bbbb")) + predictions(list("abab"), "rembg")
+    assert classify_eval_agrees(one_off, cpu, EvalTolerance(images=1)) == \
+        (True, "top-1 differs on 1 of 4 test images in the worst variant (<= 1)")
+    assert not classify_eval_agrees(two_off, cpu)[0]
+    assert gpu_check.predictions_differ(cpu[:2], cpu[:4]) == 2      # missing rows count
+    assert not classify_eval_agrees([], [])[0]
+
+
+def test_segmentation_evaluations_agree_on_miou_within_0_01():
+    def detail(miou):
+        return {"test": {"miou": miou}}
+
+    assert segment_eval_agrees(detail(0.500), detail(0.509))[0]
+    assert not segment_eval_agrees(detail(0.500), detail(0.52))[0]
+    assert not segment_eval_agrees(detail(None), detail(0.5))[0]
+
+
+def test_one_table_and_the_exit_code():
+    rows = [Row("rembg, cuda provider, batch 1", "pass", 123.45, "a | b"),
+            Row("train_classifier, DDP (NCCL)", "skipped", None, "skipped: 1 GPU")]
+    text = table(rows)
+    assert text.splitlines() == [
+        "| path | result | images/s | note |", "|---|---|---:|---|",
+        "| rembg, cuda provider, batch 1 | pass | 123.5 | a / b |",
+        "| train_classifier, DDP (NCCL) | skipped | n/a | skipped: 1 GPU |"]
+    assert exit_code(rows) == 0
+    assert exit_code([*rows, Row("x", "fail")]) == 1
+
+
+def test_fp16_is_forced_and_checked_in_the_stage_log_and_bf16_only_where_supported():
+    variants = {v.label: v for v in gpu_check.training_variants(bf16=True)}
+    assert variants["fp16 + loss scaling"].train == {"precision": "fp16"}
+    assert variants["fp16 + loss scaling"].expect == "precision: fp16 autocast with loss scaling"
+    assert variants["bf16 autocast"].train == {"precision": "bf16"}
+    assert "bf16 autocast" not in {v.label for v in gpu_check.training_variants(bf16=False)}
