@@ -265,3 +265,15 @@ def test_report_on_synthetic_results_gives_the_known_verdicts(tmp_path, monkeypa
     assert update_readme(block, tmp_path / "README.md")
     readme = (tmp_path / "README.md").read_text()
     assert "old" not in readme and "helps shallow nets" in readme
+
+
+def test_a_cell_missing_from_the_queue_for_a_moment_is_still_pending():
+    from fashionbg.study.runner import LOST_POLLS, MISSING, cell_states
+
+    names, unseen = {"running", "between", "finished"}, dict.fromkeys(
+        {"running", "between", "finished"}, 0)
+    states = cell_states(names, {"running": "Running"}, {"finished": "abc"}, unseen, workers=1)
+    assert states == {"running": "Running", "between": MISSING, "finished": "Success"}
+    for _ in range(LOST_POLLS - 1):    # no worker alive, still missing: not yet given up
+        assert cell_states(names, {}, {"finished": "abc"}, unseen, workers=0)["between"] == MISSING
+    assert cell_states(names, {}, {"finished": "abc"}, unseen, workers=0)["between"] == "Failed"

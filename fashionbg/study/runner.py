@@ -27,6 +27,8 @@ log = logging.getLogger("study")
 POLL_SECONDS = 5
 # A name queued again after a failure shows twice; the more current state wins.
 STATES = ("Failed", "Success", "Queued", "Running")
+MISSING = "Missing"   # in no queue and without an experiment (yet)
+LOST_POLLS = 6
 # A cell's stage that has not finished in this long is taken to be hung.
 CELL_TIMEOUT = float(os.environ.get("FASHIONBG_CELL_TIMEOUT", 6 * 3600))
 
@@ -122,6 +124,19 @@ def queue_status() -> tuple[dict[str, str], int]:
     return states, (int(workers[1]) + int(workers[2])) if workers else 0
 
 
+def cell_states(names: set[str], states: dict[str, str], experiments: dict[str, str],
+                unseen: dict[str, int], workers: int) -> dict[str, str]:
+    """Each cell's state. A task moving between DVC's queues can be missing from `dvc queue
+    status` for a moment: it counts as pending until its experiment appears, and as failed
+    (lost) only after it has stayed missing with no worker alive for LOST_POLLS polls."""
+    out = {}
+    for name in names:
+        state = states.get(name) or ("Success" if name in experiments else MISSING)
+        unseen[name] = unseen[name] + 1 if state == MISSING and not workers else 0
+        out[name] = "Failed" if unseen[name] >= LOST_POLLS else state
+    return out
+
+
 def run_cells(cells: Sequence[Cell]) -> tuple[list[str], list[str]]:
     """Queue the cells that have no experiment yet and wait for them; (done, failed) names."""
     present = existing_experiments()
@@ -132,11 +147,11 @@ def run_cells(cells: Sequence[Cell]) -> tuple[list[str], list[str]]:
         return [], []
     queue(todo)
     names = {c.name for c in todo}
-    start, shown = time.monotonic(), None
+    start, shown, unseen = time.monotonic(), None, dict.fromkeys(names, 0)
     while True:
         states, workers = queue_status()
-        mine = {n: s for n, s in states.items() if n in names}
-        pending = [n for n, s in mine.items() if s in ("Queued", "Running")]
+        mine = cell_states(names, states, existing_experiments(), unseen, workers)
+        pending = [n for n, s in mine.items() if s in ("Queued", "Running", MISSING)]
         done = sorted(n for n, s in mine.items() if s == "Success")
         failed = sorted(n for n, s in mine.items() if s == "Failed")
         progress = (len(done), len(failed), tuple(n for n, s in mine.items() if s == "Running"))
