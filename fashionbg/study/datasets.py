@@ -26,7 +26,7 @@ PUBLISHED = {"fashionstyle14": 13_126, "fashionpedia": 45_623 + 1_158}   # train
 class Probe:
     where: str
     images: int | None            # photos found (None: known only after the download)
-    raw_bytes: int                # what data/raw will take (0: unknown)
+    raw_bytes: int | None         # what data/raw will take (None: unknown)
     classes: list[str] | None     # mask class names (None: not known before the download)
 
     def images_used(self, max_images: int | None) -> int | None:
@@ -46,7 +46,7 @@ def probe(source: str, data: dict[str, Any]) -> Probe:
         return Probe("generated demo", n, n * h * w // 4, list(MASK_CLASSES[1:]))
     if data.get("path") is None:
         url = data.get("url") or "its default URL"
-        return Probe(f"downloaded from {url}", PUBLISHED.get(source), 0, None)
+        return Probe(f"downloaded from {url}", PUBLISHED.get(source), None, None)
     path = Path(data["path"]).expanduser()
     if not os.access(path, os.R_OK):
         raise UserError(f"{path} is not readable; check its permissions")

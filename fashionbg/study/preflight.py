@@ -61,9 +61,8 @@ def preflight(cells: list[Cell], params: dict[str, Any]) -> None:
     _disk(need, problems)
     _memory(problems)
     _devices(merged.values(), problems)
-    if not problems:
-        for line in timing.estimates(cells, merged, images_of):
-            log.info(line)
+    for line in timing.estimates(cells, merged, images_of):
+        log.info(line)
     if problems:
         _report(problems)
     log.info("pre-flight passed for %d cells", len(cells))
@@ -139,11 +138,11 @@ def _dataset(ds: Dataset, problems: list[str]) -> tuple[int, int | None]:
         return 0, None
     prepared = images * h * w * (3 * variants + 1)
     masks = images * datasets.MASK_BYTES
-    total = COPIES * (found.raw_bytes + masks + prepared)
+    total = COPIES * ((found.raw_bytes or 0) + masks + prepared)
     log.info("%s: %d images; caches about %s (raw %s + masks %s + %d variants at %dx%d %s, "
              "x%d for the workspace, DVC's cache and a running cell)", ds.source, images,
-             _size(total), _size(found.raw_bytes), _size(masks), variants, h, w,
-             _size(prepared), COPIES)
+             _size(total), "unknown until downloaded" if found.raw_bytes is None
+             else _size(found.raw_bytes), _size(masks), variants, h, w, _size(prepared), COPIES)
     return total, images
 
 
@@ -202,7 +201,8 @@ def _disk(need: int, problems: list[str]) -> None:
     if need > free:
         problems.append(f"disk: about {_size(need)} needed for the caches but "
                         f"{_size(free)} free at {Path.cwd()}; free space, move the "
-                        "project, or point DVC's cache elsewhere (dvc cache dir <path>)")
+                        "project, point DVC's cache elsewhere (dvc cache dir <path>) or let it "
+                        "link instead of copy (dvc config cache.type hardlink,symlink)")
 
 
 def _size(n: float) -> str:

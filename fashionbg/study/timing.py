@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from fashionbg.classify.models import build_classifier
 from fashionbg.classify.params import read_classify
+from fashionbg.core.errors import UserError
 from fashionbg.nn.device import resolve_device
 from fashionbg.segment.models import build_instance, build_semantic
 from fashionbg.segment.params import read_segment
@@ -32,7 +33,13 @@ def estimates(cells: list[Cell], merged: dict[str, dict[str, Any]],
         p = merged[cell.name]
         key = _model_key(cell.arm.task, p)
         if key not in seen:
-            seen[key] = _seconds_per_image(cell.arm.task, p)
+            try:
+                seen[key] = _seconds_per_image(cell.arm.task, p)
+            except UserError as err:   # e.g. a device this machine lacks: said above
+                seen[key] = None
+                lines.append(f"time: {cell.arm.name} not measured: {err}")
+        if seen[key] is None:
+            continue
         images = images_of.get(p["data"]["source"])
         epochs = p["classify" if cell.arm.task == "classify" else "segment"]["epochs"]
         if images is None:
