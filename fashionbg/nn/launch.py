@@ -39,7 +39,7 @@ from fashionbg.nn.params import read_train
 JOB_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID")
 # How long a failing rank waits before its traceback: when the failure is only the echo of a
 # peer that stopped first (a closed connection), the launcher stops this rank quietly meanwhile.
-PEER_GRACE_S = 3.0
+PEER_GRACE_S = 5.0
 STOPPED = 128 + signal.SIGTERM      # a worker the launcher stopped
 
 
@@ -125,6 +125,9 @@ def as_worker() -> Iterator[None]:
 
 
 def _stop_quietly(signum: int, frame: Any) -> NoReturn:
+    # The launcher stops this rank's DataLoader workers too (one process group): their exit is
+    # expected now, not an error for torch's SIGCHLD check to raise while we unwind.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     sys.exit(STOPPED)
 
 
@@ -180,9 +183,9 @@ def launch_scratch() -> Iterator[Path]:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         try:
-            paths.LAUNCH_SCRATCH.rmdir()
+            os.removedirs(paths.LAUNCH_SCRATCH)     # and .cache, where nothing else is there
         except OSError:
-            pass                # another run's scratch is still there
+            pass                # another run's scratch, or the caches, are still there
 
 
 def quiet_elastic_logs() -> None:
