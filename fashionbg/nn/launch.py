@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing.util
 import os
 import shutil
 import signal
@@ -111,6 +112,9 @@ def as_worker() -> Iterator[None]:
     console) with exit code 2; being stopped by the launcher, or Ctrl-C forwarded by another
     launcher, ends the rank quietly, after its `finally` blocks (atomic writes) have run."""
     signal.signal(signal.SIGTERM, _stop_quietly)
+    # The launcher's SIGTERM kills this rank's DataLoader workers outright; made here, the
+    # multiprocessing temp dir they would each make (pymp-*) is this rank's, removed at its exit.
+    multiprocessing.util.get_temp_dir()
     try:
         yield
     except UserError as err:
@@ -126,9 +130,14 @@ def as_worker() -> Iterator[None]:
 
 def _stop_quietly(signum: int, frame: Any) -> NoReturn:
     # The launcher stops this rank's DataLoader workers too (one process group): their exit is
-    # expected now, not an error for torch's SIGCHLD check to raise while we unwind.
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # expected now, not an error for torch's SIGCHLD check to raise while we unwind. (A no-op
+    # rather than SIG_DFL: Python raises for a pending signal whose handler became SIG_DFL.)
+    signal.signal(signal.SIGCHLD, _ignore)
     sys.exit(STOPPED)
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    pass
 
 
 def record_user_error(message: str) -> None:
@@ -200,7 +209,9 @@ def quiet_elastic_logs() -> None:
 def report_failure(failures: dict[int, Any]) -> NoReturn:
     """The first user error any rank recorded, as a UserError (one line, exit code 2); else one
     line naming the first rank that failed (its own traceback, if any, is above)."""
-    by_time = sorted(failures.items(), key=lambda item: (item[1].timestamp, item[0]))
+    # ranks killed by a signal were most likely stopped by the launcher after the first failure
+    by_time = sorted(failures.items(),
+                     key=lambda item: (item[1].exitcode < 0, item[1].timestamp, item[0]))
     for _, failure in by_time:
         if failure.exitcode == USER_ERROR and failure.error_file_data.get("user_error"):
             raise UserError(failure.message)
