@@ -11,12 +11,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
+import torch
 import yaml
 from helpers_project import project_env
 from test_distributed import dvc_project, write_project
+
+from fashionbg.core.errors import UserError
+from fashionbg.nn.launch import check_devices, report_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 UNKNOWN_CLASS = {"segment.task": "instance", "segment.instance_classes": ["hat"]}
@@ -65,7 +70,7 @@ def test_training_stage_mistake_is_one_line_both_ways(tmp_path, how, stage, chan
     result = subprocess.run(command, cwd=project, env=stage_env(tmp_path / "tmp"),
                             capture_output=True, text=True, timeout=240)
     seen = result.stdout + result.stderr
-    assert result.returncode == 2 if how == "python" else result.returncode != 0, seen
+    assert result.returncode == 2 if how == "python" else result.returncode != 0, seen  # dvc: 255
     ours = [line for line in seen.splitlines() if line.startswith("error: ")]
     assert len(ours) == 1 and shown in ours[0], seen
     assert "Traceback" not in seen and "ChildFailedError" not in seen, seen
@@ -142,3 +147,29 @@ def test_ctrl_c_is_one_line_and_stops_every_worker(tmp_path, nproc):
     assert "Traceback" not in text and "Exception ignored" not in text, text
     assert not (project / "models/classifier.pt").exists()
     assert_left_nothing(project, tmp_path / "tmp")
+
+
+def test_more_cuda_processes_than_gpus_is_refused_before_launch(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match=r"train.nproc = 2 starts one process per GPU but "
+                                        r"classify.device runs on CUDA and 1 GPU\(s\) are"):
+        check_devices(2, torch.device("cuda"), "classify.device")
+    check_devices(1, torch.device("cuda"), "classify.device")
+    check_devices(8, torch.device("cpu"), "classify.device")
+
+
+def failure(exitcode: int, timestamp: int, data: dict | None = None) -> SimpleNamespace:
+    """What the launcher reports of a failed rank (torch's ProcessFailure, the fields read)."""
+    data = data or {"message": "<NONE>"}
+    return SimpleNamespace(exitcode=exitcode, timestamp=timestamp, error_file_data=data,
+                           message=data["message"], signal_name=lambda: "SIGTERM")
+
+
+def test_the_launcher_reports_the_first_user_error_else_the_first_rank_that_failed():
+    mistake = {"message": "params are wrong", "user_error": True}
+    with pytest.raises(UserError, match="^params are wrong$"):
+        report_failure({0: failure(-15, 5), 1: failure(2, 9, mistake), 2: failure(1, 1)})
+    with pytest.raises(SystemExit, match="^error: training process rank 2 exited with code 1$"):
+        report_failure({0: failure(-15, 0), 1: failure(2, 9), 2: failure(1, 8)})
+    with pytest.raises(SystemExit, match="^error: training process rank 0 was killed by SIG"):
+        report_failure({0: failure(-15, 3), 1: failure(-15, 3)})
