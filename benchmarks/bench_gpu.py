@@ -6,8 +6,9 @@ table.
     python benchmarks/bench_gpu.py [--quick]        (or: make bench-gpu)
 
 Training rows run the stages themselves (`python -m stages.train_*`, with train.nproc 1 and
-the number of GPUs) in a temporary project over a synthetic prepared cache, and report the engine's own steady throughput (every epoch but the first, summed over
-ranks; dvclive's train_images_per_second). Without CUDA the same rows run on the CPU, DDP with
+the number of GPUs) in a temporary project over a synthetic prepared cache, and report the
+engine's own steady throughput (every epoch but the first, summed over ranks; dvclive's
+train_images_per_second). Without CUDA the same rows run on the CPU, DDP with
 2 gloo processes, and the CUDA provider rows say why they are missing. --quick shrinks sizes so
 the whole table takes about a minute on 2 CPU cores. Needs models/rembg (fetched if absent).
 It asserts nothing.
