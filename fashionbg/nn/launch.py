@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -66,15 +66,13 @@ def run_training(module: str, params: dict[str, Any], device: str, device_key: s
     """Run `train` for the stage `module` (`stages.<name>`): here with one process, else in
     train.nproc workers of the same module that this process launches and waits for."""
     nproc = read_train(params).nproc
-    if in_job():
-        with as_worker(), training_run(params, device, device_key, seed) as run:
-            train(run)
-    elif nproc == 1:
-        with training_run(params, device, device_key, seed) as run:
-            train(run)
-    else:
+    if nproc > 1 and not in_job():
         check_devices(nproc, resolve_device(device, device_key), device_key)
         launch_workers(module, nproc)
+        return
+    with (as_worker() if in_job() else nullcontext()), \
+            training_run(params, device, device_key, seed) as run:
+        train(run)
 
 
 def in_job() -> bool:
