@@ -1,11 +1,13 @@
 """Feed each stage the bad inputs a user or a DVC remote can hand it, started as users start
-stages while debugging (`python -m stages.<name>`, bytecode on), and print what the user sees.
+stages while debugging (`python -m stages.<name>`, bytecode on), and print what the user sees;
+the training stages' cases also through `dvc repro -s <stage>` in a copy of the project (those
+stages launch their own worker processes, where a traceback could hide).
 
     python benchmarks/bad_inputs.py        (needs models/rembg from `dvc repro fetch_model`)
 
-Prints a markdown table (case, stage, exit code, the last line of stderr) and the number of
-cases that ended in a traceback, written anything outside their project, or ran code from data:
-the goal for all three is zero.
+Prints one markdown table (case, stage, how it was run, exit code, our `error:` line or else the
+last line of output) and the number of runs that ended in a traceback, written anything outside
+their project, or ran code from data: the goal for all three is zero.
 """
 from __future__ import annotations
 
@@ -26,7 +28,11 @@ import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers_project import copy_project, project_env  # noqa: E402
+
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+TRAINING = ("train_classifier", "train_segmenter")
 
 
 class Pwned:
@@ -59,8 +65,15 @@ def write(project: Path, rel: str, data: bytes | str) -> None:
 
 
 def params(project: Path, **data: object) -> None:
+    setting(project, {f"data.{key}": value for key, value in data.items()})
+
+
+def setting(project: Path, values: dict[str, object]) -> None:
+    """params.yaml with the "section.key" values changed."""
     changed = json.loads(json.dumps(PARAMS))
-    changed["data"].update(data)
+    for dotted, value in values.items():
+        name, key = dotted.split(".")
+        changed[name][key] = value
     write(project, "params.yaml", yaml.safe_dump(changed))
 
 
@@ -76,16 +89,18 @@ def weights(project: Path) -> None:
     shutil.copytree(ROOT / "models" / "rembg", project / "models" / "rembg")
 
 
-def prepared(project: Path) -> None:
-    """A well-formed one-row cache of each variant."""
+def prepared(project: Path, changes: dict[str, object] | None = None) -> None:
+    """A well-formed three-row cache of each variant (masks with one garment class), and
+    params.yaml with `changes`."""
     from fashionbg.contracts.prepared import save_prepared
 
-    params(project)
+    setting(project, changes or {})
     for variant in ("original", "rembg"):
         save_prepared(project / "data/prepared" / variant, np.zeros((3, 8, 8, 3), np.uint8),
-                      None, np.array([0, 0, 0]), np.array([0, 1, 2]),
-                      {"variant": variant, "labels": ["casual"], "mask_classes": [],
-                       "image_size": [8, 8], "paths": ["a", "b", "c"], "fill": "black"})
+                      np.zeros((3, 8, 8), np.uint8), np.array([0, 0, 0]), np.array([0, 1, 2]),
+                      {"variant": variant, "labels": ["casual"],
+                       "mask_classes": ["background", "top"], "image_size": [8, 8],
+                       "paths": ["a", "b", "c"], "fill": "black"})
 
 
 def checkpoint(project: Path, obj: object) -> None:
@@ -176,6 +191,16 @@ CASES: list[Case] = [
      lambda p: (raw(p, "images/a.jpg,train,casual,\n"), weights(p),
                 write(p, "models/rembg/u2netp.onnx", b"not onnx"))),
     ("prepared cache missing", "train_classifier", lambda p: params(p)),
+    ("classify.lr = -1", "train_classifier", lambda p: prepared(p, {"classify.lr": -1})),
+    ("train.nproc = 1.5", "train_classifier", lambda p: prepared(p, {"train.nproc": 1.5})),
+    ("train.nproc = 0", "train_segmenter", lambda p: prepared(p, {"train.nproc": 0})),
+    ("train.nproc = '2; touch pwned'", "train_classifier",
+     lambda p: prepared(p, {"train.nproc": "2; touch pwned"})),
+    ("segment.instance_classes naming a class the data lacks", "train_segmenter",
+     lambda p: prepared(p, {"segment.task": "instance", "segment.instance_classes": ["hat"]})),
+    ("the same on 2 processes (every rank finds it)", "train_segmenter",
+     lambda p: prepared(p, {"segment.task": "instance", "segment.instance_classes": ["hat"],
+                            "train.nproc": 2})),
     ("prepared images.npy truncated", "train_classifier",
      lambda p: (prepared(p), truncate(p, "data/prepared/original/images.npy"))),
     ("prepared meta.json garbage", "train_segmenter",
@@ -207,36 +232,51 @@ CASES: list[Case] = [
 ]
 
 
-def run_case(stage: str, setup: Callable[[Path], None]) -> tuple[int, str, bool, bool]:
-    """(exit code, last stderr line, traceback seen, something written outside/code ran)."""
+def run_case(stage: str, setup: Callable[[Path], None], dvc: bool = False
+             ) -> tuple[int, str, bool, bool]:
+    """(exit code, our error line or else the last line of output, traceback seen, something
+    written outside/code ran), run by `python -m` or (dvc) by `dvc repro -s` in a copy of the
+    project."""
     with tempfile.TemporaryDirectory() as outer:
         project = Path(outer) / "project"
         project.mkdir()
+        if dvc:
+            copy_project(project)
+            (project / "data/raw").mkdir(parents=True)      # a dependency of train_segmenter
         setup(project)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        env["PYTHONPATH"] = str(ROOT)
-        result = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=project,
-                                env=env, capture_output=True, text=True, timeout=600)
-        lines = result.stderr.strip().splitlines() or [""]
+        env = {**project_env(), "PYTHONPATH": str(ROOT)}
+        if dvc:
+            subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+        command = (["dvc", "repro", "-s", stage] if dvc
+                   else [sys.executable, "-m", f"stages.{stage}"])
+        result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True,
+                                timeout=600)
+        output = result.stdout + result.stderr
+        lines = output.strip().splitlines() or [""]
+        shown = next((line for line in reversed(lines) if line.startswith("error: ")), lines[-1])
         escaped = (sorted(os.listdir(outer)) != ["project"] or (project / "PWNED").exists()
-                   or Path("/tmp/evil.jpg").exists())
-        return result.returncode, lines[-1], "Traceback" in result.stderr, escaped
+                   or (project / "pwned").exists() or Path("/tmp/evil.jpg").exists())
+        traceback = "Traceback" in output or "ChildFailedError" in output
+        return result.returncode, shown, traceback, escaped
 
 
 def main() -> None:
-    print("| bad input | stage | exit | what the user sees |")
-    print("|---|---|---|---|")
-    tracebacks = escapes = 0
+    print("| bad input | stage | run by | exit | what the user sees |")
+    print("|---|---|---|---|---|")
+    runs = tracebacks = escapes = 0
     for name, stage, setup in CASES:
-        code, line, traceback, escaped = run_case(stage, setup)
-        tracebacks += traceback
-        escapes += escaped
-        flag = " **TRACEBACK**" if traceback else ""
-        flag += " **ESCAPED**" if escaped else ""
-        shown = line.replace("|", "\\|")[:160]
-        print(f"| {name} | {stage} | {code}{flag} | {shown} |", flush=True)
-    print(f"\n{len(CASES)} cases: {tracebacks} tracebacks, {escapes} wrote outside their "
-          "project or ran code from data")
+        for dvc in (False, True) if stage in TRAINING else (False,):
+            code, line, traceback, escaped = run_case(stage, setup, dvc)
+            runs += 1
+            tracebacks += traceback
+            escapes += escaped
+            flag = " **TRACEBACK**" if traceback else ""
+            flag += " **ESCAPED**" if escaped else ""
+            shown = line.replace("|", "\\|")[:160]
+            how = "dvc repro" if dvc else "python -m"
+            print(f"| {name} | {stage} | {how} | {code}{flag} | {shown} |", flush=True)
+    print(f"\n{len(CASES)} cases, {runs} runs: {tracebacks} tracebacks, {escapes} wrote outside "
+          "their project or ran code from data")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """One command for a GPU machine: images/s of background removal (ONNX Runtime's CPU provider
 against its CUDA provider, one photo and a batch per call), and of both training stages in one
-process and under DDP over every visible GPU (real torchrun), in one table.
+process and under DDP over every visible GPU (train.nproc: the stage's own launcher), in one
+table.
 
     python benchmarks/bench_gpu.py [--quick]        (or: make bench-gpu)
 
 Training rows run the stages themselves (gpu_check.run_stage: `python -m stages.train_*`,
-or under torchrun with one process per GPU) in a temporary project over a synthetic prepared
-cache, and report the engine's own steady throughput (every epoch but the first, summed over
-ranks; dvclive's train_images_per_second). Without CUDA the same rows run on the CPU, DDP with
+with train.nproc 1 and the number of GPUs) in a temporary project over a synthetic prepared cache, and report the
+engine's own steady throughput (every epoch but the first, summed over ranks; dvclive's
+train_images_per_second). Without CUDA the same rows run on the CPU, DDP with
 2 gloo processes, and the CUDA provider rows say why they are missing. --quick shrinks sizes so
 the whole table takes about a minute on 2 CPU cores. Needs models/rembg (fetched if absent).
 It asserts nothing.
@@ -80,9 +81,10 @@ def background_rows(root: Path, sizes: Sizes) -> None:
         row(f"background removal, {label}", cuda, f"{cuda / cpu:.2f}x cpu provider")
 
 
-def project(root: Path, size: tuple[int, int], sizes: Sizes, processes: int) -> Path:
+def project(root: Path, size: tuple[int, int], sizes: Sizes, processes: int, nproc: int
+            ) -> Path:
     """A project with a synthetic cache and params.yaml's training settings (augmentation
-    standard, batch sizes rounded up to a multiple of the process count)."""
+    standard, batch sizes rounded up to a multiple of `processes`, train.nproc `nproc`)."""
     synthetic_cache(root / "data/prepared/original", sizes.images, size)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["variant"] = "original"
@@ -91,13 +93,14 @@ def project(root: Path, size: tuple[int, int], sizes: Sizes, processes: int) -> 
         params[task].update(epochs=sizes.epochs, augment="standard",
                             batch_size=-(-batch // processes) * processes)
     params["segment"].update(task="semantic", pretrained=False)
+    params["train"]["nproc"] = nproc
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
 
 
-def stage_rate(root: Path, stage: str, processes: int) -> float:
-    """The stage's steady images/s, in one process or under DDP."""
-    result = run_stage(root, stage, processes, timeout=None)
+def stage_rate(root: Path, stage: str) -> float:
+    """The stage's steady images/s, with as many processes as its train.nproc."""
+    result = run_stage(root, stage, timeout=None)
     if result.returncode != 0:
         sys.exit(f"{stage} failed:\n{result.stderr[-3000:]}")
     return stage_summary(root, stage)["train_images_per_second"]
@@ -112,12 +115,12 @@ def training_rows(root: Path, sizes: Sizes) -> None:
     for stage, size in (("train_classifier", sizes.classify), ("train_segmenter", sizes.segment)):
         shape = f"{sizes.images} images of {size[0]}x{size[1]}"
         # the same batch size in both runs: rounded up to a multiple of the DDP processes
-        one = stage_rate(project(root / stage / "one", size, sizes, ddp_batch), stage, 1)
+        one = stage_rate(project(root / stage / "one", size, sizes, ddp_batch, 1), stage)
         row(f"{stage}, 1 process", one, f"{shape}, {where}")
         if ddp < 2:
             row(f"{stage}, DDP", None, "one GPU: nothing to spread over")
             continue
-        many = stage_rate(project(root / stage / "ddp", size, sizes, ddp_batch), stage, ddp)
+        many = stage_rate(project(root / stage / "ddp", size, sizes, ddp_batch, ddp), stage)
         row(f"{stage}, DDP {ddp} processes", many, f"{many / one:.2f}x 1 process")
 
 

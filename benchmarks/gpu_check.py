@@ -10,7 +10,7 @@ checked in the stage's own log), channels_last and train.augment_on: device; the
 segmenter once; DDP with NCCL over every visible GPU (skipped on one GPU); and each evaluation
 stage on CUDA against the same checkpoint evaluated on the CPU (CLASSIFY_EVAL, SEGMENT_EVAL).
 Training and evaluation rows run the stages themselves in temporary projects over synthetic
-figures, as `dvc repro` would (run_stage starts them, torchrun for DDP).
+figures, as `dvc repro` would (run_stage starts them; they launch their own DDP processes).
 
 Without CUDA it prints one line and exits 0. --rehearse runs the same rows on the CPU instead
 (CPU autocast, DDP on 2 gloo processes, the CPU provider against itself), to try this script
@@ -160,14 +160,11 @@ def background_rows(root: Path, device: str) -> list[Row]:
 
 # --- training and evaluation ---------------------------------------------------------------
 
-def run_stage(project: Path, stage: str, nproc: int = 1, timeout: float | None = STAGE_TIMEOUT
+def run_stage(project: Path, stage: str, timeout: float | None = STAGE_TIMEOUT
               ) -> subprocess.CompletedProcess:
-    """Run `python -m stages.<stage>` in `project`, as `nproc` DDP processes when above 1.
-    The one place a check or benchmark starts a stage: switch it here when stages launch their
-    own workers."""
-    launcher = ([] if nproc == 1 else
-                ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"])
-    return subprocess.run([sys.executable, *launcher, "-m", f"stages.{stage}"], cwd=project,
+    """Run `python -m stages.<stage>` in `project` as users do: the stage starts as many DDP
+    processes as the project's train.nproc."""
+    return subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=project,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -234,7 +231,7 @@ def train_row(label: str, project: Path, stage: str, nproc: int = 1, expect: str
     """Run a training stage and check it: exit 0, one kept epoch, a finite loss, and `expect`
     in its log."""
     try:
-        result = run_stage(project, stage, nproc)
+        result = run_stage(project, stage)
     except subprocess.TimeoutExpired:
         return Row(label, "fail", None, f"timed out after {STAGE_TIMEOUT} s")
     log = result.stderr
@@ -366,7 +363,8 @@ def training_rows(root: Path, device: str, gpus: int, bf16: bool) -> list[Row]:
         if ddp < 2:
             rows.append(Row(f"{stage}, DDP ({backend})", "skipped", None, "skipped: 1 GPU"))
         else:
-            project = write_project(root / stage / "ddp", device, processes)
+            project = write_project(root / stage / "ddp", device, processes,
+                                    train={"nproc": ddp})
             label = f"{stage}, DDP {ddp} processes ({backend})"
             rows.append(guarded(label, lambda: train_row(label, project, stage, ddp)))
         label = f"{evaluate}, {device} vs cpu"

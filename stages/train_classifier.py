@@ -18,7 +18,7 @@ from fashionbg.nn.augment import place_augmentation
 from fashionbg.nn.checkpoint import Checkpoint, save_checkpoint
 from fashionbg.nn.distributed import main_live
 from fashionbg.nn.engine import fit
-from fashionbg.nn.launch import TrainingRun, training_run
+from fashionbg.nn.launch import TrainingRun, run_training
 
 log = logging.getLogger("train_classifier")
 
@@ -27,8 +27,8 @@ log = logging.getLogger("train_classifier")
 def main() -> None:
     params = load_params()
     variant, config = read_variant(params), read_classify(params)
-    with training_run(params, config.device, "classify.device", config.seed) as run:
-        train(run, variant, config)
+    run_training("stages.train_classifier", params, config.device, "classify.device", config.seed,
+                 lambda run: train(run, variant, config))
 
 
 def train(run: TrainingRun, variant: str, config: ClassifyConfig) -> None:

@@ -16,7 +16,7 @@ from fashionbg.core.params import load_params
 from fashionbg.nn.checkpoint import Checkpoint, save_checkpoint
 from fashionbg.nn.distributed import main_live
 from fashionbg.nn.engine import fit
-from fashionbg.nn.launch import TrainingRun, training_run
+from fashionbg.nn.launch import TrainingRun, run_training
 from fashionbg.segment.params import SegmentConfig, read_segment
 from fashionbg.segment.tasks import make_task, validator
 
@@ -27,8 +27,8 @@ log = logging.getLogger("train_segmenter")
 def main() -> None:
     params = load_params()
     variant, config = read_variant(params), read_segment(params)
-    with training_run(params, config.device, "segment.device", config.seed) as run:
-        train(run, variant, config)
+    run_training("stages.train_segmenter", params, config.device, "segment.device", config.seed,
+                 lambda run: train(run, variant, config))
 
 
 def train(run: TrainingRun, variant: str, config: SegmentConfig) -> None:

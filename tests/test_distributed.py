@@ -1,5 +1,7 @@
-"""Both training stages under real torchrun with two CPU processes (gloo): each rank trains its
-shard, rank 0 alone writes dvclive and a checkpoint that evaluates like a single-process one."""
+"""Both training stages with `train.nproc: 2` on the CPU (gloo), started as users start them
+(`dvc repro`, `python -m stages.<name>`): the stage launches two real worker processes, each
+rank trains its shard, rank 0 alone writes dvclive and a checkpoint that evaluates like a
+single-process one, and the launcher leaves no scratch behind (in the project or in TMPDIR)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers_project import copy_project, project_env
 from test_segment_train import CLASSES, SEGMENT, figures
 
 from fashionbg.contracts.prepared import save_prepared
@@ -26,9 +29,12 @@ CASES = {"classify": ("train_classifier", "evaluate_classifier", "models/classif
                       "metrics/detail/segmentation.json", "miou"),
          "instance": ("train_segmenter", "evaluate_segmenter", "models/segmenter.pt",
                       "metrics/detail/segmentation.json", "mask_ap")}
+# How the two-process run is started: both ways a user does, without running every case twice.
+STARTED_BY = {"classify": "dvc", "semantic": "python", "instance": "dvc"}
 
 
-def write_project(root: Path, workers: int | str, segment_task: str = "semantic") -> Path:
+def write_project(root: Path, workers: int | str, segment_task: str = "semantic",
+                  nproc: int = 1) -> Path:
     """24 figures with masks and two labels (12 train, 6 val, 6 test) in both variants."""
     images, masks, rembg = figures(24)
     splits = np.repeat([0, 1, 2], [12, 6, 6])
@@ -42,17 +48,31 @@ def write_project(root: Path, workers: int | str, segment_task: str = "semantic"
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["classify"] = CLASSIFY
     params["segment"] = {**SEGMENT, "augment": "none", "task": segment_task}
-    params["train"]["workers"] = workers
+    params["train"].update(workers=workers, nproc=nproc)
     params["evaluate"].update(device="cpu", overlays=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
 
 
-def run(project: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *args], cwd=project, capture_output=True,
-                            text=True, timeout=400,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+def dvc_project(root: Path, workers: int | str, segment_task: str, nproc: int) -> Path:
+    """write_project inside a copy of the project (code, dvc.yaml) that `dvc repro` runs in."""
+    copy_project(root)
+    write_project(root, workers, segment_task, nproc)
+    (root / "data/raw").mkdir()            # a dependency of train_segmenter (masks suffice)
+    for git in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "tiny"]):  # dvclive needs a rev
+        subprocess.run(["git", *git], cwd=root, env=project_env(), check=True)
+    return root
+
+
+def run(project: Path, *args: str, tmp: Path | None = None) -> subprocess.CompletedProcess:
+    """`python *args` (or `dvc *args` when args[0] is "dvc") in project; must succeed."""
+    env = {**project_env(), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if tmp is not None:
+        env["TMPDIR"] = str(tmp)
+    command = list(args) if args[0] == "dvc" else [sys.executable, *args]
+    result = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=400,
+                            env=env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return result
 
 
@@ -62,11 +82,18 @@ def test_two_gloo_processes_train_a_checkpoint_that_evaluates_like_one(tmp_path,
     stage, evaluate, model_path, metrics_path, key = CASES[task]
     segment_task = "semantic" if task == "classify" else task
     single = write_project(tmp_path / "single", "auto", segment_task)
-    ddp = write_project(tmp_path / "ddp", 1, segment_task)
+    tmp = tmp_path / "tmp"              # where torch's launcher would leave torchelastic_*
+    tmp.mkdir()
+    if STARTED_BY[task] == "dvc":
+        ddp = dvc_project(tmp_path / "ddp", 1, segment_task, nproc=2)
+        result = run(ddp, "dvc", "repro", "-s", stage, tmp=tmp)
+    else:
+        ddp = write_project(tmp_path / "ddp", 1, segment_task, nproc=2)
+        result = run(ddp, "-m", f"stages.{stage}", tmp=tmp)
     run(single, "-m", f"stages.{stage}")
-    log = run(ddp, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-              "-m", f"stages.{stage}").stderr
+    log = result.stdout + result.stderr
     assert "on cpu, 2 process(es)" in log and log.count("kept epoch") == 1, log[-3000:]
+    assert not list(tmp.iterdir()) and not (ddp / ".cache").exists()
 
     one, two = (load_checkpoint(p / model_path, (task,)) for p in (single, ddp))
     assert (one.config, one.classes, one.image_size, one.variant) == \

@@ -69,7 +69,7 @@ def files_under(dep: str) -> set[Path]:
 
 
 def stage_module(stage: dict) -> str:
-    """The module after `-m` (python -m X, or torchrun ... -m X)."""
+    """The module after `-m` (python -m X)."""
     words = stage["cmd"].split()
     return words[words.index("-m") + 1]
 

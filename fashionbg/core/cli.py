@@ -8,9 +8,14 @@ from collections.abc import Callable
 
 from fashionbg.core.errors import UserError
 
+USER_ERROR = 2          # the exit code of a mistake the user can fix (the line says which)
+INTERRUPTED = 130       # 128 + SIGINT, as a shell reports Ctrl-C
+
 
 def stage_main(func: Callable[[], None]) -> Callable[[], None]:
-    """Run a stage entry point: log to stderr, turn user errors into one line and exit code 2."""
+    """Run a stage entry point: log to stderr, turn user errors into one line and exit code 2,
+    and Ctrl-C into one line and exit code 130 (outputs are written atomically, so nothing
+    half-written is left and the next run starts over)."""
 
     @functools.wraps(func)
     def wrapper() -> None:
@@ -20,6 +25,9 @@ def stage_main(func: Callable[[], None]) -> Callable[[], None]:
             func()
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(USER_ERROR)
+        except KeyboardInterrupt:
+            print("interrupted; re-run to resume", file=sys.stderr)
+            sys.exit(INTERRUPTED)
 
     return wrapper

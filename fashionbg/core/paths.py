@@ -13,6 +13,8 @@ REMBG = Path("data/rembg")
 PREPARED = Path("data/prepared")
 DATASET_CACHE = Path(".cache/datasets")
 SOD_CACHE = Path(".cache/rembg")        # masks by photo content, for resuming
+# The launcher's scratch (per-rank error files) while a training stage runs several processes.
+LAUNCH_SCRATCH = Path(".cache/launch")
 
 SOD_HOME = Path("models/rembg")
 CLASSIFIER = Path("models/classifier.pt")

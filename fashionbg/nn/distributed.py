@@ -1,11 +1,11 @@
-"""Running one training stage as several processes under `torchrun` (DistributedDataParallel:
-NCCL on CUDA, gloo on the CPU), or as one plain process, through the same calls.
+"""Running one training stage as several processes (DistributedDataParallel: NCCL on CUDA, gloo
+on the CPU), or as one plain process, through the same calls.
 
-torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them (or with WORLD_SIZE 1) the stage
-runs single-process exactly as before. Each rank reads its shard of the training split
-(DistributedSampler), training sums are added up across ranks, and rank 0 alone validates (on
-the whole validation split, so the model-selection rule sees the same numbers as in one
-process), writes dvclive and saves the checkpoint.
+The launcher (fashionbg.nn.launch, or torchrun) sets RANK, LOCAL_RANK and WORLD_SIZE; without
+them (or with WORLD_SIZE 1) the stage runs single-process exactly as before. Each rank reads its
+shard of the training split (DistributedSampler), training sums are added up across ranks, and
+rank 0 alone validates (on the whole validation split, so the model-selection rule sees the
+same numbers as in one process), writes dvclive and saves the checkpoint.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ _main_wait: list[Any] = []      # that gloo group, while a job runs
 
 
 def world_from_env() -> World:
-    """The process's place in a torchrun job, or SINGLE when not run by torchrun."""
+    """The process's place in a launched job, or SINGLE when not run by a launcher."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return SINGLE
@@ -68,19 +68,20 @@ def process_group(world: World, device: torch.device) -> Iterator[torch.device]:
         return
     if device.type == "cuda":
         if torch.cuda.device_count() <= world.local_rank:
-            raise UserError(f"torchrun started local rank {world.local_rank} but this machine "
-                            f"has {torch.cuda.device_count()} CUDA devices; lower train.nproc")
+            raise UserError(f"the launcher started local rank {world.local_rank} but this "
+                            f"machine has {torch.cuda.device_count()} CUDA devices; lower "
+                            "train.nproc")
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     tdist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                              device_id=device if device.type == "cuda" else None,
                              timeout=COLLECTIVE_TIMEOUT)
     _main_wait.append(tdist.new_group(backend="gloo", timeout=MAIN_WAIT_TIMEOUT))
-    try:
-        yield device
-    finally:
-        _main_wait.clear()
-        tdist.destroy_process_group()
+    yield device
+    # Only after success: a failing rank is about to exit, and keeping its connections open
+    # until then lets the launcher stop the peers before they fail on a closed connection.
+    _main_wait.clear()
+    tdist.destroy_process_group()
 
 
 def wait_for_main(world: World) -> None:
@@ -93,7 +94,7 @@ def per_rank_batch(batch_size: int, world: World, key: str) -> int:
     """Each rank's share of the batch, so the effective batch (and the schedule's steps per
     epoch) are those of one process."""
     if batch_size % world.size:
-        raise UserError(f"{key} = {batch_size} must be divisible by the number of torchrun "
+        raise UserError(f"{key} = {batch_size} must be divisible by the number of training "
                         f"processes ({world.size}, train.nproc)")
     return batch_size // world.size
 

@@ -1,20 +1,48 @@
-"""What a training stage sets up before it builds anything, the same for every task: its place
-in a torchrun job (or a single process), its device, seeds, loader options and memory format."""
+"""How a training stage runs, the same for every task: in this process (train.nproc: 1), or as
+train.nproc worker processes of itself that this process starts and watches through PyTorch's
+elastic launcher (the machinery under `torchrun`), and what each process sets up before it
+builds anything (its place in the job, device, seeds, loader options, memory format).
+
+The stage is started the same way either way (`python -m stages.<name>`, as dvc.yaml does), so
+no value from params.yaml ever reaches a shell, and a mistake is one line and exit code 2 in
+both: a worker does not print its user error but records it for the launcher, which prints the
+first one once, however many ranks hit it.
+"""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import json
+import logging
+import multiprocessing.util
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
 
+from fashionbg.core import paths
+from fashionbg.core.cli import USER_ERROR
+from fashionbg.core.errors import UserError
 from fashionbg.nn.data import LoaderOptions, training_options
 from fashionbg.nn.device import resolve_device, seed_everything
 from fashionbg.nn.distributed import World, per_rank_batch, process_group, world_from_env
 from fashionbg.nn.engine import amp_dtype
 from fashionbg.nn.params import read_train
+
+# Set by torchrun and by our launcher in every worker: such a process is one rank of a job.
+JOB_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID")
+# How long a failing rank waits before its traceback: when the failure is only the echo of a
+# peer that stopped first (a closed connection), the launcher stops this rank quietly meanwhile.
+PEER_GRACE_S = 5.0
+STOPPED = 128 + signal.SIGTERM      # a worker the launcher stopped
 
 
 @dataclass(frozen=True)
@@ -35,12 +63,30 @@ class TrainingRun:
         return model.to(self.device, memory_format=self.memory_format)
 
 
+def run_training(module: str, params: dict[str, Any], device: str, device_key: str, seed: int,
+                 train: Callable[[TrainingRun], None]) -> None:
+    """Run `train` for the stage `module` (`stages.<name>`): here with one process, else in
+    train.nproc workers of the same module that this process launches and waits for."""
+    nproc = read_train(params).nproc
+    if nproc > 1 and not in_job():
+        check_devices(nproc, resolve_device(device, device_key), device_key)
+        launch_workers(module, nproc)
+        return
+    with (as_worker() if in_job() else nullcontext()), \
+            training_run(params, device, device_key, seed) as run:
+        train(run)
+
+
+def in_job() -> bool:
+    return any(name in os.environ for name in JOB_VARIABLES)
+
+
 @contextmanager
 def training_run(params: dict[str, Any], device: str, device_key: str, seed: int
                  ) -> Iterator[TrainingRun]:
-    """Validate the train: section, join the torchrun job if there is one, and seed every RNG
-    (rank r with seed + r, so ranks augment differently; rank 0, like a single process, with
-    `seed`)."""
+    """Validate the train: section, join the job if this process is a worker of one, and seed
+    every RNG (rank r with seed + r, so ranks augment differently; rank 0, like a single
+    process, with `seed`)."""
     train = read_train(params)
     world = world_from_env()
     with process_group(world, resolve_device(device, device_key)) as rank_device:
@@ -49,3 +95,128 @@ def training_run(params: dict[str, Any], device: str, device_key: str, seed: int
                           train.memory_format, seed_everything(seed + world.rank),
                           train.augment_on == "device",
                           amp_dtype(rank_device, train.precision))
+
+
+def check_devices(nproc: int, device: torch.device, device_key: str) -> None:
+    """Refuse before anything starts when CUDA workers would outnumber the visible GPUs."""
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise UserError(f"train.nproc = {nproc} starts one process per GPU but {device_key} "
+                        f"runs on CUDA and {torch.cuda.device_count()} GPU(s) are visible; "
+                        "lower train.nproc")
+
+
+# ----------------------------------------------------------------------------- in a worker
+
+@contextmanager
+def as_worker() -> Iterator[None]:
+    """A rank's part of the one-line promise: a user error goes to the launcher (not the
+    console) with exit code 2; being stopped by the launcher, or Ctrl-C forwarded by another
+    launcher, ends the rank quietly, after its `finally` blocks (atomic writes) have run."""
+    signal.signal(signal.SIGTERM, _stop_quietly)
+    # The launcher's SIGTERM kills this rank's DataLoader workers outright; made here, the
+    # multiprocessing temp dir they would each make (pymp-*) is this rank's, removed at its exit.
+    multiprocessing.util.get_temp_dir()
+    try:
+        yield
+    except UserError as err:
+        record_user_error(str(err))
+        sys.exit(USER_ERROR)
+    except KeyboardInterrupt:
+        sys.exit(128 + signal.SIGINT)
+    except Exception:
+        if world_from_env().distributed:
+            time.sleep(PEER_GRACE_S)
+        raise
+
+
+def _stop_quietly(signum: int, frame: Any) -> NoReturn:
+    # The launcher stops this rank's DataLoader workers too (one process group): their exit is
+    # expected now, not an error for torch's SIGCHLD check to raise while we unwind. (A no-op
+    # rather than SIG_DFL: Python raises for a pending signal whose handler became SIG_DFL.)
+    signal.signal(signal.SIGCHLD, _ignore)
+    sys.exit(STOPPED)
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    pass
+
+
+def record_user_error(message: str) -> None:
+    """Leave the message in the error file the launcher reads (torch's error-file format);
+    print it where no launcher asked for one (e.g. a hand-made torchrun)."""
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not error_file:
+        print(f"error: {message}", file=sys.stderr)
+        return
+    with open(error_file, "w") as f:
+        json.dump({"message": message, "timestamp": int(time.time()), "user_error": True}, f)
+
+
+# ------------------------------------------------------------------------- in the launcher
+
+def launch_workers(module: str, nproc: int) -> None:
+    """Start `python -m module` nproc times as one job on this machine (rendezvous on
+    127.0.0.1, a port the OS picks) and wait; a failed rank becomes one line here."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # torchrun's default for several processes, so they do not oversubscribe the cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    quiet_elastic_logs()
+    with launch_scratch() as scratch:
+        config = LaunchConfig(
+            min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=scratch.name,
+            rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", local_addr="127.0.0.1",
+            max_restarts=0,                      # a failure is reported, not retried
+            logs_specs=DefaultLogsSpecs(log_dir=str(scratch)),
+            # Ctrl-C stays a KeyboardInterrupt here (stage_main's one line); the agent then
+            # stops the workers with SIGTERM, which they end on quietly
+            signals_to_handle="SIGTERM,SIGHUP,SIGQUIT", shutdown_timeout=10)
+        try:
+            elastic_launch(config, sys.executable)("-m", module)
+        except ChildFailedError as err:
+            report_failure(err.failures)
+        except SignalException as err:
+            print(f"stopped by {err.sigval.name}; re-run to resume", file=sys.stderr)
+            sys.exit(128 + err.sigval)
+
+
+@contextmanager
+def launch_scratch() -> Iterator[Path]:
+    """A fresh folder for the launcher's per-rank files inside the project's ignored cache
+    (torch would leave /tmp/torchelastic_* behind), removed afterwards."""
+    paths.LAUNCH_SCRATCH.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=paths.LAUNCH_SCRATCH)).resolve()
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            os.removedirs(paths.LAUNCH_SCRATCH)     # and .cache, where nothing else is there
+        except OSError:
+            pass                # another run's scratch, or the caches, are still there
+
+
+def quiet_elastic_logs() -> None:
+    """The agent's warnings (a worker failed, workers being stopped) repeat what our one line
+    says, with tracebacks; keep them off the console."""
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
+        logger = logging.getLogger(name)
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+
+
+def report_failure(failures: dict[int, Any]) -> NoReturn:
+    """The first user error any rank recorded, as a UserError (one line, exit code 2); else one
+    line naming the first rank that failed (its own traceback, if any, is above)."""
+    # ranks killed by a signal were most likely stopped by the launcher after the first failure
+    by_time = sorted(failures.items(),
+                     key=lambda item: (item[1].exitcode < 0, item[1].timestamp, item[0]))
+    for _, failure in by_time:
+        if failure.exitcode == USER_ERROR and failure.error_file_data.get("user_error"):
+            raise UserError(failure.message)
+    rank, failure = by_time[0]
+    how = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
+           else f"exited with code {failure.exitcode}")
+    raise SystemExit(f"error: training process rank {rank} {how}")

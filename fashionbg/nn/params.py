@@ -34,11 +34,14 @@ def read_evaluate(params: dict[str, Any]) -> EvaluateConfig:
 
 AUTO = "auto"
 AUGMENT_ON = ("loader", "device")
+# Processes one machine runs: more than any GPU box holds, few enough that a typo (nproc: 1000)
+# is refused instead of starting a thousand processes.
+MAX_NPROC = 64
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    nproc: int              # processes per machine; dvc.yaml starts that many with torchrun
+    nproc: int              # processes per machine; the stage starts that many (launch)
     workers: int | None     # DataLoader worker processes per training process; None = auto
     channels_last: bool     # channels-last memory format for the model's convolutions
     augment_on: str         # loader (DataLoader workers) | device (the batch, on the device)
@@ -55,7 +58,7 @@ TRAIN_KEYS = tuple(TrainConfig.__dataclass_fields__)
 def read_train(params: dict[str, Any]) -> TrainConfig:
     cfg = section(params, "train", TRAIN_KEYS)
     return TrainConfig(
-        nproc=integer(cfg, "train", "nproc", minimum=1),
+        nproc=integer(cfg, "train", "nproc", minimum=1, maximum=MAX_NPROC),
         workers=optional_integer(cfg, "train", "workers", 0, AUTO),
         channels_last=boolean(cfg, "train", "channels_last"),
         augment_on=choice(cfg, "train", "augment_on", AUGMENT_ON),

@@ -1,0 +1,175 @@
+"""The training stages keep the one-line promise however they are started and however many
+processes they run: a mistake is our one `error:` line (exit code 2 from `python -m`; `dvc
+repro` fails and shows it), never a traceback of the launcher; a value from params.yaml never
+reaches a shell; a failed rank is named in one line; Ctrl-C is one line and exit code 130 and
+stops every worker; the launcher leaves no scratch in the project or in TMPDIR."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import pytest
+import torch
+import yaml
+from helpers_project import project_env
+from test_distributed import dvc_project, write_project
+
+from fashionbg.core.errors import UserError
+from fashionbg.nn.launch import check_devices, report_failure
+
+ROOT = Path(__file__).resolve().parents[1]
+UNKNOWN_CLASS = {"segment.task": "instance", "segment.instance_classes": ["hat"]}
+BAD = [
+    ("train_classifier", {"classify.lr": -1}, "classify.lr = -1 is not allowed"),
+    ("train_classifier", {"train.nproc": 1.5}, "train.nproc = 1.5 is not allowed"),
+    ("train_segmenter", {"train.nproc": 0}, "train.nproc = 0 is not allowed"),
+    ("train_classifier", {"train.nproc": "2; touch pwned"},
+     "train.nproc = '2; touch pwned' is not allowed"),
+    ("train_segmenter", UNKNOWN_CLASS, "unknown: hat"),
+    # every rank finds the same mistake in the data: still one line
+    ("train_segmenter", {**UNKNOWN_CLASS, "train.nproc": 2}, "unknown: hat"),
+]
+
+
+def make_project(root: Path, changes: dict[str, object], dvc: bool = False) -> Path:
+    """The tiny two-variant project of test_distributed with params changed ("section.key")."""
+    project = dvc_project(root, 0, "semantic", 1) if dvc else write_project(root, 0)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    return project
+
+
+def stage_env(tmp: Path, pythonpath: tuple[Path, ...] = ()) -> dict[str, str]:
+    tmp.mkdir(exist_ok=True)
+    return {**project_env(), "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(map(str, (*pythonpath, ROOT)))}
+
+
+def assert_left_nothing(project: Path, tmp: Path) -> None:
+    assert not list(tmp.iterdir()), list(tmp.iterdir())      # no torchelastic_* scratch
+    assert not (project / ".cache").exists()
+    assert not [p for p in project.rglob("*") if ".partial-" in p.name]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("how", ["python", "dvc"])
+@pytest.mark.parametrize("stage, changes, shown", BAD)
+def test_training_stage_mistake_is_one_line_both_ways(tmp_path, how, stage, changes, shown):
+    project = make_project(tmp_path / "project", changes, dvc=how == "dvc")
+    command = (["dvc", "repro", "-s", stage] if how == "dvc"
+               else [sys.executable, "-m", f"stages.{stage}"])
+    result = subprocess.run(command, cwd=project, env=stage_env(tmp_path / "tmp"),
+                            capture_output=True, text=True, timeout=240)
+    seen = result.stdout + result.stderr
+    assert result.returncode == 2 if how == "python" else result.returncode != 0, seen  # dvc: 255
+    ours = [line for line in seen.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1 and shown in ours[0], seen
+    assert "Traceback" not in seen and "ChildFailedError" not in seen, seen
+    assert not list(tmp_path.rglob("pwned")) and not (ROOT / "pwned").exists()
+    assert_left_nothing(project, tmp_path / "tmp")
+
+
+# Rank 1 alone fails where it reads the prepared cache (as if its copy were broken): a user
+# error, or a bug. sitecustomize runs in every worker before the stage is imported.
+RANK_1 = '''import os
+if os.environ.get("RANK") == "1":
+    import fashionbg.contracts.prepared as prepared
+    from fashionbg.core.errors import UserError
+
+    def load_prepared(path):
+        raise {error}
+
+    prepared.load_prepared = load_prepared
+'''
+FAILURES = {
+    "user error": ('UserError(f"{path} is unreadable on rank 1")', 2,
+                   "error: data/prepared/original is unreadable on rank 1", 0),
+    "bug": ('RuntimeError("a bug on rank 1")', 1,
+            "error: training process rank 1 exited with code 1", 1),
+}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", sorted(FAILURES))
+def test_a_failure_on_rank_1_only_is_named_in_one_line(tmp_path, kind):
+    error, code, last_line, tracebacks = FAILURES[kind]
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(RANK_1.format(error=error))
+    project = make_project(tmp_path / "project", {"train.nproc": 2})
+    result = subprocess.run([sys.executable, "-m", "stages.train_classifier"], cwd=project,
+                            env=stage_env(tmp_path / "tmp", (hook,)), capture_output=True,
+                            text=True, timeout=240)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code and lines[-1] == last_line, result.stderr
+    assert sum(line.startswith("error: ") for line in lines) == 1, result.stderr
+    # a bug shows its rank's own traceback (once: rank 0 is stopped quietly), never ours
+    assert result.stderr.count("Traceback") == tracebacks, result.stderr
+    assert "ChildFailedError" not in result.stderr and not (project / "models").exists()
+    assert_left_nothing(project, tmp_path / "tmp")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_ctrl_c_is_one_line_and_stops_every_worker(tmp_path, nproc):
+    """SIGINT to the foreground process group, as a terminal sends it, once training runs."""
+    project = make_project(tmp_path / "project", {"train.nproc": nproc, "train.workers": 1,
+                                                  "classify.epochs": 500})
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "stages.train_classifier"], cwd=project,
+                                env=stage_env(tmp_path / "tmp"), stdout=subprocess.DEVNULL,
+                                stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 200
+        while "epoch 1/" not in log.read_text() and proc.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        children = psutil.Process(proc.pid).children(recursive=True)   # ranks, loaders
+        assert children
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    _, alive = psutil.wait_procs(children, timeout=15)
+    text = log.read_text()
+    assert not alive and text.strip().splitlines()[-1] == "interrupted; re-run to resume", text
+    assert "Traceback" not in text and "Exception ignored" not in text, text
+    assert not (project / "models/classifier.pt").exists()
+    assert_left_nothing(project, tmp_path / "tmp")
+
+
+def test_more_cuda_processes_than_gpus_is_refused_before_launch(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match=r"train.nproc = 2 starts one process per GPU but "
+                                        r"classify.device runs on CUDA and 1 GPU\(s\) are"):
+        check_devices(2, torch.device("cuda"), "classify.device")
+    check_devices(1, torch.device("cuda"), "classify.device")
+    check_devices(8, torch.device("cpu"), "classify.device")
+
+
+def failure(exitcode: int, timestamp: int, data: dict | None = None) -> SimpleNamespace:
+    """What the launcher reports of a failed rank (torch's ProcessFailure, the fields read)."""
+    data = data or {"message": "<NONE>"}
+    return SimpleNamespace(exitcode=exitcode, timestamp=timestamp, error_file_data=data,
+                           message=data["message"], signal_name=lambda: "SIGTERM")
+
+
+def test_the_launcher_reports_the_first_user_error_else_the_first_rank_that_failed():
+    mistake = {"message": "params are wrong", "user_error": True}
+    with pytest.raises(UserError, match="^params are wrong$"):
+        report_failure({0: failure(-15, 5), 1: failure(2, 9, mistake), 2: failure(1, 1)})
+    with pytest.raises(SystemExit, match="^error: training process rank 2 exited with code 1$"):
+        report_failure({0: failure(-15, 0), 1: failure(2, 9), 2: failure(1, 8)})
+    with pytest.raises(SystemExit, match="^error: training process rank 0 was killed by SIG"):
+        report_failure({0: failure(-15, 3), 1: failure(-15, 3)})
