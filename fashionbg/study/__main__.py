@@ -15,7 +15,7 @@ from fashionbg.study.definition import SMOKE_SUFFIX, Cell, Study, load_study, lo
 from fashionbg.study.preflight import preflight
 from fashionbg.study.report import build_report, report_path, update_readme
 from fashionbg.study.results import read_results
-from fashionbg.study.runner import parse_shard, run_cells
+from fashionbg.study.runner import cells_to_run, parse_shard, run_cells
 
 log = logging.getLogger("study")
 
@@ -71,12 +71,16 @@ def main() -> None:
     study = load_study(params=params)
     preset = preset_name(study, args.preset, args.smoke)
     cells = cells_of(args, study, preset)
-    if args.command in ("run", "preflight"):
+    if args.command == "preflight":
         preflight(cells, params)
-        if args.command == "run":
-            _, failed = run_cells(parse_shard(args.shard).take(cells))
-            if failed:
-                log.warning("%d cells failed; the report uses the others", len(failed))
+        return
+    if args.command == "run":
+        todo = cells_to_run(parse_shard(args.shard).take(cells))
+        if todo:    # checked before anything is queued
+            preflight(todo, params)
+        _, failed = run_cells(todo)
+        if failed:
+            log.warning("%d cells failed; the report uses the others", len(failed))
         return
     results, missing = read_results(cells)
     command = "make study" + ("" if args.preset == "quick" else f" PRESET={args.preset}") + (

@@ -137,12 +137,17 @@ def cell_states(names: set[str], states: dict[str, str], experiments: dict[str, 
     return out
 
 
-def run_cells(cells: Sequence[Cell]) -> tuple[list[str], list[str]]:
-    """Queue the cells that have no experiment yet and wait for them; (done, failed) names."""
+def cells_to_run(cells: Sequence[Cell]) -> list[Cell]:
+    """The cells that have no experiment yet (adding a seed runs only the new cells)."""
     present = existing_experiments()
     todo = [c for c in cells if c.name not in present]
     log.info("%d cells: %d already run, %d to run", len(cells), len(cells) - len(todo),
              len(todo))
+    return todo
+
+
+def run_cells(todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
+    """Queue the cells and wait for them; (done, failed) names."""
     if not todo:
         return [], []
     queue(todo)
