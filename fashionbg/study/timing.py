@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
+from fashionbg.background.sod import SodOptions, make_session, predict_alpha, session_device
 from fashionbg.classify.models import build_classifier
 from fashionbg.classify.params import read_classify
 from fashionbg.core.errors import UserError
@@ -19,6 +23,8 @@ from fashionbg.segment.params import read_segment
 from fashionbg.study.definition import Cell
 
 TIMED_STEPS = 2
+TIMED_PHOTOS = 3
+PHOTO = (600, 400, 3)      # a typical fashion photo (FashionStyle14's and Fashionpedia's sizes)
 MAX_BATCH = 4              # images per timed step: enough to amortise a step's overhead
 VALIDATION = 1.3           # an epoch's validation pass on top of its training pass
 CELL_OVERHEAD_S = 30.0     # a cell's DVC workspace, imports and evaluation, measured on the demo
@@ -60,6 +66,39 @@ def estimates(cells: list[Cell], merged: dict[str, dict[str, Any]],
 SHAPE_KEYS = {"classify": ("arch", "batchnorm", "batch_size", "device"),
               "segment": ("task", "arch", "encoder", "decoder_width", "instance_backbone",
                           "batch_size", "device")}
+
+
+def removal_estimates(datasets: list[tuple[str, dict[str, Any], int | None]],
+                      homes: dict[str, Path]) -> list[str]:
+    """Per dataset: background removal's time, from a few photos through rembg on the device
+    `background.device` picks (rembg resizes every photo to its own input size, so random
+    photos of a typical size stand for the dataset)."""
+    lines = []
+    for source, background, images in datasets:
+        model = background["model"]
+        if model not in homes or images is None:
+            lines.append(f"time: background removal of {source} not estimated (weights or "
+                         "dataset size unknown)")
+            continue
+        try:
+            seconds, device = _seconds_per_photo(model, homes[model], background["device"])
+        except UserError as err:   # a provider this machine lacks: said above
+            lines.append(f"time: background removal of {source} not measured: {err}")
+            continue
+        lines.append(f"time: background removal of {source}, once for every cell: about "
+                     f"{_human(seconds * images)} ({images} photos at {seconds:.3f} s each "
+                     f"on {device}, one per call)")
+    return lines
+
+
+def _seconds_per_photo(model: str, home: Path, device: str) -> tuple[float, str]:
+    session = make_session(model, home, device)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, PHOTO, dtype=np.uint8))
+    predict_alpha(photo, session, SodOptions())         # warm-up
+    start = time.perf_counter()
+    for _ in range(TIMED_PHOTOS):
+        predict_alpha(photo, session, SodOptions())
+    return (time.perf_counter() - start) / TIMED_PHOTOS, session_device(session)
 
 
 def _model_key(task: str, p: dict[str, Any]) -> tuple:
