@@ -43,8 +43,9 @@ def main() -> None:
         metrics = report.metrics(config.model)
         write_json(tmp / paths.BACKGROUND_DETAIL.relative_to(paths.REMBG), metrics)
     write_json(paths.BACKGROUND_METRICS, pick(metrics, HEADLINE))
-    log.info("%s on %s, %d photo(s) per call; %d of %d masks computed, the others reused "
-             "from %s", metrics, device, batch, report.computed, report.images, cache.dir)
+    speed = f", {report.seconds / report.computed:.3f} s each" if report.computed else ""
+    log.info("%s on %s, %d photo(s) per call; %d of %d masks computed%s, the others reused "
+             "from %s", metrics, device, batch, report.computed, report.images, speed, cache.dir)
 
 
 if __name__ == "__main__":
