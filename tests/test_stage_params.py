@@ -33,11 +33,11 @@ CASES = [
     ("prepare", "background.fill", "purple", "black, white, gray or an [r, g, b]"),
     ("train_classifier", "data.variant", "nobg", "one of the variants data.variants builds"),
     ("train_classifier", "classify.arch", "vgg16", "one of shallow_cnn, resnet18"),
-    ("train_classifier", "classify.lr", 0, "a number > 0.0"),
+    ("train_classifier", "classify.lr", 0, "a finite number > 0.0"),
     ("train_classifier", "classify.epochs", 0, "an integer >= 1"),
     ("train_classifier", "classify.lrr", 0.1, "no such key; the known keys are arch"),
     ("train_segmenter", "segment.arch", "segformer", "one of unet, fpn, deeplabv3plus"),
-    ("train_classifier", "train.workers", -1, "auto or an integer >= 0"),
+    ("train_classifier", "train.workers", -1, "auto or an integer from 0 to 64"),
     ("train_segmenter", "train.nproc", 0, "an integer from 1 to 64"),
     ("train_classifier", "train.nproc", 1.5, "an integer from 1 to 64"),
     ("train_classifier", "train.nproc", "2; touch pwned", "an integer from 1 to 64"),
@@ -47,11 +47,11 @@ CASES = [
     ("train_segmenter", "train.channels_last", "yes", "true or false"),
     ("train_classifier", "train.augment_on", "gpu", "one of loader, device"),
     ("train_segmenter", "train.precision", "fp8", "one of auto, bf16, fp16, fp32"),
-    ("evaluate_classifier", "evaluate.batch_size", "big", "an integer >= 1"),
+    ("evaluate_classifier", "evaluate.batch_size", "big", "an integer from 1 to 1024"),
     ("evaluate_segmenter", "evaluate.overlays", 99, "an integer from 0 to 32"),
     ("evaluate_segmenter", "evaluate.device", "tpu", "one of auto, cpu, cuda"),
     ("remove_background", "background.device", "gpu", "one of auto, cpu, cuda"),
-    ("remove_background", "background.batch_size", 0, "auto or an integer >= 1"),
+    ("remove_background", "background.batch_size", 0, "auto or an integer from 1 to 256"),
 ]
 
 

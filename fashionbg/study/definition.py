@@ -20,6 +20,7 @@ import yaml
 
 from fashionbg.contracts.params import REQUIRED, VARIANTS
 from fashionbg.core.errors import UserError
+from fashionbg.core.params import is_number
 
 STUDY_FILE = Path("study.yaml")
 TASKS = {   # task: (seed key, evaluation stage, headline metric, metrics file)
@@ -121,7 +122,11 @@ def load_study(path: Path = STUDY_FILE, params: dict[str, Any] | None = None) ->
     presets = {**presets, **{name + SMOKE_SUFFIX: _smoke_preset(path, name, preset, presets, arms)
                              for name, preset in presets.items() if "smoke" in preset}}
     variants = _variants(f"{path}: variants", raw.get("variants", list(REQUIRED)))
-    study = Study(arms, claims, float(raw.get("minimal_effect", 0.02)), presets, variants)
+    effect = raw.get("minimal_effect", 0.02)
+    if not (is_number(effect) and effect > 0):
+        raise UserError(f"{path}: minimal_effect = {effect!r} is not allowed; expected a finite "
+                        "number > 0")
+    study = Study(arms, claims, float(effect), presets, variants)
     if params is not None:
         for preset in presets:
             for cell in study.cells(preset):
