@@ -51,6 +51,9 @@ def load_params(path: Path = PARAMS) -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise UserError(f"{path} is not valid YAML{where}: {problem}") from err
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be params (sections of keys); check "
+                        "its brackets") from None
     if not isinstance(params, dict):
         raise UserError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
     return params

@@ -135,6 +135,9 @@ def load_coco(path: Path, split: str) -> CocoFile:
             data = json.load(f)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read COCO file {path}: {err}") from None
+    except RecursionError:
+        raise UserError(f"cannot read COCO file {path}: nested too deeply to be COCO "
+                        "annotations") from None
     ok = (isinstance(data, dict) and isinstance(data.get("images"), list)
           and isinstance(data.get("annotations"), list)
           and isinstance(data.get("categories"), list)

@@ -112,6 +112,8 @@ def load_study(path: Path = STUDY_FILE, params: dict[str, Any] | None = None) ->
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as err:
         raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from err
+    except RecursionError:
+        raise UserError(f"cannot read {path}: nested too deeply; check its brackets") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path} must hold a mapping with arms, claims and presets")
     arms = {name: _arm(path, name, spec) for name, spec in _mapping(path, raw, "arms").items()}
