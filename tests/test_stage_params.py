@@ -52,6 +52,20 @@ CASES = [
     ("evaluate_segmenter", "evaluate.device", "tpu", "one of auto, cpu, cuda"),
     ("remove_background", "background.device", "gpu", "one of auto, cpu, cuda"),
     ("remove_background", "background.batch_size", 0, "auto or an integer from 1 to 256"),
+    # NaN and infinities pass or fail range checks by accident: refused centrally, as "finite"
+    ("train_classifier", "classify.lr", float("nan"), "a finite number > 0.0"),
+    ("train_segmenter", "segment.weight_decay", float("inf"), "a finite number >= 0.0"),
+    ("download", "data.demo.context_correlation", float("nan"), "a finite number >= 0.0"),
+    ("download", "data.max_bad_fraction", float("-inf"), "a finite number >= 0.0"),
+    ("download", "data.split", [float("nan"), 0.5, 0.5], "three finite non-negative numbers"),
+    # upper bounds where memory grows with the value, stated in the message
+    ("prepare", "data.image_size", [5000, 96], "each at most 4096: 3 bytes per pixel"),
+    ("download", "data.demo.image_size", [2048, 192], "each at most 1024"),
+    ("download", "data.demo.images_per_class", 10**6, "an integer from 3 to 5000"),
+    ("remove_background", "background.batch_size", 100000, "auto or an integer from 1 to 256"),
+    ("train_classifier", "classify.batch_size", 32000, "an integer from 1 to 1024"),
+    ("train_segmenter", "segment.batch_size", 5000, "an integer from 2 to 1024"),
+    ("train_classifier", "train.workers", 1000, "auto or an integer from 0 to 64"),
 ]
 
 
