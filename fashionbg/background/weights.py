@@ -18,11 +18,6 @@ from pathlib import Path
 
 from fashionbg.core.errors import UserError
 
-# ONNX Runtime (rembg's engine) opens a telemetry database under ~/.cache/Microsoft/DeveloperTools
-# when the module is imported, unless this is set: a stage writes nothing outside the project.
-# Every module that imports onnxruntime (background.sod, study.preflight) imports this one first.
-os.environ["ORT_DISABLE_TELEMETRY"] = "1"
-
 log = logging.getLogger(__name__)
 
 

@@ -51,6 +51,9 @@ _REMEDIES = {
     errno.ENOTDIR: ("not a folder", "check the path (and params.yaml) and re-run"),
     errno.EISDIR: ("is a folder, not a file", "check the path (and params.yaml) and re-run"),
     errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) and re-run"),
+    errno.EFBIG: ("file too large for the file system or the size limit",
+                  "free space or raise the limit (ulimit -f) and re-run"),
+    errno.EEXIST: ("something is in the way", "move it away and re-run"),
 }
 
 

@@ -27,7 +27,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=partial_prefix(target), dir=target.parent))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())     # as mkdir gives, not mkdtemp's 0700
-        yield tmp
+        with naming(target):
+            yield tmp
         if target.exists():
             old = target.with_name(f"{partial_prefix(target)}old")
             target.rename(old)
@@ -51,12 +52,24 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
     fd, tmp = tempfile.mkstemp(prefix=partial_prefix(target), dir=target.parent)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())     # as open() gives, not mkstemp's 0600
-        with os.fdopen(fd, mode) as f:
+        with naming(target), os.fdopen(fd, mode) as f:
             yield f
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def naming(target: Path) -> Iterator[None]:
+    """A write that fails without saying where (a full disk, a size limit: write() knows no
+    name) names the output it was writing, so the user's one line says which."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            err.filename = str(target)
+        raise
 
 
 def current_umask() -> int:
