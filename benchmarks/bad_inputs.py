@@ -6,15 +6,19 @@ stages launch their own worker processes, where a traceback could hide).
     python benchmarks/bad_inputs.py        (needs models/rembg from `dvc repro fetch_model`)
 
 Prints one markdown table (case, stage, how it was run, exit code, our `error:` line or else the
-last line of output) and the number of runs that ended in a traceback, written anything outside
-their project, or ran code from data: the goal for all three is zero.
+last line of output) and the number of runs that ended in a traceback, hung (no exit within
+TIMEOUT), exited 0 on an input that must be refused (a silent wrong result), or wrote anything
+outside their project (HOME is a fresh empty folder per run) or ran code from data: the goal for
+all four is zero.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +37,14 @@ from helpers_project import copy_project, project_env  # noqa: E402
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 TRAINING = ("train_classifier", "train_segmenter")
+TIMEOUT = 300
+# Cases where exit 0 is right: the bad files are quarantined (listed in quarantine.csv) and the
+# rest of the data goes on.
+MAY_SUCCEED = {"zip member ../../evil.jpg", "zip member with absolute path",
+               "COCO file_name ../../x.jpg", "COCO file_name /etc/passwd", "photo name not UTF-8"}
+# Cases run under a file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored): writes past it fail with
+# EFBIG, a real refusal by the OS standing in for a full disk.
+FILE_SIZE_LIMIT = {"file size limit hit while writing (stands in for a full disk)": 20_000}
 
 
 class Pwned:
@@ -69,11 +81,14 @@ def params(project: Path, **data: object) -> None:
 
 
 def setting(project: Path, values: dict[str, object]) -> None:
-    """params.yaml with the "section.key" values changed."""
+    """params.yaml with the "section.key" (or "section.sub.key") values changed."""
     changed = json.loads(json.dumps(PARAMS))
     for dotted, value in values.items():
-        name, key = dotted.split(".")
-        changed[name][key] = value
+        *parents, key = dotted.split(".")
+        node = changed
+        for name in parents:
+            node = node[name]
+        node[key] = value
     write(project, "params.yaml", yaml.safe_dump(changed))
 
 
@@ -232,51 +247,132 @@ CASES: list[Case] = [
 ]
 
 
-def run_case(stage: str, setup: Callable[[Path], None], dvc: bool = False
-             ) -> tuple[int, str, bool, bool]:
-    """(exit code, our error line or else the last line of output, traceback seen, something
-    written outside/code ran), run by `python -m` or (dvc) by `dvc repro -s` in a copy of the
-    project."""
-    with tempfile.TemporaryDirectory() as outer:
+def deep_yaml(project: Path) -> None:
+    write(project, "params.yaml", "data: " + "[" * 20000 + "]" * 20000 + "\n")
+
+
+def undecodable_name(project: Path) -> None:
+    folder_zip(project, PHOTOS)
+    for c in ("coat", "dress"):
+        for i in range(5):
+            write(project, f"photos/{c}/{c}{i}.jpg", jpeg(i))
+    bad = os.fsencode(project / "photos" / "coat") + b"/bad\xff.jpg"
+    with open(bad, "wb") as f:
+        f.write(jpeg(9))
+    params(project, source="folder", path=str(project / "photos"), max_bad_fraction=0.5)
+
+
+def limited(size: int | None) -> Callable[[], None] | None:
+    if size is None:
+        return None
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    return apply
+
+
+CASES += [
+    ("classify.lr = NaN", "train_classifier",
+     lambda p: prepared(p, {"classify.lr": float("nan")})),
+    ("segment.lr = inf", "train_segmenter", lambda p: prepared(p, {"segment.lr": float("inf")})),
+    ("data.max_bad_fraction = NaN", "download", lambda p: params(p, max_bad_fraction=float("nan"))),
+    ("data.demo.context_correlation = -inf", "download",
+     lambda p: setting(p, {"data.demo.context_correlation": float("-inf")})),
+    ("data.split = [NaN, 0.5, 0.5]", "download", lambda p: params(p, split=[float("nan"), .5, .5])),
+    ("data.image_size = [100000, 100000]", "prepare",
+     lambda p: (raw(p, "images/a.jpg,train,casual,\n"),
+                params(p, image_size=[100000, 100000]))),
+    ("data.demo.images_per_class = 10**7", "download",
+     lambda p: setting(p, {"data.demo.images_per_class": 10**7})),
+    ("background.batch_size = 100000", "remove_background",
+     lambda p: (raw(p, "images/a.jpg,train,casual,\n"), weights(p),
+                setting(p, {"background.batch_size": 100000}))),
+    ("classify.batch_size = 10**6", "train_classifier",
+     lambda p: prepared(p, {"classify.batch_size": 10**6})),
+    ("train.workers = 10000", "train_segmenter", lambda p: prepared(p, {"train.workers": 10000})),
+    ("data.variant = ../../outside (a folder there exists)", "train_classifier",
+     lambda p: (prepared(p, {"data.variant": "../../outside"}),
+                write(p, "../outside/images.npy", b"x"))),
+    ("data.path = ~nosuchuser/photos", "download",
+     lambda p: params(p, source="folder", path="~nosuchuser/photos")),
+    ("data.path 300 characters long", "download",
+     lambda p: params(p, source="folder", path="/tmp/" + "x" * 300)),
+    ("data.url = http://[::1/x.zip (malformed)", "download",
+     lambda p: params(p, source="fashionstyle14", url="http://[::1/x.zip")),
+    ("params.yaml nested 20000 deep", "download", deep_yaml),
+    ("params.yaml nested 20000 deep", "train_classifier", deep_yaml),
+    ("COCO JSON nested 100000 deep", "download",
+     lambda p: (coco(p, "a.jpg"), write(p, "coco/instances_train.json", "[" * 100000))),
+    ("photo name not UTF-8", "download", undecodable_name),
+    ("output folder data/ blocked by a file", "download",
+     lambda p: (params(p), write(p, "data", "a file, not a folder"))),
+    ("file size limit hit while writing (stands in for a full disk)", "download",
+     lambda p: params(p)),
+]
+
+
+def run_case(name: str, stage: str, setup: Callable[[Path], None], dvc: bool = False
+             ) -> tuple[int | None, str, bool, bool]:
+    """(exit code or None if it hung, our error line or else the last line of output,
+    traceback seen, something written outside/code ran), run by `python -m` or (dvc) by
+    `dvc repro -s` in a copy of the project."""
+    with tempfile.TemporaryDirectory() as outer, tempfile.TemporaryDirectory() as home:
         project = Path(outer) / "project"
         project.mkdir()
         if dvc:
             copy_project(project)
             (project / "data/raw").mkdir(parents=True)      # a dependency of train_segmenter
         setup(project)
-        env = {**project_env(), "PYTHONPATH": str(ROOT)}
+        env = {**{k: v for k, v in project_env().items() if not k.startswith("XDG_")},
+               "PYTHONPATH": str(ROOT), "HOME": home}
         if dvc:
             subprocess.run(["git", "init", "-q"], cwd=project, check=True)
         command = (["dvc", "repro", "-s", stage] if dvc
                    else [sys.executable, "-m", f"stages.{stage}"])
-        result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True,
-                                timeout=600)
-        output = result.stdout + result.stderr
+        before = sorted(os.listdir(outer))
+        try:
+            result = subprocess.run(command, cwd=project, env=env, capture_output=True,
+                                    text=True, timeout=TIMEOUT,
+                                    preexec_fn=limited(FILE_SIZE_LIMIT.get(name)))
+            code, output = result.returncode, result.stdout + result.stderr
+        except subprocess.TimeoutExpired as err:
+            code, output = None, f"{err.stdout or ''}{err.stderr or ''}"
+            output = output.decode(errors="replace") if isinstance(output, bytes) else output
         lines = output.strip().splitlines() or [""]
-        shown = next((line for line in reversed(lines) if line.startswith("error: ")), lines[-1])
-        escaped = (sorted(os.listdir(outer)) != ["project"] or (project / "PWNED").exists()
-                   or (project / "pwned").exists() or Path("/tmp/evil.jpg").exists())
+        shown = next((line for prefix in ("error: ", "ERROR: ") for line in reversed(lines)
+                      if line.startswith(prefix)), lines[-1])
+        escaped = (sorted(os.listdir(outer)) != before or os.listdir(home) != []
+                   or (project / "PWNED").exists() or (project / "pwned").exists()
+                   or Path("/tmp/evil.jpg").exists())
         traceback = "Traceback" in output or "ChildFailedError" in output
-        return result.returncode, shown, traceback, escaped
+        return code, shown, traceback, escaped
 
 
 def main() -> None:
     print("| bad input | stage | run by | exit | what the user sees |")
     print("|---|---|---|---|---|")
-    runs = tracebacks = escapes = 0
-    for name, stage, setup in CASES:
+    runs = tracebacks = hangs = silent = escapes = 0
+    only = sys.argv[1:]        # optional: run only the cases whose name contains one of these
+    cases = [c for c in CASES if not only or any(o in c[0] for o in only)]
+    for name, stage, setup in cases:
         for dvc in (False, True) if stage in TRAINING else (False,):
-            code, line, traceback, escaped = run_case(stage, setup, dvc)
+            code, line, traceback, escaped = run_case(name, stage, setup, dvc)
+            quiet = code == 0 and name not in MAY_SUCCEED
             runs += 1
             tracebacks += traceback
+            hangs += code is None
+            silent += quiet
             escapes += escaped
             flag = " **TRACEBACK**" if traceback else ""
+            flag += " **HUNG**" if code is None else ""
+            flag += " **SILENT**" if quiet else ""
             flag += " **ESCAPED**" if escaped else ""
             shown = line.replace("|", "\\|")[:160]
             how = "dvc repro" if dvc else "python -m"
             print(f"| {name} | {stage} | {how} | {code}{flag} | {shown} |", flush=True)
-    print(f"\n{len(CASES)} cases, {runs} runs: {tracebacks} tracebacks, {escapes} wrote outside "
-          "their project or ran code from data")
+    print(f"\n{len(cases)} cases, {runs} runs: {tracebacks} tracebacks, {hangs} hangs, {silent} "
+          f"silent wrong results, {escapes} wrote outside their project or ran code from data")
 
 
 if __name__ == "__main__":

@@ -57,8 +57,8 @@ def test_a_class_without_test_images_is_null_and_left_out_of_macro_f1():
 
 @pytest.mark.parametrize("key, value, allowed", [
     ("arch", "vgg", "one of shallow_cnn, resnet18, efficientnet_lite0"),
-    ("lr", 0, "a number > 0.0"),
-    ("lr", -1e-3, "a number > 0.0"),
+    ("lr", 0, "a finite number > 0.0"),
+    ("lr", -1e-3, "a finite number > 0.0"),
     ("epochs", 0, "an integer >= 1"),
     ("augment", "heavy", "one of none, standard, strong"),
     ("pretrained", True, "false for shallow_cnn"),

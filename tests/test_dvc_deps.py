@@ -103,3 +103,14 @@ def test_no_stage_imports_another(name):
     others = sorted(str(p.relative_to(ROOT)) for p in closure(stage_module(STAGES[name]))
                     if p.parent == ROOT / "stages" and p != own)
     assert not others, f"stage {name} imports other stages: {others}"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_no_dependency_or_output_path_comes_from_a_param(name):
+    """DVC hashes deps before the stage checks its params, so a path built from a param
+    (data/prepared/${data.variant} with data.variant: ../..) would read outside the project."""
+    stage = STAGES[name]
+    paths = [d if isinstance(d, str) else next(iter(d))
+             for d in stage.get("deps", []) + stage.get("outs", [])]
+    assert not [p for p in paths if "${" in p], paths
+    assert "${" not in stage["cmd"]

@@ -12,6 +12,9 @@ SOD_MODELS = ("u2netp", "u2net")
 DEVICES = ("auto", "cpu", "cuda")
 NAMED_FILLS = {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128)}
 
+# Photos rembg decodes and runs at once: 256 full-size photos are a few GB.
+MAX_BATCH = 256
+
 
 @dataclass(frozen=True)
 class BackgroundConfig:
@@ -41,7 +44,8 @@ def read_background(params: dict[str, Any]) -> BackgroundConfig:
 def batch_size(cfg: dict[str, Any]) -> int | None:
     """`background.batch_size`; batches skip rembg's remove(), so alpha matting (which it
     applies) runs one photo at a time."""
-    value = optional_integer(cfg, "background", "batch_size", 1, "auto")
+    value = optional_integer(cfg, "background", "batch_size", 1, "auto", MAX_BATCH,
+                             " (photos per rembg call, decoded in memory at once)")
     if cfg["alpha_matting"] is True and value not in (None, 1):
         raise ParamError("background.batch_size", value, "auto or 1 with alpha_matting: true")
     return value

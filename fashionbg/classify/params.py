@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fashionbg.core.errors import ParamError
-from fashionbg.core.params import boolean, choice, integer, number, section
+from fashionbg.core.params import batch_size, boolean, choice, integer, number, section
 from fashionbg.nn.device import DEVICES
 
 ARCHS = ("shallow_cnn", "resnet18", "efficientnet_lite0")
@@ -51,7 +51,7 @@ def read_classify(params: dict[str, Any]) -> ClassifyConfig:
         lr=number(cfg, p, "lr", minimum=0.0, exclusive_min=True),
         weight_decay=number(cfg, p, "weight_decay", minimum=0.0),
         epochs=integer(cfg, p, "epochs", minimum=1),
-        batch_size=integer(cfg, p, "batch_size", minimum=1),
+        batch_size=batch_size(cfg, p, "batch_size"),
         seed=integer(cfg, p, "seed", minimum=0),
         device=choice(cfg, p, "device", DEVICES),
     )

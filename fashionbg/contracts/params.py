@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from fashionbg.core.errors import ParamError
-from fashionbg.core.params import section, size_pair
+from fashionbg.core.params import image_size, section
 
 # What a prepared cache can show: the photo, rembg's removal, and the controlled variants of
 # fashionbg/background/variants.py. original and rembg are always built (the paper's question).
@@ -48,7 +48,7 @@ def read_variant(params: dict[str, Any]) -> str:
 
 def read_image_size(params: dict[str, Any]) -> tuple[int, int]:
     """data.image_size: [height, width] of the prepared cache."""
-    return size_pair(data_section(params), "data", "image_size")
+    return image_size(data_section(params), "data", "image_size")
 
 
 def other_variant(variant: str) -> str:

@@ -173,9 +173,10 @@ def _confined(where: str, value: str, folder: str) -> None:
     """A relative path inside `folder/`, with no `..`, absolute or empty parts."""
     path = PurePosixPath(value)
     if (path.is_absolute() or "\\" in value or len(path.parts) < 2 or path.parts[0] != folder
-            or any(part in ("..", ".", "") for part in value.split("/"))):
+            or any(part in ("..", ".", "") for part in value.split("/"))
+            or value != value.encode("utf-8", "replace").decode("utf-8")):
         raise UserError(f"{where}: path {value!r} is not allowed; expected a relative path "
-                        f"inside {folder}/ without '..'")
+                        f"inside {folder}/ without '..', in UTF-8")
 
 
 def read_classes(raw_dir: Path) -> dict[str, list[str]]:

@@ -26,11 +26,17 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     clear_leftovers(target)
     tmp = Path(tempfile.mkdtemp(prefix=partial_prefix(target), dir=target.parent))
     try:
-        yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())     # as mkdir gives, not mkdtemp's 0700
+        with naming(target):
+            yield tmp
         if target.exists():
             old = target.with_name(f"{partial_prefix(target)}old")
             target.rename(old)
-            tmp.rename(target)
+            try:
+                tmp.rename(target)
+            except BaseException:
+                old.rename(target)                 # the earlier output stays whole
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(target)
@@ -45,12 +51,32 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
     clear_leftovers(target)
     fd, tmp = tempfile.mkstemp(prefix=partial_prefix(target), dir=target.parent)
     try:
-        with os.fdopen(fd, mode) as f:
+        os.fchmod(fd, 0o666 & ~current_umask())     # as open() gives, not mkstemp's 0600
+        with naming(target), os.fdopen(fd, mode) as f:
             yield f
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def naming(target: Path) -> Iterator[None]:
+    """A write that fails without saying where (a full disk, a size limit: write() knows no
+    name) names the output it was writing, so the user's one line says which."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            err.filename = str(target)
+        raise
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: put it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def partial_prefix(target: Path) -> str:
@@ -92,3 +118,6 @@ def read_json(path: Path) -> Any:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"{path} is not valid JSON ({err}); run the stage that writes it "
                         "again") from err
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be one of ours; run the stage that "
+                        "writes it again") from None

@@ -7,6 +7,7 @@ params.yaml is the only source of defaults.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,12 @@ import yaml
 
 from fashionbg.core.errors import ParamError, UserError
 from fashionbg.core.paths import PARAMS
+
+# Upper bounds where memory grows with a value: well above what a real run needs (FashionStyle14
+# at 224 x 224, Fashionpedia at 512 x 512, batches of a few hundred), low enough that a typo
+# (image_size: [40960, 512], batch_size: 32000) is refused before anything is allocated.
+MAX_IMAGE_SIDE = 4096
+MAX_BATCH = 1024
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -44,6 +51,9 @@ def load_params(path: Path = PARAMS) -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise UserError(f"{path} is not valid YAML{where}: {problem}") from err
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be params (sections of keys); check "
+                        "its brackets") from None
     if not isinstance(params, dict):
         raise UserError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
     return params
@@ -83,8 +93,16 @@ def boolean(cfg: dict[str, Any], prefix: str, key: str) -> bool:
     return value
 
 
+def is_number(value: Any) -> bool:
+    """An int or a finite float (not a bool): NaN and ±inf pass every comparison or none, so
+    a range check alone would let them through (or refuse them with a misleading message)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def integer(cfg: dict[str, Any], prefix: str, key: str, minimum: int | None = None,
-            maximum: int | None = None) -> int:
+            maximum: int | None = None, why: str = "") -> int:
+    """An integer in [minimum, maximum]; `why` says what the maximum protects."""
     value = cfg.get(key)
     ok = isinstance(value, int) and not isinstance(value, bool)
     if ok and minimum is not None and value < minimum:
@@ -92,36 +110,53 @@ def integer(cfg: dict[str, Any], prefix: str, key: str, minimum: int | None = No
     if ok and maximum is not None and value > maximum:
         ok = False
     if not ok:
-        raise ParamError(f"{prefix}.{key}", value, _range_text("an integer", minimum, maximum))
+        raise ParamError(f"{prefix}.{key}", value,
+                         _range_text("an integer", minimum, maximum) + why)
     return value
 
 
 def optional_integer(cfg: dict[str, Any], prefix: str, key: str, minimum: int,
-                     word: str | None = None) -> int | None:
-    """An integer >= minimum, or None where the value is `word` (null, or e.g. auto)."""
+                     word: str | None = None, maximum: int | None = None,
+                     why: str = "") -> int | None:
+    """An integer >= minimum (and <= maximum), or None where the value is `word` (null, or
+    e.g. auto); `why` says what the maximum protects."""
     value = cfg.get(key)
-    if value == word:
+    if value == word and not isinstance(value, bool):
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ParamError(f"{prefix}.{key}", value,
-                         f"{'null' if word is None else word} or an integer >= {minimum}")
+    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            or (maximum is not None and value > maximum)):
+        raise ParamError(f"{prefix}.{key}", value, f"{'null' if word is None else word} or "
+                         + _range_text("an integer", minimum, maximum) + why)
     return value
 
 
 def number(cfg: dict[str, Any], prefix: str, key: str, minimum: float | None = None,
            maximum: float | None = None, exclusive_min: bool = False) -> float:
     value = cfg.get(key)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = is_number(value)
     if ok and minimum is not None and (value <= minimum if exclusive_min else value < minimum):
         ok = False
     if ok and maximum is not None and value > maximum:
         ok = False
     if not ok:
         lower = f"> {minimum}" if exclusive_min else f">= {minimum}"
-        text = "a number" + (f" {lower}" if minimum is not None else "")
+        text = "a finite number" + (f" {lower}" if minimum is not None else "")
         text += f" and <= {maximum}" if maximum is not None else ""
         raise ParamError(f"{prefix}.{key}", value, text)
     return float(value)
+
+
+def batch_size(cfg: dict[str, Any], prefix: str, key: str, minimum: int = 1) -> int:
+    """A training or evaluation batch size, bounded by what fits in a GPU's memory."""
+    return integer(cfg, prefix, key, minimum=minimum, maximum=MAX_BATCH,
+                   why=" (images per step; a larger batch does not fit in a GPU's memory)")
+
+
+def image_size(cfg: dict[str, Any], prefix: str, key: str, minimum: int = 1
+               ) -> tuple[int, int]:
+    """A [height, width] of images held in memory or on disk, 3 bytes per pixel."""
+    return size_pair(cfg, prefix, key, minimum, MAX_IMAGE_SIDE,
+                     ": 3 bytes per pixel per image, in memory and on disk")
 
 
 def optional_str(cfg: dict[str, Any], prefix: str, key: str) -> str | None:
@@ -131,15 +166,18 @@ def optional_str(cfg: dict[str, Any], prefix: str, key: str) -> str | None:
     return value
 
 
-def size_pair(cfg: dict[str, Any], prefix: str, key: str, minimum: int = 1) -> tuple[int, int]:
-    """A [height, width] pair of integers >= `minimum`."""
+def size_pair(cfg: dict[str, Any], prefix: str, key: str, minimum: int = 1,
+              maximum: int | None = None, why: str = "") -> tuple[int, int]:
+    """A [height, width] pair of integers from `minimum` to `maximum`; `why` says what the
+    maximum protects."""
     value = cfg.get(key)
     if (isinstance(value, (list, tuple)) and len(value) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-                    for v in value)):
+                    and (maximum is None or v <= maximum) for v in value)):
         return int(value[0]), int(value[1])
     what = "positive integers" if minimum == 1 else f"integers >= {minimum}"
-    raise ParamError(f"{prefix}.{key}", value, f"two {what} [height, width]")
+    bound = f", each at most {maximum}{why}" if maximum is not None else ""
+    raise ParamError(f"{prefix}.{key}", value, f"two {what} [height, width]{bound}")
 
 
 def _range_text(kind: str, minimum: float | None, maximum: float | None) -> str:

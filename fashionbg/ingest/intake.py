@@ -39,6 +39,21 @@ def is_junk(name: str) -> bool:
     return name.startswith(".") or name in JUNK_NAMES
 
 
+def undecodable(name: str) -> bool:
+    """A name the file system gave as bytes that are not UTF-8 (Python keeps them as lone
+    surrogates): it cannot go into index.csv, so the photo is quarantined under `shown_name`."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def shown_name(name: str) -> str:
+    """`name` with undecodable bytes written as escapes (\\xff), safe for CSV and logs."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def stored_rel(rel: str, checked: CheckedImage) -> str:
     """The name the photo gets under images/ (a converted photo's suffix must match its bytes)."""
     if checked.clean:

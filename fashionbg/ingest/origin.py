@@ -68,7 +68,7 @@ def parse_origin(data: dict[str, Any], source: str, homepage: str,
     url = optional_str(data, "data", "url")
     sha = data.get("sha256")
     if path is not None:
-        local = Path(path).expanduser()
+        local = _local_path(path)
         if not (local.is_dir() or (local.is_file() and archive_kind(local))):
             raise ParamError("data.path", path, "an existing folder, or a zip or tar archive")
         if sha is not None and not (local.is_file() and _is_hex(sha)):
@@ -77,8 +77,8 @@ def parse_origin(data: dict[str, Any], source: str, homepage: str,
         if url is not None:
             log.info("data.path is set, so data.url is not used")
         return Origin(source, homepage, path=local, path_sha256=sha and sha.lower())
-    if url is not None and urlparse(url).scheme not in ("http", "https"):
-        raise ParamError("data.url", url, "null or an http(s):// URL")
+    if url is not None and not _is_http_url(url):
+        raise ParamError("data.url", url, "null or an http(s)://host/... URL")
     if url is None and not defaults:
         raise ParamError("data.path", None, f"a folder or archive on disk (or set data.url): "
                          f"the {source} source has no default download")
@@ -91,6 +91,34 @@ def parse_origin(data: dict[str, Any], source: str, homepage: str,
     return Origin(source, homepage, remotes=tuple(
         Remote(PurePosixPath(key).name, u, _expected(sha, key, len(urls)))
         for key, u in urls.items()))
+
+
+def _local_path(path: str) -> Path:
+    """data.path with ~ expanded; an unknown ~user, a NUL byte or a name the file system
+    refuses is a ParamError, not a traceback."""
+    try:
+        local = Path(path).expanduser()
+        local.stat()
+    except RuntimeError:                       # ~user names no user of this machine
+        raise ParamError("data.path", path, "an existing folder, or a zip or tar archive "
+                         "(~ names no home folder here)") from None
+    except FileNotFoundError:
+        return local                           # said below, with what is allowed
+    except (OSError, ValueError) as err:       # too long, NUL byte, permission denied...
+        raise ParamError("data.path", path, "an existing folder, or a zip or tar archive "
+                         f"this user can read ({getattr(err, 'strerror', None) or err})"
+                         ) from None
+    return local
+
+
+def _is_http_url(url: str) -> bool:
+    """An http(s) URL with a host and a valid port (urlparse raises on some malformed ones)."""
+    try:
+        parsed = urlparse(url)
+        parsed.port                            # raises on a port out of range or not a number
+    except ValueError:
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.hostname)
 
 
 def _expected(sha: Any, key: str, n: int) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from fashionbg.contracts.codes import SPLITS
 from fashionbg.core.errors import ParamError, UserError
-from fashionbg.core.params import integer, optional_integer
+from fashionbg.core.params import integer, is_number, optional_integer
 
 T = TypeVar("T")
 
@@ -43,11 +43,10 @@ def fractions(data: dict[str, Any]) -> tuple[float, float, float]:
     """data.split: train/val/test fractions for splits the pipeline draws."""
     value = data.get("split")
     ok = (isinstance(value, (list, tuple)) and len(value) == 3
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-                  for v in value))
+          and all(is_number(v) and v >= 0 for v in value))
     if not ok or abs(sum(value) - 1.0) > 1e-6 or value[0] <= 0:
-        raise ParamError("data.split", value, "three non-negative numbers [train, val, test] "
-                         "summing to 1, with train > 0")
+        raise ParamError("data.split", value, "three finite non-negative numbers [train, val, "
+                         "test] summing to 1, with train > 0")
     return float(value[0]), float(value[1]), float(value[2])
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from fashionbg.core.params import boolean, choice, integer, optional_integer, section
+from fashionbg.core.params import (batch_size, boolean, choice, integer, optional_integer,
+                                   section)
 from fashionbg.nn.device import DEVICES
 from fashionbg.nn.engine import PRECISIONS
 
@@ -27,7 +28,7 @@ def read_evaluate(params: dict[str, Any]) -> EvaluateConfig:
     cfg = section(params, "evaluate", KEYS)
     return EvaluateConfig(
         device=choice(cfg, "evaluate", "device", DEVICES),
-        batch_size=integer(cfg, "evaluate", "batch_size", minimum=1),
+        batch_size=batch_size(cfg, "evaluate", "batch_size"),
         overlays=integer(cfg, "evaluate", "overlays", minimum=0, maximum=32),
     )
 
@@ -37,6 +38,9 @@ AUGMENT_ON = ("loader", "device")
 # Processes one machine runs: more than any GPU box holds, few enough that a typo (nproc: 1000)
 # is refused instead of starting a thousand processes.
 MAX_NPROC = 64
+# DataLoader workers per training process: each holds a copy of the dataset object and a few
+# prefetched batches, so a typo (workers: 640) is refused rather than exhausting memory.
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,8 @@ def read_train(params: dict[str, Any]) -> TrainConfig:
     cfg = section(params, "train", TRAIN_KEYS)
     return TrainConfig(
         nproc=integer(cfg, "train", "nproc", minimum=1, maximum=MAX_NPROC),
-        workers=optional_integer(cfg, "train", "workers", 0, AUTO),
+        workers=optional_integer(cfg, "train", "workers", 0, AUTO, MAX_WORKERS,
+                                 " (DataLoader processes per training process)"),
         channels_last=boolean(cfg, "train", "channels_last"),
         augment_on=choice(cfg, "train", "augment_on", AUGMENT_ON),
         precision=choice(cfg, "train", "precision", PRECISIONS),

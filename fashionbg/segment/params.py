@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fashionbg.core.errors import ParamError
-from fashionbg.core.params import boolean, choice, integer, number, section
+from fashionbg.core.params import batch_size, boolean, choice, integer, number, section
 from fashionbg.nn.device import DEVICES
 
 TASKS = ("semantic", "instance")
@@ -66,7 +66,7 @@ def read_segment(params: dict[str, Any]) -> SegmentConfig:
         min_instance_area=integer(cfg, p, "min_instance_area", minimum=1),
         augment=choice(cfg, p, "augment", AUGMENTS),
         epochs=integer(cfg, p, "epochs", minimum=1),
-        batch_size=integer(cfg, p, "batch_size", minimum=2),   # batch norm needs two samples
+        batch_size=batch_size(cfg, p, "batch_size", minimum=2),   # batch norm needs two samples
         lr=number(cfg, p, "lr", minimum=0.0, exclusive_min=True),
         instance_lr=number(cfg, p, "instance_lr", minimum=0.0, exclusive_min=True),
         weight_decay=number(cfg, p, "weight_decay", minimum=0.0),

@@ -32,7 +32,7 @@ from pycocotools import mask as mask_utils
 from fashionbg.contracts.codes import IGNORE, SPLITS
 from fashionbg.contracts.raw import RawWriter, SourceResult
 from fashionbg.core.errors import UserError
-from fashionbg.core.params import choice
+from fashionbg.core.params import choice, is_number
 from fashionbg.ingest.hygiene import CheckedImage, RefusedImage, orient_array
 from fashionbg.ingest.intake import Candidate, ingest, is_junk
 from fashionbg.ingest.origin import Origin, materialize, parse_origin
@@ -135,6 +135,9 @@ def load_coco(path: Path, split: str) -> CocoFile:
             data = json.load(f)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read COCO file {path}: {err}") from None
+    except RecursionError:
+        raise UserError(f"cannot read COCO file {path}: nested too deeply to be COCO "
+                        "annotations") from None
     ok = (isinstance(data, dict) and isinstance(data.get("images"), list)
           and isinstance(data.get("annotations"), list)
           and isinstance(data.get("categories"), list)
@@ -328,7 +331,7 @@ def render(item: CocoItem, checked: CheckedImage, scheme: MaskScheme,
 def _valid_polygon(poly: Any) -> bool:
     # pycocotools reads a 4-number list as a box, so a polygon needs 3+ points
     return (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
-            and all(isinstance(v, (int, float)) for v in poly))
+            and all(is_number(v) for v in poly))
 
 
 def _to_rle(segm: Any, h: int, w: int, ann_id: Any) -> dict[str, Any] | None:

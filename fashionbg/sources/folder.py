@@ -19,7 +19,7 @@ from typing import Any
 from fashionbg.contracts.codes import SPLITS
 from fashionbg.contracts.raw import RawWriter, SourceResult
 from fashionbg.core.errors import UserError
-from fashionbg.ingest.intake import Candidate, ingest, is_junk
+from fashionbg.ingest.intake import Candidate, ingest, is_junk, shown_name, undecodable
 from fashionbg.ingest.origin import Origin, Tree, materialize, parse_origin
 from fashionbg.ingest.splits import Sampling, complete_splits, sampling, subsample
 
@@ -129,6 +129,9 @@ def build_classified(writer: RawWriter, tree: Tree, root: Path, lists: dict[str,
                      ) -> SourceResult:
     """Index a class-folder tree; shared by `folder` and `fashionstyle14`."""
     files = scan_classes(root)
+    for rel in [rel for rel in files if undecodable(rel)]:
+        del files[rel]
+        writer.quarantine(shown_name(rel), "file name is not valid UTF-8; rename it to keep it")
     labels = labels or sorted(set(files.values()))
     if len(labels) < 2:
         raise UserError(f"{root} has {len(labels)} class folder(s); the {source} source needs "

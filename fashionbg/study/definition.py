@@ -20,6 +20,7 @@ import yaml
 
 from fashionbg.contracts.params import REQUIRED, VARIANTS
 from fashionbg.core.errors import UserError
+from fashionbg.core.params import is_number
 
 STUDY_FILE = Path("study.yaml")
 TASKS = {   # task: (seed key, evaluation stage, headline metric, metrics file)
@@ -111,6 +112,8 @@ def load_study(path: Path = STUDY_FILE, params: dict[str, Any] | None = None) ->
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as err:
         raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from err
+    except RecursionError:
+        raise UserError(f"cannot read {path}: nested too deeply; check its brackets") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path} must hold a mapping with arms, claims and presets")
     arms = {name: _arm(path, name, spec) for name, spec in _mapping(path, raw, "arms").items()}
@@ -121,7 +124,11 @@ def load_study(path: Path = STUDY_FILE, params: dict[str, Any] | None = None) ->
     presets = {**presets, **{name + SMOKE_SUFFIX: _smoke_preset(path, name, preset, presets, arms)
                              for name, preset in presets.items() if "smoke" in preset}}
     variants = _variants(f"{path}: variants", raw.get("variants", list(REQUIRED)))
-    study = Study(arms, claims, float(raw.get("minimal_effect", 0.02)), presets, variants)
+    effect = raw.get("minimal_effect", 0.02)
+    if not (is_number(effect) and effect > 0):
+        raise UserError(f"{path}: minimal_effect = {effect!r} is not allowed; expected a finite "
+                        "number > 0")
+    study = Study(arms, claims, float(effect), presets, variants)
     if params is not None:
         for preset in presets:
             for cell in study.cells(preset):

@@ -35,6 +35,10 @@ from fashionbg.sources.demo.styles import (
 )
 
 DEMO_KEYS = ("images_per_class", "image_size", "context_correlation")
+# The demo draws its photos on the CPU: far above a useful demo, low enough that a typo does
+# not run for hours or fill the disk.
+MAX_DEMO_SIDE = 1024
+MAX_DEMO_PER_CLASS = 5000
 
 
 @dataclass(frozen=True)
@@ -52,16 +56,17 @@ def validate(data: dict[str, Any]) -> DemoConfig:
     written."""
     seed = integer(data, "data", "seed", minimum=0)
     demo = section(data, "demo", DEMO_KEYS, within="data")
-    size = size_pair(demo, "data.demo", "image_size")
-    if min(size) < 32:
-        raise ParamError("data.demo.image_size", list(size), "two integers >= 32 [height, width]")
+    size = size_pair(demo, "data.demo", "image_size", minimum=32, maximum=MAX_DEMO_SIDE,
+                     why=": the demo draws every photo on the CPU")
     split = fractions(data)
     if split[2] <= 0:  # the demo has no official test set to fall back on
         raise ParamError("data.split", data.get("split"), "a test share > 0 for the demo source")
     return DemoConfig(
         seed=seed,
         # one image per split at least, so every split sees every style
-        images_per_class=integer(demo, "data.demo", "images_per_class", minimum=len(SPLITS)),
+        images_per_class=integer(demo, "data.demo", "images_per_class", minimum=len(SPLITS),
+                                 maximum=MAX_DEMO_PER_CLASS,
+                                 why=" (the demo draws every photo on the CPU)"),
         image_size=size,
         context_correlation=number(demo, "data.demo", "context_correlation", 0.0, 1.0),
         split=split,
