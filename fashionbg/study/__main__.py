@@ -85,6 +85,11 @@ def main() -> None:
     results, missing = read_results(cells)
     command = "make study" + ("" if args.preset == "quick" else f" PRESET={args.preset}") + (
         " SMOKE=1" if args.smoke else "")
+    if not results:   # nothing to report: the report, its figures and the README stay as they are
+        log.warning("no experiments found for preset %s (%d cells, none readable here); nothing "
+                    "written: run them with `%s`, or fetch them with `dvc exp pull <remote>`",
+                    preset, len(cells), command)
+        return
     block = build_report(study, preset, results, len(missing), command)
     print(block)
     own_report = "report" in study.presets[preset]
