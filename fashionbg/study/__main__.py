@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
-from fashionbg.core.cli import stage_main
+from fashionbg.core.cli import INTERRUPTED, stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import load_params
 from fashionbg.study.definition import SMOKE_SUFFIX, Cell, Study, load_study, locate
@@ -78,7 +79,11 @@ def main() -> None:
         todo = cells_to_run(parse_shard(args.shard).take(cells))
         if todo:    # checked before anything is queued
             preflight(todo, params)
-        _, failed = run_cells(todo)
+        try:
+            _, failed = run_cells(todo)
+        except KeyboardInterrupt:
+            print("interrupted; queued cells stopped, re-run to resume", file=sys.stderr)
+            sys.exit(INTERRUPTED)
         if failed:
             log.warning("%d cells failed; the report uses the others", len(failed))
         return
