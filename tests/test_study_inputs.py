@@ -84,6 +84,9 @@ def refused(tmp_path, monkeypatch, study: Any, params: dict | None = PARAMS) -> 
      "arms.shallow.params.classify.epochs = inf is not allowed"),
     ("arms.shallow.params", {"classify.batchnrm": False},
      "arms.shallow.params: classify.batchnrm is not a key of params.yaml"),
+    ("arms.shallow.params", {"classify.seed": 3},
+     "arms.shallow.params.classify.seed = 3 is not allowed; expected no value: each cell sets"),
+    ("presets.quick.params", {"data.variant": "rembg"}, "presets.quick.params.data.variant"),
     ("arms.shallow.task", "clasify", "arms.shallow.task = 'clasify' is not allowed; expected "
                                      "one of classify, semantic, instance"),
     ("arms.shallow.about", ["x"], "arms.shallow.about = ['x'] is not allowed; expected a string"),

@@ -144,6 +144,7 @@ SMOKE_KEYS = ("seeds", "params", "task_params", "report")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*")         # arms: part of each cell's name
 PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # presets: part of a report's name
 PARAM_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+CELL_KEYS = {"data.variant", *(seed for seed, *_ in TASKS.values())}   # set per cell
 MAX_BYTES = 1 << 20      # a study of hundreds of arms is a few tens of kB
 MAX_SEED = 2**32 - 1     # what numpy and torch seed with
 MAX_DEPTH, MAX_ITEMS = 3, 1000   # a param value: lists of lists of scalars, this many in all
@@ -237,6 +238,9 @@ class _Checker:
         for key, item in value.items():
             if not (isinstance(key, str) and PARAM_KEY.fullmatch(key)):
                 self.refuse(f"{where} key", key, "a params.yaml key such as classify.epochs")
+            if key in CELL_KEYS:
+                self.refuse(_dot(where, key), item, "no value: each cell sets it (list it "
+                            "under seeds or variants instead)")
             if not _plain(item, MAX_DEPTH, [MAX_ITEMS]):
                 self.refuse(_dot(where, key), item, "a string (without '${'), a finite number, "
                             "true, false, null, or a list of them")
