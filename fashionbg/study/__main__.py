@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
-from fashionbg.core.cli import stage_main
+from fashionbg.core.cli import INTERRUPTED, stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import load_params
 from fashionbg.study.definition import SMOKE_SUFFIX, Cell, Study, load_study, locate
@@ -78,13 +79,22 @@ def main() -> None:
         todo = cells_to_run(parse_shard(args.shard).take(cells))
         if todo:    # checked before anything is queued
             preflight(todo, params)
-        _, failed = run_cells(todo)
+        try:
+            _, failed = run_cells(todo)
+        except KeyboardInterrupt:
+            print("interrupted; queued cells stopped, re-run to resume", file=sys.stderr)
+            sys.exit(INTERRUPTED)
         if failed:
             log.warning("%d cells failed; the report uses the others", len(failed))
         return
     results, missing = read_results(cells)
     command = "make study" + ("" if args.preset == "quick" else f" PRESET={args.preset}") + (
         " SMOKE=1" if args.smoke else "")
+    if not results:   # nothing to report: the report, its figures and the README stay as they are
+        log.warning("no experiments found for preset %s (%d cells, none readable here); nothing "
+                    "written: run them with `%s`, or fetch them with `dvc exp pull <remote>`",
+                    preset, len(cells), command)
+        return
     block = build_report(study, preset, results, len(missing), command)
     print(block)
     own_report = "report" in study.presets[preset]

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
+import reprlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
 from fashionbg.contracts.params import REQUIRED, VARIANTS
 from fashionbg.core.errors import UserError
-from fashionbg.core.params import is_number
+from fashionbg.core.params import UniqueKeyLoader
 
 STUDY_FILE = Path("study.yaml")
 TASKS = {   # task: (seed key, evaluation stage, headline metric, metrics file)
@@ -106,112 +109,295 @@ class Study:
 
 
 def load_study(path: Path = STUDY_FILE, params: dict[str, Any] | None = None) -> Study:
-    """The study in `path`; with `params` (params.yaml), every overridden key must exist there,
-    since `dvc exp run -S` only sets keys params.yaml has."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from err
-    except RecursionError:
-        raise UserError(f"cannot read {path}: nested too deeply; check its brackets") from None
+    """The study in `path`, every key checked (a wrong type, a value out of range or an unknown
+    key is one line naming the file, the dotted key, the value and what is allowed); with
+    `params` (params.yaml), every overridden key must exist there, since `dvc exp run -S` only
+    sets keys params.yaml has."""
+    raw = _read(Path(path))
+    check = _Checker(str(path), params)
     if not isinstance(raw, dict):
-        raise UserError(f"{path} must hold a mapping with arms, claims and presets")
-    arms = {name: _arm(path, name, spec) for name, spec in _mapping(path, raw, "arms").items()}
-    claims = [_claim(path, arms, spec) for spec in raw.get("claims") or []]
-    presets = _mapping(path, raw, "presets")
-    for name, preset in presets.items():
-        _check_preset(path, name, preset, arms)
-    presets = {**presets, **{name + SMOKE_SUFFIX: _smoke_preset(path, name, preset, presets, arms)
+        raise UserError(f"{path} must hold a mapping with arms, claims and presets, "
+                        f"not {_show(raw)}")
+    check.keys("", raw, TOP_KEYS, required=("arms", "presets"))
+    arms = {name: check.arm(name, spec)
+            for name, spec in check.named("arms", raw["arms"], NAME).items()}
+    claims = check.claims(raw.get("claims", []), arms)
+    presets = {name: check.preset(name, spec, arms)
+               for name, spec in check.named("presets", raw["presets"], PRESET_NAME).items()}
+    presets = {**presets, **{name + SMOKE_SUFFIX: check.smoke(name, preset, presets, arms)
                              for name, preset in presets.items() if "smoke" in preset}}
     variants = _variants(f"{path}: variants", raw.get("variants", list(REQUIRED)))
-    effect = raw.get("minimal_effect", 0.02)
-    if not (is_number(effect) and effect > 0):
-        raise UserError(f"{path}: minimal_effect = {effect!r} is not allowed; expected a finite "
-                        "number > 0")
-    study = Study(arms, claims, float(effect), presets, variants)
-    if params is not None:
-        for preset in presets:
-            for cell in study.cells(preset):
-                _check_keys(path, cell.params, params)
-    return study
+    minimal = raw.get("minimal_effect", 0.02)
+    if not (isinstance(minimal, (int, float)) and not isinstance(minimal, bool)
+            and math.isfinite(minimal) and 0 < minimal < 1):
+        check.refuse("minimal_effect", minimal, "a number > 0 and < 1 (a difference in the "
+                     "metric's units, e.g. 0.02 for 2 points)")
+    return Study(arms, claims, float(minimal), presets, variants)
 
 
-def _mapping(path: Path, raw: dict[str, Any], key: str) -> dict[str, Any]:
-    value = raw.get(key)
-    if not isinstance(value, dict) or not value:
-        raise UserError(f"{path}: {key} must be a non-empty mapping")
-    return value
+TOP_KEYS = ("variants", "minimal_effect", "arms", "claims", "presets")
+ARM_KEYS = ("task", "about", "params")
+CLAIM_KEYS = ("id", "claim", "test", "arm", "baseline", "expect")
+PRESET_KEYS = ("about", "seeds", "params", "task_params", "variants", "report", "arms", "smoke")
+CHANGE_KEYS = ("seeds", "params", "variants")
+SMOKE_KEYS = ("seeds", "params", "task_params", "report")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*")         # arms: part of each cell's name
+PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # presets: part of a report's name
+PARAM_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+CELL_KEYS = {"data.variant", *(seed for seed, *_ in TASKS.values())}   # set per cell
+MAX_BYTES = 1 << 20      # a study of hundreds of arms is a few tens of kB
+MAX_SEED = 2**32 - 1     # what numpy and torch seed with
+MAX_DEPTH, MAX_ITEMS = 3, 1000   # a param value: lists of lists of scalars, this many in all
 
 
-def _arm(path: Path, name: str, spec: Any) -> Arm:
-    if not isinstance(spec, dict) or spec.get("task") not in TASKS:
-        raise UserError(f"{path}: arms.{name}.task must be one of " + ", ".join(TASKS))
-    if not isinstance(spec.get("params", {}), dict):
-        raise UserError(f"{path}: arms.{name}.params must be a mapping of params.yaml keys")
-    return Arm(name, spec["task"], str(spec.get("about", "")), dict(spec.get("params", {})))
+def _read(path: Path) -> Any:
+    """The YAML in `path`: a syntax error, a key given twice, bytes that are not UTF-8, nesting
+    too deep for the parser or a file too large to be a study are each one line."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from err
+    if len(data) > MAX_BYTES:
+        raise UserError(f"{path} is larger than {MAX_BYTES >> 20} MiB; a study is a few kB")
+    try:
+        return yaml.load(data.decode("utf-8"), Loader=UniqueKeyLoader)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (byte {err.start})") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{path} is not valid YAML{where}: {problem}") from err
+    except RecursionError as err:
+        raise UserError(f"{path} is nested too deeply to be a study") from err
 
 
-def _claim(path: Path, arms: dict[str, Arm], spec: Any) -> Claim:
-    where = f"{path}: claim {spec.get('id') if isinstance(spec, dict) else spec!r}"
-    if not isinstance(spec, dict) or spec.get("test") not in TESTS:
-        raise UserError(f"{where}: test must be one of " + ", ".join(TESTS))
-    if spec.get("expect") not in EXPECTS:
-        raise UserError(f"{where}: expect must be one of " + ", ".join(EXPECTS))
-    needed = [spec.get("arm")] + ([spec.get("baseline")] if spec["test"] == "interaction" else [])
-    for arm in needed:
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 3
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it, shortened: huge or deeply nested ones stay one line."""
+    return _REPR.repr(value)
+
+
+@dataclass(frozen=True)
+class _Checker:
+    """The checks of study.yaml, each naming the file and the dotted key of what it refuses."""
+    path: str
+    params: dict[str, Any] | None
+
+    def refuse(self, key: str, value: Any, allowed: str) -> NoReturn:
+        raise UserError(f"{self.path}: {key} = {_show(value)} is not allowed; expected {allowed}")
+
+    def keys(self, where: str, spec: dict[str, Any], known: tuple[str, ...],
+             required: tuple[str, ...] = ()) -> None:
+        for key, value in spec.items():
+            if key not in known:
+                self.refuse(_dot(where, key), value,
+                            "no such key; the known keys are " + ", ".join(known))
+        for key in required:
+            if key not in spec:
+                raise UserError(f"{self.path}: {_dot(where, key)} is missing")
+
+    def mapping(self, where: str, value: Any, what: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.refuse(where, value, what)
+        return value
+
+    def named(self, where: str, value: Any, pattern: re.Pattern[str]) -> dict[str, Any]:
+        """A non-empty mapping whose keys are names (letters, digits, _)."""
+        what = f"a non-empty mapping of names ({pattern.pattern})"
+        if not self.mapping(where, value, what):
+            self.refuse(where, value, what)
+        for name in value:
+            if not (isinstance(name, str) and pattern.fullmatch(name)):
+                self.refuse(f"{where} name", name, f"a name matching {pattern.pattern}")
+        return value
+
+    def text(self, where: str, value: Any) -> str:
+        if not isinstance(value, str):
+            self.refuse(where, value, "a string")
+        return value
+
+    def arm(self, name: str, spec: Any) -> Arm:
+        where = f"arms.{name}"
+        self.mapping(where, spec, "a mapping with task, about and params")
+        self.keys(where, spec, ARM_KEYS, required=("task",))
+        if spec["task"] not in TASKS:
+            self.refuse(f"{where}.task", spec["task"], "one of " + ", ".join(TASKS))
+        return Arm(name, spec["task"], self.text(f"{where}.about", spec.get("about", "")),
+                   self.overrides(f"{where}.params", spec.get("params", {})))
+
+    def overrides(self, where: str, value: Any) -> dict[str, Any]:
+        """A mapping of params.yaml keys (dotted) to YAML scalars or lists of them."""
+        self.mapping(where, value, "a mapping of params.yaml keys (e.g. classify.epochs) "
+                     "to values")
+        for key, item in value.items():
+            if not (isinstance(key, str) and PARAM_KEY.fullmatch(key)):
+                self.refuse(f"{where} key", key, "a params.yaml key such as classify.epochs")
+            if key in CELL_KEYS:
+                self.refuse(_dot(where, key), item, "no value: each cell sets it (list it "
+                            "under seeds or variants instead)")
+            if not _plain(item, MAX_DEPTH, [MAX_ITEMS]):
+                self.refuse(_dot(where, key), item, "a string (without '${'), a finite number, "
+                            "true, false, null, or a list of them")
+            if self.params is not None and not _in_params(self.params, key):
+                raise UserError(f"{self.path}: {where}: {key} is not a key of params.yaml "
+                                "(dvc exp run -S can only change existing keys)")
+        return dict(value)
+
+    def claims(self, value: Any, arms: dict[str, Arm]) -> list[Claim]:
+        if not isinstance(value, list):
+            self.refuse("claims", value, "a list of claims (id, claim, test, arm, expect)")
+        claims: list[Claim] = []
+        for i, spec in enumerate(value):
+            where = f"claims[{i}]"
+            self.mapping(where, spec, "a mapping with id, claim, test, arm, baseline, expect")
+            self.keys(where, spec, CLAIM_KEYS, required=("id", "test", "arm", "expect"))
+            cid = spec["id"]
+            if not (isinstance(cid, str) and NAME.fullmatch(cid)):
+                self.refuse(f"{where}.id", cid, f"a name matching {NAME.pattern}")
+            if cid in {c.id for c in claims}:
+                self.refuse(f"{where}.id", cid, "an id no other claim has")
+            where = f"claims.{cid}"
+            if spec["test"] not in TESTS:
+                self.refuse(f"{where}.test", spec["test"], "one of " + ", ".join(TESTS))
+            if spec["expect"] not in EXPECTS:
+                self.refuse(f"{where}.expect", spec["expect"], "one of " + ", ".join(EXPECTS))
+            interaction = spec["test"] == "interaction"
+            if interaction and "baseline" not in spec:
+                raise UserError(f"{self.path}: {where}.baseline is missing (an interaction "
+                                "compares the gain of arm with the gain of baseline)")
+            if not interaction and "baseline" in spec:
+                self.refuse(f"{where}.baseline", spec["baseline"],
+                            "no baseline for a gain (only an interaction has one)")
+            for key in ("arm", "baseline") if interaction else ("arm",):
+                if not (isinstance(spec[key], str) and spec[key] in arms):
+                    self.refuse(f"{where}.{key}", spec[key],
+                                "the name of an arm: " + ", ".join(arms))
+            if interaction and arms[spec["arm"]].task != arms[spec["baseline"]].task:
+                self.refuse(f"{where}.baseline", spec["baseline"],
+                            f"an arm of the same task as {spec['arm']} "
+                            f"({arms[spec['arm']].task})")
+            claims.append(Claim(cid, self.text(f"{where}.claim", spec.get("claim", "")),
+                                spec["test"], spec["arm"], spec.get("baseline"),
+                                spec["expect"]))
+        return claims
+
+    def seeds(self, where: str, value: Any) -> list[int]:
+        if not (isinstance(value, list) and value and len(set(map(repr, value))) == len(value)
+                and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
+                        for s in value)):
+            self.refuse(where, value, f"a non-empty list of distinct integers ≥ 0 "
+                        f"(and ≤ {MAX_SEED})")
+        return value
+
+    def task_params(self, where: str, value: Any) -> dict[str, dict[str, Any]]:
+        self.mapping(where, value, "a mapping of tasks (" + ", ".join(TASKS) + ") to params")
+        for task, overrides in value.items():
+            if task not in TASKS:
+                self.refuse(f"{where} task", task, "one of " + ", ".join(TASKS))
+            self.overrides(f"{where}.{task}", overrides)
+        return value
+
+    def report(self, where: str, value: Any) -> str:
+        if not (isinstance(value, str) and REPORT_NAME.fullmatch(value)):
+            self.refuse(where, value, "a file reports/<name>.md (letters, digits, _ and -)")
+        return value
+
+    def preset(self, name: str, spec: Any, arms: dict[str, Arm]) -> dict[str, Any]:
+        where = f"presets.{name}"
+        self.mapping(where, spec, "a mapping with about, seeds, params, arms, …")
+        self.keys(where, spec, PRESET_KEYS, required=("seeds", "arms"))
+        spec = dict(spec)
+        self.text(f"{where}.about", spec.get("about", ""))
+        self.seeds(f"{where}.seeds", spec["seeds"])
+        self.overrides(f"{where}.params", spec.get("params", {}))
+        self.task_params(f"{where}.task_params", spec.get("task_params", {}))
+        if "variants" in spec:
+            _variants(f"{self.path}: {where}.variants", spec["variants"])
+        if "report" in spec:
+            self.report(f"{where}.report", spec["report"])
+        if not self.named(f"{where}.arms", spec["arms"], NAME):
+            self.refuse(f"{where}.arms", spec["arms"], "a mapping of arm names to changes")
+        spec["arms"] = {arm: self.changes(f"{where}.arms.{arm}", arm, changes, arms)
+                        for arm, changes in spec["arms"].items()}
+        return spec
+
+    def changes(self, where: str, arm: str, value: Any, arms: dict[str, Arm]) -> dict[str, Any]:
+        """One arm's changes in a preset: seeds, params, variants ({} or nothing for none)."""
         if arm not in arms:
-            raise UserError(f"{where}: no arm named {arm!r}")
-    if spec["test"] == "interaction" and arms[needed[0]].task != arms[needed[1]].task:
-        raise UserError(f"{where}: an interaction compares arms of the same task")
-    return Claim(str(spec.get("id")), str(spec.get("claim", "")), spec["test"], spec["arm"],
-                 spec.get("baseline"), spec["expect"])
+            self.refuse(where.rsplit(".", 1)[0] + " name", arm,
+                        "the name of an arm: " + ", ".join(arms))
+        value = {} if value is None else value
+        self.mapping(where, value, "a mapping with seeds, params or variants, or {}")
+        self.keys(where, value, CHANGE_KEYS)
+        if "seeds" in value:
+            self.seeds(f"{where}.seeds", value["seeds"])
+        self.overrides(f"{where}.params", value.get("params", {}))
+        if "variants" in value:
+            _variants(f"{self.path}: {where}.variants", value["variants"])
+        return value
+
+    def smoke(self, name: str, preset: dict[str, Any], presets: dict[str, Any],
+              arms: dict[str, Arm]) -> dict[str, Any]:
+        """`<name>-smoke`: the preset's arms, variants and tasks with the smoke block's seeds
+        and settings over everything else, and a report of its own (the README's stays as it
+        is)."""
+        where = f"presets.{name}.smoke"
+        smoke = self.mapping(where, preset["smoke"], "a mapping with seeds, params, "
+                             "task_params or report")
+        self.keys(where, smoke, SMOKE_KEYS)
+        if name + SMOKE_SUFFIX in presets:
+            self.refuse(where, smoke, f"no smoke block: a preset named {name + SMOKE_SUFFIX} "
+                        "exists already")
+        seeds = self.seeds(f"{where}.seeds", smoke.get("seeds", preset["seeds"]))
+        report = self.report(f"{where}.report",
+                             smoke.get("report", f"reports/study-{name}{SMOKE_SUFFIX}.md"))
+        derived = {**preset, "seeds": seeds, "report": report,
+                   "about": f"smoke run of preset {name}: {preset.get('about', '')}",
+                   LAST: {"params": self.overrides(f"{where}.params", smoke.get("params", {})),
+                          "task_params": self.task_params(f"{where}.task_params",
+                                                          smoke.get("task_params", {}))}}
+        del derived["smoke"]
+        return derived
 
 
-def _check_preset(path: Path, name: str, preset: Any, arms: dict[str, Arm]) -> None:
-    where = f"{path}: presets.{name}"
-    if not isinstance(preset, dict) or not isinstance(preset.get("arms"), dict):
-        raise UserError(f"{where}.arms must map arm names to their changes ({{}} for none)")
-    seeds = preset.get("seeds")
-    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
-        raise UserError(f"{where}.seeds must be a list of integers")
-    if "variants" in preset:
-        _variants(f"{where}.variants", preset["variants"])
-    report = preset.get("report", "reports/study.md")
-    if not (isinstance(report, str) and report.startswith("reports/") and report.endswith(".md")
-            and ".." not in report):
-        raise UserError(f"{where}.report = {report!r} is not allowed; expected a file "
-                        "reports/<name>.md")
-    for arm, changes in preset["arms"].items():
-        if arm not in arms:
-            raise UserError(f"{where}.arms: no arm named {arm!r}")
-        if not isinstance(changes, dict):
-            raise UserError(f"{where}.arms.{arm} must be a mapping (seeds, params, variants) "
-                            "or {}")
-        if "variants" in changes:
-            _variants(f"{where}.arms.{arm}.variants", changes["variants"])
+REPORT_NAME = re.compile(r"reports/[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*\.md")
 
 
-def _smoke_preset(path: Path, name: str, preset: dict[str, Any], presets: dict[str, Any],
-                  arms: dict[str, Arm]) -> dict[str, Any]:
-    """`<name>-smoke`: the preset's arms, variants and tasks with the smoke block's seeds and
-    settings over everything else, and a report of its own (the README's stays as it is)."""
-    where = f"{path}: presets.{name}.smoke"
-    smoke = preset["smoke"]
-    if not isinstance(smoke, dict) or set(smoke) - {"seeds", "params", "task_params", "report"}:
-        raise UserError(f"{where} must be a mapping with seeds, params, task_params or report")
-    if name + SMOKE_SUFFIX in presets:
-        raise UserError(f"{where}: a preset named {name + SMOKE_SUFFIX} exists already")
-    for key in ("params", "task_params"):
-        if not isinstance(smoke.get(key, {}), dict):
-            raise UserError(f"{where}.{key} must be a mapping")
-    derived = {**preset, "seeds": smoke.get("seeds", preset["seeds"]),
-               "about": f"smoke run of preset {name}: {preset.get('about', '')}",
-               "report": smoke.get("report", f"reports/study-{name}{SMOKE_SUFFIX}.md"),
-               LAST: {"params": smoke.get("params", {}),
-                      "task_params": smoke.get("task_params", {})}}
-    del derived["smoke"]
-    _check_preset(path, f"{name}.smoke", derived, arms)
-    return derived
+def _dot(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _plain(value: Any, depth: int, budget: list[int]) -> bool:
+    """A value `-S` can carry as it is: a string without '${' (OmegaConf would resolve it), a
+    finite number, a boolean, null, or a list of them (nested at most `depth` deep, with at most
+    `budget` items in all, so that an alias bomb is not walked)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
+    if isinstance(value, str):
+        return "${" not in value
+    if value is None or isinstance(value, (bool, int)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list) and depth > 0:
+        return all(_plain(v, depth - 1, budget) for v in value)
+    return False
+
+
+def _in_params(params: dict[str, Any], key: str) -> bool:
+    node: Any = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def locate(cells: list[Cell], places: dict[str, str], sha256: dict[str, str]) -> list[Cell]:
@@ -236,18 +422,8 @@ def _where(source: str, value: str, sha256: str | None) -> dict[str, Any]:
 
 def _variants(where: str, value: Any) -> list[str]:
     """A list of training variants holding original and rembg (every claim compares them)."""
-    if not (isinstance(value, list) and len(set(map(str, value))) == len(value)
-            and set(REQUIRED) <= set(value) <= set(VARIANTS)):
-        raise UserError(f"{where} = {value!r} is not allowed; expected a list of distinct "
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)
+            and len(set(value)) == len(value) and set(REQUIRED) <= set(value) <= set(VARIANTS)):
+        raise UserError(f"{where} = {_show(value)} is not allowed; expected a list of distinct "
                         f"names from {', '.join(VARIANTS)} holding {' and '.join(REQUIRED)}")
     return value
-
-
-def _check_keys(path: Path, overrides: dict[str, Any], params: dict[str, Any]) -> None:
-    for key in overrides:
-        node: Any = params
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise UserError(f"{path}: {key} is not a key of params.yaml "
-                                "(dvc exp run -S can only change existing keys)")
-            node = node[part]

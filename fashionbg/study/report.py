@@ -169,6 +169,8 @@ def build_report(study: Study, preset: str, results: list[CellResult], missing: 
              if e is not None and c.test == "interaction"]
     if rows:
         forest_plot(rows, figures / FOREST)
+    else:   # no arm has both variants yet: no plot, rather than last time's
+        (figures / FOREST).unlink(missing_ok=True)
     write_csv(figures / DIFFERENCES, ("effect", "difference", "low", "high"),
               [(label, i.estimate, i.low, i.high) for label, i in rows])
     block = [f"Preset `{preset}` ({study.presets[preset].get('about', '')}): "
@@ -186,7 +188,8 @@ def build_report(study: Study, preset: str, results: list[CellResult], missing: 
             f"other side reverses it; within ±{study.minimal_effect} of zero it does not support "
             "an expected gain or loss (and supports a 'minimal or negative' claim); otherwise "
             "the data are inconclusive.", "",
-            f"![forest plot]({(figures / FOREST).relative_to(report.parent)})", "",
+            *([f"![forest plot]({(figures / FOREST).relative_to(report.parent)})", ""]
+              if rows else []),
             *backgrounds.section(results, figures, report.parent)]
     with atomic_file(report) as f:
         f.write("\n".join(body))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import subprocess
 from dataclasses import dataclass
 from typing import Any
@@ -14,10 +15,11 @@ import numpy as np
 import yaml
 
 from fashionbg.core import paths
-from fashionbg.core.errors import UserError
+from fashionbg.core.params import UniqueKeyLoader
 from fashionbg.study.definition import TASKS, Cell
 
 EXPERIMENT_REFS = "refs/exps/"
+log = logging.getLogger("study")
 QUEUE_REFS = "refs/exps/celery/"   # DVC's own bookkeeping of queued and failed runs
 # Each headline metrics file and its detail (the variant and task it scored, per-class scores).
 DETAIL = {str(paths.CLASSIFICATION_METRICS): paths.CLASSIFICATION_DETAIL,
@@ -53,17 +55,39 @@ def existing_experiments() -> dict[str, str]:
 
 
 def git_file(rev: str, path: str) -> str | None:
-    result = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
-    return result.stdout if result.returncode == 0 else None
+    """The text of `path` in commit `rev`; None where the commit has no such file."""
+    result = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True)
+    if result.returncode != 0:
+        return None
+    try:
+        return result.stdout.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadExperiment(path, f"not UTF-8 text (byte {err.start})") from err
+
+
+class BadExperiment(Exception):
+    """An experiment whose files are not what an evaluation writes (pulled from someone else,
+    edited, or cut short): the report names it and leaves it out."""
+
+    def __init__(self, file: str, problem: str) -> None:
+        super().__init__(f"{file}: {problem}")
+        self.file, self.problem = file, problem
 
 
 def read_results(cells: list[Cell]) -> tuple[list[CellResult], list[Cell]]:
-    """The results of the cells that have an experiment whose params match, and the missing."""
+    """The results of the cells that have an experiment whose params match, and the missing
+    (an experiment whose files cannot be read is named in one warning and counts as missing)."""
     present = existing_experiments()
     results, missing = [], []
     for cell in cells:
         rev = present.get(cell.name)
-        result = _read_cell(cell, rev) if rev else None
+        result = None
+        if rev:
+            try:
+                result = _read_cell(cell, rev)
+            except BadExperiment as err:
+                log.warning("experiment %s (%s) left out of the report: %s; see it with "
+                            "`git show %s:%s`", cell.name, rev[:7], err, rev[:7], err.file)
         if result:
             results.append(result)
         else:
@@ -72,18 +96,188 @@ def read_results(cells: list[Cell]) -> tuple[list[CellResult], list[Cell]]:
 
 
 def _read_cell(cell: Cell, rev: str) -> CellResult | None:
-    params = yaml.safe_load(git_file(rev, str(paths.PARAMS)) or "{}")
+    params = parse_params(_required(rev, str(paths.PARAMS)))
     if any(_lookup(params, key) != value for key, value in cell.params.items()):
         return None   # a stale experiment under the same name
     _, _, key, metrics_path = TASKS[cell.arm.task]
-    headline = json.loads(git_file(rev, metrics_path) or "{}")
-    detail = json.loads(git_file(rev, str(DETAIL[metrics_path])) or "{}")
+    score, cross = parse_headline(_required(rev, metrics_path), metrics_path, key)
+    detail_path = str(DETAIL[metrics_path])
+    detail = parse_json(_required(rev, detail_path), detail_path)
     if detail.get("variant") != cell.variant or detail.get("task", "classify") != cell.arm.task:
         return None   # the experiment did not run this cell's evaluation
-    tested, images = _per_image(cell, rev, list(detail["test"].get("per_class_iou", {})))
-    by_test = {v: scores.get(key) for v, scores in detail.get("by_test_variant", {}).items()}
-    return CellResult(cell, headline["test"].get(key), headline["cross"].get(key),
-                      tested.get(cell.variant), images, by_test, tested)
+    classes, by_test = parse_detail(detail, detail_path, cell.arm.task, key)
+    if cell.arm.task == "instance":   # mask AP has no per-image terms
+        tested, images = {}, ()
+    else:
+        path = str(paths.CLASSIFICATION_PREDICTIONS if cell.arm.task == "classify"
+                   else paths.SEGMENTATION_PREDICTIONS)
+        tested, images = parse_predictions(_required(rev, path), path, cell.arm.task,
+                                           cell.variant, classes)
+    return CellResult(cell, score, cross, tested.get(cell.variant), images, by_test, tested)
+
+
+def _required(rev: str, path: str) -> str:
+    text = git_file(rev, path)
+    if text is None:
+        raise BadExperiment(path, "missing from the experiment")
+    return text
+
+
+def parse_params(text: str) -> dict[str, Any]:
+    """An experiment's params.yaml: a mapping."""
+    try:
+        params = yaml.load(text, Loader=UniqueKeyLoader)
+    except (yaml.YAMLError, RecursionError) as err:
+        raise BadExperiment(str(paths.PARAMS), "not valid YAML: "
+                            + _first_line(getattr(err, "problem", None) or err)) from err
+    if not isinstance(params, dict):
+        raise BadExperiment(str(paths.PARAMS), f"holds a {type(params).__name__}, not a "
+                            "mapping of sections")
+    return params
+
+
+def parse_json(text: str, file: str) -> dict[str, Any]:
+    """A JSON object, without NaN or infinities (an evaluation writes none)."""
+    def refuse(constant: str) -> None:
+        raise BadExperiment(file, f"holds {constant}, not a number")
+    try:
+        data = json.loads(text, parse_constant=refuse)
+    except (ValueError, RecursionError) as err:   # JSONDecodeError is a ValueError
+        raise BadExperiment(file, "not valid JSON: " + _first_line(err)) from err
+    if not isinstance(data, dict):
+        raise BadExperiment(file, f"holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def parse_headline(text: str, file: str, key: str) -> tuple[float | None, float | None]:
+    """The headline metric on the model's own test images, and on the other variant's."""
+    data = parse_json(text, file)
+    test, cross = _section(data, file, "test"), _section(data, file, "cross")
+    if key not in test:
+        raise BadExperiment(file, f"test.{key} is missing")
+    return _score(file, f"test.{key}", test[key]), _score(file, f"cross.{key}", cross.get(key))
+
+
+def parse_detail(data: dict[str, Any], file: str, task: str, key: str
+                 ) -> tuple[list[str], dict[str, float | None]]:
+    """The classes of the per-class scores (semantic) and the metric per test variant."""
+    classes = []
+    if task == "semantic":
+        per_class = _section(_section(data, file, "test"), file, "per_class_iou", "test.")
+        classes = [str(c) for c in per_class]
+    by_test = {}
+    tests = _section(data, file, "by_test_variant") if "by_test_variant" in data else {}
+    for variant, scores in tests.items():
+        if not isinstance(scores, dict):
+            raise BadExperiment(file, f"by_test_variant.{variant} is not an object")
+        by_test[str(variant)] = _score(file, f"by_test_variant.{variant}.{key}",
+                                       scores.get(key))
+    return classes, by_test
+
+
+def _section(data: dict[str, Any], file: str, key: str, within: str = "") -> dict[str, Any]:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        raise BadExperiment(file, f"{within}{key} is " + (
+            "missing" if value is None else f"a {type(value).__name__}, not an object"))
+    return value
+
+
+def _score(file: str, key: str, value: Any) -> float | None:
+    """A metric: a number from 0 to 1, or null (mask AP of images without ground truth)."""
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not 0 <= value <= 1):
+        raise BadExperiment(file, f"{key} = {_short(value)} is not a score from 0 to 1")
+    return float(value)
+
+
+COLUMNS = {"classify": ("path", "tested_on", "correct"),
+           "semantic": ("path", "tested_on", "class", "intersection", "union", "truth")}
+
+
+def parse_predictions(text: str, file: str, task: str, variant: str, classes: list[str]
+                      ) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """Per test variant, the per-image results in sorted path order, and those paths: the
+    model's own test images, which every other test variant must hold too (pairs by path)."""
+    needed = COLUMNS[task]
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = [c for c in needed if c not in (reader.fieldnames or [])]
+        if missing == ["truth"]:
+            raise BadExperiment(file, "no truth column: scored by an older evaluate_segmenter; "
+                                "remove the experiment (dvc exp remove) and run the study again")
+        if missing:
+            raise BadExperiment(file, "no column " + ", ".join(missing))
+        rows = list(reader)
+    except csv.Error as err:
+        raise BadExperiment(file, f"not valid CSV: {err}") from err
+    seen, by_variant = set(), {}
+    for line, row in enumerate(rows, start=2):
+        if None in row or any(row[c] is None for c in needed):
+            fields = sum(v is not None for k, v in row.items() if k is not None)
+            raise BadExperiment(file, f"line {line} has {fields + len(row.get(None) or [])} "
+                                f"fields, not the header's {len(reader.fieldnames or [])}")
+        where = tuple(row[c] for c in needed[:3 if task == "semantic" else 2])
+        if not row["path"] or not row["tested_on"]:
+            raise BadExperiment(file, f"line {line} has an empty path or tested_on")
+        if where in seen:
+            raise BadExperiment(file, f"line {line} repeats {', '.join(where)}")
+        seen.add(where)
+        by_variant.setdefault(row["tested_on"], []).append((line, row))
+    if variant not in by_variant:
+        raise BadExperiment(file, f"no row tested on {variant}, the variant the model was "
+                            "trained on")
+    images = tuple(sorted({r["path"] for _, r in by_variant[variant]}))
+    tested = {}
+    for tested_on, picked in by_variant.items():
+        paths_here = {r["path"] for _, r in picked}
+        if paths_here != set(images):
+            odd = sorted(paths_here ^ set(images))[0]
+            raise BadExperiment(file, f"the images tested on {tested_on} are not those tested "
+                                f"on {variant} (e.g. {_short(odd)})")
+        tested[tested_on] = (_correctness(file, picked, images) if task == "classify"
+                             else _terms(file, picked, images, classes))
+    return tested, images
+
+
+def _correctness(file: str, rows: list[tuple[int, dict[str, str]]], images: tuple[str, ...]
+                 ) -> np.ndarray:
+    correct = {}
+    for line, r in rows:
+        if r["correct"].strip() not in ("0", "1"):
+            raise BadExperiment(file, f"line {line}: correct = {_short(r['correct'])} is "
+                                "not 0 or 1")
+        correct[r["path"]] = float(r["correct"])
+    return np.array([correct[p] for p in images])
+
+
+def _terms(file: str, rows: list[tuple[int, dict[str, str]]], images: tuple[str, ...],
+           classes: list[str]) -> np.ndarray:
+    """(images, classes, 3): intersection, union and truth pixels per image and class."""
+    index = {p: i for i, p in enumerate(images)}
+    column = {c: i for i, c in enumerate(classes)}
+    terms = np.zeros((len(images), len(classes), 3))
+    for line, r in rows:
+        if r["class"] not in column:
+            raise BadExperiment(file, f"line {line}: class {_short(r['class'])} is not one "
+                                "of the per_class_iou classes of the detail metrics")
+        counts = [r[c].strip() for c in ("intersection", "union", "truth")]
+        if not all(c.isascii() and c.isdigit() and len(c) <= 15 for c in counts):
+            raise BadExperiment(file, f"line {line}: intersection, union, truth = "
+                                f"{_short(counts)} are not pixel counts (integers >= 0)")
+        terms[index[r["path"]], column[r["class"]]] = [int(c) for c in counts]
+    return terms
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _first_line(err: object) -> str:
+    return (str(err).strip().splitlines() or ["no detail"])[0]
 
 
 def _lookup(params: dict[str, Any], key: str) -> Any:
@@ -91,40 +285,3 @@ def _lookup(params: dict[str, Any], key: str) -> Any:
     for part in key.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return node
-
-
-def _per_image(cell: Cell, rev: str, classes: list[str]
-               ) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
-    """Per test variant, the per-image results in sorted path order, and those paths."""
-    if cell.arm.task == "instance":
-        return {}, ()
-    path = (paths.CLASSIFICATION_PREDICTIONS if cell.arm.task == "classify"
-            else paths.SEGMENTATION_PREDICTIONS)
-    rows = list(csv.DictReader(io.StringIO(git_file(rev, str(path)) or "")))
-    if rows and cell.arm.task == "semantic" and "truth" not in rows[0]:
-        raise UserError(f"experiment {cell.name} was scored by an older evaluate_segmenter "
-                        f"(no truth column in {path}); remove it with `dvc exp remove "
-                        f"{cell.name}` and run the study again")
-    images = tuple(sorted({r["path"] for r in rows if r["tested_on"] == cell.variant}))
-    tested = {}
-    for variant in dict.fromkeys(r["tested_on"] for r in rows):
-        picked = [r for r in rows if r["tested_on"] == variant]
-        tested[variant] = (_correctness(picked, images) if cell.arm.task == "classify"
-                           else _terms(picked, images, classes))
-    return tested, images
-
-
-def _correctness(rows: list[dict[str, str]], images: tuple[str, ...]) -> np.ndarray:
-    correct = {r["path"]: float(r["correct"]) for r in rows}
-    return np.array([correct[p] for p in images])
-
-
-def _terms(rows: list[dict[str, str]], images: tuple[str, ...], classes: list[str]
-           ) -> np.ndarray:
-    """(images, classes, 3): intersection, union and truth pixels per image and class."""
-    index = {p: i for i, p in enumerate(images)}
-    terms = np.zeros((len(images), len(classes), 3))
-    for r in rows:
-        terms[index[r["path"]], classes.index(r["class"])] = (
-            int(r["intersection"]), int(r["union"]), int(r["truth"]))
-    return terms

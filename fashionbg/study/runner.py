@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ POLL_SECONDS = 5
 STATES = ("Failed", "Success", "Queued", "Running")
 MISSING = "Missing"   # in no queue and without an experiment (yet)
 LOST_POLLS = 6
+STOP_SECONDS = 120   # how long Ctrl-C waits for the cells it stops to leave the queue
 # A cell's stage that has not finished in this long is taken to be hung.
 CELL_TIMEOUT = float(os.environ.get("FASHIONBG_CELL_TIMEOUT", 6 * 3600))
 
@@ -147,9 +149,49 @@ def cells_to_run(cells: Sequence[Cell]) -> list[Cell]:
 
 
 def run_cells(todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
-    """Queue the cells and wait for them; (done, failed) names."""
+    """Queue the cells and wait for them; (done, failed) names. On Ctrl-C the cells this run
+    queued are taken off the queue, those running are stopped, and KeyboardInterrupt goes on."""
     if not todo:
         return [], []
+    try:
+        return _run(todo)
+    except KeyboardInterrupt:
+        stop({c.name for c in todo})
+        raise
+
+
+def stop(names: set[str]) -> None:
+    """Take `names` off DVC's queue: the queued ones removed, the running ones interrupted (the
+    whole process group of each, so a stage's own workers stop too; an experiment is committed
+    only when its run finishes, so none is left half-written), then the workers shut down. A
+    second Ctrl-C meanwhile is ignored: half of this would leave a worker training unseen."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        log.info("stopping the cells this run queued")
+        deadline, killed = time.monotonic() + STOP_SECONDS, set()
+        while time.monotonic() < deadline:
+            states, _ = queue_status()
+            queued = sorted(n for n in names if states.get(n) == "Queued")
+            running = {n for n in names if states.get(n) == "Running"}
+            if queued:
+                dvc("queue", "remove", *queued, check=False)
+            if running - killed:
+                dvc("queue", "kill", *sorted(running - killed), check=False)
+                killed |= running
+            if not (queued or running):
+                break
+            time.sleep(1)
+        dvc("queue", "stop", check=False)
+        failed = sorted(n for n in killed if queue_status()[0].get(n) == "Failed")
+        if failed:   # the interrupted ones: their next run starts them afresh
+            dvc("queue", "remove", *failed, check=False)
+    except UserError as err:   # `dvc queue status` failed: say what may still run
+        log.warning("could not stop every queued cell (%s); see `dvc queue status`", err)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run(todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
     queue(todo)
     names = {c.name for c in todo}
     start, shown, unseen = time.monotonic(), None, dict.fromkeys(names, 0)

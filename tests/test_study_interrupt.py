@@ -1,0 +1,78 @@
+"""Ctrl-C during `make study` (python -m fashionbg.study run): one line, exit 130, and nothing
+left running: no DVC queue worker, no cell in the queue, no half-written experiment."""
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from helpers_project import ROOT, project_env, run, tiny_project
+
+
+def ours(project: Path) -> list[psutil.Process]:
+    """The processes working in the test's project (the queue's workers and their runs)."""
+    found = []
+    for proc in psutil.process_iter(["cwd"]):
+        if (proc.info["cwd"] or "").startswith(str(project)) and proc.pid != os.getpid():
+            found.append(proc)
+    return found
+
+
+@pytest.mark.timeout(900)
+def test_ctrl_c_during_a_study_run_stops_its_cells(tmp_path):
+    project = tiny_project(tmp_path / "project")
+    weights = project / "models/rembg"
+    weights.mkdir(parents=True)
+    shutil.copy2(ROOT / "models/rembg/u2netp.onnx", weights)   # for the pre-flight
+    definition = yaml.safe_load((project / "study.yaml").read_text())
+    definition["presets"]["tiny"] = {"about": "one arm", "seeds": [0, 1],
+                                     "arms": {"shallow": {}}}
+    (project / "study.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
+    run(["git", "commit", "-qam", "tiny preset"], project)
+
+    proc = subprocess.Popen([sys.executable, "-m", "fashionbg.study", "run", "--preset", "tiny"],
+                            cwd=project, env=project_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)],
+                     daemon=True).start()
+    output, deadline = [], time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            line = lines.get(timeout=deadline - time.monotonic())
+            assert line is not None, "".join(output)
+            output.append(line)
+            if "running: shallow-" in line:
+                break
+        else:
+            pytest.fail("no cell started running:\n" + "".join(output))
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGINT)            # Ctrl-C reaches the whole foreground group
+        assert proc.wait(timeout=300) == 130
+        while (line := lines.get(timeout=30)) is not None:
+            output.append(line)
+        text = "".join(output)
+        assert "Traceback" not in text, text
+        assert output[-1].strip() == "interrupted; queued cells stopped, re-run to resume", text
+        for _ in range(60):     # a worker shutting down takes a moment
+            if not ours(project):
+                break
+            time.sleep(1)
+        left = [" ".join(p.cmdline()) for p in ours(project)]
+        assert not left, left
+        status = run(["dvc", "queue", "status"], project)
+        assert "Running" not in status and "Queued" not in status, status
+        refs = run(["git", "for-each-ref", "refs/exps/"], project)
+        assert "shallow-" not in refs.replace("refs/exps/celery", ""), refs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for leftover in ours(project):
+            leftover.kill()
