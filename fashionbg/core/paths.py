@@ -15,6 +15,7 @@ DATASET_CACHE = Path(".cache/datasets")
 SOD_CACHE = Path(".cache/rembg")        # masks by photo content, for resuming
 # The launcher's scratch (per-rank error files) while a training stage runs several processes.
 LAUNCH_SCRATCH = Path(".cache/launch")
+PREFLIGHT_SCRATCH = Path(".cache/preflight")   # weights fetched to prove they can be
 
 SOD_HOME = Path("models/rembg")
 CLASSIFIER = Path("models/classifier.pt")

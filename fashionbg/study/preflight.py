@@ -57,7 +57,8 @@ def preflight(cells: list[Cell], params: dict[str, Any]) -> None:
     for ds in _datasets(cells, merged):
         caches, images_of[ds.source] = _dataset(ds, problems)
         need += caches
-    with tempfile.TemporaryDirectory() as fetched:
+    paths.PREFLIGHT_SCRATCH.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=paths.PREFLIGHT_SCRATCH) as fetched:
         homes = _weights(cells, merged, problems, Path(fetched))
         _disk(need, problems)
         _memory(problems)
