@@ -71,3 +71,12 @@ def tiny_project(project: Path) -> Path:
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "tiny config"], project)
     return project
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child a test interrupts: a shell starts background jobs with SIGINT
+    ignored, children inherit it, and Python then installs no KeyboardInterrupt handler; a
+    user's terminal would deliver Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import torch
 import yaml
-from helpers_project import project_env
+from helpers_project import default_sigint, project_env
 from test_distributed import dvc_project, write_project
 
 from fashionbg.core.errors import UserError
@@ -128,7 +128,8 @@ def test_ctrl_c_is_one_line_and_stops_every_worker(tmp_path, nproc):
     with open(log, "w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "stages.train_classifier"], cwd=project,
                                 env=stage_env(tmp_path / "tmp"), stdout=subprocess.DEVNULL,
-                                stderr=stderr, start_new_session=True)
+                                stderr=stderr, start_new_session=True,
+                                preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 200
         while "epoch 1/" not in log.read_text() and proc.poll() is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from helpers_project import ROOT, project_env, run, tiny_project
+from helpers_project import ROOT, default_sigint, project_env, run, tiny_project
 
 
 def ours(project: Path) -> list[psutil.Process]:
@@ -39,7 +39,8 @@ def test_ctrl_c_during_a_study_run_stops_its_cells(tmp_path):
 
     proc = subprocess.Popen([sys.executable, "-m", "fashionbg.study", "run", "--preset", "tiny"],
                             cwd=project, env=project_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=default_sigint)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)],
                      daemon=True).start()
