@@ -39,6 +39,14 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def yaml_error(path: Path, err: yaml.YAMLError) -> UserError:
+    """A YAML syntax error as one line naming the file, line and column."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return UserError(f"{path} is not valid YAML{where}: {problem}")
+
+
 def load_params(path: Path = PARAMS) -> dict[str, Any]:
     """params.yaml as a mapping of sections; a syntax error names its line and column."""
     try:
@@ -47,10 +55,7 @@ def load_params(path: Path = PARAMS) -> dict[str, Any]:
     except FileNotFoundError as err:
         raise UserError(f"{path} not found; run stages from the project root") from err
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"{path} is not valid YAML{where}: {problem}") from err
+        raise yaml_error(path, err) from err
     except RecursionError:
         raise UserError(f"{path} is nested too deeply to be params (sections of keys); check "
                         "its brackets") from None

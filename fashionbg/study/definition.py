@@ -23,7 +23,7 @@ import yaml
 
 from fashionbg.contracts.params import REQUIRED, VARIANTS
 from fashionbg.core.errors import UserError
-from fashionbg.core.params import UniqueKeyLoader
+from fashionbg.core.params import UniqueKeyLoader, yaml_error
 
 STUDY_FILE = Path("study.yaml")
 TASKS = {   # task: (seed key, evaluation stage, headline metric, metrics file)
@@ -165,10 +165,7 @@ def _read(path: Path) -> Any:
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text (byte {err.start})") from err
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"{path} is not valid YAML{where}: {problem}") from err
+        raise yaml_error(path, err) from err
     except RecursionError as err:
         raise UserError(f"{path} is nested too deeply to be a study") from err
 
