@@ -147,7 +147,7 @@ def test_instance_dataset_recomputes_boxes_after_augment() -> None:
     ("encoder", "vit_h", "resnet18, resnet34, mobilenet_v2, efficientnet_lite0"),
     ("task", "panoptic", "semantic, instance"),
     ("instance_classes", "garments", "'all' or a list"),
-    ("batch_size", 1, ">= 2"),
+    ("batch_size", 1, "from 2 to 1024"),
     ("lr", 0, "> 0.0"),
     ("instance_lr", -0.1, "> 0.0"),
     ("pretrained", "yes", "true or false"),
