@@ -53,9 +53,9 @@ def preflight(cells: list[Cell], params: dict[str, Any]) -> None:
     problems = _params_problems(cells, merged)
     if problems:   # the checks below read the params the readers have not accepted
         _report(problems)
-    need, images_of = 0, {}
-    for ds in _datasets(cells, merged):
-        caches, images_of[ds.source] = _dataset(ds, problems)
+    need, images_of, sets = 0, {}, _datasets(cells, merged)
+    for ds in sets:
+        caches, images_of[ds.source] = _dataset(ds, merged, problems)
         need += caches
     paths.PREFLIGHT_SCRATCH.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.PREFLIGHT_SCRATCH) as fetched:
@@ -63,7 +63,6 @@ def preflight(cells: list[Cell], params: dict[str, Any]) -> None:
         _disk(need, problems)
         _memory(problems)
         _devices(merged.values(), problems)
-        sets = _datasets(cells, merged)
         lines = timing.removal_estimates(
             [(d.source, d.params["background"], images_of[d.source]) for d in sets], homes)
         lines += timing.estimates(cells, merged, images_of)
@@ -127,7 +126,8 @@ def _datasets(cells: list[Cell], merged: dict[str, dict[str, Any]]) -> list[Data
     return [Dataset(s, cs, merged[cs[0].name]) for s, cs in by_source.items()]
 
 
-def _dataset(ds: Dataset, problems: list[str]) -> tuple[int, int | None]:
+def _dataset(ds: Dataset, merged: dict[str, dict[str, Any]], problems: list[str]
+             ) -> tuple[int, int | None]:
     """Probe one dataset; the bytes its caches will take (0 where unknown) and its photos."""
     data = ds.params["data"]
     try:
@@ -136,7 +136,7 @@ def _dataset(ds: Dataset, problems: list[str]) -> tuple[int, int | None]:
         problems.append(f"{ds.source}: {err}")
         return 0, None
     log.info("%s: %s", ds.source, found.describe())
-    _instance_classes(ds, found, problems)
+    _instance_classes(ds, merged, found, problems)
     variants, (h, w) = len(data["variants"]), data["image_size"]
     images = found.images_used(data.get("max_images"))
     if images is None:
@@ -152,11 +152,12 @@ def _dataset(ds: Dataset, problems: list[str]) -> tuple[int, int | None]:
     return total, images
 
 
-def _instance_classes(ds: Dataset, found: datasets.Probe, problems: list[str]) -> None:
+def _instance_classes(ds: Dataset, merged: dict[str, dict[str, Any]], found: datasets.Probe,
+                      problems: list[str]) -> None:
     for cell in ds.cells:
         if cell.arm.task != "instance":
             continue
-        wanted = read_segment(cell_params(ds.params, cell.params)).instance_classes
+        wanted = read_segment(merged[cell.name]).instance_classes
         unknown = [n for n in wanted or () if found.classes is not None
                    and n not in found.classes]
         if unknown:
