@@ -5,8 +5,8 @@ import torch
 from fashionbg.classify.data import augmentation, split_loader
 from fashionbg.classify.engine import classify_step, predict
 from fashionbg.classify.metrics import absent_classes, classification_metrics, confusion_matrix
-from fashionbg.classify.models import build_classifier
-from fashionbg.classify.params import read_classify
+from fashionbg.classify.models import ARCHITECTURES, build_classifier
+from fashionbg.classify.params import ARCHS, read_classify
 from fashionbg.contracts.prepared import load_prepared, save_prepared
 from fashionbg.core.errors import ParamError
 from fashionbg.nn.data import LoaderOptions
@@ -86,6 +86,15 @@ def test_architectures_give_class_logits(arch, batchnorm):
     assert model(torch.zeros(2, 3, 64, 48)).shape == (2, 5)
     has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert has_bn == batchnorm
+
+
+def test_every_allowed_architecture_has_its_own_network_and_no_other():
+    """classify.arch's allowed names and the registry agree, and each name builds a different
+    network: a new name cannot fall through to another architecture."""
+    assert set(ARCHITECTURES) == set(ARCHS)
+    nets = {arch: build_classifier(config(arch=arch), 3, False).net for arch in ARCHS}
+    assert len({type(net).__name__ + str(sum(p.numel() for p in net.parameters()))
+                for net in nets.values()}) == len(ARCHS)
 
 
 def test_offline_lite0_weights_are_the_shipped_imagenet_ones():

@@ -16,7 +16,8 @@ from fashionbg.contracts.prepared import Prepared, save_prepared
 from fashionbg.nn.checkpoint import load_checkpoint
 from fashionbg.nn.device import seed_everything
 from fashionbg.nn.engine import grad_scaler, train_one_epoch
-from fashionbg.segment.params import read_segment
+from fashionbg.segment.params import TASKS, read_segment
+from fashionbg.segment.tasks import TASKS as TASK_CLASSES
 from fashionbg.segment.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +73,14 @@ def train_losses(task: str, epochs: int, augment: str = "none", images: int = 8
     cpu = torch.device("cpu")
     return [train_one_epoch(model, loader, setup.step, optimizer, constant, grad_scaler(cpu),
                             cpu, epoch).loss for epoch in range(epochs)]
+
+
+def test_every_allowed_task_builds_its_own_task_object() -> None:
+    """segment.task's allowed names and the registry agree; no name falls through to another."""
+    assert set(TASK_CLASSES) == set(TASKS)
+    made = {task: make_task(read_segment({"segment": {**SEGMENT, "task": task}}), prepared(4),
+                            Path("no-raw-dir")) for task in TASKS}
+    assert len({type(t) for t in made.values()}) == len(TASKS)
 
 
 @pytest.mark.parametrize("task", ["semantic", "instance"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from torch import nn
 
@@ -39,16 +40,21 @@ def efficientnet_lite0(num_classes: int, load_weights: bool) -> nn.Module:
     return model
 
 
+# Each name of classify.arch and its network (config, classes, load ImageNet weights): a name
+# without an entry here is a KeyError, never another network (a test keeps it equal to ARCHS).
+ARCHITECTURES: dict[str, Callable[[ClassifyConfig, int, bool], nn.Module]] = {
+    "shallow_cnn": lambda config, classes, _: shallow_cnn(classes, config.batchnorm),
+    "resnet18": lambda _, classes, __: resnet18(classes),
+    "efficientnet_lite0": lambda config, classes, load: efficientnet_lite0(
+        classes, load and config.pretrained),
+}
+
+
 def build_classifier(config: ClassifyConfig, num_classes: int, load_weights: bool
                      ) -> nn.Sequential:
     """The network behind the normalisation of 0..255 pixels that its weights expect;
     `load_weights` loads ImageNet weights where `pretrained` asks for them (training only:
     evaluation loads the checkpoint instead)."""
-    if config.arch == "shallow_cnn":
-        net = shallow_cnn(num_classes, config.batchnorm)
-    elif config.arch == "resnet18":
-        net = resnet18(num_classes)
-    else:
-        net = efficientnet_lite0(num_classes, load_weights and config.pretrained)
+    net = ARCHITECTURES[config.arch](config, num_classes, load_weights)
     return nn.Sequential(OrderedDict(normalize=Normalize(stats_for(config.arch), scale=255),
                                      net=net))

@@ -2,6 +2,7 @@
 labels, datasets, loaders, model, loss step and evaluation."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -123,10 +124,16 @@ class InstanceTask:
 Task = SemanticTask | InstanceTask
 
 
+# Each name of segment.task and its task: a name without an entry is a KeyError, never
+# another task (a test keeps it equal to segment.params.TASKS).
+TASKS: dict[str, Callable[[SegmentConfig, Prepared, Path], Task]] = {
+    "semantic": lambda config, prepared, _: SemanticTask(config, prepared),
+    "instance": InstanceTask,
+}
+
+
 def make_task(config: SegmentConfig, prepared: Prepared, raw_dir: Path) -> Task:
-    if config.task == "semantic":
-        return SemanticTask(config, prepared)
-    return InstanceTask(config, prepared, raw_dir)
+    return TASKS[config.task](config, prepared, raw_dir)
 
 
 def validator(task: Task, loader: DataLoader, device: torch.device) -> Validate:
