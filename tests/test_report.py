@@ -35,7 +35,7 @@ def test_task_headline_files_hold_test_cross_and_background_reliance_only(path):
     data = json.loads((ROOT / path).read_text())
     assert set(data) == {"test", "cross", "bg"}
     assert set(data["test"]) == set(data["cross"]) in HEADLINE_KEYS[path]
-    assert set(data["bg"]) == {"gap", "only_bg"}
+    assert set(data["bg"]) == {"gap", "only_bg", "no_fg"}
     assert numbers(data["test"]) and numbers(data["cross"]) and numbers(data["bg"])
 
 
