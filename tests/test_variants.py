@@ -4,9 +4,13 @@ rules, the BG-gap, and the silhouette check: whether the shape of the removed pe
 back from only_bg."""
 from pathlib import Path
 
+import shutil
+import sys
+
 import numpy as np
 import pytest
 import yaml
+from helpers_project import copy_project, run, shrink_params
 from scipy import ndimage, stats
 
 from fashionbg.background.composite import composite
@@ -29,6 +33,7 @@ from fashionbg.background.variants import (
 )
 from fashionbg.contracts.codes import IGNORE
 from fashionbg.contracts.params import MIXED, VARIANTS, read_variant, read_variants
+from fashionbg.contracts.prepared import load_variants
 from fashionbg.core.errors import ParamError, UserError
 from fashionbg.report.headline import matrix_row, reliance
 
@@ -314,3 +319,34 @@ def test_the_silhouette_of_the_person_is_readable_from_telea_only(how):
     else:
         assert above_chance > 0.05, (how, right, n)
     assert DEFAULT_PERSON_FILL == "tile"
+
+
+@pytest.mark.timeout(900)
+def test_prepare_builds_every_variant_on_the_rows_splits_and_truth_of_the_photos(tmp_path,
+                                                                                u2netp_home):
+    """The real stages on the tiny demo (real rembg): every variant of params.yaml holds the
+    original's rows, splits, labels and masks; mixed_next takes the next class of the same
+    split; no_fg is black over the true person; only_bg is no photo's own copy."""
+    project = tmp_path / "project"
+    copy_project(project)
+    shrink_params(project / "params.yaml")
+    shutil.copytree(u2netp_home, project / "models" / "rembg")
+    for stage in ("download", "remove_background", "prepare"):
+        run([sys.executable, "-m", f"stages.{stage}"], project)
+    built = load_variants(project / "data" / "prepared")      # checks rows and truth alike
+    assert tuple(built) == VARIANTS
+    original = built["original"]
+    for name, cache in built.items():
+        assert cache.meta["paths"] == original.meta["paths"]
+        assert np.array_equal(cache.splits, original.splits)
+        assert np.array_equal(cache.labels, original.labels)
+        assert np.array_equal(cache.masks, original.masks)
+        assert cache.meta["person_fill"] == DEFAULT_PERSON_FILL
+    partners = np.array(built["mixed_next"].meta["background_rows"])
+    classes = len(original.meta["labels"])
+    assert np.array_equal(original.splits[partners], original.splits)
+    assert np.array_equal(original.labels[partners], (original.labels + 1) % classes)
+    person = person_holes(truth_alpha(original.masks[:], original.masks[:])[0])
+    assert not built["no_fg"].images[person].any()
+    assert np.array_equal(built["no_fg"].images[~person], original.images[~person])
+    assert not np.array_equal(built["only_bg"].images, original.images)
