@@ -66,11 +66,14 @@ def bounding_box(hole: np.ndarray) -> tuple[slice, slice] | None:
 def tile_box(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     """`image` with the bounding box of `hole` covered by tiles of the largest strip of the
     image beside it (above, below, left or right of the box, as wide or as tall as the box), so
-    no pixel of the box survives and its fill is the image's own background. This is how the
-    Backgrounds Challenge builds only_bg_t (Xiao et al. 2020, Table 1 and Appendix A; its
-    code, MadryLab/backgrounds_challenge tools/model_utils.py adv_bgs_eval_model, pastes
-    foregrounds onto those backgrounds). A box that covers the whole image leaves nothing to
-    tile with and is filled black."""
+    no pixel of the box survives and its fill is the image's own background. This is the
+    Backgrounds Challenge's only_bg_t (Xiao et al. 2020, Table 1: the foreground's box filled
+    with tiles of the remaining background); its repository ships those images, not the code
+    that made them, and uses them as every foreground's backdrop (MadryLab/
+    backgrounds_challenge, challenge_eval.py loads only_bg_t; tools/model_utils.py,
+    adv_bgs_eval_model, pastes inp * (1 - mask) + mask * im), as the mixed_* variants here do.
+    Which strip is tiled is this project's choice. A box that covers the whole image leaves
+    nothing to tile with and is filled black."""
     rows, cols = bounding_box(hole)
     strips = [image[:rows.start, cols], image[rows.stop:, cols],
               image[rows, :cols.start], image[rows, cols.stop:]]
