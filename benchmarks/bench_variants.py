@@ -1,16 +1,20 @@
 """Disk and time of each background variant on the demo, against the original variant, in the
 same run.
 
-    python benchmarks/bench_variants.py [--repeats 3] [--images-per-class 60]
+    python benchmarks/bench_variants.py [--repeats 3] [--images-per-class 60] [--keep DIR]
 
-Builds the demo in a temp project (the real download, fetch_model and remove_background stages,
-rembg on the CPU), then runs the real `python -m stages.prepare` there with data.variants set to
-[original, rembg] (the baseline: the two caches every run builds) and to the baseline plus one
-variant (plus only_bg for the mixed ones, whose backgrounds it is), each `--repeats` times,
-keeping the fastest. A variant's time is its stage time minus the baseline's (minus only_bg's
-too for the mixed ones), its ratio that time over the baseline's; its disk is its cache
-directory, its ratio that over the original cache's. only_bg is timed under every
-background.person_fill. Timing depends on the load of the machine; it asserts nothing.
+Builds the demo in a project folder (the real download, fetch_model and remove_background
+stages, rembg on the CPU; `--keep DIR` builds it there once and reuses it), then:
+
+- runs the real `python -m stages.prepare` with data.variants = [original, rembg] (the two
+  caches every run builds) and with all variants, and reads each variant's cache size;
+- times each variant's own work in this process, on the decoded demo, as prepare does it a chunk
+  at a time: for the original, decoding and resizing the photos (what its cache costs); for the
+  others, building their images from the decoded arrays (the mixed ones: drawing the partners
+  and compositing onto only_bg); only_bg under every background.person_fill.
+
+Ratios are against the original variant. Best of `--repeats`; timing depends on the load of the
+machine. It asserts nothing.
 """
 from __future__ import annotations
 
@@ -20,12 +24,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import yaml
 
+from fashionbg.background.composite import composite
 from fashionbg.background.params import PERSON_FILLS
+from fashionbg.background.variants import Chunk, partner_rows, per_image_variant, truth_alpha
+from fashionbg.contracts.masks import alpha_path
 from fashionbg.contracts.params import MIXED, REQUIRED, VARIANTS
+from fashionbg.contracts.prepared import Prepared, load_variants
+from fashionbg.contracts.raw import read_index
+from fashionbg.ingest.decode import chunk_rows, decode_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2 ** 20
@@ -40,17 +52,67 @@ def stage(project: Path, name: str) -> float:
     return time.perf_counter() - began
 
 
-def set_params(project: Path, variants: list[str], person_fill: str) -> None:
+def set_variants(project: Path, variants: list[str]) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["variants"] = variants
-    params["background"]["person_fill"] = person_fill
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def prepare_time(project: Path, variants: list[str], person_fill: str, repeats: int) -> float:
-    """The fastest of `repeats` prepare runs building `variants`."""
-    set_params(project, variants, person_fill)
-    return min(stage(project, "prepare") for _ in range(repeats))
+def build_demo(project: Path, images_per_class: int | None) -> None:
+    """The demo's raw photos and rembg masks in `project`, unless a kept folder has them."""
+    if (project / "data" / "rembg" / "summary.json").exists():
+        print(f"demo reused from {project}")
+        return
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if images_per_class:
+        params["data"]["demo"]["images_per_class"] = images_per_class
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    took = {name: stage(project, name)
+            for name in ("download", "fetch_model", "remove_background")}
+    print("demo built: " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items()))
+
+
+def best(repeats: int, work: Callable[[], object]) -> float:
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - began)
+    return min(times)
+
+
+def variant_times(project: Path, built: dict[str, Prepared], person_fill: str,
+                  repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds each variant's own work takes on the whole demo, and only_bg's by person fill."""
+    original, rembg = built["original"], built["rembg"]
+    raw = project / "data" / "raw"
+    masks = {r.path: r.mask for r in read_index(raw)}
+    items = [(raw / p, raw / masks[p] if masks[p] else None,
+              project / "data" / "rembg" / alpha_path(p)) for p in original.meta["paths"]]
+    size = tuple(original.meta["image_size"])
+    step = chunk_rows(size)
+    chunks = [slice(i, i + step) for i in range(0, len(items), step)]
+    images, alphas = np.asarray(original.images), np.asarray(rembg.alpha)
+    person = truth_alpha(np.asarray(original.masks), alphas)[0]
+    fill = tuple(original.meta["fill"])
+
+    def per_image(name: str, how: str) -> Callable[[], object]:
+        build = per_image_variant(name)
+        return lambda: [build(Chunk(images[c], alphas[c], person[c], fill, how)) for c in chunks]
+
+    def mixed(name: str) -> Callable[[], object]:
+        backgrounds = np.asarray(built["only_bg"].images)
+        def work() -> None:
+            partners = partner_rows(name, original.labels, original.splits, 0)
+            for c in chunks:
+                composite(images[c], alphas[c], backgrounds[partners[c]])
+        return work
+
+    times = {"original": best(repeats, lambda: list(decode_chunks(items, size)))}
+    for v in VARIANTS[1:]:
+        times[v] = best(repeats, mixed(v) if v in MIXED else per_image(v, person_fill))
+    fills = {how: best(repeats, per_image("only_bg", how)) for how in PERSON_FILLS}
+    return times, fills
 
 
 def disk(directory: Path) -> int:
@@ -62,47 +124,37 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images-per-class", type=int, default=None,
                         help="the demo's size (default: params.yaml's)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="build the demo in this folder once and reuse it")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        project = Path(tmp)
-        params = yaml.safe_load((ROOT / "params.yaml").read_text())
-        if args.images_per_class:
-            params["data"]["demo"]["images_per_class"] = args.images_per_class
-        default_fill = params["background"]["person_fill"]
-        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        setup = {name: stage(project, name)
-                 for name in ("download", "fetch_model", "remove_background")}
-        print("demo built: " + ", ".join(f"{k} {v:.1f} s" for k, v in setup.items()))
-
-        base = list(REQUIRED)
-        baseline = prepare_time(project, base, default_fill, args.repeats)
-        fills = {fill: prepare_time(project, [*base, "only_bg"], fill, args.repeats) - baseline
-                 for fill in PERSON_FILLS}
-        extra = {"original": baseline, "rembg": baseline}
-        for v in (v for v in VARIANTS if v not in REQUIRED):
-            if v == "only_bg":
-                extra[v] = fills[default_fill]
-            elif v in MIXED:
-                extra[v] = (prepare_time(project, [*base, "only_bg", v], default_fill,
-                                         args.repeats) - baseline - fills[default_fill])
-            else:
-                extra[v] = prepare_time(project, [*base, v], default_fill, args.repeats) - baseline
-
-        set_params(project, list(VARIANTS), default_fill)
+        project = args.keep or Path(tmp)
+        project.mkdir(parents=True, exist_ok=True)
+        build_demo(project, args.images_per_class)
+        set_variants(project, list(REQUIRED))
+        two = min(stage(project, "prepare") for _ in range(args.repeats))
+        set_variants(project, list(VARIANTS))
         every = min(stage(project, "prepare") for _ in range(args.repeats))
+        built = load_variants(project / "data" / "prepared")
         sizes = {v: disk(project / "data" / "prepared" / v) for v in VARIANTS}
+        person_fill = built["only_bg"].meta["person_fill"]
+        times, fills = variant_times(project, built, person_fill, args.repeats)
 
-    print(f"\nprepare, best of {args.repeats}: original + rembg {baseline:.2f} s (the baseline),"
-          f" all {len(VARIANTS)} variants {every:.2f} s ({every / baseline:.2f}x)")
-    print(f"{'variant':<12} {'time s':>8} {'x baseline':>10} {'disk MiB':>9} {'x original':>10}")
+    n = len(built["original"].splits)
+    print(f"\n{n} demo images at {built['original'].meta['image_size']}, best of "
+          f"{args.repeats}; prepare (the whole stage, interpreter start included): "
+          f"original + rembg {two:.2f} s, all {len(VARIANTS)} variants {every:.2f} s "
+          f"({every / two:.2f}x)")
+    print(f"{'variant':<12} {'own work s':>10} {'x original':>10} {'disk MiB':>9} "
+          f"{'x original':>10}")
     for v in VARIANTS:
-        shown = "(baseline)" if v in REQUIRED else f"{extra[v] / baseline:10.2f}"
-        when = f"{baseline:8.2f}" if v in REQUIRED else f"{extra[v]:8.2f}"
-        print(f"{v:<12} {when} {shown:>10} {sizes[v] / MIB:9.2f} "
-              f"{sizes[v] / sizes['original']:10.2f}")
-    print("(original and rembg: the baseline run builds both; disk: each cache directory)")
-    print("\nonly_bg by background.person_fill (seconds over the baseline): "
-          + ", ".join(f"{fill} {t:.2f}" for fill, t in fills.items()))
+        print(f"{v:<12} {times[v]:10.3f} {times[v] / times['original']:10.2f} "
+              f"{sizes[v] / MIB:9.2f} {sizes[v] / sizes['original']:10.2f}")
+    print("(original: decoding and resizing the photos; disk: each cache directory, masks "
+          "included; rembg also keeps its alphas)")
+    print(f"only_bg by background.person_fill (default {person_fill}): "
+          + ", ".join(f"{how} {t:.3f} s ({t / times['original']:.2f}x original)"
+                      for how, t in fills.items()))
 
 
 if __name__ == "__main__":
