@@ -10,12 +10,13 @@ from contextlib import ExitStack
 import numpy as np
 
 from fashionbg.background.composite import composite
-from fashionbg.background.params import read_background
+from fashionbg.background.params import BackgroundConfig, read_background
 from fashionbg.background.samples import samples_figure
 from fashionbg.background.variants import (
-    other_class_partners,
-    remove_person,
-    same_class_partners,
+    NEEDS_PERSON,
+    Chunk,
+    partner_rows,
+    per_image_variant,
     truth_alpha,
 )
 from fashionbg.contracts.codes import SPLITS
@@ -37,7 +38,7 @@ log = logging.getLogger("prepare")
 @stage_main
 def main() -> None:
     params = load_params()
-    size, fill = read_image_size(params), read_background(params).fill
+    size, background = read_image_size(params), read_background(params)
     variants = read_variants(params)
     classes = read_classes(paths.RAW)
     failed = read_failures(paths.REMBG)
@@ -55,7 +56,8 @@ def main() -> None:
     splits = np.array([SPLITS.index(r.split) for r in rows], dtype=np.uint8)
     meta = {"labels": classes["labels"], "mask_classes": classes["mask_classes"],
             "image_size": list(size), "paths": [r.path for r in rows],
-            "excluded": sorted(failed), "fill": list(fill)}
+            "excluded": sorted(failed), "fill": list(background.fill),
+            "person_fill": background.person_fill}
     has_masks = any(r.mask for r in rows)
     if "oracle" in variants and not has_masks:
         kept = ",".join(v for v in variants if v != "oracle")
@@ -65,7 +67,7 @@ def main() -> None:
     first = [v for v in variants if v not in MIXED]
     seed = integer(params["data"], "data", "seed", minimum=0)
     # Drawn before anything is written, so a split with one class stops the stage cleanly.
-    partners = {v: PARTNERS[v](labels, splits, seed) for v in variants if v in MIXED}
+    partners = {v: partner_rows(v, labels, splits, seed) for v in variants if v in MIXED}
 
     # Chunks stream from the decoder into every cache, so memory does not grow with N.
     with ExitStack() as stack:
@@ -74,13 +76,13 @@ def main() -> None:
             has_alpha=v == "rembg")) for v in first}
         fallback = 0
         for chunk in decode_chunks(items, size):
-            images, missing = variant_images(chunk, fill, first)
+            images, missing = variant_images(chunk, background, first)
             fallback += missing
             for v, writer in writers.items():
                 writer.append(images[v], chunk.masks, chunk.alphas if v == "rembg" else None)
     if fallback:
-        log.warning("%d images have no ground-truth mask: oracle and only_bg take rembg's "
-                    "mask of the person for them", fallback)
+        log.warning("%d images have no ground-truth mask: %s take rembg's mask of the "
+                    "person for them", fallback, ", ".join(v for v in NEEDS_PERSON if v in first))
     for v, rows_of in partners.items():
         write_mixed(v, rows_of, size, meta, has_masks)
     for v in set(VARIANTS) - set(variants):   # a variant no longer asked for, or its leftovers
@@ -92,24 +94,21 @@ def main() -> None:
     score = (f"mean IoU of its masks with the true person {sod['mean_iou']}"
              if sod["mean_iou"] is not None else "no true person masks to score it against")
     caption = (f"Background removal by rembg ({sod['model']}), background filled "
-               f"{params['background']['fill']}: {score}")
+               f"{params['background']['fill']}, person removed by {background.person_fill} for "
+               f"only_bg and mixed_*: {score}")
     save_figure(samples_figure(load_variants(paths.PREPARED)), paths.SAMPLES, caption)
 
 
-def variant_images(chunk: Decoded, fill: tuple[int, int, int], variants: list[str]
+def variant_images(chunk: Decoded, background: BackgroundConfig, variants: list[str]
                    ) -> tuple[dict[str, np.ndarray], int]:
     """A decoded chunk's images in each of `variants` (no mixed ones), and how many of its
-    rows had no ground truth for the oracle mask."""
-    out = {"original": chunk.images, "rembg": composite(chunk.images, chunk.alphas, fill)}
-    if not {"oracle", "only_bg"} & set(variants):
-        return out, 0
-    person, missing = (truth_alpha(chunk.masks, chunk.alphas) if chunk.masks is not None
-                       else (chunk.alphas, len(chunk.images)))
-    if "oracle" in variants:
-        out["oracle"] = composite(chunk.images, person, fill)
-    if "only_bg" in variants:
-        out["only_bg"] = remove_person(chunk.images, person)
-    return out, missing
+    rows had no ground truth for the person mask."""
+    person, missing = None, 0
+    if set(NEEDS_PERSON) & set(variants):
+        person, missing = (truth_alpha(chunk.masks, chunk.alphas) if chunk.masks is not None
+                           else (chunk.alphas, len(chunk.images)))
+    parts = Chunk(chunk.images, chunk.alphas, person, background.fill, background.person_fill)
+    return {v: per_image_variant(v)(parts) for v in variants}, missing
 
 
 def write_mixed(variant: str, partners: np.ndarray, size: tuple[int, int], meta: dict,
@@ -127,9 +126,6 @@ def write_mixed(variant: str, partners: np.ndarray, size: tuple[int, int], meta:
             writer.append(composite(original.images[rows], rembg.alpha[rows],
                                     only_bg.images[partners[rows]]),
                           None if original.masks is None else original.masks[rows])
-
-
-PARTNERS = {"mixed_same": same_class_partners, "mixed_rand": other_class_partners}
 
 
 if __name__ == "__main__":

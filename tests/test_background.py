@@ -227,4 +227,5 @@ def test_batch_size_auto_and_cache_keys():
     with pytest.raises(ParamError, match="auto or 1 with alpha_matting"):
         read_background({"background": {"model": "u2netp", "alpha_matting": True,
                                          "post_process_mask": False, "fill": "black",
-                                         "device": "cpu", "batch_size": 4}})
+                                         "person_fill": "tile", "device": "cpu",
+                                         "batch_size": 4}})

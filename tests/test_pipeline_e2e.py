@@ -66,13 +66,15 @@ def test_repro_then_rembg_experiment(tmp_path, monkeypatch):
     metrics = json.loads((project / "metrics/detail/classification.json").read_text())
     assert metrics["variant"] == "mixed_rand" and metrics["cross_variant"]["variant"] == "original"
     assert list(metrics["by_test_variant"]) == ["original", "rembg", "oracle", "only_bg",
-                                                "mixed_same", "mixed_rand"]
+                                                "no_fg", "mixed_same", "mixed_rand",
+                                                "mixed_next"]
     headline = json.loads((project / "metrics/classification.json").read_text())
     gap = (metrics["by_test_variant"]["mixed_same"]["top1"]
            - metrics["by_test_variant"]["mixed_rand"]["top1"])
     assert headline["bg"]["gap"] == round(gap, 4)
+    assert headline["bg"]["no_fg"] == round(metrics["by_test_variant"]["no_fg"]["top1"], 4)
     row = json.loads((project / "plots/classifier/variants.json").read_text())
-    assert {r["trained_on"] for r in row} == {"mixed_rand"} and len(row) == 6
+    assert {r["trained_on"] for r in row} == {"mixed_rand"} and len(row) == 8
 
     # Segmentation keys re-run only the segmentation stages, and only those that read them.
     instance = run(["dvc", "exp", "run", "-S", "segment.task=instance"], project)
@@ -85,6 +87,8 @@ def test_repro_then_rembg_experiment(tmp_path, monkeypatch):
     assert {"mask_ap", "mask_ap50", "mask_ap75", "box_ap"} <= set(segmentation["test"])
     headline = json.loads((project / "metrics/segmentation.json").read_text())
     assert set(headline["test"]) == set(headline["cross"]) == {"mask_ap"}
+    assert headline["bg"]["no_fg"] == round(segmentation["by_test_variant"]["no_fg"]["mask_ap"],
+                                            4)
 
     overlays = run(["dvc", "exp", "run", "-S", "segment.task=instance", "-S",
                     "evaluate.overlays=1"], project)

@@ -1,11 +1,15 @@
 """The headline metrics files hold only what the study compares, with one rounding; detail and
 per-class scores live elsewhere; dvc.yaml declares the headline files as its only metrics."""
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from dvc_render import VegaRenderer
 
+from fashionbg.contracts.params import VARIANTS
 from fashionbg.core import paths
 from fashionbg.report.headline import DIGITS, own_and_cross, pick
 from fashionbg.report.plots import per_class_bars
@@ -35,7 +39,7 @@ def test_task_headline_files_hold_test_cross_and_background_reliance_only(path):
     data = json.loads((ROOT / path).read_text())
     assert set(data) == {"test", "cross", "bg"}
     assert set(data["test"]) == set(data["cross"]) in HEADLINE_KEYS[path]
-    assert set(data["bg"]) == {"gap", "only_bg"}
+    assert set(data["bg"]) == {"gap", "only_bg", "no_fg"}
     assert numbers(data["test"]) and numbers(data["cross"]) and numbers(data["bg"])
 
 
@@ -64,3 +68,29 @@ def test_per_class_bars_name_the_test_variant_and_skip_classes_without_score():
     assert bars == [{"class": "top, tested on original", "score": 0.5},
                     {"class": "top, tested on rembg", "score": 0.25},
                     {"class": "bag, tested on rembg", "score": 1.0}]
+
+
+def heatmap_cells(revisions: list[str]) -> list[tuple[float, float]]:
+    """(width, height) in pixels of every cell of the train × test heatmap that `dvc plots`
+    draws for `revisions`, each a model's row of eight test variants: the template filled by
+    DVC's renderer, laid out by Vega-Lite itself (the page's vega packages, `make setup`)."""
+    plot = next(p for p in DVC_YAML["plots"] if "plots/classifier/variants.json" in p)
+    props = plot["plots/classifier/variants.json"]
+    rows = [{"rev": rev, "trained_on": "original", "tested_on": v, "score": 0.271}
+            for rev in revisions for v in VARIANTS]
+    spec = VegaRenderer(rows, "variants", **{**props, "template": str(
+        ROOT / ".dvc/plots" / f"{props['template']}.json")}).get_filled_template()
+    svg = subprocess.run([str(ROOT / "node_modules/.bin/vl2svg")], input=json.dumps(spec),
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    return [(float(w), float(h)) for w, h in re.findall(
+        r'aria-roledescription="rect mark" d="M[-\d.]+,[-\d.]+h([\d.]+)v([\d.]+)', svg)]
+
+
+def test_variant_heatmap_cells_fit_their_number_for_one_experiment_as_for_many():
+    """Cells of a fixed size: a lone experiment's row is no thin strip, and "0.271" at the
+    template's 11 px (about 6 px a character) fits inside its cell without touching the next."""
+    one, four = heatmap_cells(["workspace"]), heatmap_cells(["a", "b", "c", "d"])
+    assert len(one) == len(VARIANTS) and len(four) == 4 * len(VARIANTS)
+    assert set(one) == set(four) and len(set(one)) == 1
+    width, height = one[0]
+    assert width >= len("0.271") * 6 + 16 and height >= 11 + 12, (width, height)

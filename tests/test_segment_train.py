@@ -151,7 +151,7 @@ def test_semantic_stages_end_to_end(tmp_path: Path) -> None:
     assert json.loads((project / "metrics/segmentation.json").read_text()) == {
         "test": {"miou": round(metrics["test"]["miou"], 4)},
         "cross": {"miou": round(metrics["cross_variant"]["miou"], 4)},
-        "bg": {"gap": None, "only_bg": None}}    # only original and rembg were built
+        "bg": {"gap": None, "only_bg": None, "no_fg": None}}    # only original and rembg built
     per_class = json.loads((project / "plots/segmentation/per_class.json").read_text())
     assert {row["class"] for row in per_class} <= {f"{name}, tested on {variant}"
                                                    for name in CLASSES

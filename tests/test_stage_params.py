@@ -31,6 +31,7 @@ CASES = [
     ("prepare", "data.image_size", [128], "two positive integers"),
     ("prepare", "data.image_size", [0, 96], "two positive integers"),
     ("prepare", "background.fill", "purple", "black, white, gray or an [r, g, b]"),
+    ("prepare", "background.person_fill", "blur", "one of tile, telea, black"),
     ("train_classifier", "data.variant", "nobg", "one of the variants data.variants builds"),
     ("train_classifier", "classify.arch", "vgg16", "one of shallow_cnn, resnet18"),
     ("train_classifier", "classify.lr", 0, "a finite number > 0.0"),

@@ -205,23 +205,30 @@ def exactly(share: float, n: int, rng: np.random.Generator) -> np.ndarray:
 
 # Accuracy of the shallow arm by training variant (rows) and test variant (columns).
 BACKGROUND_ACCURACY = {
-    "original": {"original": 0.4, "rembg": 0.3, "only_bg": 0.5, "mixed_same": 0.7,
-                 "mixed_rand": 0.3},
+    "original": {"original": 0.4, "rembg": 0.3, "only_bg": 0.5, "no_fg": 0.25,
+                 "mixed_same": 0.7, "mixed_rand": 0.3},
     "rembg": {"original": 0.5, "rembg": 0.6, "only_bg": 0.2, "mixed_same": 0.6,
               "mixed_rand": 0.6},
     "oracle": {"original": 0.5, "oracle": 0.7, "only_bg": 0.2, "mixed_same": 0.6,
                "mixed_rand": 0.6},
     "mixed_rand": {"original": 0.35, "only_bg": 0.1, "mixed_same": 0.5, "mixed_rand": 0.5},
 }
+# mIoU of the semantic arm (trained on either variant), by test variant and seed: a BG-gap of
+# 0.20 ± 0.01 over seeds and 0.11 on no_fg (no per-image results: paired over seeds).
+SEGMENTER_MIOU = {"original": (0.6, 0.61, 0.62), "mixed_same": (0.5, 0.51, 0.52),
+                  "mixed_rand": (0.3, 0.3, 0.33), "no_fg": (0.1, 0.11, 0.12)}
 
 
 def test_background_section_gives_the_known_gaps_and_decomposition(tmp_path, monkeypatch):
     """A BG-gap of +0.4 for the photo-trained model and 0 for the mixed_rand-trained one;
-    rembg − original = +0.2 splits into removal +0.3 and SOD error −0.1."""
+    rembg − original = +0.2 splits into removal +0.3 and SOD error −0.1; the segmenter's
+    BG-gap (mIoU on mixed_same − mixed_rand) and no-FG mIoU."""
     study_text = SYNTHETIC_STUDY.replace(
         "arms: {shallow: {}, shallow_bn: {}, instance: {}}",
         "report: reports/study-bg.md, arms: {shallow: {variants: [original, rembg, oracle, "
-        "mixed_rand]}}")
+        "mixed_rand]}, semantic: {variants: [original, rembg]}}").replace(
+        "  instance:", "  semantic: {task: semantic, about: fpn, params: {segment.task: "
+        "semantic}}\n  instance:")
     (tmp_path / "study.yaml").write_text(study_text)
     study = load_study(tmp_path / "study.yaml")
     monkeypatch.chdir(tmp_path)
@@ -229,6 +236,10 @@ def test_background_section_gives_the_known_gaps_and_decomposition(tmp_path, mon
     images = tuple(f"images/{i:03d}.jpg" for i in range(200))
     results = []
     for cell in study.cells("s"):
+        if cell.arm.task == "semantic":
+            scores = {v: miou[cell.seed] for v, miou in SEGMENTER_MIOU.items()}
+            results.append(CellResult(cell, scores["original"], 0.2, None, (), scores, {}))
+            continue
         tested = {v: exactly(a, len(images), rng)
                   for v, a in BACKGROUND_ACCURACY[cell.variant].items()}
         own = tested[cell.variant] if cell.variant in tested else tested["original"]
@@ -237,13 +248,19 @@ def test_background_section_gives_the_known_gaps_and_decomposition(tmp_path, mon
     build_report(study, "s", results, 0, "make study PRESET=s")
     report = (tmp_path / "reports/study-bg.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| `shallow` |")]
-    gaps = {line.split(" | ")[1]: line.split(" | ")[2] for line in rows[:4]}
+    gaps = {line.split(" | ")[2]: line.split(" | ")[3] for line in rows[:4]}
     assert gaps["original"].startswith("+0.400 [") and gaps["mixed_rand"].startswith("+0.000")
-    assert rows[0].endswith("| 0.500 [0.500, 0.500] |")        # only-BG over 3 seeds
+    assert rows[0].split(" | ")[1] == "top1"
+    assert rows[0].endswith("| 0.500 [0.500, 0.500] | 0.250 [0.250, 0.250] |")  # 3 seeds
+    assert rows[1].endswith("| 0.200 [0.200, 0.200] | – |")   # the rembg-trained: no no_fg
     split = rows[4].split(" | ")
     assert [part[:6] for part in split[1:4]] == ["+0.200", "+0.300", "-0.100"], rows[4]
     assert rows[5].split(" | ")[1].startswith("-0.400 [")        # the remedy closes the gap
     assert rows[5].split(" | ")[2].startswith("-0.050 [")        # at a cost on the photos
+    segmenter = [line for line in report.splitlines() if line.startswith("| `semantic` |")]
+    _, metric, trained_on, gap, only_bg, no_fg = segmenter[0].strip("| ").split(" | ")
+    assert (metric, trained_on, only_bg) == ("miou", "original", "–")
+    assert gap.startswith("+0.200 [") and no_fg.startswith("0.110 [")
     assert (tmp_path / "reports/study-bg/variants.png").read_bytes()[:4] == b"\x89PNG"
     assert "](study-bg/variants.png)" in report
 

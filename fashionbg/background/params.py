@@ -1,5 +1,5 @@
-"""The `background:` section of params.yaml: the salient-object model, its options, and the
-fill that replaces the background."""
+"""The `background:` section of params.yaml: the salient-object model, its options, the fill
+that replaces the background and how the controlled variants remove the person."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +11,10 @@ from fashionbg.core.params import boolean, choice, optional_integer, section
 SOD_MODELS = ("u2netp", "u2net")
 DEVICES = ("auto", "cpu", "cuda")
 NAMED_FILLS = {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128)}
+# How only_bg removes the person (fashionbg/background/variants.py, PERSON_REMOVERS): tiles of
+# the image's own background over the person's box (the Backgrounds Challenge's only_bg_t), the
+# box black (its only_bg_b), or Telea inpainting, which leaves a smear in the person's shape.
+PERSON_FILLS = ("tile", "telea", "black")
 
 # Photos rembg decodes and runs at once: 256 full-size photos are a few GB.
 MAX_BATCH = 256
@@ -22,6 +26,7 @@ class BackgroundConfig:
     alpha_matting: bool
     post_process_mask: bool
     fill: tuple[int, int, int]
+    person_fill: str             # how only_bg and the mixed backgrounds remove the person
     device: str                  # where rembg runs: auto, cpu or cuda
     batch_size: int | None       # photos per ONNX call; None = auto (1 on the CPU, 8 on CUDA)
 
@@ -36,6 +41,7 @@ def read_background(params: dict[str, Any]) -> BackgroundConfig:
         alpha_matting=boolean(cfg, "background", "alpha_matting"),
         post_process_mask=boolean(cfg, "background", "post_process_mask"),
         fill=parse_fill(cfg["fill"]),
+        person_fill=choice(cfg, "background", "person_fill", PERSON_FILLS),
         device=choice(cfg, "background", "device", DEVICES),
         batch_size=batch_size(cfg),
     )

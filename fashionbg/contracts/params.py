@@ -12,9 +12,10 @@ from fashionbg.core.params import image_size, section
 
 # What a prepared cache can show: the photo, rembg's removal, and the controlled variants of
 # fashionbg/background/variants.py. original and rembg are always built (the paper's question).
-VARIANTS = ("original", "rembg", "oracle", "only_bg", "mixed_same", "mixed_rand")
+VARIANTS = ("original", "rembg", "oracle", "only_bg", "no_fg", "mixed_same", "mixed_rand",
+            "mixed_next")
 REQUIRED = ("original", "rembg")
-MIXED = ("mixed_same", "mixed_rand")
+MIXED = ("mixed_same", "mixed_rand", "mixed_next")
 DATA_KEYS = ("source", "path", "url", "sha256", "max_images", "max_bad_fraction", "split",
              "mask_grouping", "seed", "variant", "variants", "image_size", "demo")
 
@@ -33,7 +34,7 @@ def read_variants(params: dict[str, Any]) -> tuple[str, ...]:
         raise ParamError("data.variants", value, expected)
     if set(MIXED) & set(value) and "only_bg" not in value:
         raise ParamError("data.variants", value,
-                         f"only_bg listed too, since {' and '.join(MIXED)} take its backgrounds")
+                         f"only_bg listed too, since {', '.join(MIXED)} take its backgrounds")
     return tuple(v for v in VARIANTS if v in value)
 
 

@@ -6,8 +6,9 @@
     alpha.npy    uint8 (N, H, W)      the rembg alpha (rembg variant only)
     labels.npy   int64 (N,)           index into meta["labels"], -1 where there is no label
     splits.npy   uint8 (N,)           0 train, 1 val, 2 test (same rows in every variant)
-    meta.json    {"variant", "labels", "mask_classes", "image_size", "paths", "has_masks", "fill"}
-                 and, for mixed_same / mixed_rand, "background_rows": the row whose only_bg
+    meta.json    {"variant", "labels", "mask_classes", "image_size", "paths", "has_masks", "fill",
+                 "person_fill"}
+                 and, for the mixed_* variants, "background_rows": the row whose only_bg
                  background each row shows
 
 One directory per variant of data.variants (data/prepared/<variant>/), all with the same rows.

@@ -31,11 +31,14 @@ def own_and_cross(test: Mapping[str, Any], cross: Mapping[str, Any], keys: Seque
 def reliance(scores: Mapping[str, float | None]) -> dict[str, float | None]:
     """How much a model relies on the background, from its score per test variant (Xiao et
     al. 2020): the BG-gap, score on mixed_same − score on mixed_rand (the same people on
-    backgrounds of their own class against another class's), and the score on only_bg (the
-    background alone, person inpainted away); None where those variants were not built."""
+    backgrounds of their own class against another class's), the score on only_bg (the
+    background alone, the person removed) and on no_fg (the person blacked out, the background
+    kept: for a segmenter, the garments it still finds from their context); None where those
+    variants were not built."""
     same, rand = scores.get("mixed_same"), scores.get("mixed_rand")
     gap = None if same is None or rand is None else same - rand
-    return {"gap": rounded(gap), "only_bg": rounded(scores.get("only_bg"))}
+    return {"gap": rounded(gap), "only_bg": rounded(scores.get("only_bg")),
+            "no_fg": rounded(scores.get("no_fg"))}
 
 
 def task_headline(scores: Mapping[str, Mapping[str, Any]], own: str, other: str,

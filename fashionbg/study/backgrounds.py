@@ -1,8 +1,9 @@
 """The report's section on how much the models rely on the background (after Xiao et al. 2020,
 "Noise or Signal"): per arm the train-variant × test-variant matrix, the BG-gap (score on
-mixed_same − mixed_rand: the same people on backgrounds of their own class against another's)
-and the only-BG score; the rembg effect split into removal itself (oracle − original) and SOD
-error (rembg − oracle); and training on mixed_rand as the remedy.
+mixed_same − mixed_rand: the same people on backgrounds of their own class against another's),
+the only-BG score and the no-FG score (for a segmenter: garments found from context alone);
+the rembg effect split into removal itself (oracle − original) and SOD error (rembg −
+oracle); and training on mixed_rand as the remedy.
 
 Every difference is paired: the same test images (bootstrap over seeds and images, Wilcoxon)
 where per-image results exist, else the same seeds (t-interval, paired t-test)."""
@@ -137,25 +138,27 @@ def section(results: list[CellResult], figures: Path, report_dir: Path) -> list[
     """The markdown of the section (empty where no model was tested on the controlled
     variants), with the heatmap written to `figures` and linked from `report_dir`."""
     arms = {name: trained for name, trained in by_arm(results).items()
-            if any("mixed_rand" in r.by_test or "only_bg" in r.by_test
+            if any({"mixed_rand", "only_bg", "no_fg"} & set(r.by_test)
                    for cells in trained.values() for r in cells.values())}
     if not arms:
         return []
     heatmap(arms, figures / HEATMAP)
     lines = ["## How much do the models rely on the background?", "",
              "BG-gap = score on `mixed_same` − score on `mixed_rand` (the rembg person on the "
-             "inpainted background of another image of the same class, against another "
+             "`only_bg` background of another image of the same class, against another "
              "class's); near zero when a model ignores the background. Only-BG = the score with "
-             "the person inpainted away (chance for classification: 1 / classes).", "",
-             "| arm | trained on | BG-gap [95 % CI] | only-BG score [95 % CI] |",
-             "|---|---|---|---|"]
+             "the person removed as `background.person_fill` says (chance for classification: "
+             "1 / classes). No-FG = the score with the person blacked out and the rest of the "
+             "photo kept: for a segmenter, the garments it still finds from their context "
+             "alone (their pixels are black).", "",
+             "| arm | metric | trained on | BG-gap [95 % CI] | only-BG score [95 % CI] | "
+             "no-FG score [95 % CI] |", "|---|---|---|---|---|---|"]
     for name, trained in arms.items():
         for v in (v for v in VARIANTS if v in trained):
-            only = [r.by_test["only_bg"] for r in trained[v].values()
-                    if r.by_test.get("only_bg") is not None]
-            only_bg = "–" if not only else _interval(stats.mean_interval(only))
             gap = difference(trained[v], "mixed_same", trained[v], "mixed_rand")
-            lines.append(f"| `{name}` | {v} | {fmt_effect(gap)} | {only_bg} |")
+            lines.append(f"| `{name}` | {_metric(trained)} | {v} | {fmt_effect(gap)} | "
+                         f"{_score_on(trained[v], 'only_bg')} | "
+                         f"{_score_on(trained[v], 'no_fg')} |")
     lines += ["", "What the rembg effect splits into, on each model's own test images: "
               "removal itself (oracle − original: the true person mask) and the error of the "
               "salient-object detector (rembg − oracle); they add up to rembg − original.", "",
@@ -187,6 +190,14 @@ def _metric(trained: dict[str, Cells]) -> str:
     """The headline metric of the arm these cells belong to."""
     cell = next(iter(next(iter(trained.values())).values())).cell
     return TASKS[cell.arm.task][2]
+
+
+def _score_on(cells: Cells, tested_on: str) -> str:
+    """The mean score of `cells` on the `tested_on` test images, with its interval over
+    seeds; "–" where they were not tested on it."""
+    scores = [r.by_test[tested_on] for r in cells.values()
+              if r.by_test.get(tested_on) is not None]
+    return _interval(stats.mean_interval(scores)) if scores else "–"
 
 
 def _interval(i: stats.Interval) -> str:
