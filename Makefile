@@ -56,6 +56,7 @@ bench: setup
 	$(PY) benchmarks/bench_pipeline.py
 	$(PY) benchmarks/bench_segment.py
 	PYTHONPATH=tests $(PY) benchmarks/bench_download.py
+	$(PY) benchmarks/bench_variants.py
 
 # On a GPU machine: background removal per ONNX Runtime provider and both training stages in
 # one process and DDP over every visible GPU, in one table (also runs, slowly, on the CPU).
