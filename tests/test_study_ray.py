@@ -20,6 +20,8 @@ import yaml
 from helpers_project import default_sigint, project_env, run, tiny_project
 from helpers_ray import cell_logs, training_cell
 
+from fashionbg.study.ray_engine import ray_temp_dir
+
 pytestmark = pytest.mark.slow
 UPSTREAM = ("download", "remove_background", "prepare")
 
@@ -41,6 +43,11 @@ def ray_processes(temp: str) -> list[psutil.Process]:
             except psutil.Error:
                 continue
     return list(found)
+
+
+def own_ray(project: Path) -> list[psutil.Process]:
+    """The processes of a Ray the study started for itself in `project`."""
+    return ray_processes(str(ray_temp_dir(project)))
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +217,7 @@ def test_two_machines_share_the_grid_through_the_remotes(tmp_path, baseline):
             assert "Running stage 'train_classifier'" in text
             assert not any(f"Running stage '{stage}'" in text for stage in UPSTREAM), text
         assert_nothing_left(machine)
-        assert not (machine / ".cache/ray").exists() or not ray_processes(
-            str(machine / ".cache/ray")), "the study's own Ray was left running"
+        assert not own_ray(machine), "the study's own Ray was left running"
 
     reporter = tmp_path / "reporter"
     run(["git", "clone", "-q", str(remote), str(reporter)], tmp_path)
@@ -219,3 +225,26 @@ def test_two_machines_share_the_grid_through_the_remotes(tmp_path, baseline):
     run(["dvc", "exp", "pull", "--all-commits", str(remote)], reporter)
     report = study(reporter, "report")
     assert "2 cells read from the experiments, 0 not run yet" in report, report
+
+
+@pytest.mark.timeout(1200)
+def test_ctrl_c_stops_the_cells_and_the_study_s_own_ray(tmp_path, baseline):
+    project = study_project(baseline, tmp_path / "p", [7])
+    env = {k: v for k, v in project_env().items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "fashionbg.study", "run", "--preset", "tiny",
+                             "--engine", "ray"], cwd=project, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=default_sigint)
+    try:
+        assert training_cell(project), "no cell reached its training stage"
+        os.killpg(proc.pid, signal.SIGINT)          # Ctrl-C reaches the whole foreground group
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out, out
+    assert out.strip().splitlines()[-1] == "interrupted; queued cells stopped, re-run to resume"
+    assert_nothing_left(project)
+    assert not run(["dvc", "exp", "list", "--name-only"], project).strip()
+    assert not own_ray(project), "the study's own Ray is still running"

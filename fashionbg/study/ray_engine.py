@@ -11,23 +11,23 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import load_params
 from fashionbg.study.definition import Cell
 from fashionbg.study.engines import STUDY_CACHE, EngineOptions, fetch_experiments, output
+from fashionbg.study.progress import Progress
 from fashionbg.study.runner import override
 from fashionbg.study.workspace import CellJob, CellOutcome, WorkerLost, clear_workspaces, run_cell
 
@@ -36,8 +36,9 @@ ATTEMPTS = 3              # runs of a cell whose worker died, before it counts a
 STOP_SECONDS = 60         # how long Ctrl-C waits for the cancelled cells to clean up
 WORKSPACES = STUDY_CACHE / "workspaces"
 LOGS = STUDY_CACHE / "logs"
-# Unix socket paths are limited to 107 bytes; Ray puts its sockets this deep in its temp dir.
-RAY_SOCKET_DEPTH = 70
+# Unix socket paths are limited to 107 bytes; Ray puts its sockets this deep in its temp dir
+# (session_<date>_<time>_<pid>/sockets/plasma_store).
+RAY_SOCKET_DEPTH = 64
 
 
 class Board:
@@ -129,20 +130,15 @@ class RayEngine:
                        dvc_remote=self.options.dvc_remote, threads=threads, env=identity())
 
     def _wait(self, ray: Any, refs: dict[Any, CellJob], board: Any) -> tuple[list[str], list[str]]:
-        done, failed, pending, shown = [], [], list(refs), ""
-        with tqdm(total=len(refs), unit="cell", desc="study", dynamic_ncols=True) as bar:
+        done, failed, pending = [], [], list(refs)
+        with Progress(len(refs)) as progress:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1, timeout=2)
                 for ref in ready:
                     ok = self._finished(ray, ref, refs[ref], board)
                     (done if ok else failed).append(refs[ref].name)
-                    bar.update()
                     log.info("[%d/%d] done, %d failed", len(done), len(refs), len(failed))
-                running = ray.get(board.running.remote())
-                where = ", ".join(f"{n}→{w}" for n, w in sorted(running.items())) or "-"
-                if where != shown:
-                    bar.set_postfix_str(where)
-                    shown = where
+                progress.update(len(done) + len(failed), ray.get(board.running.remote()))
         if self.options.git_remote:   # the experiments the workers pushed, for the report here
             fetch_experiments(self.options.git_remote)
         return sorted(done), sorted(failed)
@@ -189,16 +185,17 @@ def _describe(resources: dict[str, float]) -> str:
 @contextmanager
 def ray_cluster() -> Iterator[Any]:
     """Ray connected: to RAY_ADDRESS's cluster, or to one started here for the study (its
-    files under the project's .cache/, where the socket paths allow) and stopped after."""
+    files in ray_temp_dir) and stopped after."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"   # no telemetry leaves the machine
     import ray
 
     address = os.environ.get("RAY_ADDRESS")
-    temp = None if address else ray_temp_dir()
+    temp = None if address else ray_temp_dir(Path.cwd())
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
+            temp.mkdir(parents=True, exist_ok=True)
             ray.init(address="local", _temp_dir=str(temp), include_dashboard=False,
                      log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as err:
@@ -208,17 +205,20 @@ def ray_cluster() -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+        if temp and not temp.is_relative_to(Path.cwd()):   # nothing left outside the project
+            shutil.rmtree(temp, ignore_errors=True)
 
 
-def ray_temp_dir() -> Path:
-    """.cache/ray in the project, unless its path is too long for Ray's Unix sockets: then a
-    short folder of the system's temp dir."""
-    inside = (Path.cwd() / ".cache/ray").resolve()
+def ray_temp_dir(project: Path) -> Path:
+    """Where a Ray started for the study keeps its files: .cache/ray in the project, unless that
+    path is too long for Ray's Unix sockets; then a short folder of the system's temp dir, named
+    for the project (and removed after the study)."""
+    inside = (project / ".cache/ray").resolve()
     if len(str(inside)) + RAY_SOCKET_DEPTH <= 107:
-        inside.mkdir(parents=True, exist_ok=True)
         return inside
+    digest = hashlib.sha256(str(inside).encode()).hexdigest()[:8]
     log.info("Ray's files go to the system's temp dir: %s is too deep for its sockets", inside)
-    return Path(tempfile.gettempdir()) / "fashionbg-ray"
+    return Path(tempfile.gettempdir()) / f"fashionbg-ray-{digest}"
 
 
 def identity() -> dict[str, str]:
