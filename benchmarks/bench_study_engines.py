@@ -34,7 +34,7 @@ from helpers_ray import cell_logs, training_cell
 
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="quick", help="the preset of study.yaml to shrink")
+    parser.add_argument("--preset", default="quick", help="the preset of study.yaml to reduce")
     parser.add_argument("--arms", default="", help="a comma-separated subset of its arms")
     parser.add_argument("--seeds", default="", help="comma-separated seeds (default: the preset's)")
     parser.add_argument("--epochs", type=int, default=0, help="epochs of every cell (0: as set)")
@@ -158,8 +158,13 @@ def main() -> None:
         print("\noverhead per cell: the same grid again, every stage restored from the run cache")
         for engine, project in (("queue", queue), ("ray", ray)):
             sh(project, ["dvc", "exp", "remove", "-A"])
+            shutil.rmtree(project / ".cache/study/logs", ignore_errors=True)
             took = study(project, engine, args.cpus_per_cell)
-            print(f"  {engine:<6} {took:7.1f} s for {n} cells: {took / n:.1f} s per cell")
+            print(f"  {engine:<6} {took:7.1f} s for {n} cells: {took / n:.1f} s per cell "
+                  "(with the pre-flight" + (" and starting Ray)" if engine == "ray" else ")"))
+        spans = [float(i["ended"]) - float(i["started"]) for i, _ in cell_logs(ray).values()]
+        print(f"  ray, inside each task (clone, dvc exp run restoring every stage, push back, "
+              f"remove): {sum(spans) / len(spans):.1f} s per cell, {n} cells")
         retry_cost(ray, args)
         print(f"load average {os.getloadavg()[0]:.1f} at the end")
     finally:

@@ -18,6 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import psutil
 
@@ -97,8 +98,8 @@ def seen(env: dict[str, str], started: float) -> dict[str, str]:
 
 def cell_environment(job: CellJob) -> dict[str, str]:
     """This interpreter's tools first on PATH (stages run `python -m …`), the study's git
-    identity, and, on CPU-only machines, as many threads as the cell was given cores (Ray
-    would leave torch one thread; two cells on two cores must not fight over them)."""
+    identity, and as many threads as the cell was given cores (Ray would leave torch one
+    thread; two cells on two cores must not fight over them)."""
     env = {**os.environ, **job.env, "DVC_NO_ANALYTICS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     if job.threads:
@@ -107,7 +108,7 @@ def cell_environment(job: CellJob) -> dict[str, str]:
     return env
 
 
-def _prepare(job: CellJob, ws: Path, env: dict[str, str], out) -> int:
+def _prepare(job: CellJob, ws: Path, env: dict[str, str], out: IO[str]) -> int:
     """Clone the study's commit and point its DVC at the shared cache or the remote."""
     steps = [["git", "clone", "--quiet", "--no-checkout", *(["--shared"] if job.cache else []),
               job.repo, str(ws)],
@@ -124,7 +125,7 @@ def _prepare(job: CellJob, ws: Path, env: dict[str, str], out) -> int:
     return 0
 
 
-def _publish(job: CellJob, ws: Path, env: dict[str, str], out) -> int:
+def _publish(job: CellJob, ws: Path, env: dict[str, str], out: IO[str]) -> int:
     """The experiment's ref back to the project (or the Git remote) it was cloned from: what
     `dvc exp push` sends. Its outputs are already in the shared cache on one machine; across
     machines they and the run cache go to the DVC remote first."""
@@ -138,12 +139,13 @@ def _publish(job: CellJob, ws: Path, env: dict[str, str], out) -> int:
 
 
 def _dvc(ws: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "dvc", "--cd", str(ws), *args]
+    return ["dvc", "--cd", str(ws), *args]
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], out) -> int:
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], out: IO[str]) -> int:
     """Run one step in its own process group, the group killed with it: a stage's own workers
-    never outlive the cell (also when this process is cancelled or dies)."""
+    never outlive the cell (also when this process is cancelled or dies). DVC runs under this
+    interpreter, whatever the worker's PATH."""
     if cmd[0] == "dvc":
         cmd = [sys.executable, "-m", "dvc", *cmd[1:]]
     out.write(f"$ {shlex.join(cmd)}\n")
