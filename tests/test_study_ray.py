@@ -203,7 +203,7 @@ def test_a_killed_cell_runs_again_and_a_second_study_refuses(tmp_path, cluster, 
 def test_two_machines_share_the_grid_through_the_remotes(tmp_path, baseline):
     origin = study_project(baseline, tmp_path / "origin", [5])
     remote, storage = tmp_path / "remote.git", tmp_path / "dvc-remote"
-    run(["git", "init", "-q", "--bare", str(remote)], tmp_path)
+    run(["git", "init", "-q", "--bare", "--initial-branch=main", str(remote)], tmp_path)
     run(["git", "push", "-q", str(remote), "HEAD:refs/heads/main"], origin)
     run(["dvc", "remote", "add", "--local", "-d", "storage", str(storage)], origin)
     run(["dvc", "push", "--run-cache"], origin)
