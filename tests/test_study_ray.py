@@ -6,6 +6,7 @@ run again; a second study in the same project refuses in one line; two clones, a
 remote and a local DVC remote stand for two machines and a third that reports."""
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +25,10 @@ from fashionbg.study.ray_engine import ray_temp_dir
 
 pytestmark = pytest.mark.slow
 UPSTREAM = ("download", "remove_background", "prepare")
+# The test cluster's token, said to its nodes and to the study that joins it (a token file
+# would live in ~/.ray).
+TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+         "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def free_port() -> int:
@@ -56,19 +61,19 @@ def cluster():
     stopping this cluster's own processes (`ray stop` would stop every Ray on the machine)."""
     temp = tempfile.mkdtemp(prefix="fbgray")     # short: Ray's socket paths live under it
     port = free_port()
-    env = {**project_env(), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**project_env(), **TOKEN}
     common = ["--disable-usage-stats", "--temp-dir", temp, "--include-dashboard=false"]
     ray = str(Path(sys.executable).parent / "ray")
     try:
         subprocess.run([ray, "start", "--head", "--port", str(port), "--num-cpus", "2",
                         "--num-gpus", "2", "--node-ip-address", "127.0.0.1",
                         "--min-worker-port", "20000", "--max-worker-port", "20999", *common],
-                       env=env, check=True, capture_output=True, timeout=120)
+                       env=env, check=True, capture_output=True, text=True, timeout=120)
         subprocess.run([ray, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1",
                         "--num-gpus", "0", "--node-ip-address", "127.0.0.1",
                         "--min-worker-port", "21000", "--max-worker-port", "21999",
                         "--disable-usage-stats"], env=env, check=True, capture_output=True,
-                       timeout=120)
+                       text=True, timeout=120)
         yield f"127.0.0.1:{port}"
     finally:
         for proc in ray_processes(temp):
@@ -76,6 +81,7 @@ def cluster():
         psutil.wait_procs(ray_processes(temp), timeout=20)
         for proc in ray_processes(temp):
             proc.kill()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def tiny_preset(project: Path, seeds: list[int]) -> None:
@@ -107,7 +113,7 @@ def study_project(baseline: Path, path: Path, seeds: list[int]) -> Path:
 
 
 def study(project: Path, *args: str, address: str | None = None) -> str:
-    env = {**project_env(), **({"RAY_ADDRESS": address} if address else {})}
+    env = {**project_env(), **({"RAY_ADDRESS": address, **TOKEN} if address else {})}
     result = subprocess.run([sys.executable, "-m", "fashionbg.study", *args, "--preset", "tiny"],
                             cwd=project, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -165,7 +171,7 @@ def test_cells_run_two_at_a_time_on_their_own_gpus_and_report_as_the_queue(tmp_p
 @pytest.mark.timeout(1800)
 def test_a_killed_cell_runs_again_and_a_second_study_refuses(tmp_path, cluster, baseline):
     project = study_project(baseline, tmp_path / "project", [3])
-    env = {**project_env(), "RAY_ADDRESS": cluster}
+    env = {**project_env(), "RAY_ADDRESS": cluster, **TOKEN}
     proc = subprocess.Popen([sys.executable, "-m", "fashionbg.study", "run", "--preset", "tiny",
                              "--engine", "ray"], cwd=project, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -187,10 +188,12 @@ def ray_cluster() -> Iterator[Any]:
     """Ray connected: to RAY_ADDRESS's cluster, or to one started here for the study (its
     files in ray_temp_dir) and stopped after."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"   # no telemetry leaves the machine
-    import ray
-
     address = os.environ.get("RAY_ADDRESS")
     temp = None if address else ray_temp_dir(Path.cwd())
+    if not address:
+        local_token()   # before Ray is imported: it reads its settings then
+    import ray
+
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
@@ -207,6 +210,13 @@ def ray_cluster() -> Iterator[Any]:
         ray.shutdown()
         if temp and not temp.is_relative_to(Path.cwd()):   # nothing left outside the project
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def local_token() -> None:
+    """Token authentication for the Ray started here, with a token that lives in this process
+    and its children only: left to itself Ray would write one to ~/.ray/auth_token."""
+    if not {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"} & set(os.environ):
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
 
 
 def ray_temp_dir(project: Path) -> Path:
