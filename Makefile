@@ -15,6 +15,12 @@ FASHIONPEDIA ?=
 FASHIONSTYLE14_SHA256 ?=
 FASHIONPEDIA_SHA256 ?=
 SMOKE ?=
+# Where the cells run: queue (DVC's queue, one at a time) or ray (every device of this machine,
+# or of the cluster at RAY_ADDRESS); across machines, the remotes workers clone from and push to.
+ENGINE ?= queue
+GIT_REMOTE ?=
+DVC_REMOTE ?=
+CPUS_PER_CELL ?= 1
 STUDY_ARGS = --preset '$(PRESET)' $(if $(SMOKE),--smoke) \
 	--data 'fashionstyle14=$(FASHIONSTYLE14)' --data 'fashionpedia=$(FASHIONPEDIA)' \
 	--sha256 'fashionstyle14=$(FASHIONSTYLE14_SHA256)' --sha256 'fashionpedia=$(FASHIONPEDIA_SHA256)'
@@ -70,10 +76,11 @@ bench-gpu: setup
 gpu-check: setup
 	$(PY) benchmarks/gpu_check.py
 
-# The study of study.yaml through DVC's experiment queue (after the pre-flight), then its
+# The study of study.yaml on ENGINE (after the pre-flight), then its
 # report (reports/study.md, or the preset's own).
 study: $(VENV)/.installed
-	$(PY) -m fashionbg.study run $(STUDY_ARGS) --shard '$(SHARD)'
+	$(PY) -m fashionbg.study run $(STUDY_ARGS) --shard '$(SHARD)' --engine '$(ENGINE)' \
+		--git-remote '$(GIT_REMOTE)' --dvc-remote '$(DVC_REMOTE)' --cpus-per-cell '$(CPUS_PER_CELL)'
 	$(PY) -m fashionbg.study report $(STUDY_ARGS)
 
 # The study's pre-flight alone: data, weights, disk, memory, devices, a time per cell.

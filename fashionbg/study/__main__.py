@@ -13,10 +13,11 @@ from fashionbg.core.cli import INTERRUPTED, stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import load_params
 from fashionbg.study.definition import SMOKE_SUFFIX, Cell, Study, load_study, locate
+from fashionbg.study.engines import EngineOptions, fetch_experiments, make_engine, study_lock
 from fashionbg.study.preflight import preflight
 from fashionbg.study.report import build_report, report_path, update_readme
 from fashionbg.study.results import read_results
-from fashionbg.study.runner import cells_to_run, parse_shard, run_cells
+from fashionbg.study.runner import cells_to_run, parse_shard
 
 log = logging.getLogger("study")
 
@@ -34,6 +35,16 @@ def arguments() -> argparse.Namespace:
                              "e.g. fashionstyle14=~/data/FashionStyle14_v1.zip")
     parser.add_argument("--sha256", action="append", default=[], metavar="SOURCE=HEX",
                         help="the sha256 of that archive or download")
+    parser.add_argument("--engine", default="queue",
+                        help="queue: DVC's experiment queue, one cell at a time; ray: every "
+                             "device of this machine or of the cluster at RAY_ADDRESS")
+    parser.add_argument("--git-remote", default="", metavar="URL",
+                        help="ray across machines: the Git remote workers clone and push to")
+    parser.add_argument("--dvc-remote", default="", metavar="URL",
+                        help="ray across machines: the DVC remote (S3, a shared path) workers "
+                             "pull from and push to")
+    parser.add_argument("--cpus-per-cell", default="1", metavar="N",
+                        help="ray: cores (and threads) each cell gets")
     return parser.parse_args()
 
 
@@ -65,6 +76,34 @@ def cells_of(args: argparse.Namespace, study: Study, preset: str) -> list[Cell]:
                   pairs(args.sha256, "--sha256"))
 
 
+def engine_options(args: argparse.Namespace) -> EngineOptions:
+    if not args.cpus_per_cell.isdigit() or int(args.cpus_per_cell) < 1:
+        raise UserError(f"CPUS_PER_CELL = {args.cpus_per_cell!r} is not allowed; expected a "
+                        "whole number of cores, 1 or more")
+    return EngineOptions(git_remote=args.git_remote or None, dvc_remote=args.dvc_remote or None,
+                         cpus_per_cell=int(args.cpus_per_cell))
+
+
+def run(args: argparse.Namespace, cells: list[Cell], params: dict) -> None:
+    """The cells of this shard that have no experiment yet, on the chosen engine, one study at
+    a time in a project."""
+    options = engine_options(args)
+    engine = make_engine(args.engine, options)
+    with study_lock():
+        if options.git_remote:
+            fetch_experiments(options.git_remote)
+        todo = cells_to_run(parse_shard(args.shard).take(cells))
+        if todo:    # checked before anything is queued
+            preflight(todo, params)
+        try:
+            _, failed = engine.run(todo)
+        except KeyboardInterrupt:
+            print("interrupted; queued cells stopped, re-run to resume", file=sys.stderr)
+            sys.exit(INTERRUPTED)
+    if failed:
+        log.warning("%d cells failed; the report uses the others", len(failed))
+
+
 @stage_main
 def main() -> None:
     args = arguments()
@@ -76,16 +115,7 @@ def main() -> None:
         preflight(cells, params)
         return
     if args.command == "run":
-        todo = cells_to_run(parse_shard(args.shard).take(cells))
-        if todo:    # checked before anything is queued
-            preflight(todo, params)
-        try:
-            _, failed = run_cells(todo)
-        except KeyboardInterrupt:
-            print("interrupted; queued cells stopped, re-run to resume", file=sys.stderr)
-            sys.exit(INTERRUPTED)
-        if failed:
-            log.warning("%d cells failed; the report uses the others", len(failed))
+        run(args, cells, params)
         return
     results, missing = read_results(cells)
     command = "make study" + ("" if args.preset == "quick" else f" PRESET={args.preset}") + (

@@ -1,4 +1,4 @@
-"""Running the cells of a preset through DVC's own experiment queue.
+"""Running the cells of a preset through DVC's own experiment queue (the `queue` engine).
 
 Each missing cell is queued with `dvc exp run --queue -n <cell> -S key=value … <evaluation
 stage>` (only its task's stages run; DVC's run cache restores any stage already run with the
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from fashionbg.core.errors import UserError
 from fashionbg.study.definition import Cell
+from fashionbg.study.progress import Progress
 from fashionbg.study.results import existing_experiments
 
 log = logging.getLogger("study")
@@ -195,25 +196,27 @@ def _run(todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
     queue(todo)
     names = {c.name for c in todo}
     start, shown, unseen = time.monotonic(), None, dict.fromkeys(names, 0)
-    while True:
-        states, workers = queue_status()
-        mine = cell_states(names, states, existing_experiments(), unseen, workers)
-        pending = [n for n, s in mine.items() if s in ("Queued", "Running", MISSING)]
-        done = sorted(n for n, s in mine.items() if s == "Success")
-        failed = sorted(n for n, s in mine.items() if s == "Failed")
-        progress = (len(done), len(failed), tuple(n for n, s in mine.items() if s == "Running"))
-        if progress != shown:
-            log.info("[%d/%d] done, %d failed; running: %s", len(done), len(todo), len(failed),
-                     ", ".join(progress[2]) or "-")
-            shown = progress
-        if not pending:
-            break
-        if not workers:   # workers stop when the queue empties, and now and then before
-            start_worker()
-        if time.monotonic() - start > CELL_TIMEOUT * len(todo):
-            raise UserError(f"the queue made no progress for too long; see `dvc queue status` "
-                            f"and `dvc queue logs <name>` for {', '.join(pending[:3])}")
-        time.sleep(POLL_SECONDS)
+    with Progress(len(todo)) as bar:
+        while True:
+            states, workers = queue_status()
+            mine = cell_states(names, states, existing_experiments(), unseen, workers)
+            pending = [n for n, s in mine.items() if s in ("Queued", "Running", MISSING)]
+            done = sorted(n for n, s in mine.items() if s == "Success")
+            failed = sorted(n for n, s in mine.items() if s == "Failed")
+            running = tuple(n for n, s in mine.items() if s == "Running")
+            if (len(done), len(failed), running) != shown:
+                log.info("[%d/%d] done, %d failed; running: %s", len(done), len(todo),
+                         len(failed), ", ".join(running) or "-")
+                shown = (len(done), len(failed), running)
+            bar.update(len(done) + len(failed), dict.fromkeys(running, "queue"))
+            if not pending:
+                break
+            if not workers:   # workers stop when the queue empties, and now and then before
+                start_worker()
+            if time.monotonic() - start > CELL_TIMEOUT * len(todo):
+                raise UserError(f"the queue made no progress for too long; see `dvc queue "
+                                f"status` and `dvc queue logs <name>` for {', '.join(pending[:3])}")
+            time.sleep(POLL_SECONDS)
     for name in failed:
         tail = dvc("queue", "logs", name, check=False).strip().splitlines()[-3:]
         log.error("cell %s failed: %s (full log: dvc queue logs %s)", name,

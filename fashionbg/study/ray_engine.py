@@ -1,0 +1,264 @@
+"""The study on Ray: each cell one Ray task that runs its DVC experiment in a workspace of its own
+(fashionbg.study.workspace), with the resources it declares, on whichever node has them.
+
+- GPUs in the cluster: a cell asks for `train.nproc` GPUs, and Ray's CUDA_VISIBLE_DEVICES keeps
+  cells off each other's cards; CPU-only: a cell asks for `--cpus-per-cell` cores and runs
+  with as many threads.
+- A cell whose process dies by a signal, or whose worker or node is lost, runs again (at most
+  ATTEMPTS times); a cell that fails by itself is reported once with its log, not retried.
+- Without RAY_ADDRESS a Ray instance is started on this machine for the study and stopped after;
+  with it, the study joins that cluster.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fashionbg.core.errors import UserError
+from fashionbg.core.params import load_params
+from fashionbg.study.definition import Cell
+from fashionbg.study.engines import STUDY_CACHE, EngineOptions, fetch_experiments, output
+from fashionbg.study.progress import Progress
+from fashionbg.study.runner import override
+from fashionbg.study.workspace import CellJob, CellOutcome, WorkerLost, clear_workspaces, run_cell
+
+log = logging.getLogger("study")
+ATTEMPTS = 3              # runs of a cell whose worker died, before it counts as failed
+STOP_SECONDS = 60         # how long Ctrl-C waits for the cancelled cells to clean up
+WORKSPACES = STUDY_CACHE / "workspaces"
+LOGS = STUDY_CACHE / "logs"
+# Unix socket paths are limited to 107 bytes; Ray puts its sockets this deep in its temp dir
+# (session_<date>_<time>_<pid>/sockets/plasma_store).
+RAY_SOCKET_DEPTH = 64
+
+
+class Board:
+    """A Ray actor the cells tell where they run, for the progress bar."""
+
+    def __init__(self) -> None:
+        self.where: dict[str, str] = {}
+        self.attempts: dict[str, int] = {}
+
+    def started(self, name: str, where: str) -> None:
+        self.where[name] = where
+        self.attempts[name] = self.attempts.get(name, 0) + 1
+
+    def finished(self, name: str) -> None:
+        self.where.pop(name, None)
+
+    def running(self) -> dict[str, str]:
+        return dict(self.where)
+
+    def attempt(self, name: str) -> int:
+        return self.attempts.get(name, 0)
+
+
+def cell_task(job: CellJob, board: Any) -> CellOutcome:
+    """The body of a cell's Ray task: say where it runs, then run it."""
+    import ray
+
+    context = ray.get_runtime_context()
+    gpus = ",".join(str(g) for g in context.get_accelerator_ids().get("GPU", []))
+    board.started.remote(job.name, f"{context.get_node_id()[:6]}" + (f"/gpu{gpus}" if gpus else ""))
+    try:
+        return run_cell(job)
+    finally:
+        board.finished.remote(job.name)
+
+
+class RayEngine:
+    def __init__(self, options: EngineOptions) -> None:
+        if options.cpus_per_cell < 1:
+            raise UserError(f"--cpus-per-cell = {options.cpus_per_cell} is not allowed; "
+                            "expected a whole number of cores, 1 or more")
+        self.options = options
+        self.params = load_params()
+
+    def run(self, todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
+        if not todo:
+            return [], []
+        commit = study_commit()
+        with ray_cluster() as ray:
+            self.check_machines(ray)
+            gpus = ray.cluster_resources().get("GPU", 0)
+            board = ray.remote(num_cpus=0)(Board).remote()
+            task = ray.remote(max_retries=ATTEMPTS - 1, retry_exceptions=[WorkerLost])(cell_task)
+            refs = {}
+            for cell in todo:
+                need = self.resources(cell, gpus)
+                job = self.job(cell, commit, threads=int(need["num_cpus"]))
+                refs[task.options(**need).remote(job, board)] = job
+            log.info("%d cells on Ray: %s", len(todo), _describe(ray.cluster_resources()))
+            try:
+                return self._wait(ray, refs, board)
+            except KeyboardInterrupt:
+                _cancel(ray, list(refs))
+                raise
+            finally:
+                clear_workspaces(WORKSPACES)
+
+    def check_machines(self, ray: Any) -> None:
+        """Workers on other machines cannot clone this project's folder nor share its cache."""
+        machines = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+        if len(machines) > 1 and not (self.options.git_remote and self.options.dvc_remote):
+            raise UserError(f"the Ray cluster spans {len(machines)} machines: give GIT_REMOTE "
+                            "and DVC_REMOTE (--git-remote, --dvc-remote) so that workers there "
+                            "can clone the study and share its outputs")
+
+    def resources(self, cell: Cell, gpus: float) -> dict[str, float]:
+        nproc = int(cell.params.get("train.nproc", self.params["train"]["nproc"]))
+        if gpus:
+            return {"num_gpus": nproc, "num_cpus": self.options.cpus_per_cell}
+        return {"num_cpus": max(nproc, self.options.cpus_per_cell)}
+
+    def job(self, cell: Cell, commit: str, threads: int) -> CellJob:
+        remote = self.options.git_remote
+        return CellJob(name=cell.name, stage=cell.stage,
+                       sets=tuple(override(k, v) for k, v in cell.overrides.items()),
+                       commit=commit, repo=remote or str(Path.cwd()),
+                       workspaces=str(workspace_root()),
+                       cache=None if remote else dvc_cache_dir(),
+                       dvc_remote=self.options.dvc_remote, threads=threads, env=identity())
+
+    def _wait(self, ray: Any, refs: dict[Any, CellJob], board: Any) -> tuple[list[str], list[str]]:
+        done, failed, pending = [], [], list(refs)
+        with Progress(len(refs)) as progress:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=2)
+                for ref in ready:
+                    ok = self._finished(ray, ref, refs[ref], board)
+                    (done if ok else failed).append(refs[ref].name)
+                    log.info("[%d/%d] done, %d failed", len(done), len(refs), len(failed))
+                progress.update(len(done) + len(failed), ray.get(board.running.remote()))
+        if self.options.git_remote:   # the experiments the workers pushed, for the report here
+            fetch_experiments(self.options.git_remote)
+        return sorted(done), sorted(failed)
+
+    def _finished(self, ray: Any, ref: Any, job: CellJob, board: Any) -> bool:
+        """Log how the cell ended; its log (what it ran with first, as JSON) in LOGS."""
+        attempts = ray.get(board.attempt.remote(job.name))
+        try:
+            outcome: CellOutcome = ray.get(ref)
+        except ray.exceptions.RayError as err:
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            log.error("cell %s lost after %d attempts (%s); re-run the study, or by hand: %s",
+                      job.name, attempts, reason, job.rerun)
+            return False
+        path = LOGS / f"{job.name}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**outcome.seen, "attempts": attempts}) + "\n" + outcome.log)
+        if outcome.ok:
+            log.info("cell %s done on %s (CUDA_VISIBLE_DEVICES=%s, threads=%s, attempts=%d)",
+                     job.name, outcome.seen["host"], outcome.seen["CUDA_VISIBLE_DEVICES"] or "-",
+                     outcome.seen["OMP_NUM_THREADS"] or "-", attempts)
+            return True
+        tail = [line for line in outcome.log.strip().splitlines() if line.strip()][-3:]
+        log.error("cell %s failed: %s (full log: %s; re-run: %s)", job.name,
+                  " | ".join(tail) or "no log", path, job.rerun)
+        return False
+
+
+def _cancel(ray: Any, refs: list[Any]) -> None:
+    """Ctrl-C: every cell cancelled (a running one kills its process group and removes its
+    workspace), those that do not stop in time forced."""
+    log.info("stopping the cells of this run")
+    for ref in refs:
+        ray.cancel(ref)
+    _, left = ray.wait(refs, num_returns=len(refs), timeout=STOP_SECONDS)
+    for ref in left:
+        ray.cancel(ref, force=True)
+
+
+def _describe(resources: dict[str, float]) -> str:
+    return ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
+
+
+@contextmanager
+def ray_cluster() -> Iterator[Any]:
+    """Ray connected: to RAY_ADDRESS's cluster, or to one started here for the study (its
+    files in ray_temp_dir) and stopped after."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"   # no telemetry leaves the machine
+    address = os.environ.get("RAY_ADDRESS")
+    temp = None if address else ray_temp_dir(Path.cwd())
+    if not address:
+        local_token()   # before Ray is imported: it reads its settings then
+    import ray
+
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            temp.mkdir(parents=True, exist_ok=True)
+            ray.init(address="local", _temp_dir=str(temp), include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        raise UserError(f"RAY_ADDRESS = {address!r}: could not join the Ray cluster ({err}); "
+                        "start it with `ray start --head` or unset RAY_ADDRESS") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        if temp and not temp.is_relative_to(Path.cwd()):   # nothing left outside the project
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def local_token() -> None:
+    """Token authentication for the Ray started here, with a token that lives in this process
+    and its children only: left to itself Ray would write one to ~/.ray/auth_token."""
+    if not {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"} & set(os.environ):
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+
+
+def ray_temp_dir(project: Path) -> Path:
+    """Where a Ray started for the study keeps its files: .cache/ray in the project, unless that
+    path is too long for Ray's Unix sockets; then a short folder of the system's temp dir, named
+    for the project (and removed after the study)."""
+    inside = (project / ".cache/ray").resolve()
+    if len(str(inside)) + RAY_SOCKET_DEPTH <= 107:
+        return inside
+    digest = hashlib.sha256(str(inside).encode()).hexdigest()[:8]
+    log.info("Ray's files go to the system's temp dir: %s is too deep for its sockets", inside)
+    return Path(tempfile.gettempdir()) / f"fashionbg-ray-{digest}"
+
+
+def identity() -> dict[str, str]:
+    """The study's git identity for every cell's experiment commit, wherever it runs (a worker
+    machine may have none): this project's, or a neutral one."""
+    def config(key: str, default: str) -> str:
+        found = subprocess.run(["git", "config", key], capture_output=True, text=True)
+        return found.stdout.strip() or default
+
+    name = os.environ.get("GIT_AUTHOR_NAME") or config("user.name", "fashionbg study")
+    email = os.environ.get("GIT_AUTHOR_EMAIL") or config("user.email", "study@localhost")
+    return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+
+
+def workspace_root() -> Path:
+    return (Path.cwd() / WORKSPACES).resolve()
+
+
+def study_commit() -> str:
+    """The commit every cell runs from; uncommitted changes would not reach the workspaces."""
+    changed = output("git", "status", "--porcelain", "--untracked-files=no").splitlines()
+    if changed:
+        files = ", ".join(line[3:] for line in changed[:3]) + (" …" if len(changed) > 3 else "")
+        raise UserError(f"uncommitted changes ({files}): the Ray engine runs every cell from "
+                        "the last commit; commit or stash them first")
+    return output("git", "rev-parse", "HEAD").strip()
+
+
+def dvc_cache_dir() -> str:
+    return str((Path.cwd() / output("dvc", "cache", "dir").strip()).resolve())
+
+

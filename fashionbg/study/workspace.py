@@ -1,0 +1,201 @@
+"""One cell run in a workspace of its own, never the user's working tree: a clone of the study's
+commit whose DVC cache is the project's (on this machine) or whose DVC remote is the study's
+(on any machine), so the run cache restores every upstream stage instead of recomputing it.
+The finished experiment goes back as its git ref; the workspace is removed whatever happens.
+
+This module knows nothing of Ray: an engine calls `run_cell` wherever the cell runs.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+LOG_TAIL = 500          # lines of a cell's log that travel back to the study
+PR_SET_PDEATHSIG = 1    # prctl(2): the kernel signals a child when its parent dies
+
+
+class WorkerLost(Exception):
+    """The cell's process died by a signal (SIGKILL, the OOM killer, a node going away): not
+    the cell's own fault, so the engine runs it again in a fresh workspace."""
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """Everything a worker needs to run one cell, on this machine or another."""
+    name: str
+    stage: str
+    sets: tuple[str, ...]        # the `-S key=value` overrides, already in DVC's grammar
+    commit: str                  # the study's commit: every cell runs from it
+    repo: str                    # the project to clone (a path here, or the Git remote)
+    workspaces: str              # where workspaces are made on this machine
+    cache: str | None = None     # the project's DVC cache (one machine)
+    dvc_remote: str | None = None  # the study's DVC remote (any machine)
+    threads: int | None = None   # CPU threads the cell may use (None: the stage's own choice)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def command(self) -> list[str]:
+        return ["dvc", "exp", "run", "-n", self.name,
+                *[a for s in self.sets for a in ("-S", s)], self.stage]
+
+    @property
+    def rerun(self) -> str:
+        """The exact command that re-runs the cell by hand, in the project."""
+        return shlex.join(self.command)
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    name: str
+    ok: bool
+    log: str                     # the tail of the cell's log
+    seen: dict[str, str]         # what the cell ran with: host, devices, threads, when
+
+
+def run_cell(job: CellJob) -> CellOutcome:
+    """Run `job` in a fresh workspace; a failure of the cell itself is an outcome, a death by
+    a signal raises WorkerLost. Leftovers of an earlier attempt of the same cell are cleared
+    first (a killed worker cannot clean up after itself)."""
+    root = Path(job.workspaces)
+    clear_workspaces(root, job.name)
+    ws = root / f"{job.name}-{uuid.uuid4().hex[:8]}"
+    env = cell_environment(job)
+    log = ws.parent / f"{ws.name}.log"
+    started = time.time()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as out:
+            code = _prepare(job, ws, env, out) or _run(job.command, ws, env, out)
+            if code == 0:
+                code = _publish(job, ws, env, out)
+        tail = "".join(log.read_text(errors="replace").splitlines(True)[-LOG_TAIL:])
+        if code < 0:
+            raise WorkerLost(f"cell {job.name} was killed by signal {-code}")
+        return CellOutcome(job.name, code == 0, tail, seen(env, started))
+    finally:
+        remove(ws)
+        log.unlink(missing_ok=True)
+
+
+def seen(env: dict[str, str], started: float) -> dict[str, str]:
+    return {"host": os.uname().nodename, "pid": str(os.getpid()),
+            "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES", ""),
+            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", ""),
+            "started": f"{started:.3f}", "ended": f"{time.time():.3f}"}
+
+
+def cell_environment(job: CellJob) -> dict[str, str]:
+    """This interpreter's tools first on PATH (stages run `python -m …`), the study's git
+    identity, and as many threads as the cell was given cores (Ray would leave torch one
+    thread; two cells on two cores must not fight over them)."""
+    env = {**os.environ, **job.env, "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if job.threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(job.threads)
+    return env
+
+
+def _prepare(job: CellJob, ws: Path, env: dict[str, str], out: IO[str]) -> int:
+    """Clone the study's commit and point its DVC at the shared cache or the remote."""
+    steps = [["git", "clone", "--quiet", "--no-checkout", *(["--shared"] if job.cache else []),
+              job.repo, str(ws)],
+             ["git", "-C", str(ws), "checkout", "--quiet", "--detach", job.commit]]
+    if job.cache:
+        steps.append(_dvc(ws, "config", "--local", "cache.dir", job.cache))
+    if job.dvc_remote:
+        steps += [_dvc(ws, "remote", "add", "--local", "--default", "study", job.dvc_remote),
+                  _dvc(ws, "pull", "--run-cache", "--allow-missing", "--quiet", "--with-deps",
+                       job.stage)]
+    for step in steps:
+        if code := _run(step, ws.parent, env, out):
+            return code
+    return 0
+
+
+def _publish(job: CellJob, ws: Path, env: dict[str, str], out: IO[str]) -> int:
+    """The experiment's ref back to the project (or the Git remote) it was cloned from: what
+    `dvc exp push` sends. Its outputs are already in the shared cache on one machine; across
+    machines they and the run cache go to the DVC remote first."""
+    steps = [_dvc(ws, "push", "--run-cache", "--quiet")] if job.dvc_remote else []
+    steps.append(["git", "-C", str(ws), "push", "--quiet", job.repo,
+                  "refs/exps/*:refs/exps/*"])
+    for step in steps:
+        if code := _run(step, ws, env, out):
+            return code
+    return 0
+
+
+def _dvc(ws: Path, *args: str) -> list[str]:
+    return ["dvc", "--cd", str(ws), *args]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], out: IO[str]) -> int:
+    """Run one step in its own process group, the group killed with it: a stage's own workers
+    never outlive the cell (also when this process is cancelled or dies). DVC runs under this
+    interpreter, whatever the worker's PATH."""
+    if cmd[0] == "dvc":
+        cmd = [sys.executable, "-m", "dvc", *cmd[1:]]
+    out.write(f"$ {shlex.join(cmd)}\n")
+    out.flush()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=_die_with_parent)
+    try:
+        return proc.wait()
+    finally:
+        kill_group(proc.pid)
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):   # not Linux: the group is still killed on the way out
+        pass
+
+
+def kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def clear_workspaces(root: Path, name: str | None = None) -> None:
+    """Remove the workspaces (of cell `name`, or all) under `root`, with any process still
+    working in one: what a worker killed mid-cell leaves behind."""
+    if not root.is_dir():
+        return
+    stale = [p for p in root.iterdir() if p.is_dir() and (name is None or _of(p, name))]
+    for ws in stale:
+        remove(ws)
+        (ws.parent / f"{ws.name}.log").unlink(missing_ok=True)
+
+
+def _of(ws: Path, name: str) -> bool:
+    stem, _, suffix = ws.name.rpartition("-")
+    return stem == name and len(suffix) == 8
+
+
+def remove(ws: Path) -> None:
+    for proc in psutil.process_iter(["cwd"]):
+        cwd = proc.info["cwd"] or ""
+        if cwd == str(ws) or cwd.startswith(f"{ws}{os.sep}"):
+            try:
+                proc.kill()
+                proc.wait(10)
+            except psutil.Error:
+                pass
+    shutil.rmtree(ws, ignore_errors=True)

@@ -1,0 +1,88 @@
+"""The parts of the study's engines that need no cluster: the one-study-at-a-time lock (held by
+a real second process), choosing an engine, the command that re-runs a cell, and clearing what
+a killed cell left behind (a real process working in a stale workspace)."""
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fashionbg.core.errors import UserError
+from fashionbg.study.engines import EngineOptions, make_engine, study_lock
+from fashionbg.study.workspace import CellJob, clear_workspaces
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from fashionbg.study.engines import study_lock
+with study_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def holder(lock: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_study_refuses_in_one_line_naming_the_holder(tmp_path):
+    lock = tmp_path / ".cache/study/lock"
+    proc = holder(lock)
+    try:
+        with pytest.raises(UserError) as err:
+            with study_lock(lock):
+                pass
+        assert str(err.value) == (f"another study is running in this project (PID {proc.pid} "
+                                  f"holds {lock}); wait for it to finish or stop it, then re-run")
+    finally:
+        proc.kill()
+        proc.wait()
+    with study_lock(lock):          # a killed holder leaves no stale lock
+        assert lock.read_text() == f"{__import__('os').getpid()}\n"
+    assert not lock.exists()
+
+
+def test_an_unknown_engine_or_remotes_without_ray_are_refused():
+    with pytest.raises(UserError, match="ENGINE = 'spark' is not allowed; expected queue or ray"):
+        make_engine("spark", EngineOptions())
+    with pytest.raises(UserError, match="--git-remote / --dvc-remote need --engine ray"):
+        make_engine("queue", EngineOptions(git_remote="/srv/git/fashionbg.git"))
+
+
+def test_the_queue_path_does_not_load_ray():
+    code = ("import sys; import fashionbg.study.__main__; "
+            "from fashionbg.study.engines import EngineOptions, make_engine; "
+            "make_engine('queue', EngineOptions()); print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_rerun_command_is_the_cells_exact_dvc_command():
+    job = CellJob(name="shallow-rembg-s0-abc123", stage="evaluate_classifier",
+                  sets=("data.variant='rembg'", "data.path='/d/a b.zip'"), commit="0" * 40,
+                  repo="/p", workspaces="/p/.cache/study/workspaces")
+    assert shlex.split(job.rerun) == [
+        "dvc", "exp", "run", "-n", "shallow-rembg-s0-abc123", "-S", "data.variant='rembg'",
+        "-S", "data.path='/d/a b.zip'", "evaluate_classifier"]
+
+
+def test_clearing_a_cells_workspaces_stops_what_still_runs_there(tmp_path):
+    stale, other = tmp_path / "cell-a-0123abcd", tmp_path / "cell-b-4567cdef"
+    for ws in (stale, other):
+        (ws / "sub").mkdir(parents=True)
+    proc = subprocess.Popen(["sleep", "120"], cwd=stale / "sub")
+    try:
+        time.sleep(0.2)
+        clear_workspaces(tmp_path, "cell-a")
+        proc.wait(timeout=10)       # killed (and reaped by the clearing), not asleep for 120 s
+        assert not stale.exists() and other.exists()
+        clear_workspaces(tmp_path)
+        assert not other.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
