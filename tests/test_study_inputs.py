@@ -77,6 +77,18 @@ def refused(tmp_path, monkeypatch, study: Any, params: dict | None = PARAMS) -> 
     ("minimal_effect", "0.02", "minimal_effect = '0.02' is not allowed"),
     ("minimal_effect", True, "minimal_effect = True is not allowed"),
     ("minimal_effect", 2, "minimal_effect = 2 is not allowed"),
+    ("minimal_effect", 0.03, "minimal_effect = 0.03 is not allowed; expected no value next to "
+                             "margins"),
+    ("margins", {"top1": 0.02}, "study.yaml: margins.miou is missing"),
+    ("margins", [0.02], "margins = [0.02] is not allowed; expected a mapping of metrics"),
+    ("margins.top1", 0, "margins.top1 = 0 is not allowed; expected a number > 0 and < 1"),
+    ("margins.map", 0.02, "margins.map = 0.02 is not allowed; expected no such key; the known "
+                          "keys are top1, miou, mask_ap"),
+    ("alpha", 0, "alpha = 0 is not allowed; expected a number > 0 and < 1, e.g. 0.05"),
+    ("power", "80 %", "power = '80 %' is not allowed"),
+    ("target_effect", 1.5, "target_effect = 1.5 is not allowed"),
+    ("claims.0.expect", "equal", "claims.shallow.expect = 'equal' is not allowed; expected one "
+                                 "of positive, negative, not_positive, equivalent"),
     ("arms.shallow.params", 3, "arms.shallow.params = 3 is not allowed; expected a mapping"),
     ("arms.shallow.params", {"classify.epochs": {"a": 1}},
      "arms.shallow.params.classify.epochs = {'a': 1} is not allowed; expected a string"),
