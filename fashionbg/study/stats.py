@@ -13,14 +13,15 @@ The standard error of a difference D (the mean over seeds of each seed's differe
 from the crossed random-effects model d = δ + seed + image + residual:
   se² = σ²_seed/S + σ²_image/N + σ²_residual/(SN),
 estimated without assuming the metric is a mean of per-image terms: the spread of the d_s over
-seeds (Student t, S − 1 degrees of freedom) holds σ²_seed/S + σ²_residual/(SN); the bootstrap
-over images with all seeds held fixed holds σ²_image/N + σ²_residual/(SN); and the bootstrap of
-each seed alone tells the residual term, counted once. Degrees of freedom by Satterthwaite.
+seeds (S − 1 degrees of freedom) holds σ²_seed/S + σ²_residual/(SN); the bootstrap over images
+with all seeds held fixed holds σ²_image/N + σ²_residual/(SN); and the bootstrap of each seed
+alone tells the residual term, so it is counted once. Degrees of freedom by Satterthwaite.
 With 2-5 seeds a percentile bootstrap over seeds cannot cover: its spread is (S − 1)/S of the
 truth and it has no t quantile.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -55,31 +56,33 @@ class Effect:
 
     @property
     def seed_var(self) -> float:
+        """σ²_seed / S (for planning other sizes)."""
         return max(self.spread - self.residual, 0.0)
 
     @property
     def image_var(self) -> float:
+        """σ²_image / N."""
         return max(self.joint - self.residual, 0.0)
 
     @property
     def se(self) -> float | None:
+        """sqrt(spread + image term): the seeds' spread is never replaced by a smaller guess
+        (with 2-5 seeds it is often small by chance, and the truth is then larger)."""
         if np.isnan(self.spread):
             return None
-        return float(np.sqrt(self.seed_var + self.image_var + self.residual))
+        return float(np.sqrt(self.spread + self.image_var))
 
     @property
     def df(self) -> float | None:
-        """Satterthwaite, for se² written as a sum of the three estimated terms (seed spread:
-        S − 1 degrees of freedom, images: N − 1, residual: (S − 1)(N − 1)); a component
-        estimated at zero drops its terms."""
+        """Satterthwaite for se² = spread (S − 1 degrees of freedom) + joint (N − 1) −
+        residual ((S − 1)(N − 1)), the last two only where the image term is positive."""
         if self.se is None:
             return None
-        seed, image = self.spread > self.residual, self.joint > self.residual
-        coefficients = ((1.0, 1.0, -1.0) if seed and image else (1.0, 0.0, 0.0) if seed
-                        else (0.0, 1.0, 0.0) if image else (0.0, 0.0, 1.0))
-        freedom = (self.seeds - 1, self.images - 1, (self.seeds - 1) * (self.images - 1))
-        denominator = sum((c * term) ** 2 / f for c, term, f in zip(
-            coefficients, (self.spread, self.joint, self.residual), freedom) if c and f > 0)
+        terms = [(self.spread, self.seeds - 1)]
+        if self.joint > self.residual:
+            terms += [(self.joint, self.images - 1),
+                      (self.residual, (self.seeds - 1) * (self.images - 1))]
+        denominator = sum(term ** 2 / f for term, f in terms if f > 0)
         return float(self.se ** 4 / denominator) if denominator > 0 else float(self.seeds - 1)
 
     def interval_at(self, level: float) -> Interval:
@@ -129,19 +132,24 @@ def mean_interval(values: list[float]) -> Interval:
     return Interval(mean, float(low), float(high))
 
 
+@functools.lru_cache(maxsize=8)
 def image_weights(images: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
-    """(1 + resamples, images): all images once, then bootstrap draws as counts per image."""
+    """(1 + resamples, images): all images once, then bootstrap draws as counts per image
+    (seeded, so every effect on the same images shares its resamples; read-only)."""
     rng = np.random.default_rng(seed)
     draws = rng.multinomial(images, np.full(images, 1 / images), size=resamples)
-    return np.vstack([np.ones(images), draws]).astype(float)
+    weights = np.vstack([np.ones(images), draws]).astype(float)
+    weights.flags.writeable = False
+    return weights
 
 
 def seed_scores(per_image: Any, weights: np.ndarray) -> np.ndarray:
     """(seeds, 1 + resamples): the metric of each seed on each weighted set of test images:
     top-1, or mIoU from weighted sums of intersections and unions (classes without ground truth
     in the resample are left out, as in the reported metric), or mask AP."""
+    # einsum, not @: BLAS threads fight over a busy machine's cores for a product this small
     if isinstance(per_image, np.ndarray) and per_image.ndim == 2:
-        return per_image @ weights.T / weights.sum(axis=1)
+        return np.einsum("sn,bn->sb", per_image, weights) / weights.sum(axis=1)
     if isinstance(per_image, np.ndarray):
         sums = np.einsum("bn,snck->sbck", weights, per_image)
         with warnings.catch_warnings():   # a resample may hold no class at all
