@@ -49,20 +49,27 @@ def main() -> None:
     model.to(device)
 
     other = other_variant(variant)
-    scores, per_image = {}, []
+    scores, per_image, detections = {}, [], []
     test_paths = [caches[variant].meta["paths"][r] for r in rows]
     for tested_on in caches:
         loader = task.loader(task.dataset(caches[tested_on].images, rows), settings.batch_size)
-        images: list = []
+        # Instance detections of the model's own test images only: the study resamples those.
+        images: list | None = [] if task.name == "semantic" or tested_on == variant else None
         scores[tested_on] = task.evaluate(model, loader, device, images)
-        per_image += [(path, tested_on, name, int(i), int(u), int(t))
-                      for path, terms in zip(test_paths, images)
-                      for name, i, u, t in zip(task.class_names, *terms) if u > 0]
+        if task.name == "semantic":
+            per_image += [(path, tested_on, name, int(i), int(u), int(t))
+                          for path, terms in zip(test_paths, images)
+                          for name, i, u, t in zip(task.class_names, *terms) if u > 0]
+        elif images is not None:
+            detections = [{"path": path, **record} for path, record in zip(test_paths, images)]
         log.info("trained on %s, tested on %s: %s %s", variant, tested_on, task.key_metric,
                  scores[tested_on][task.key_metric])
-    # Semantic only: per-image intersection, union and truth pixels per class (mask AP has no
-    # such terms).
+    # Per image: semantic intersection, union and truth pixels per class; instance detections
+    # and ground truth (each file is empty for the other task).
     write_csv(paths.SEGMENTATION_PREDICTIONS, PREDICTION_COLUMNS, per_image)
+    write_json(paths.INSTANCE_PREDICTIONS, {
+        "tested_on": variant, "classes": task.class_names[1:] if detections else [],
+        "images": detections}, indent=None)   # run lengths: one line keeps the file small
 
     by_variant = {v: scores[v][task.key_metric] for v in caches}
     shown = rows[:settings.overlays]

@@ -7,6 +7,11 @@ import pytest
 import torch
 import yaml
 
+from scipy.stats import t as t_dist
+from scipy.stats import ttest_rel
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.weightstats import ttost_paired
+
 from fashionbg.core.errors import UserError
 from fashionbg.segment.metrics import ConfusionMatrix
 from fashionbg.study import stats
@@ -110,14 +115,76 @@ def test_t_interval_matches_scipy_reference():
     assert stats.mean_interval([0.5]).low is None
 
 
-def test_paired_tests_match_known_p_values():
-    # Ten positive differences: exact two-sided Wilcoxon p = 2 / 2**10.
-    assert stats.wilcoxon_p(np.arange(1.0, 11.0)) == pytest.approx(2 / 1024)
-    assert stats.wilcoxon_p(np.zeros(5)) == 1.0
+def test_seed_t_test_matches_known_p_value():
     # t = 0.2 / (0.1 / sqrt(3)) = 3.4641 on 2 df: two-sided p = 0.07418.
     effect = stats.seed_gain([0.6, 0.7, 0.8], [0.5, 0.5, 0.5])
     assert effect.p == pytest.approx(0.07418, abs=1e-4)
     assert effect.interval.estimate == pytest.approx(0.2)
+    assert effect.df == pytest.approx(2) and effect.se == pytest.approx(0.1 / np.sqrt(3))
+
+
+def test_tost_is_statsmodels_ttost_paired_on_paired_data():
+    rng = np.random.default_rng(3)
+    for n, shift in [(5, 0.01), (8, 0.03), (20, -0.015)]:
+        original = rng.random(n)
+        rembg = original + shift + rng.normal(0, 0.02, n)
+        expected = ttost_paired(rembg, original, -0.02, 0.02)[0]
+        assert stats.seed_gain(list(rembg), list(original)).tost_p(-0.02, 0.02) == (
+            pytest.approx(expected, rel=1e-9))
+        # the same through the two-level path: one test image, so no image variance
+        two_level = stats.gain(rembg[:, None], original[:, None])
+        assert two_level.tost_p(-0.02, 0.02) == pytest.approx(expected, rel=1e-9)
+        assert two_level.p == pytest.approx(ttest_rel(rembg, original).pvalue, rel=1e-9)
+
+
+def test_holm_is_statsmodels_multipletests_and_the_textbook_example():
+    p = [0.01, 0.04, 0.03, 0.005]
+    assert stats.holm(p, 0.05) == pytest.approx(list(multipletests(p, method="holm")[1]))
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, made monotone: 0.02, 0.03, 0.06, 0.06
+    assert stats.holm(p, 0.05) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_two_level_standard_error_of_known_variance_components():
+    """rembg − original = seed effect + image effect exactly (no residual): se² is the seeds'
+    variance / S plus the images' (population) variance / N, the bootstrap's own target."""
+    rng = np.random.default_rng(0)
+    seed_effect, image_effect = rng.normal(0, 0.05, 4), rng.normal(0, 0.3, 400)
+    rembg = seed_effect[:, None] + image_effect[None, :]
+    found = stats.gain(rembg, np.zeros_like(rembg))
+    assert found.residual == pytest.approx(0, abs=1e-9)
+    assert found.seed_var == pytest.approx(seed_effect.var(ddof=1) / 4, rel=1e-6)
+    assert found.image_var == pytest.approx(image_effect.var() / 400, rel=0.1)
+    # only residual: independent coin flips, se² = 2 p (1 − p) / (S N)
+    coins = [(rng.random((3, 2000)) < 0.5) * 1.0 for _ in range(2)]
+    noise = stats.gain(*coins)
+    assert noise.residual == pytest.approx(2 * 0.25 / 6000, rel=0.15)
+    assert noise.image_var < 0.2 * noise.residual
+    # the seeds' spread (2 degrees of freedom) carries the uncertainty: t on about 2 df
+    assert noise.se ** 2 == pytest.approx(noise.spread, rel=0.2)
+    assert noise.df == pytest.approx(2, rel=0.1)
+
+
+def test_probability_of_improvement_counts_seed_pairs_ties_half():
+    found = stats.probability_of_improvement([3.0, 4.0, 5.0], [1.0, 2.0, 3.0])
+    assert found.estimate == pytest.approx(8.5 / 9)
+    assert found.low <= found.estimate <= found.high <= 1
+    assert stats.probability_of_improvement([1.0, 1.0], [1.0, 1.0]).estimate == 0.5
+    assert stats.probability_of_improvement([0.5], [0.4]).low is None
+
+
+def test_detectable_effect_and_sizes_needed_are_the_t_power_formula():
+    found = stats.seed_gain([0.50, 0.55, 0.45, 0.52, 0.48], [0.5] * 5)
+    multiple = t_dist.ppf(0.975, 4) + t_dist.ppf(0.8, 4)
+    assert stats.detectable(found, 0.05, 0.8) == pytest.approx(multiple * found.se)
+    sd = found.se * np.sqrt(5)
+    needed = stats.seeds_needed(found, 0.01, 0.05, 0.8)
+
+    def power_ok(seeds):
+        return (t_dist.ppf(0.975, seeds - 1) + t_dist.ppf(0.8, seeds - 1)) * sd / np.sqrt(
+            seeds) <= 0.01
+
+    assert power_ok(needed) and not power_ok(needed - 1)
+    assert stats.images_needed(found, 0.01, 0.05, 0.8) is None   # no per-image results
 
 
 def test_resampled_miou_is_the_reported_miou():
@@ -128,8 +195,15 @@ def test_resampled_miou_is_the_reported_miou():
     confusion.update(target, prediction)
     terms = np.array([np.stack(image, axis=-1)
                       for image in confusion.images])[None]   # (1 seed, images, classes, 3)
-    miou = stats.score(terms, np.arange(1), np.arange(6))
+    miou = stats.score(terms)
     assert miou == pytest.approx(confusion.compute(list("abcd"))["miou"], abs=1e-6)
+    # a resample with repeats: the mIoU of the images listed that many times
+    draw = np.array([0, 0, 3, 5, 5, 5])
+    weights = np.bincount(draw, minlength=6)[None].astype(float)
+    repeated = ConfusionMatrix(4)
+    repeated.update(target[draw], prediction[draw])
+    assert stats.seed_scores(terms, weights)[0, 0] == pytest.approx(
+        repeated.compute(list("abcd"))["miou"], abs=1e-6)
 
 
 def test_bootstrap_of_a_certain_gain_and_of_no_gain():
@@ -142,24 +216,43 @@ def test_bootstrap_of_a_certain_gain_and_of_no_gain():
     assert none.interval.low < 0 < none.interval.high and none.p > 0.01
     strong = stats.gain((rng.random((3, 200)) < 0.9).astype(float),
                         (rng.random((3, 200)) < 0.5).astype(float))
-    assert strong.interval.low > 0.2 and strong.p < 1e-6
+    assert strong.interval.low > 0.2 and strong.p < 0.01   # t on about 2 df: 3 seeds
 
 
-@pytest.mark.parametrize("low, high, expect, verdict", [
-    (0.01, 0.05, "positive", "supported"),
-    (-0.05, -0.01, "positive", "reversed"),
-    (-0.01, 0.015, "positive", "not supported"),
-    (-0.01, 0.08, "positive", "inconclusive"),
-    (-0.05, -0.01, "negative", "supported"),
-    (0.01, 0.05, "negative", "reversed"),
-    (-0.015, 0.01, "negative", "not supported"),
-    (-0.05, 0.015, "not_positive", "supported"),
-    (0.03, 0.09, "not_positive", "not supported"),
-    (-0.01, 0.05, "not_positive", "inconclusive"),
-    (None, None, "positive", "inconclusive"),
+def known(estimate, se):
+    """An effect with this estimate and standard error on about normal quantiles."""
+    return stats.Effect(estimate, 10_000, 0, se ** 2, 0.0, 0.0)   # spread only
+
+
+@pytest.mark.parametrize("estimate, expect, verdict", [
+    (0.05, "positive", "supported"),           # z = 5
+    (-0.05, "positive", "reversed"),
+    (0.0, "positive", "not supported"),        # upper 90 % bound 0.0165 < 0.02
+    (0.015, "positive", "inconclusive"),
+    (-0.05, "negative", "supported"),
+    (0.05, "negative", "reversed"),
+    (0.0, "negative", "not supported"),
+    (0.0, "not_positive", "supported"),        # 90 % CI below +Δ
+    (-0.08, "not_positive", "supported"),
+    (0.06, "not_positive", "not supported"),   # lower bound above +Δ
+    (0.02, "not_positive", "inconclusive"),
+    (0.0, "equivalent", "supported"),
+    (-0.06, "equivalent", "not supported"),
+    (0.012, "equivalent", "inconclusive"),
 ])
-def test_verdicts(low, high, expect, verdict):
-    assert stats.verdict(stats.Interval(0.0, low, high), expect, 0.02) == verdict
+def test_verdicts(estimate, expect, verdict):
+    found = known(estimate, 0.01)
+    p = stats.primary_p(found, expect, 0.02)
+    assert stats.verdict(found, expect, 0.02, p, 0.05) == verdict
+    assert stats.verdict(None, expect, 0.02, None, 0.05) == "inconclusive"
+
+
+def test_holm_adjusted_p_decides_the_verdict():
+    found = known(0.0215, 0.01)    # two-sided p 0.032: supported alone, not among four
+    p = stats.primary_p(found, "positive", 0.02)
+    assert stats.verdict(found, "positive", 0.02, p, 0.05) == "supported"
+    adjusted = stats.holm([p, 0.5, 0.6, 0.7], 0.05)[0]
+    assert stats.verdict(found, "positive", 0.02, adjusted, 0.05) == "inconclusive"
 
 
 SYNTHETIC_STUDY = """
@@ -272,11 +365,11 @@ def test_report_on_synthetic_results_gives_the_known_verdicts(tmp_path, monkeypa
     (tmp_path / "README.md").write_text("# x\n<!-- study:begin -->\nold\n<!-- study:end -->\n")
     block = build_report(study, "s", synthetic_results(study), 0, "make study PRESET=s")
     rows = {line.split(" | ")[0].lstrip("| "): line for line in block.splitlines()}
-    assert rows["helps shallow nets"].endswith("**supported** |")
-    assert rows["not with batch norm"].endswith("**supported** |")
-    assert rows["instance not helped"].endswith("**supported** |")
-    assert "paired t-test over seeds" in rows["instance not helped"]
-    assert "Wilcoxon signed-rank" in rows["helps shallow nets"]
+    assert "| **supported** |" in rows["helps shallow nets"]
+    assert "| **supported** |" in rows["not with batch norm"]
+    assert "| **supported** |" in rows["instance not helped"]
+    assert "non-superiority δ < +Δ" in rows["instance not helped"]
+    assert "| δ ≠ 0: " in rows["helps shallow nets"]
     assert (tmp_path / "reports/study.md").read_text().count("**supported**") == 3
     assert (tmp_path / "reports/study/forest.png").read_bytes()[:4] == b"\x89PNG"
     assert update_readme(block, tmp_path / "README.md")

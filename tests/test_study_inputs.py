@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from helpers_params import PARAMS
@@ -77,6 +78,18 @@ def refused(tmp_path, monkeypatch, study: Any, params: dict | None = PARAMS) -> 
     ("minimal_effect", "0.02", "minimal_effect = '0.02' is not allowed"),
     ("minimal_effect", True, "minimal_effect = True is not allowed"),
     ("minimal_effect", 2, "minimal_effect = 2 is not allowed"),
+    ("minimal_effect", 0.03, "minimal_effect = 0.03 is not allowed; expected no value next to "
+                             "margins"),
+    ("margins", {"top1": 0.02}, "study.yaml: margins.miou is missing"),
+    ("margins", [0.02], "margins = [0.02] is not allowed; expected a mapping of metrics"),
+    ("margins.top1", 0, "margins.top1 = 0 is not allowed; expected a number > 0 and < 1"),
+    ("margins.map", 0.02, "margins.map = 0.02 is not allowed; expected no such key; the known "
+                          "keys are top1, miou, mask_ap"),
+    ("alpha", 0, "alpha = 0 is not allowed; expected a number > 0 and < 1, e.g. 0.05"),
+    ("power", "80 %", "power = '80 %' is not allowed"),
+    ("target_effect", 1.5, "target_effect = 1.5 is not allowed"),
+    ("claims.0.expect", "equal", "claims.shallow.expect = 'equal' is not allowed; expected one "
+                                 "of positive, negative, not_positive, equivalent"),
     ("arms.shallow.params", 3, "arms.shallow.params = 3 is not allowed; expected a mapping"),
     ("arms.shallow.params", {"classify.epochs": {"a": 1}},
      "arms.shallow.params.classify.epochs = {'a': 1} is not allowed; expected a string"),
@@ -226,11 +239,13 @@ minimal_effect: 0.02
 arms:
   shallow: {task: classify, about: shallow, params: {classify.batchnorm: false}}
   semantic: {task: semantic, about: fpn, params: {segment.task: semantic}}
+  instance: {task: instance, about: mask r-cnn, params: {segment.task: instance}}
 claims:
   - {id: a, claim: helps shallow nets, test: gain, arm: shallow, expect: positive}
 presets:
   s: {about: synthetic, seeds: [0, 1], arms: {shallow: {}}}
   seg: {about: synthetic, seeds: [0], arms: {semantic: {}}}
+  inst: {about: synthetic, seeds: [0], arms: {instance: {}}}
 """
 IMAGES = [f"images/a/{i:02d}.jpg" for i in range(12)]
 CLASSES = ["background", "top"]
@@ -275,6 +290,12 @@ def good_files(cell) -> dict[str, bytes]:
             f"{p},{v},a,a,{int(i % 2 == 0 or v == 'rembg')}"
             for v in variants for i, p in enumerate(IMAGES)]
         extra: dict = {}
+    elif cell.arm.task == "instance":   # every garment found exactly: mask AP 1
+        metrics, detail = "metrics/segmentation.json", "metrics/detail/segmentation.json"
+        key, predictions, score = "mask_ap", "predictions/instances.json", 1.0
+        lines = [json.dumps({"tested_on": cell.variant, "classes": ["top"],
+                             "images": [detections(p) for p in IMAGES]})]
+        extra = {"task": "instance"}
     else:
         metrics, detail = "metrics/segmentation.json", "metrics/detail/segmentation.json"
         key, predictions = "miou", "predictions/segmentation.csv"
@@ -289,6 +310,13 @@ def good_files(cell) -> dict[str, bytes]:
                             "by_test_variant": {v: {key: score} for v in variants},
                             **extra}).encode(),
         predictions: ("\n".join(lines) + "\n").encode()}
+
+
+def detections(path: str, counts: list | None = None, score: float = 0.9) -> dict:
+    """One 4 x 4 test image with a top in its middle, found exactly."""
+    counts = [5, 2, 2, 2, 5] if counts is None else counts
+    return {"path": path, "size": [4, 4], "truth": [{"label": 1, "counts": [5, 2, 2, 2, 5]}],
+            "detections": [{"label": 1, "score": score, "counts": counts}]}
 
 
 @pytest.fixture()
@@ -384,6 +412,49 @@ def test_a_malformed_segmentation_experiment_is_named_and_left_out(repo, caplog,
     assert problem in caplog.text and cells[1].name in caplog.text
 
 
+INSTANCES = "predictions/instances.json"
+
+
+def instances(images: list, tested_on: str = "rembg", classes: Any = ("top",)) -> str:
+    import json
+
+    return json.dumps({"tested_on": tested_on, "classes": list(classes), "images": images})
+
+
+@pytest.mark.parametrize("content, problem", [
+    (instances([detections(p) for p in IMAGES], tested_on="original"),
+     "tested_on = 'original', not rembg"),
+    (instances([detections(p) for p in IMAGES], classes=[]), "classes = [] is not a list"),
+    (instances([]), "images is not a non-empty list"),
+    (instances([detections(IMAGES[0]), detections(IMAGES[0])]), "images[1] repeats path"),
+    (instances([detections(IMAGES[0], counts=[5, 2, 2, 2, 6])]),
+     "images[0].detections[0].counts is not a run-length encoding of a 4x4 mask"),
+    (instances([detections(IMAGES[0], counts=[-1, 17])]), "is not a run-length encoding"),
+    (instances([detections(IMAGES[0], counts=[16.0])]), "is not a run-length encoding"),
+    (instances([detections(IMAGES[0], score=1.5)]),
+     "images[0].detections[0].score = 1.5 is not a score from 0 to 1"),
+    (instances([{**detections(IMAGES[0]), "size": [4, 0]}]), "images[0].size = [4, 0] is not"),
+    (instances([{**detections(IMAGES[0]), "truth": [{"label": 2, "counts": [16]}]}]),
+     "images[0].truth[0].label = 2 is not a class from 1 to 1"),
+    (instances([{**detections(IMAGES[0]), "detections": []}]),
+     "its detections give mask AP 0.0000, not the reported 1.0000"),
+])
+def test_a_malformed_instance_experiment_is_named_and_left_out(repo, caplog, content, problem):
+    from fashionbg.segment.detections import MaskAP
+    from fashionbg.study.results import read_results
+
+    cells = load_study(Path("study.yaml"), PARAMS).cells("inst")
+    experiment(repo, cells[0].name, good_files(cells[0]))
+    experiment(repo, cells[1].name, {**good_files(cells[1]), INSTANCES: content.encode()})
+    with caplog.at_level("WARNING", logger="study"):
+        results, missing = read_results(cells)
+    assert len(results) == 1 and isinstance(results[0].per_image, MaskAP)
+    assert results[0].per_image.score(np.ones(len(IMAGES))) == 1.0
+    assert results[0].images == tuple(sorted(IMAGES))
+    assert [c.name for c in missing] == [cells[1].name]
+    assert problem in caplog.text and cells[1].name in caplog.text
+
+
 @SETTINGS
 @given(data=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
 def test_any_bytes_in_any_file_of_an_experiment_are_read_or_named(tmp_path, data):
@@ -394,7 +465,8 @@ def test_any_bytes_in_any_file_of_an_experiment_are_read_or_named(tmp_path, data
     for parse in (lambda: r.parse_params(text), lambda: r.parse_json(text, "x.json"),
                   lambda: r.parse_headline(text, "x.json", "top1"),
                   lambda: r.parse_predictions(text, "x.csv", "classify", "original", []),
-                  lambda: r.parse_predictions(text, "x.csv", "semantic", "original", CLASSES)):
+                  lambda: r.parse_predictions(text, "x.csv", "semantic", "original", CLASSES),
+                  lambda: r.parse_detections(text, "x.json", "original", None)):
         try:
             parse()
         except r.BadExperiment as err:
@@ -493,3 +565,28 @@ def test_a_report_with_nothing_to_report_changes_nothing(repo):
     assert "make study PRESET=s" in lines[0]
     after = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts}
     assert after == before and result.stdout == ""
+
+
+detection_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2, 20), st.floats(allow_nan=True),
+              st.text(max_size=3), st.sampled_from(["rembg", "top", "images/a/00.jpg"])),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["tested_on", "classes", "images", "path", "size", "truth",
+                         "detections", "label", "score", "counts"]), inner, max_size=6),
+    max_leaves=30)
+
+
+@SETTINGS
+@given(data=detection_values)
+def test_any_json_in_the_detections_is_read_or_named(data):
+    """pycocotools' C code only ever sees run lengths that cover their image exactly."""
+    import json
+
+    from fashionbg.study import results as r
+
+    try:
+        found, images = r.parse_detections(json.dumps(data), "i.json", "rembg", None)
+    except r.BadExperiment as err:
+        assert "\n" not in str(err)
+        return
+    assert found.images == len(images) > 0

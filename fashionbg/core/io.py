@@ -100,9 +100,10 @@ def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[Any, ...]]) 
         writer.writerows(rows)
 
 
-def write_json(target: Path, data: Any) -> None:
+def write_json(target: Path, data: Any, indent: int | None = 2) -> None:
     with atomic_file(target) as f:
-        json.dump(data, f, indent=2, sort_keys=False)
+        json.dump(data, f, indent=indent, sort_keys=False,
+                  separators=None if indent else (",", ":"))
         f.write("\n")
 
 

@@ -31,6 +31,7 @@ SEGMENTATION_DETAIL = Path("metrics/detail/segmentation.json")
 # Per-image test results (git-tracked), so variants are compared on the same test images.
 CLASSIFICATION_PREDICTIONS = Path("predictions/classification.csv")
 SEGMENTATION_PREDICTIONS = Path("predictions/segmentation.csv")
+INSTANCE_PREDICTIONS = Path("predictions/instances.json")   # COCO-style, mask R-CNN only
 SAMPLES = Path("plots/samples.png")
 CLASSIFIER_PLOTS = Path("plots/classifier")
 SEGMENTATION_PLOTS = Path("plots/segmentation")

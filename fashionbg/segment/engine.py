@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from fashionbg.contracts.codes import IGNORE
 from fashionbg.nn.engine import autocast
+from fashionbg.segment.detections import image_record
 from fashionbg.segment.metrics import ConfusionMatrix, instance_metric, summarize_instances
 
 _dice = DiceLoss(mode="multiclass", from_logits=True, ignore_index=IGNORE)
@@ -70,10 +71,16 @@ def evaluate_semantic(model: nn.Module, loader: DataLoader, device: torch.device
 
 
 def evaluate_instances(model: nn.Module, loader: DataLoader, device: torch.device,
-                       class_names: list[str]) -> dict[str, Any]:
+                       class_names: list[str], per_image: list | None = None) -> dict[str, Any]:
+    """COCO AP over the loader; `per_image` (a list) receives each image's detections and
+    ground truth as RLE (bounded memory), in loader order, so mask AP can be recomputed on
+    resampled images."""
     metric = instance_metric()
     for images, targets in loader:
         predictions = predict_instances(model, images, device)
-        metric.update(predictions, [{"boxes": t["boxes"], "labels": t["labels"],
-                                     "masks": t["masks"].bool()} for t in targets])
+        truth = [{"boxes": t["boxes"], "labels": t["labels"], "masks": t["masks"].bool()}
+                 for t in targets]
+        metric.update(predictions, truth)
+        if per_image is not None:
+            per_image.extend(map(image_record, predictions, truth))
     return summarize_instances(metric, class_names)

@@ -117,8 +117,9 @@ class InstanceTask:
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device,
                  per_image: list | None = None) -> dict[str, Any]:
-        """Mask AP does not split into per-image terms, so `per_image` stays empty."""
-        return evaluate_instances(model, loader, device, self.class_names[1:])
+        """`per_image` receives each image's detections and ground truth (mask AP does not
+        split into per-image terms, but can be recomputed on any set of images)."""
+        return evaluate_instances(model, loader, device, self.class_names[1:], per_image)
 
 
 Task = SemanticTask | InstanceTask

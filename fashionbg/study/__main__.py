@@ -1,4 +1,5 @@
-"""`python -m fashionbg.study run|preflight|report`: what `make study` and `make preflight` call.
+"""`python -m fashionbg.study run|preflight|report|calibrate`: what `make study` and
+`make preflight` call, and the calibration of the report's statistics on simulated studies.
 
 Where each real dataset lies is said once (`--data fashionstyle14=<archive, folder or URL>`) and
 reaches every cell that reads it; `--smoke` runs the preset's smoke settings instead.
@@ -12,6 +13,7 @@ import sys
 from fashionbg.core.cli import INTERRUPTED, stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import load_params
+from fashionbg.study.calibrate import calibrate, table
 from fashionbg.study.definition import SMOKE_SUFFIX, Cell, Study, load_study, locate
 from fashionbg.study.engines import EngineOptions, fetch_experiments, make_engine, study_lock
 from fashionbg.study.preflight import preflight
@@ -25,7 +27,7 @@ log = logging.getLogger("study")
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fashionbg.study",
                                      description="Run the study's cells and write its report.")
-    parser.add_argument("command", choices=("run", "preflight", "report"))
+    parser.add_argument("command", choices=("run", "preflight", "report", "calibrate"))
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--smoke", action="store_true",
                         help="the preset's smoke run: every arm, variant and claim, tiny")
@@ -45,7 +47,17 @@ def arguments() -> argparse.Namespace:
                              "pull from and push to")
     parser.add_argument("--cpus-per-cell", default="1", metavar="N",
                         help="ray: cores (and threads) each cell gets")
+    parser.add_argument("--studies", type=studies, default=200,
+                        help="calibrate: simulated studies per scenario and regime (10-100000)")
     return parser.parse_args()
+
+
+def studies(text: str) -> int:
+    """--studies: an integer from 10 (fewer says nothing about a 5 % rate) to 100,000."""
+    if not (text.isascii() and text.isdigit() and 10 <= int(text) <= 100_000):
+        raise UserError(f"--studies {text!r} is not allowed; expected an integer from 10 to "
+                        "100000")
+    return int(text)
 
 
 def pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -109,6 +121,9 @@ def main() -> None:
     args = arguments()
     params = load_params()
     study = load_study(params=params)
+    if args.command == "calibrate":
+        print(table(calibrate(args.studies, study), study))
+        return
     preset = preset_name(study, args.preset, args.smoke)
     cells = cells_of(args, study, preset)
     if args.command == "preflight":

@@ -5,8 +5,8 @@ the only-BG score and the no-FG score (for a segmenter: garments found from cont
 the rembg effect split into removal itself (oracle − original) and SOD error (rembg −
 oracle); and training on mixed_rand as the remedy.
 
-Every difference is paired: the same test images (bootstrap over seeds and images, Wilcoxon)
-where per-image results exist, else the same seeds (t-interval, paired t-test)."""
+Every difference is paired: the same test images (t-test over seeds and test images, see
+stats.py) where per-image results exist, else the same seeds (paired t-test)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -43,14 +43,14 @@ def _seeds(groups: list[tuple[Cells, str]]) -> list[int]:
                   if all(cells[s].by_test.get(on) is not None for cells, on in groups))
 
 
-def _per_image(groups: list[tuple[Cells, str]], seeds: list[int]) -> list[np.ndarray] | None:
-    """(seeds, images, ...) arrays of each pair, where all have per-image results on the same
-    test images; else None."""
+def _per_image(groups: list[tuple[Cells, str]], seeds: list[int]) -> list | None:
+    """The stacked per-image results (stats.stack) of each pair, where all have per-image
+    results on the same test images; else None."""
     first = groups[0][0][seeds[0]]
     if not all(on in cells[s].tested and cells[s].images == first.images
                for cells, on in groups for s in seeds):
         return None
-    return [np.stack([cells[s].tested[on] for s in seeds]) for cells, on in groups]
+    return [stats.stack([cells[s].tested[on] for s in seeds]) for cells, on in groups]
 
 
 def difference(a: Cells, on_a: str, b: Cells, on_b: str) -> stats.Effect | None:

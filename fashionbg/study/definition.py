@@ -34,7 +34,8 @@ TASKS = {   # task: (seed key, evaluation stage, headline metric, metrics file)
 TESTS = ("gain", "interaction")
 SMOKE_SUFFIX = "-smoke"
 LAST = "applied_last"   # a smoke preset's settings, over every arm's own
-EXPECTS = ("positive", "negative", "not_positive")
+EXPECTS = ("positive", "negative", "not_positive", "equivalent")
+METRICS = tuple(metric for *_, metric, _ in TASKS.values())
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,10 @@ class Cell:
 class Study:
     arms: dict[str, Arm]
     claims: list[Claim]
-    minimal_effect: float
+    margins: dict[str, float]   # metric → equivalence margin Δ, fixed before any run
+    alpha: float                # family-wise error rate of a preset's claims
+    power: float                # for the minimal detectable effect and the sizes needed
+    target_effect: float        # the effect size the sizes are planned for (the paper's)
     presets: dict[str, dict[str, Any]]
     variants: list[str]     # the training variants of every arm, unless a preset says others
 
@@ -127,15 +131,17 @@ def load_study(path: Path = STUDY_FILE, params: dict[str, Any] | None = None) ->
     presets = {**presets, **{name + SMOKE_SUFFIX: check.smoke(name, preset, presets, arms)
                              for name, preset in presets.items() if "smoke" in preset}}
     variants = _variants(f"{path}: variants", raw.get("variants", list(REQUIRED)))
-    minimal = raw.get("minimal_effect", 0.02)
-    if not (isinstance(minimal, (int, float)) and not isinstance(minimal, bool)
-            and math.isfinite(minimal) and 0 < minimal < 1):
-        check.refuse("minimal_effect", minimal, "a number > 0 and < 1 (a difference in the "
-                     "metric's units, e.g. 0.02 for 2 points)")
-    return Study(arms, claims, float(minimal), presets, variants)
+    fraction = "a number > 0 and < 1"
+    in_units = f"{fraction} (a difference in the metric's units, e.g. 0.02 for 2 points)"
+    return Study(arms, claims, check.margins(raw, in_units),
+                 check.number("alpha", raw.get("alpha", 0.05), f"{fraction}, e.g. 0.05"),
+                 check.number("power", raw.get("power", 0.8), f"{fraction}, e.g. 0.8"),
+                 check.number("target_effect", raw.get("target_effect", 0.05), in_units),
+                 presets, variants)
 
 
-TOP_KEYS = ("variants", "minimal_effect", "arms", "claims", "presets")
+TOP_KEYS = ("variants", "margins", "minimal_effect", "alpha", "power", "target_effect", "arms",
+            "claims", "presets")
 ARM_KEYS = ("task", "about", "params")
 CLAIM_KEYS = ("id", "claim", "test", "arm", "baseline", "expect")
 PRESET_KEYS = ("about", "seeds", "params", "task_params", "variants", "report", "arms", "smoke")
@@ -198,6 +204,27 @@ class _Checker:
         for key in required:
             if key not in spec:
                 raise UserError(f"{self.path}: {_dot(where, key)} is missing")
+
+    def number(self, key: str, value: Any, allowed: str) -> float:
+        """A number strictly between 0 and 1."""
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) and 0 < value < 1):
+            self.refuse(key, value, allowed)
+        return float(value)
+
+    def margins(self, raw: dict[str, Any], allowed: str) -> dict[str, float]:
+        """margins: {metric: Δ}, one per headline metric; or the older minimal_effect: one Δ
+        for every metric."""
+        margin = self.number("minimal_effect", raw.get("minimal_effect", 0.02), allowed)
+        if "margins" not in raw:
+            return dict.fromkeys(METRICS, margin)
+        if "minimal_effect" in raw:
+            self.refuse("minimal_effect", raw["minimal_effect"], "no value next to margins "
+                        "(minimal_effect is the older way to give one margin for every metric)")
+        margins = self.mapping("margins", raw["margins"], "a mapping of metrics ("
+                               + ", ".join(METRICS) + ") to margins")
+        self.keys("margins", margins, METRICS, required=METRICS)
+        return {m: self.number(f"margins.{m}", margins[m], allowed) for m in METRICS}
 
     def mapping(self, where: str, value: Any, what: str) -> dict[str, Any]:
         if not isinstance(value, dict):

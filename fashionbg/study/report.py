@@ -9,6 +9,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -33,7 +34,7 @@ class ArmResults:
     seeds: list[int]                        # seeds with both variants present, in order
     scores: dict[str, list[float]]          # variant → score per seed
     cross: dict[str, list[float]]           # trained on variant → score on the other variant
-    per_image: dict[str, np.ndarray] | None  # variant → (seeds, images, ...) arrays
+    per_image: dict[str, Any] | None        # variant → stats.stack of the seeds' results
 
 
 def group(results: list[CellResult]) -> dict[str, ArmResults]:
@@ -52,7 +53,7 @@ def group(results: list[CellResult]) -> dict[str, ArmResults]:
         first = pick["original"][0]
         if first.per_image is not None and all(
                 c.images == first.images for v in pick for c in pick[v]):
-            per_image = {v: np.stack([c.per_image for c in pick[v]]) for v in pick}
+            per_image = {v: stats.stack([c.per_image for c in pick[v]]) for v in pick}
         grouped[name] = ArmResults(first.cell.arm, seeds,
                                    {v: [c.score for c in pick[v]] for v in pick},
                                    {v: [c.cross for c in pick[v]] for v in pick}, per_image)
@@ -65,18 +66,45 @@ def arm_gain(a: ArmResults) -> stats.Effect:
     return stats.seed_gain(a.scores["rembg"], a.scores["original"])
 
 
-def claim_effect(claim: Claim, arms: dict[str, ArmResults]) -> stats.Effect | None:
+def claim_effect(claim: Claim, arms: dict[str, ArmResults], gains: dict[str, stats.Effect]
+                 ) -> stats.Effect | None:
     if claim.arm not in arms or (claim.test == "interaction" and claim.baseline not in arms):
         return None
-    arm = arms[claim.arm]
     if claim.test == "gain":
-        return arm_gain(arm)
-    base = arms[claim.baseline]
+        return gains[claim.arm]
+    arm, base = arms[claim.arm], arms[claim.baseline]
     if arm.per_image is not None and base.per_image is not None:
         return stats.interaction((arm.per_image["rembg"], arm.per_image["original"]),
                                  (base.per_image["rembg"], base.per_image["original"]))
     return stats.seed_interaction((arm.scores["rembg"], arm.scores["original"]),
                                   (base.scores["rembg"], base.scores["original"]))
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    claim: Claim
+    effect: stats.Effect | None
+    margin: float
+    p: float | None          # the claim's own test (see stats.primary_p)
+    adjusted: float | None   # Holm across the preset's claims
+    verdict: str
+
+
+def evaluate_claims(study: Study, preset: str, arms: dict[str, ArmResults],
+                    gains: dict[str, stats.Effect]) -> list[ClaimResult]:
+    """Each claim of the preset's arms: its effect, test, Holm-adjusted p and verdict."""
+    ran = set(study.presets[preset]["arms"])
+    claims = [c for c in study.claims if {c.arm, c.baseline or c.arm} <= ran]
+    effects = [claim_effect(c, arms, gains) for c in claims]
+    margins = [study.margins[TASKS[study.arms[c.arm].task][2]] for c in claims]
+    ps = [None if e is None else stats.primary_p(e, c.expect, m)
+          for c, e, m in zip(claims, effects, margins)]
+    tested = [i for i, p in enumerate(ps) if p is not None]
+    adjusted: list[float | None] = [None] * len(claims)
+    for i, p in zip(tested, stats.holm([ps[i] for i in tested], study.alpha)):
+        adjusted[i] = p
+    return [ClaimResult(c, e, m, p, a, stats.verdict(e, c.expect, m, a, study.alpha))
+            for c, e, m, p, a in zip(claims, effects, margins, ps, adjusted)]
 
 
 def fmt(value: float | None, signed: bool = False) -> str:
@@ -95,37 +123,96 @@ def fmt_p(p: float | None) -> str:
     return "–" if p is None else f"{p:.2g}"
 
 
-def arm_table(arms: dict[str, ArmResults], study: Study) -> list[str]:
+def fmt_count(n: int | None) -> str:
+    return "–" if n is None else f"{n:,}"
+
+
+def arm_table(arms: dict[str, ArmResults], gains: dict[str, stats.Effect], study: Study
+              ) -> list[str]:
     lines = ["| arm | task: metric | seeds | original | rembg | rembg − original [95 % CI] | "
-             "p | original-trained on rembg | rembg-trained on original |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "p | P(rembg > original) over seeds [95 % CI] | original-trained on rembg | "
+             "rembg-trained on original |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in study.arms:
         if name not in arms:
             continue
-        a = arms[name]
-        effect = arm_gain(a)
+        a, effect = arms[name], gains[name]
         metric = TASKS[a.arm.task][2]
+        improvement = stats.probability_of_improvement(a.scores["rembg"], a.scores["original"])
         lines.append(
             f"| `{name}`: {a.arm.about} | {a.arm.task}: {metric} | {len(a.seeds)} | "
             f"{fmt_interval(stats.mean_interval(a.scores['original']))} | "
             f"{fmt_interval(stats.mean_interval(a.scores['rembg']))} | "
             f"**{fmt_interval(effect.interval, True)}** | {fmt_p(effect.p)} | "
+            f"{fmt_interval(improvement)} | "
             f"{fmt(np.mean(a.cross['original']))} | {fmt(np.mean(a.cross['rembg']))} |")
     return lines
 
 
-def claim_table(claims: list[tuple[Claim, stats.Effect | None, str]]) -> list[str]:
-    lines = ["| claim of the paper | measured as | difference [95 % CI] | test, p | verdict |",
-             "|---|---|---|---|---|"]
-    for claim, effect, verdict in claims:
+TESTS_SHOWN = {"positive": "δ ≠ 0", "negative": "δ ≠ 0", "not_positive": "non-superiority δ < +Δ",
+               "equivalent": "TOST −Δ < δ < +Δ"}
+
+
+def claim_table(claims: list[ClaimResult], study: Study) -> list[str]:
+    target = study.target_effect
+    lines = ["| claim of the paper | measured as | expect | difference [95 % CI] | "
+             "90 % CI | test: p (Holm) | verdict | detectable (80 % power) | "
+             f"for ±{target:g}: seeds / test images |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in claims:
+        claim, effect = r.claim, r.effect
         measured = (f"gain of `{claim.arm}`" if claim.test == "gain"
                     else f"gain of `{claim.arm}` − gain of `{claim.baseline}`")
+        expect = f"{claim.expect.replace('_', ' ')}, Δ {r.margin:g}"
         if effect is None:
-            lines.append(f"| {claim.claim} | {measured} | not run | – | inconclusive |")
+            lines.append(f"| {claim.claim} | {measured} | {expect} | not run | – | – | "
+                         "inconclusive | – | – |")
             continue
-        lines.append(f"| {claim.claim} | {measured} | {fmt_interval(effect.interval, True)} | "
-                     f"{effect.test}, {fmt_p(effect.p)} | **{verdict}** |")
+        mde = stats.detectable(effect, study.alpha, study.power)
+        seeds = stats.seeds_needed(effect, target, study.alpha, study.power)
+        images = stats.images_needed(effect, target, study.alpha, study.power)
+        lines.append(
+            f"| {claim.claim} | {measured} | {expect} | {fmt_interval(effect.interval, True)} | "
+            f"{fmt_interval(effect.interval_at(1 - 2 * study.alpha), True)} | "
+            f"{TESTS_SHOWN[claim.expect]}: {fmt_p(r.p)} ({fmt_p(r.adjusted)}) | "
+            f"**{r.verdict}** | {fmt(mde)} | "
+            f"{fmt_count(seeds) if seeds or effect.se is None else '> 100,000'} / "
+            f"{fmt_count(images) if images or effect.images == 0 else 'no number'} |")
     return lines
+
+
+def methods(study: Study) -> str:
+    margins = ", ".join(f"{m} ±{d:g}" for m, d in study.margins.items())
+    return (
+        "**Methods.** Declared in study.yaml before any run: equivalence margins Δ "
+        f"({margins}), family-wise error rate α = {study.alpha:g} over the preset's claims, "
+        f"power {study.power:g} for the planned effect ±{study.target_effect:g}. "
+        "Differences are rembg − original on the same test images, each seed's metric "
+        "recomputed on the whole test set (top-1, mIoU from summed intersections and unions, "
+        "mask AP by pycocotools from the per-image detections). Its standard error counts both "
+        "sources of variation, in the crossed model difference = δ + seed + image + residual: "
+        "the spread over seeds (Student t) and a bootstrap over test images "
+        f"({stats.RESAMPLES} resamples, the same images for every seed and variant, the metric "
+        "recomputed on each), the residual counted once; degrees of freedom by Satterthwaite "
+        "(about seeds − 1 where the models vary most). A Wilcoxon test over images would treat "
+        "the trained models as fixed, and on 0/1 correctness degenerates into a sign test; a "
+        "percentile bootstrap over 2-5 seeds cannot reach its nominal coverage. "
+        "Each claim has one test: *positive* / *negative* a two-sided t-test of δ = 0, the sign "
+        "of the estimate saying supported or reversed; *not positive* (a minimal or negative "
+        "effect: deep networks, segmentation) the non-superiority test of δ ≥ +Δ, i.e. the 90 % "
+        "CI below +Δ; *equivalent* TOST, the 90 % CI inside ±Δ. The 'does not combine' "
+        "claims are interactions expected negative: removal helps less with batch norm, "
+        "augmentation or pretraining than without. Verdicts use the Holm-adjusted p "
+        "(statsmodels); *not supported* means a one-sided level-α test puts the effect on the "
+        "wrong side of the margin (a gain or loss smaller than Δ, or a 'minimal' effect above "
+        "+Δ); otherwise *inconclusive*. P(rembg > original): the share of (rembg seed, "
+        "original seed) pairs where rembg scores higher, ties half (rliable's probability of "
+        "improvement), with a bootstrap over each variant's seeds. Detectable: the |δ| the "
+        f"two-sided test finds with power {study.power:g}; seeds / test images: how many the "
+        f"test needs for ±{study.target_effect:g} keeping the other count ('no number': the "
+        "seeds' variance alone is too large). `python -m fashionbg.study calibrate` checks "
+        "the coverage, error rates and power of this procedure on simulated studies. "
+        "Per-variant columns: mean [95 % t-interval] over seeds.")
 
 
 def forest_plot(rows: list[tuple[str, stats.Interval]], path: Path) -> None:
@@ -157,16 +244,11 @@ def build_report(study: Study, preset: str, results: list[CellResult], missing: 
     report = report_path(study, preset)
     figures = report.with_suffix("")
     arms = group(results)
-    claims = []
-    ran = study.presets[preset]["arms"]
-    for claim in (c for c in study.claims if {c.arm, c.baseline or c.arm} <= set(ran)):
-        effect = claim_effect(claim, arms)
-        verdict = ("inconclusive" if effect is None
-                   else stats.verdict(effect.interval, claim.expect, study.minimal_effect))
-        claims.append((claim, effect, verdict))
-    rows = [(f"{name} gain", arm_gain(a).interval) for name, a in arms.items()]
-    rows += [(f"{c.arm} − {c.baseline}", e.interval) for c, e, _ in claims
-             if e is not None and c.test == "interaction"]
+    gains = {name: arm_gain(a) for name, a in arms.items()}
+    claims = evaluate_claims(study, preset, arms, gains)
+    rows = [(f"{name} gain", e.interval) for name, e in gains.items()]
+    rows += [(f"{r.claim.arm} − {r.claim.baseline}", r.effect.interval) for r in claims
+             if r.effect is not None and r.claim.test == "interaction"]
     if rows:
         forest_plot(rows, figures / FOREST)
     else:   # no arm has both variants yet: no plot, rather than last time's
@@ -175,19 +257,9 @@ def build_report(study: Study, preset: str, results: list[CellResult], missing: 
               [(label, i.estimate, i.low, i.high) for label, i in rows])
     block = [f"Preset `{preset}` ({study.presets[preset].get('about', '')}): "
              f"{len(results)} cells read from the experiments, {missing} not run yet. "
-             f"Made by `{command}`.", "", *(claim_table(claims) + [""] if claims else []),
-             *arm_table(arms, study)]
-    body = ["# Study report", "", *block, "",
-            "Differences are rembg − original on the same test images. Classification and "
-            "semantic segmentation: 95 % percentile bootstrap over seeds and test images "
-            f"({stats.RESAMPLES} resamples, the metric recomputed on each), Wilcoxon "
-            "signed-rank test over test images (each image's score averaged over seeds). "
-            "Instance segmentation (mask AP has no per-image terms): Student-t interval and "
-            "paired t-test over seeds. Per-variant columns: mean [95 % t-interval] over seeds. "
-            f"Verdicts: an interval wholly on the expected side supports a claim, wholly on the "
-            f"other side reverses it; within ±{study.minimal_effect} of zero it does not support "
-            "an expected gain or loss (and supports a 'minimal or negative' claim); otherwise "
-            "the data are inconclusive.", "",
+             f"Made by `{command}`.", "", *(claim_table(claims, study) + [""] if claims else []),
+             *arm_table(arms, gains, study)]
+    body = ["# Study report", "", *block, "", methods(study), "",
             *([f"![forest plot]({(figures / FOREST).relative_to(report.parent)})", ""]
               if rows else []),
             *backgrounds.section(results, figures, report.parent)]

@@ -16,6 +16,7 @@ import yaml
 
 from fashionbg.core import paths
 from fashionbg.core.params import UniqueKeyLoader
+from fashionbg.segment.detections import MaskAP
 from fashionbg.study.definition import TASKS, Cell
 
 EXPERIMENT_REFS = "refs/exps/"
@@ -32,14 +33,14 @@ class CellResult:
     score: float | None              # the task's headline metric on its own variant's test set
     cross: float | None              # the same model on the other variant's test images
     # Per test image, in sorted path order: correctness (classify), or intersection, union and
-    # ground-truth pixels per class in the metrics' class order (semantic); None for instance
-    # segmentation (mask AP has no per-image terms).
-    per_image: np.ndarray | None
+    # ground-truth pixels per class in the metrics' class order (semantic), or the detections
+    # mask AP is recomputed from (instance).
+    per_image: np.ndarray | MaskAP | None
     images: tuple[str, ...]
     # The same model on every built variant's test images: the headline metric, and the
-    # per-image results in the same layout as per_image (empty for instance segmentation).
+    # per-image results in the same layout as per_image (instance: its own test images only).
     by_test: dict[str, float | None]
-    tested: dict[str, np.ndarray]
+    tested: dict[str, np.ndarray | MaskAP]
 
 
 def existing_experiments() -> dict[str, str]:
@@ -106,8 +107,10 @@ def _read_cell(cell: Cell, rev: str) -> CellResult | None:
     if detail.get("variant") != cell.variant or detail.get("task", "classify") != cell.arm.task:
         return None   # the experiment did not run this cell's evaluation
     classes, by_test = parse_detail(detail, detail_path, cell.arm.task, key)
-    if cell.arm.task == "instance":   # mask AP has no per-image terms
-        tested, images = {}, ()
+    if cell.arm.task == "instance":   # the model's own test images only
+        path = str(paths.INSTANCE_PREDICTIONS)
+        found, images = parse_detections(_required(rev, path), path, cell.variant, score)
+        tested = {cell.variant: found}
     else:
         path = str(paths.CLASSIFICATION_PREDICTIONS if cell.arm.task == "classify"
                    else paths.SEGMENTATION_PREDICTIONS)
@@ -240,6 +243,79 @@ def parse_predictions(text: str, file: str, task: str, variant: str, classes: li
         tested[tested_on] = (_correctness(file, picked, images) if task == "classify"
                              else _terms(file, picked, images, classes))
     return tested, images
+
+
+MAX_SIDE, MAX_FOUND = 100_000, 1000   # pixels of a side; masks of one image
+
+
+def parse_detections(text: str, file: str, variant: str, reported: float | None
+                     ) -> tuple[MaskAP, tuple[str, ...]]:
+    """The model's detections and the ground truth on its own test images (sorted by path),
+    every run length checked before pycocotools reads it, and the mask AP they give checked
+    against the reported one."""
+    data = parse_json(text, file)
+    if data.get("tested_on") != variant:
+        raise BadExperiment(file, f"tested_on = {_short(data.get('tested_on'))}, not "
+                            f"{variant}, the variant the model was trained on")
+    classes, records = data.get("classes"), data.get("images")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise BadExperiment(file, f"classes = {_short(classes)} is not a list of class names")
+    if not (isinstance(records, list) and records):
+        raise BadExperiment(file, "images is not a non-empty list of test images")
+    by_path = {}
+    for i, record in enumerate(records):
+        path = _image(file, f"images[{i}]", record, len(classes))
+        if path in by_path:
+            raise BadExperiment(file, f"images[{i}] repeats path {_short(path)}")
+        by_path[path] = record
+    images = tuple(sorted(by_path))
+    found = MaskAP([by_path[p] for p in images], len(classes))
+    recomputed = found.score(np.ones(len(images)))
+    if reported is not None and not abs(recomputed - reported) <= 1e-3:
+        raise BadExperiment(file, f"its detections give mask AP {recomputed:.4f}, not the "
+                            f"reported {reported:.4f}")
+    return found, images
+
+
+def _image(file: str, where: str, record: Any, labels: int) -> str:
+    """One test image's record checked: its path, size, and masks whose run lengths cover the
+    image exactly (pycocotools' C code trusts them)."""
+    if not isinstance(record, dict):
+        raise BadExperiment(file, f"{where} is not an object")
+    path, size = record.get("path"), record.get("size")
+    if not (isinstance(path, str) and path):
+        raise BadExperiment(file, f"{where}.path = {_short(path)} is not a file path")
+    if not (isinstance(size, list) and len(size) == 2 and all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_SIDE for n in size)):
+        raise BadExperiment(file, f"{where}.size = {_short(size)} is not [height, width]")
+    for key in ("truth", "detections"):
+        items = record.get(key)
+        if not (isinstance(items, list) and len(items) <= MAX_FOUND):
+            raise BadExperiment(file, f"{where}.{key} is not a list of at most {MAX_FOUND} "
+                                "masks")
+        for j, item in enumerate(items):
+            _mask(file, f"{where}.{key}[{j}]", item, labels, size, key == "detections")
+    return path
+
+
+def _mask(file: str, where: str, item: Any, labels: int, size: list[int], scored: bool
+          ) -> None:
+    if not isinstance(item, dict):
+        raise BadExperiment(file, f"{where} is not an object")
+    label, counts = item.get("label"), item.get("counts")
+    if not (isinstance(label, int) and not isinstance(label, bool) and 1 <= label <= labels):
+        raise BadExperiment(file, f"{where}.label = {_short(label)} is not a class from 1 to "
+                            f"{labels}")
+    if scored:
+        _score(file, f"{where}.score", item.get("score"))
+        if item.get("score") is None:
+            raise BadExperiment(file, f"{where}.score is missing")
+    pixels = size[0] * size[1]
+    if not (isinstance(counts, list) and len(counts) <= pixels + 1 and all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
+            and sum(counts) == pixels):
+        raise BadExperiment(file, f"{where}.counts is not a run-length encoding of a "
+                            f"{size[0]}x{size[1]} mask (integers >= 0 summing to {pixels})")
 
 
 def _correctness(file: str, rows: list[tuple[int, dict[str, str]]], images: tuple[str, ...]
