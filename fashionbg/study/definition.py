@@ -250,7 +250,7 @@ class _Checker:
         where = f"arms.{name}"
         self.mapping(where, spec, "a mapping with task, about and params")
         self.keys(where, spec, ARM_KEYS, required=("task",))
-        if spec["task"] not in TASKS:
+        if not isinstance(spec["task"], str) or spec["task"] not in TASKS:   # [] is unhashable
             self.refuse(f"{where}.task", spec["task"], "one of " + ", ".join(TASKS))
         return Arm(name, spec["task"], self.text(f"{where}.about", spec.get("about", "")),
                    self.overrides(f"{where}.params", spec.get("params", {})))
