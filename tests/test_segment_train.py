@@ -19,6 +19,7 @@ from fashionbg.nn.engine import grad_scaler, train_one_epoch
 from fashionbg.segment.params import TASKS, read_segment
 from fashionbg.segment.tasks import TASKS as TASK_CLASSES
 from fashionbg.segment.tasks import make_task
+from fashionbg.study.results import parse_detections
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["background", "skin", "top", "pants"]
@@ -179,6 +180,12 @@ def test_instance_stages_end_to_end(tmp_path: Path) -> None:
             assert block[key] is None or 0 <= block[key] <= 1
         assert set(block["per_class_mask_ap"]) == {"top", "pants"}
     assert (project / "plots/segmentation/overlays/rembg.png").stat().st_size > 0
+    # The per-image detections give the reported mask AP again (the study's resamples use them).
+    found, images = parse_detections((project / "predictions/instances.json").read_text(),
+                                     "predictions/instances.json", "rembg",
+                                     metrics["test"]["mask_ap"])
+    assert images and found.score(np.ones(len(images))) == pytest.approx(
+        metrics["test"]["mask_ap"] or 0.0, abs=1e-3)
 
 
 # Simulate an offline machine even where the network works: no hub cache, a dead proxy.
