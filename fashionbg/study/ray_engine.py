@@ -29,7 +29,7 @@ from fashionbg.core.params import load_params
 from fashionbg.study.definition import Cell
 from fashionbg.study.engines import STUDY_CACHE, EngineOptions, fetch_experiments, output
 from fashionbg.study.progress import Progress
-from fashionbg.study.runner import override
+from fashionbg.study.runner import NEUTRAL_IDENTITY, identity_of, override
 from fashionbg.study.workspace import CellJob, CellOutcome, WorkerLost, clear_workspaces, run_cell
 
 log = logging.getLogger("study")
@@ -78,10 +78,7 @@ def cell_task(job: CellJob, board: Any) -> CellOutcome:
 
 class RayEngine:
     def __init__(self, options: EngineOptions) -> None:
-        if options.cpus_per_cell < 1:
-            raise UserError(f"--cpus-per-cell = {options.cpus_per_cell} is not allowed; "
-                            "expected a whole number of cores, 1 or more")
-        self.options = options
+        self.options = options   # checked where the command line is read (engine_options)
         self.params = load_params()
 
     def run(self, todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
@@ -238,10 +235,9 @@ def identity() -> dict[str, str]:
         found = subprocess.run(["git", "config", key], capture_output=True, text=True)
         return found.stdout.strip() or default
 
-    name = os.environ.get("GIT_AUTHOR_NAME") or config("user.name", "fashionbg study")
-    email = os.environ.get("GIT_AUTHOR_EMAIL") or config("user.email", "study@localhost")
-    return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
-            "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+    name = os.environ.get("GIT_AUTHOR_NAME") or config("user.name", NEUTRAL_IDENTITY[0])
+    email = os.environ.get("GIT_AUTHOR_EMAIL") or config("user.email", NEUTRAL_IDENTITY[1])
+    return identity_of(name, email)
 
 
 def workspace_root() -> Path:

@@ -77,9 +77,16 @@ def _environment() -> dict[str, str]:
     have = subprocess.run(["git", "config", "user.name"], capture_output=True).returncode == 0
     if have:
         return dict(os.environ)
-    neutral = {"GIT_AUTHOR_NAME": "fashionbg study", "GIT_AUTHOR_EMAIL": "study@localhost",
-               "GIT_COMMITTER_NAME": "fashionbg study", "GIT_COMMITTER_EMAIL": "study@localhost"}
-    return {**neutral, **os.environ}
+    return {**identity_of(*NEUTRAL_IDENTITY), **os.environ}
+
+
+NEUTRAL_IDENTITY = ("fashionbg study", "study@localhost")   # for a machine without one
+
+
+def identity_of(name: str, email: str) -> dict[str, str]:
+    """The git author and committer variables of one identity."""
+    return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
 
 
 def override(key: str, value: object) -> str:
