@@ -29,7 +29,7 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor,
                                            top_k=min(5, n))),
         "macro_f1": _round(f1[present].mean()),
         "loss": _round(F.cross_entropy(logits, targets)),
-        "images": int(len(targets)),
+        "images": len(targets),
         "per_class_accuracy": {name: _round(v) if seen else None
                                for name, v, seen in zip(labels, per_class, present.tolist())},
     }

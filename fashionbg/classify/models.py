@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from itertools import pairwise
 
 from torch import nn
 
@@ -15,7 +16,7 @@ def shallow_cnn(num_classes: int, batchnorm: bool) -> nn.Module:
     """Four conv blocks and a linear head: the kind of shallow net the study found helped."""
     layers: list[nn.Module] = []
     channels = [3, 32, 64, 128, 192]
-    for cin, cout in zip(channels, channels[1:]):
+    for cin, cout in pairwise(channels):
         layers.append(nn.Conv2d(cin, cout, 3, padding=1, bias=not batchnorm))
         if batchnorm:
             layers.append(nn.BatchNorm2d(cout))

@@ -83,9 +83,9 @@ def _inconsistency(p: Prepared) -> str:
                                   or array.shape != p.images.shape[:3]):
             return f"{name}.npy is {array.dtype} {array.shape}, expected uint8 " \
                    f"{p.images.shape[:3]}"
-    if p.labels.shape != (n,) or n and not (
+    if p.labels.shape != (n,) or (n and not (
             p.labels.min() >= -1 and p.labels.max() < len(meta["labels"])
-            and p.splits.max() < len(SPLITS)):
+            and p.splits.max() < len(SPLITS))):
         return "labels.npy or splits.npy do not match the rows and codes of meta.json"
     return ""
 

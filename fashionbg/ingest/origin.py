@@ -115,7 +115,7 @@ def _is_http_url(url: str) -> bool:
     """An http(s) URL with a host and a valid port (urlparse raises on some malformed ones)."""
     try:
         parsed = urlparse(url)
-        parsed.port                            # raises on a port out of range or not a number
+        _ = parsed.port                        # raises on a port out of range or not a number
     except ValueError:
         return False
     return parsed.scheme in ("http", "https") and bool(parsed.hostname)

@@ -57,14 +57,14 @@ def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | No
     return choose_amp_dtype(precision, device.type, bf16)
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None | str = "auto") -> torch.autocast:
+def autocast(device: torch.device, dtype: torch.dtype | str | None = "auto") -> torch.autocast:
     """Mixed precision in `dtype` (None: off), or by amp_dtype's auto choice by default."""
     if isinstance(dtype, str):
         dtype = amp_dtype(device, dtype)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def grad_scaler(device: torch.device, dtype: torch.dtype | None | str = "auto"
+def grad_scaler(device: torch.device, dtype: torch.dtype | str | None = "auto"
                 ) -> torch.amp.GradScaler:
     """Loss scaling, which only fp16 needs (bf16 has float32's range)."""
     if isinstance(dtype, str):
@@ -110,7 +110,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, step: Step,
                     optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler,
                     scaler: torch.amp.GradScaler, device: torch.device, epoch: int,
-                    amp: torch.dtype | None | str = "auto") -> EpochStats:
+                    amp: torch.dtype | str | None = "auto") -> EpochStats:
     """One pass over `loader` with autocast in `amp` (see `autocast`), stepping the schedule
     once per batch. `scaler` must be grad_scaler(device, amp): enabled for fp16 only."""
     model.train()
@@ -173,7 +173,7 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def fit(model: nn.Module, loader: DataLoader, step: Step, validate: Validate | None, key: str,
         optimizer: torch.optim.Optimizer, epochs: int, device: torch.device, live: Any,
-        world: World = SINGLE, amp: torch.dtype | None | str = "auto") -> FitResult:
+        world: World = SINGLE, amp: torch.dtype | str | None = "auto") -> FitResult:
     """Train for `epochs` and keep one epoch's weights by the model-selection rule shared by
     every task: the epoch with the best validation `key` (higher is better; the earliest on a
     tie); without validation images, the last epoch. The test split never takes part.

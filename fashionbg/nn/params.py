@@ -8,8 +8,7 @@ from typing import Any
 
 import torch
 
-from fashionbg.core.params import (batch_size, boolean, choice, integer, optional_integer,
-                                   section)
+from fashionbg.core.params import batch_size, boolean, choice, integer, optional_integer, section
 from fashionbg.nn.device import DEVICES
 from fashionbg.nn.engine import PRECISIONS
 
@@ -49,7 +48,7 @@ class TrainConfig:
     workers: int | None     # DataLoader worker processes per training process; None = auto
     channels_last: bool     # channels-last memory format for the model's convolutions
     augment_on: str         # loader (DataLoader workers) | device (the batch, on the device)
-    precision: str          # auto (bf16 if the GPU has it, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
+    precision: str          # auto (GPU: bf16 if it has it, else fp16; CPU: fp32) | bf16 | fp16
 
     @property
     def memory_format(self) -> torch.memory_format:

@@ -15,14 +15,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from fashionbg.contracts.params import VARIANTS  # noqa: E402
-from fashionbg.core.io import atomic_file  # noqa: E402
-from fashionbg.study import stats  # noqa: E402
-from fashionbg.study.definition import TASKS  # noqa: E402
-from fashionbg.study.results import CellResult  # noqa: E402
+from fashionbg.contracts.params import VARIANTS
+from fashionbg.core.io import atomic_file
+from fashionbg.study import stats
+from fashionbg.study.definition import TASKS
+from fashionbg.study.results import CellResult
 
 HEATMAP = "variants.png"
 Cells = dict[int, CellResult]     # seed → result of one arm trained on one variant

@@ -13,7 +13,7 @@ from typing import Any
 
 from fashionbg.core.errors import UserError
 from fashionbg.ingest.extract import archive_kind
-from fashionbg.sources import fashionpedia, fashionstyle14
+from fashionbg.sources import fashionpedia
 from fashionbg.sources.coco import mask_scheme
 from fashionbg.sources.demo.source import MASK_CLASSES, STYLES
 

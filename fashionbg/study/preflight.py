@@ -29,7 +29,7 @@ from fashionbg.nn.params import read_evaluate, read_train
 from fashionbg.segment.params import read_segment
 from fashionbg.sources.registry import SOURCES, check_unused
 from fashionbg.study import datasets, timing
-from fashionbg.study.definition import TASKS, Cell
+from fashionbg.study.definition import Cell
 
 log = logging.getLogger("preflight")
 GiB = 1 << 30

@@ -14,13 +14,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from fashionbg.core.io import atomic_file, write_csv  # noqa: E402
-from fashionbg.study import backgrounds, stats  # noqa: E402
-from fashionbg.study.definition import TASKS, Arm, Claim, Study  # noqa: E402
-from fashionbg.study.results import CellResult  # noqa: E402
+from fashionbg.core.io import atomic_file, write_csv
+from fashionbg.study import backgrounds, stats
+from fashionbg.study.definition import TASKS, Arm, Claim, Study
+from fashionbg.study.results import CellResult
 
 REPORT = Path("reports/study.md")      # a preset's `report:` names another; its figures go
 FOREST, DIFFERENCES = "forest.png", "differences.csv"   # to the folder of the same name
@@ -218,7 +218,7 @@ def methods(study: Study) -> str:
 def forest_plot(rows: list[tuple[str, stats.Interval]], path: Path) -> None:
     """Each difference with its interval, against zero."""
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
-    for y, (label, i) in enumerate(reversed(rows)):
+    for y, (_, i) in enumerate(reversed(rows)):
         low = i.low if i.low is not None else i.estimate
         high = i.high if i.high is not None else i.estimate
         ax.plot([low, high], [y, y], color="tab:blue", lw=2)

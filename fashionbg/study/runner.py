@@ -19,7 +19,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-
 from fashionbg.core.errors import UserError
 from fashionbg.study.definition import Cell
 from fashionbg.study.progress import Progress
