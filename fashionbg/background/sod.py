@@ -100,8 +100,9 @@ def providers(device: str) -> list[str]:
     if device == "cuda":
         raise UserError("background.device = cuda, but this onnxruntime has no CUDA provider: "
                         + (SHADOWED if shadowed else
-                           f"install {GPU_RUNTIME} in place of {CPU_RUNTIME} (README: Real data "
-                           "on a GPU machine)") + "; or set background.device: cpu")
+                           f"install {GPU_RUNTIME} in place of {CPU_RUNTIME} "
+                           "(docs/gpus-and-clusters.md: Real data on a GPU machine)")
+                        + "; or set background.device: cpu")
     if device == "auto":
         log.info("background.device = auto: onnxruntime has no CUDA provider, so backgrounds "
                  "are removed on the CPU%s", f" ({SHADOWED})" if shadowed else "")
