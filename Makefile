@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup charts repro test browser bench bench-gpu gpu-check study preflight metrics-report panels clean
+.PHONY: setup charts repro test test-quick lint browser bench bench-gpu gpu-check study preflight metrics-report panels clean
 
 PRESET ?= quick
 SHARD ?= 1/1
@@ -57,6 +57,15 @@ repro: setup
 
 test: setup browser
 	$(PY) -m pytest
+
+# The inner loop: every test that runs no stage, DVC, torchrun, Ray or U²-Net in a subprocess
+# (tests/conftest.py marks those slow).
+test-quick: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow"
+
+# ruff's linter over the package and the stages (pyproject.toml configures it).
+lint: $(VENV)/.installed
+	$(PY) -m ruff check fashionbg stages
 
 bench: setup
 	$(PY) benchmarks/bench_pipeline.py
