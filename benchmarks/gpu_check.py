@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "tests"))     # test_segment_train's synthetic figures
 REPORT = ROOT / "reports" / "gpu_check.md"
 NO_CUDA = ("no CUDA device: gpu-check has nothing to run; run `make gpu-check` on a machine "
-           "with an NVIDIA GPU and onnxruntime-gpu (README: GPU acceptance)")
+           "with an NVIDIA GPU and onnxruntime-gpu (docs/gpus-and-clusters.md: GPU acceptance)")
 STAGE_TIMEOUT = 240          # seconds for one stage run; the whole check stays under 8 minutes
 SOD_PHOTOS, SOD_HEIGHT, SOD_BATCH = 8, 512, 8
 

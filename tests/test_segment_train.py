@@ -16,7 +16,8 @@ from fashionbg.contracts.prepared import Prepared, save_prepared
 from fashionbg.nn.checkpoint import load_checkpoint
 from fashionbg.nn.device import seed_everything
 from fashionbg.nn.engine import grad_scaler, train_one_epoch
-from fashionbg.segment.params import TASKS, read_segment
+from fashionbg.segment.models import BACKBONES
+from fashionbg.segment.params import INSTANCE_BACKBONES, TASKS, read_segment
 from fashionbg.segment.tasks import TASKS as TASK_CLASSES
 from fashionbg.segment.tasks import make_task
 from fashionbg.study.results import parse_detections
@@ -82,6 +83,16 @@ def test_every_allowed_task_builds_its_own_task_object() -> None:
     made = {task: make_task(read_segment({"segment": {**SEGMENT, "task": task}}), prepared(4),
                             Path("no-raw-dir")) for task in TASKS}
     assert len({type(t) for t in made.values()}) == len(TASKS)
+
+
+def test_every_allowed_backbone_builds_its_own_trunk() -> None:
+    """segment.instance_backbone's allowed names and the trunks agree, and each name builds a
+    trunk of its own (an unmatched name once fell through to ResNet-18)."""
+    assert set(BACKBONES) == set(INSTANCE_BACKBONES)
+    trunks = {name: BACKBONES[name](False, False) for name in INSTANCE_BACKBONES}
+    assert all(trunk.out_channels > 0 for trunk in trunks.values())
+    sizes = {sum(p.numel() for p in trunk.parameters()) for trunk in trunks.values()}
+    assert len(sizes) == len(trunks)
 
 
 @pytest.mark.parametrize("task", ["semantic", "instance"])

@@ -142,30 +142,53 @@ def _anchor_generator(image_size: tuple[int, int]) -> AnchorGenerator:
     return AnchorGenerator(sizes, ((0.5, 1.0, 2.0, 4.0),) * len(sizes))
 
 
-def _backbone(name: str, pretrained: bool, fetch: bool) -> nn.Module:
-    """The trunk under an FPN. `pretrained` shapes the model (frozen batch norm, as torchvision
-    does for pretrained trunks; from scratch the statistics must be learnt); `fetch` loads the
-    ImageNet weights, which evaluation skips since the checkpoint holds them."""
-    if name == "efficientnet_lite0":
-        body = timm.create_model("tf_efficientnet_lite0", features_only=True,
-                                 out_indices=(1, 2, 3, 4))
-        if fetch:
-            load_lite0_weights(body)
-        return TimmFPN(freeze_batch_norm_2d(body) if pretrained else body, LIGHT_FPN_CHANNELS)
-    norm: Callable[..., nn.Module] = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
-    weights = HUB_WEIGHTS[name] if fetch else None
-    if name == "resnet50":   # torchvision's standard Mask R-CNN trunk, as in the paper
-        return resnet_fpn_backbone(backbone_name="resnet50", weights=weights, norm_layer=norm,
-                                   trainable_layers=3 if pretrained else 5)
-    if name == "mobilenet_v3":
-        body = torchvision.models.mobilenet_v3_large(weights=weights, norm_layer=norm).features
-        layers, in_channels = MOBILENET_V3_LAYERS
-    else:
-        body = torchvision.models.resnet18(weights=weights, norm_layer=norm)
-        layers = {f"layer{k}": str(k - 1) for k in range(1, 5)}
-        in_channels = [64, 128, 256, 512]
-    return BackboneWithFPN(body, layers, in_channels, LIGHT_FPN_CHANNELS,
+def _lite0_trunk(pretrained: bool, fetch: bool) -> nn.Module:
+    body = timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=(1, 2, 3, 4))
+    if fetch:
+        load_lite0_weights(body)
+    return TimmFPN(freeze_batch_norm_2d(body) if pretrained else body, LIGHT_FPN_CHANNELS)
+
+
+def _norm(pretrained: bool) -> Callable[..., nn.Module]:
+    """Frozen batch norm under pretrained weights, as torchvision does; from scratch the
+    statistics must be learnt."""
+    return FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+
+
+def _resnet50_trunk(pretrained: bool, fetch: bool) -> nn.Module:
+    """torchvision's standard Mask R-CNN trunk, as in the paper."""
+    return resnet_fpn_backbone(backbone_name="resnet50",
+                               weights=HUB_WEIGHTS["resnet50"] if fetch else None,
+                               norm_layer=_norm(pretrained),
+                               trainable_layers=3 if pretrained else 5)
+
+
+def _mobilenet_v3_trunk(pretrained: bool, fetch: bool) -> nn.Module:
+    body = torchvision.models.mobilenet_v3_large(
+        weights=HUB_WEIGHTS["mobilenet_v3"] if fetch else None, norm_layer=_norm(pretrained))
+    layers, in_channels = MOBILENET_V3_LAYERS
+    return BackboneWithFPN(body.features, layers, in_channels, LIGHT_FPN_CHANNELS,
                            extra_blocks=LastLevelMaxPool())
+
+
+def _resnet18_trunk(pretrained: bool, fetch: bool) -> nn.Module:
+    body = torchvision.models.resnet18(weights=HUB_WEIGHTS["resnet18"] if fetch else None,
+                                       norm_layer=_norm(pretrained))
+    layers = {f"layer{k}": str(k - 1) for k in range(1, 5)}
+    return BackboneWithFPN(body, layers, [64, 128, 256, 512], LIGHT_FPN_CHANNELS,
+                           extra_blocks=LastLevelMaxPool())
+
+
+# Each segment.instance_backbone and the trunk under its FPN: a name without an entry is a
+# KeyError, never another trunk (a test keeps it equal to segment.params.INSTANCE_BACKBONES).
+# `pretrained` shapes the model (frozen batch norm); `fetch` loads the ImageNet weights, which
+# evaluation skips since the checkpoint holds them.
+BACKBONES: dict[str, Callable[[bool, bool], nn.Module]] = {
+    "efficientnet_lite0": _lite0_trunk,
+    "resnet50": _resnet50_trunk,
+    "mobilenet_v3": _mobilenet_v3_trunk,
+    "resnet18": _resnet18_trunk,
+}
 
 
 class Uint8MaskRCNN(MaskRCNN):
@@ -193,7 +216,7 @@ def build_instance(config: SegmentConfig, num_classes: int, image_size: tuple[in
         "box_batch_size_per_image": 128, "box_detections_per_img": 50,
     }
     try:
-        backbone = _backbone(name, config.pretrained, fetch)
+        backbone = BACKBONES[name](config.pretrained, fetch)
     except Exception as err:  # torch.hub raises URLError/HTTPError/OSError when offline
         if not fetch or lite:
             raise
