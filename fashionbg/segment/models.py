@@ -166,16 +166,18 @@ def _resnet50_trunk(pretrained: bool, fetch: bool) -> nn.Module:
 def _mobilenet_v3_trunk(pretrained: bool, fetch: bool) -> nn.Module:
     body = torchvision.models.mobilenet_v3_large(
         weights=HUB_WEIGHTS["mobilenet_v3"] if fetch else None, norm_layer=_norm(pretrained))
-    layers, in_channels = MOBILENET_V3_LAYERS
-    return BackboneWithFPN(body.features, layers, in_channels, LIGHT_FPN_CHANNELS,
-                           extra_blocks=LastLevelMaxPool())
+    return _light_fpn(body.features, *MOBILENET_V3_LAYERS)
 
 
 def _resnet18_trunk(pretrained: bool, fetch: bool) -> nn.Module:
     body = torchvision.models.resnet18(weights=HUB_WEIGHTS["resnet18"] if fetch else None,
                                        norm_layer=_norm(pretrained))
-    layers = {f"layer{k}": str(k - 1) for k in range(1, 5)}
-    return BackboneWithFPN(body, layers, [64, 128, 256, 512], LIGHT_FPN_CHANNELS,
+    return _light_fpn(body, {f"layer{k}": str(k - 1) for k in range(1, 5)}, [64, 128, 256, 512])
+
+
+def _light_fpn(body: nn.Module, layers: dict[str, str], in_channels: list[int]) -> nn.Module:
+    """A torchvision trunk's `layers` (of `in_channels`) under the light FPN."""
+    return BackboneWithFPN(body, layers, in_channels, LIGHT_FPN_CHANNELS,
                            extra_blocks=LastLevelMaxPool())
 
 
