@@ -8,16 +8,15 @@ import logging
 
 import torch
 
-from fashionbg.classify.data import split_loader
 from fashionbg.classify.engine import predict
 from fashionbg.classify.metrics import (
     absent_classes,
     classification_metrics,
     confusion_matrix,
 )
-from fashionbg.classify.models import build_classifier
 from fashionbg.classify.params import ClassifyConfig
 from fashionbg.classify.plots import confusion_figure
+from fashionbg.classify.task import ClassifyTask
 from fashionbg.contracts.params import other_variant
 from fashionbg.contracts.prepared import load_variants
 from fashionbg.core import paths
@@ -32,7 +31,6 @@ from fashionbg.report.figures import save_figure
 from fashionbg.report.headline import matrix_row, task_headline
 from fashionbg.report.plots import per_class_bars
 
-HEADLINE = ("top1", "top5", "macro_f1")
 PREDICTION_COLUMNS = ("path", "tested_on", "label", "predicted", "correct")
 log = logging.getLogger("evaluate_classifier")
 
@@ -45,17 +43,19 @@ def main() -> None:
     config = checkpoint.rebuild(ClassifyConfig.from_dict)   # the model as it was trained
     variant, labels = checkpoint.variant, checkpoint.classes
     caches = load_variants(paths.PREPARED, trained_on=variant)
-    if caches[variant].meta["labels"] != labels:
+    task = ClassifyTask(config, caches[variant])
+    if task.class_names != labels:
         raise UserError(f"the data's classes changed since {paths.CLASSIFIER} was trained; "
                         "run train_classifier again")
-    if not len(caches[variant].indices("test")):
+    rows = task.rows("test")
+    if not len(rows):
         raise UserError(f"{paths.prepared(variant)} has no test images")
-    model = build_classifier(config, len(labels), load_weights=False)
+    model = task.build_model(load_weights=False)
     checkpoint.load_into(model)
     model.to(device)
 
     def evaluate(tested_on: str) -> tuple[dict, torch.Tensor, torch.Tensor]:
-        loader = split_loader(caches[tested_on], "test", settings.batch_size)
+        loader = task.loader(task.dataset(caches[tested_on].images, rows), settings.batch_size)
         logits, targets = predict(model, loader, device)
         return classification_metrics(logits, targets, labels), logits, targets
 
@@ -66,15 +66,15 @@ def main() -> None:
                     ", ".join(absent))
     other = other_variant(variant)
     cross = results[other][0]
-    test_paths = [caches[variant].meta["paths"][r] for r in caches[variant].indices("test")]
+    test_paths = [caches[variant].meta["paths"][r] for r in rows]
     write_csv(paths.CLASSIFICATION_PREDICTIONS, PREDICTION_COLUMNS, [
         (path, tested_on, labels[t], labels[p], int(t == p))
         for tested_on, (_, scores, _) in results.items()
         for path, t, p in zip(test_paths, targets.tolist(), scores.argmax(1).tolist())])
     by_variant = {tested_on: result[0] for tested_on, result in results.items()}
     top1 = {tested_on: scores["top1"] for tested_on, scores in by_variant.items()}
-    write_json(paths.CLASSIFICATION_METRICS, task_headline(by_variant, variant, other, HEADLINE))
-    write_json(paths.CLASSIFICATION_DETAIL, {
+    write_json(task.spec.metrics, task_headline(by_variant, variant, other, task.spec.headline))
+    write_json(task.spec.detail, {
         "variant": variant, "arch": config.arch, "best_epoch": checkpoint.epoch,
         "test": metrics, "cross_variant": {"variant": other, **cross},
         "by_test_variant": by_variant,
@@ -90,7 +90,7 @@ def main() -> None:
                 f"{metrics['macro_f1']} on {metrics['images']} images; on {other} images "
                 f"top-1 {cross['top1']}")
     write_json(paths.CLASSIFIER_PLOTS / "per_class.json", per_class_bars(
-        {variant: metrics["per_class_accuracy"], other: cross["per_class_accuracy"]}))
+        {variant: metrics[task.spec.per_class_key], other: cross[task.spec.per_class_key]}))
     write_json(paths.CLASSIFIER_PLOTS / "variants.json", matrix_row(variant, top1))
 
 

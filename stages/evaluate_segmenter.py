@@ -48,22 +48,19 @@ def main() -> None:
     checkpoint.load_into(model)
     model.to(device)
 
-    other = other_variant(variant)
+    other, key = other_variant(variant), task.spec.key_metric
     scores, per_image, detections = {}, [], []
     test_paths = [caches[variant].meta["paths"][r] for r in rows]
     for tested_on in caches:
         loader = task.loader(task.dataset(caches[tested_on].images, rows), settings.batch_size)
-        # Instance detections of the model's own test images only: the study resamples those.
-        images: list | None = [] if task.name == "semantic" or tested_on == variant else None
+        images: list | None = [] if task.keeps_per_image(tested_on == variant) else None
         scores[tested_on] = task.evaluate(model, loader, device, images)
-        if task.name == "semantic":
-            per_image += [(path, tested_on, name, int(i), int(u), int(t))
-                          for path, terms in zip(test_paths, images)
-                          for name, i, u, t in zip(task.class_names, *terms) if u > 0]
-        elif images is not None:
-            detections = [{"path": path, **record} for path, record in zip(test_paths, images)]
-        log.info("trained on %s, tested on %s: %s %s", variant, tested_on, task.key_metric,
-                 scores[tested_on][task.key_metric])
+        if images is not None:
+            csv_rows, records = task.predictions(test_paths, tested_on, images)
+            per_image += csv_rows
+            detections += records
+        log.info("trained on %s, tested on %s: %s %s", variant, tested_on, key,
+                 scores[tested_on][key])
     # Per image: semantic intersection, union and truth pixels per class; instance detections
     # and ground truth (each file is empty for the other task).
     write_csv(paths.SEGMENTATION_PREDICTIONS, PREDICTION_COLUMNS, per_image)
@@ -71,11 +68,8 @@ def main() -> None:
         "tested_on": variant, "classes": task.class_names[1:] if detections else [],
         "images": detections}, indent=None)   # run lengths: one line keeps the file small
 
-    by_variant = {v: scores[v][task.key_metric] for v in caches}
-    shown = rows[:settings.overlays]
-    per_class_key = "per_class_iou" if task.name == "semantic" else "per_class_mask_ap"
-    model_name = (f"{config.arch} on {config.encoder}" if task.name == "semantic"
-                  else f"Mask R-CNN on {config.instance_backbone}")
+    by_variant = {v: scores[v][key] for v in caches}
+    shown, model_name = rows[:settings.overlays], task.model_name
     with atomic_dir(paths.SEGMENTATION_PLOTS) as tmp:
         (tmp / "overlays").mkdir()
         if len(shown):
@@ -86,16 +80,16 @@ def main() -> None:
                                          f"{model_name} trained on {variant}, tested on "
                                          f"{tested_on}"),
                             tmp / "overlays" / f"{tested_on}.png",
-                            f"{model_name} trained on {variant}: test {task.key_metric} "
-                            f"{rounded(scores[tested_on][task.key_metric])} on {tested_on} "
+                            f"{model_name} trained on {variant}: test {key} "
+                            f"{rounded(scores[tested_on][key])} on {tested_on} "
                             "images")
         write_json(tmp / "per_class.json", per_class_bars(
-            {tested_on: scores[tested_on][per_class_key] for tested_on in (variant, other)}))
+            {tested_on: scores[tested_on][task.spec.per_class_key]
+             for tested_on in (variant, other)}))
         write_json(tmp / "variants.json", matrix_row(variant, by_variant))
-    write_json(paths.SEGMENTATION_METRICS,
-               task_headline(scores, variant, other, (task.key_metric,)))
-    write_json(paths.SEGMENTATION_DETAIL, {
-        "task": task.name,
+    write_json(task.spec.metrics, task_headline(scores, variant, other, task.spec.headline))
+    write_json(task.spec.detail, {
+        "task": task.spec.name,
         "model": model_name,
         "variant": variant,
         "best_epoch": checkpoint.epoch,
@@ -103,8 +97,7 @@ def main() -> None:
         "cross_variant": {"variant": other, "images": len(rows), **scores[other]},
         "by_test_variant": {v: {"images": len(rows), **scores[v]} for v in caches},
     })
-    log.info("wrote %s, %s and %s", paths.SEGMENTATION_METRICS, paths.SEGMENTATION_DETAIL,
-             paths.SEGMENTATION_PLOTS)
+    log.info("wrote %s, %s and %s", task.spec.metrics, task.spec.detail, paths.SEGMENTATION_PLOTS)
 
 
 if __name__ == "__main__":

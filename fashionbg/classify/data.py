@@ -30,10 +30,11 @@ def augmentation(name: str, size: tuple[int, int]) -> Transform | None:
 
 
 class ArrayDataset(Dataset):
-    """(uint8 CHW image, label) pairs from rows `indices` of a prepared cache."""
+    """(uint8 CHW image, label) pairs from rows `indices` of a prepared cache's images."""
 
-    def __init__(self, data: Prepared, indices: np.ndarray, transform: Transform | None = None):
-        self.images, self.labels = data.images, data.labels
+    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+                 transform: Transform | None = None):
+        self.images, self.labels = images, labels
         self.indices, self.transform = indices, transform
 
     def __len__(self) -> int:
@@ -52,5 +53,5 @@ def split_loader(data: Prepared, split: str, batch_size: int, transform: Transfo
                  generator: torch.Generator | None = None, options: LoaderOptions = IN_PROCESS
                  ) -> DataLoader:
     """The images of one split; shuffled when a generator is given (training)."""
-    return make_loader(ArrayDataset(data, data.indices(split), transform), batch_size,
-                       generator, options=options)
+    return make_loader(ArrayDataset(data.images, data.labels, data.indices(split), transform),
+                       batch_size, generator, options=options)

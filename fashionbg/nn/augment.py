@@ -49,3 +49,11 @@ def place_augmentation(transform: T | None, step: Step, on_device: bool) -> tupl
     if transform is None or not on_device:
         return transform, step
     return None, augmented_step(step, transform)
+
+
+def place_named(augment: str, transform: T | None, step: Step, on_device: bool
+                ) -> tuple[str, Step]:
+    """place_augmentation for a dataset that builds `augment`'s transform itself: the name it
+    keeps ("none" where the step augments on the device) and the step."""
+    in_loader, step = place_augmentation(transform, step, on_device)
+    return (augment if in_loader is not None else "none"), step

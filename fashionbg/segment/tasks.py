@@ -1,5 +1,6 @@
-"""What differs between the semantic and the instance task, behind one interface the stages use:
-labels, datasets, loaders, model, loss step and evaluation."""
+"""Semantic and instance segmentation behind the task interface the stages use
+(`fashionbg.nn.task.Task`): labels, datasets, loaders, model, optimizer, loss step, evaluation
+and what each writes per image."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -14,8 +15,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from fashionbg.contracts.codes import IGNORE
 from fashionbg.contracts.prepared import Prepared
+from fashionbg.contracts.tasks import TASKS as SPECS
 from fashionbg.core.errors import UserError
-from fashionbg.nn.augment import place_augmentation
+from fashionbg.nn.augment import place_named
 from fashionbg.nn.data import IN_PROCESS, LoaderOptions, make_loader
 from fashionbg.nn.engine import Step, Validate
 from fashionbg.segment.data import (
@@ -39,9 +41,9 @@ from fashionbg.segment.params import SegmentConfig
 class SemanticTask:
     """Per-pixel classes of the prepared masks (class 0 = background)."""
 
-    name = "semantic"
-    key_metric = "miou"
+    spec = SPECS["semantic"]
     step: Step = staticmethod(semantic_step)
+    min_train_images = 2
 
     def __init__(self, config: SegmentConfig, prepared: Prepared) -> None:
         if prepared.masks is None:
@@ -49,7 +51,12 @@ class SemanticTask:
                             "none (meta has_masks = false); use segment.task: instance")
         self.config, self.prepared, self.masks = config, prepared, prepared.masks
         self.class_names: list[str] = list(prepared.meta["mask_classes"])
-        self.image_size: tuple[int, int] = tuple(prepared.images.shape[1:3])
+        height, width = prepared.images.shape[1:3]
+        self.image_size = (height, width)
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.config.arch} on {self.config.encoder}"
 
     def rows(self, split: str) -> np.ndarray:
         """Rows of `split` with ground truth (a mask that is not IGNORE everywhere)."""
@@ -60,12 +67,9 @@ class SemanticTask:
         return SemanticDataset(images, self.masks, rows, augment)
 
     def training(self, augment: str, on_device: bool) -> tuple[str, Step]:
-        """(the training dataset's augmentation, the step the engine runs) for
-        `train.augment_on`: on the device the step augments each batch, the dataset none."""
         transform = paired_transform(augment, self.image_size)
         pair = None if transform is None else partial(augment_pair, transform)
-        in_loader, step = place_augmentation(pair, self.step, on_device)
-        return (augment if in_loader is not None else "none"), step
+        return place_named(augment, pair, self.step, on_device)
 
     def loader(self, dataset: Dataset, batch_size: int, generator: torch.Generator | None = None,
                options: LoaderOptions = IN_PROCESS) -> DataLoader:
@@ -74,17 +78,36 @@ class SemanticTask:
     def build_model(self, load_weights: bool) -> nn.Module:
         return build_semantic(self.config, len(self.class_names), load_weights)
 
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return segment_optimizer(self.config, model)
+
+    def validator(self, loader: DataLoader, device: torch.device) -> Validate:
+        return key_metric_validator(self, loader, device)
+
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device,
                  per_image: list | None = None) -> dict[str, Any]:
         return evaluate_semantic(model, loader, device, self.class_names, per_image)
+
+    def keeps_per_image(self, own_images: bool) -> bool:
+        """Whether the evaluation keeps per-image terms of these test images: the study
+        resamples every test variant's intersections and unions."""
+        return True
+
+    def predictions(self, image_paths: list[str], tested_on: str, per_image: list
+                    ) -> tuple[list[tuple], list[dict]]:
+        """(rows of the per-image CSV: intersection, union and truth pixels per class present,
+        detection records): the semantic task has no detections."""
+        return [(path, tested_on, name, int(i), int(u), int(t))
+                for path, terms in zip(image_paths, per_image)
+                for name, i, u, t in zip(self.class_names, *terms) if u > 0], []
 
 
 class InstanceTask:
     """Garment instances for Mask R-CNN, from COCO annotations or mask components."""
 
-    name = "instance"
-    key_metric = "mask_ap"
+    spec = SPECS["instance"]
     step: Step = staticmethod(instance_step)
+    min_train_images = 2
 
     def __init__(self, config: SegmentConfig, prepared: Prepared, raw_dir: Path) -> None:
         self.config, self.prepared = config, prepared
@@ -93,7 +116,12 @@ class InstanceTask:
         if not self.targets.class_names:
             raise UserError("segment.task = instance: the data has no object classes")
         self.class_names = ["background", *self.targets.class_names]
-        self.image_size = tuple(prepared.images.shape[1:3])
+        height, width = prepared.images.shape[1:3]
+        self.image_size = (height, width)
+
+    @property
+    def model_name(self) -> str:
+        return f"Mask R-CNN on {self.config.instance_backbone}"
 
     def rows(self, split: str) -> np.ndarray:
         """Rows of `split` the annotations cover."""
@@ -115,11 +143,26 @@ class InstanceTask:
     def build_model(self, load_weights: bool) -> nn.Module:
         return build_instance(self.config, len(self.class_names), self.image_size, load_weights)
 
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return segment_optimizer(self.config, model)
+
+    def validator(self, loader: DataLoader, device: torch.device) -> Validate:
+        return key_metric_validator(self, loader, device)
+
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device,
                  per_image: list | None = None) -> dict[str, Any]:
         """`per_image` receives each image's detections and ground truth (mask AP does not
         split into per-image terms, but can be recomputed on any set of images)."""
         return evaluate_instances(model, loader, device, self.class_names[1:], per_image)
+
+    def keeps_per_image(self, own_images: bool) -> bool:
+        """Detections of the model's own test images only: the study resamples those."""
+        return own_images
+
+    def predictions(self, image_paths: list[str], tested_on: str, per_image: list
+                    ) -> tuple[list[tuple], list[dict]]:
+        """(no per-image CSV rows, each image's detections and ground truth)."""
+        return [], [{"path": path, **record} for path, record in zip(image_paths, per_image)]
 
 
 Task = SemanticTask | InstanceTask
@@ -137,9 +180,17 @@ def make_task(config: SegmentConfig, prepared: Prepared, raw_dir: Path) -> Task:
     return TASKS[config.task](config, prepared, raw_dir)
 
 
-def validator(task: Task, loader: DataLoader, device: torch.device) -> Validate:
+def segment_optimizer(config: SegmentConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the parameters that take gradients."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=config.task_lr, weight_decay=config.weight_decay)
+
+
+def key_metric_validator(task: Task, loader: DataLoader, device: torch.device) -> Validate:
     """The task's key metric on the validation loader, for the curves and model selection."""
+    key = task.spec.key_metric
+
     def validate(model: nn.Module) -> dict[str, float | None]:
-        return {task.key_metric: task.evaluate(model, loader, device)[task.key_metric]}
+        return {key: task.evaluate(model, loader, device)[key]}
 
     return validate

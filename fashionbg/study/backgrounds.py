@@ -19,9 +19,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fashionbg.contracts.params import VARIANTS
+from fashionbg.contracts.tasks import TASKS
 from fashionbg.core.io import atomic_file
 from fashionbg.study import stats
-from fashionbg.study.definition import TASKS
 from fashionbg.study.results import CellResult
 
 HEATMAP = "variants.png"
@@ -189,7 +189,7 @@ def section(results: list[CellResult], figures: Path, report_dir: Path) -> list[
 def _metric(trained: dict[str, Cells]) -> str:
     """The headline metric of the arm these cells belong to."""
     cell = next(iter(next(iter(trained.values())).values())).cell
-    return TASKS[cell.arm.task][2]
+    return TASKS[cell.arm.task].key_metric
 
 
 def _score_on(cells: Cells, tested_on: str) -> str:

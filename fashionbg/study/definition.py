@@ -22,20 +22,16 @@ from typing import Any, NoReturn
 import yaml
 
 from fashionbg.contracts.params import REQUIRED, VARIANTS
+from fashionbg.contracts.tasks import TASKS
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import UniqueKeyLoader, yaml_error
 
 STUDY_FILE = Path("study.yaml")
-TASKS = {   # task: (seed key, evaluation stage, headline metric, metrics file)
-    "classify": ("classify.seed", "evaluate_classifier", "top1", "metrics/classification.json"),
-    "semantic": ("segment.seed", "evaluate_segmenter", "miou", "metrics/segmentation.json"),
-    "instance": ("segment.seed", "evaluate_segmenter", "mask_ap", "metrics/segmentation.json"),
-}
 TESTS = ("gain", "interaction")
 SMOKE_SUFFIX = "-smoke"
 LAST = "applied_last"   # a smoke preset's settings, over every arm's own
 EXPECTS = ("positive", "negative", "not_positive", "equivalent")
-METRICS = tuple(metric for *_, metric, _ in TASKS.values())
+METRICS = tuple(dict.fromkeys(spec.key_metric for spec in TASKS.values()))
 
 
 @dataclass(frozen=True)
@@ -80,7 +76,7 @@ class Cell:
 
     @property
     def stage(self) -> str:
-        return TASKS[self.arm.task][1]
+        return TASKS[self.arm.task].evaluate_stage
 
 
 @dataclass(frozen=True)
@@ -107,7 +103,7 @@ class Study:
             seeds = spec["seeds"] if last else changes.get("seeds", spec["seeds"])
             for seed in seeds:
                 for variant in changes.get("variants", spec.get("variants", self.variants)):
-                    params = {**base, "data.variant": variant, TASKS[arm.task][0]: seed}
+                    params = {**base, "data.variant": variant, TASKS[arm.task].seed_key: seed}
                     cells.append(Cell(arm, variant, seed, params))
         return cells
 
@@ -150,7 +146,7 @@ SMOKE_KEYS = ("seeds", "params", "task_params", "report")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*")         # arms: part of each cell's name
 PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # presets: part of a report's name
 PARAM_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
-CELL_KEYS = {"data.variant", *(seed for seed, *_ in TASKS.values())}   # set per cell
+CELL_KEYS = {"data.variant", *(spec.seed_key for spec in TASKS.values())}   # set per cell
 MAX_BYTES = 1 << 20      # a study of hundreds of arms is a few tens of kB
 MAX_SEED = 2**32 - 1     # what numpy and torch seed with
 MAX_DEPTH, MAX_ITEMS = 3, 1000   # a param value: lists of lists of scalars, this many in all

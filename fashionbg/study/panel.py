@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from fashionbg.contracts.tasks import TASKS
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
@@ -23,14 +24,9 @@ from fashionbg.report.headline import rounded
 from fashionbg.study.results import existing_experiments, git_file
 
 PANELS = Path("reports/panels")
-TASKS = {   # each task's detail metrics: the name of its figure
+FIGURES = {   # each task's detail metrics: the name of its figure
     paths.CLASSIFICATION_DETAIL: "classification",
     paths.SEGMENTATION_DETAIL: "segmentation",
-}
-KEYS = {   # task: (headline key, its name in words, per-class key, its name in words)
-    "classify": ("top1", "top-1", "per_class_accuracy", "accuracy"),
-    "semantic": ("miou", "mIoU", "per_class_iou", "IoU"),
-    "instance": ("mask_ap", "mask AP", "per_class_mask_ap", "mask AP"),
 }
 log = logging.getLogger("panel")
 
@@ -46,7 +42,9 @@ def read_detail(rev: str, path: Path) -> dict:
 def panel_figure(original: dict, rembg: dict) -> tuple[Figure, str]:
     """The figure of one task and its caption, from the detail metrics of the model trained on
     original images and of the one trained on rembg images."""
-    key, name, per_class_key, per_class_name = KEYS[original.get("task", "classify")]
+    spec = TASKS[original.get("task", "classify")]
+    key, name = spec.key_metric, spec.key_metric_words
+    per_class_key, per_class_name = spec.per_class_key, spec.per_class_words
     trained = {"original": original, "rembg": rembg}
     fig = Figure(figsize=(7.5, 2.8))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2.6]})
@@ -89,7 +87,7 @@ def main() -> None:
     parser.add_argument("original", help="revision of the model trained on original images")
     parser.add_argument("rembg", help="revision of the model trained on rembg images")
     args = parser.parse_args()
-    for path, task in TASKS.items():
+    for path, task in FIGURES.items():
         original, rembg = read_detail(args.original, path), read_detail(args.rembg, path)
         if (original["variant"], rembg["variant"]) != ("original", "rembg"):
             raise UserError(f"{args.original} and {args.rembg} trained the {task} model on "

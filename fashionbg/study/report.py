@@ -17,9 +17,10 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 import numpy as np
 
+from fashionbg.contracts.tasks import TASKS
 from fashionbg.core.io import atomic_file, write_csv
 from fashionbg.study import backgrounds, stats
-from fashionbg.study.definition import TASKS, Arm, Claim, Study
+from fashionbg.study.definition import Arm, Claim, Study
 from fashionbg.study.results import CellResult
 
 REPORT = Path("reports/study.md")      # a preset's `report:` names another; its figures go
@@ -96,7 +97,7 @@ def evaluate_claims(study: Study, preset: str, arms: dict[str, ArmResults],
     ran = set(study.presets[preset]["arms"])
     claims = [c for c in study.claims if {c.arm, c.baseline or c.arm} <= ran]
     effects = [claim_effect(c, arms, gains) for c in claims]
-    margins = [study.margins[TASKS[study.arms[c.arm].task][2]] for c in claims]
+    margins = [study.margins[TASKS[study.arms[c.arm].task].key_metric] for c in claims]
     ps = [None if e is None else stats.primary_p(e, c.expect, m)
           for c, e, m in zip(claims, effects, margins)]
     tested = [i for i, p in enumerate(ps) if p is not None]
@@ -137,7 +138,7 @@ def arm_table(arms: dict[str, ArmResults], gains: dict[str, stats.Effect], study
         if name not in arms:
             continue
         a, effect = arms[name], gains[name]
-        metric = TASKS[a.arm.task][2]
+        metric = TASKS[a.arm.task].key_metric
         improvement = stats.probability_of_improvement(a.scores["rembg"], a.scores["original"])
         lines.append(
             f"| `{name}`: {a.arm.about} | {a.arm.task}: {metric} | {len(a.seeds)} | "

@@ -14,17 +14,16 @@ from typing import Any
 import numpy as np
 import yaml
 
+from fashionbg.contracts.tasks import TASKS
 from fashionbg.core import paths
 from fashionbg.core.params import UniqueKeyLoader
 from fashionbg.segment.detections import MaskAP
-from fashionbg.study.definition import TASKS, Cell
+from fashionbg.study.definition import Cell
 
 EXPERIMENT_REFS = "refs/exps/"
 log = logging.getLogger("study")
 QUEUE_REFS = "refs/exps/celery/"   # DVC's own bookkeeping of queued and failed runs
 # Each headline metrics file and its detail (the variant and task it scored, per-class scores).
-DETAIL = {str(paths.CLASSIFICATION_METRICS): paths.CLASSIFICATION_DETAIL,
-          str(paths.SEGMENTATION_METRICS): paths.SEGMENTATION_DETAIL}
 
 
 @dataclass(frozen=True)
@@ -100,20 +99,18 @@ def _read_cell(cell: Cell, rev: str) -> CellResult | None:
     params = parse_params(_required(rev, str(paths.PARAMS)))
     if any(_lookup(params, key) != value for key, value in cell.params.items()):
         return None   # a stale experiment under the same name
-    _, _, key, metrics_path = TASKS[cell.arm.task]
+    spec = TASKS[cell.arm.task]
+    key, metrics_path, detail_path = spec.key_metric, str(spec.metrics), str(spec.detail)
     score, cross = parse_headline(_required(rev, metrics_path), metrics_path, key)
-    detail_path = str(DETAIL[metrics_path])
     detail = parse_json(_required(rev, detail_path), detail_path)
     if detail.get("variant") != cell.variant or detail.get("task", "classify") != cell.arm.task:
         return None   # the experiment did not run this cell's evaluation
     classes, by_test = parse_detail(detail, detail_path, cell.arm.task, key)
+    path = str(spec.predictions)
     if cell.arm.task == "instance":   # the model's own test images only
-        path = str(paths.INSTANCE_PREDICTIONS)
         found, images = parse_detections(_required(rev, path), path, cell.variant, score)
         tested = {cell.variant: found}
     else:
-        path = str(paths.CLASSIFICATION_PREDICTIONS if cell.arm.task == "classify"
-                   else paths.SEGMENTATION_PREDICTIONS)
         tested, images = parse_predictions(_required(rev, path), path, cell.arm.task,
                                            cell.variant, classes)
     return CellResult(cell, score, cross, tested.get(cell.variant), images, by_test, tested)

@@ -1,0 +1,65 @@
+"""Classification behind the task interface the stages use (`fashionbg.nn.task.Task`): the
+prepared cache's labels, its datasets and loaders, the model, optimizer and validation."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fashionbg.classify.data import ArrayDataset, augmentation
+from fashionbg.classify.engine import classify_step, make_optimizer, validator
+from fashionbg.classify.models import build_classifier
+from fashionbg.classify.params import ClassifyConfig
+from fashionbg.contracts.prepared import Prepared
+from fashionbg.contracts.tasks import TASKS
+from fashionbg.core.errors import UserError
+from fashionbg.nn.augment import place_named
+from fashionbg.nn.data import IN_PROCESS, LoaderOptions, make_loader
+from fashionbg.nn.engine import Step, Validate
+
+
+class ClassifyTask:
+    """One style label per photo."""
+
+    spec = TASKS["classify"]
+    min_train_images = 1
+
+    def __init__(self, config: ClassifyConfig, prepared: Prepared) -> None:
+        labels = prepared.meta["labels"]
+        if not labels or (prepared.labels[prepared.indices("train")] < 0).any():
+            raise UserError("this data source has no classification labels; choose a source "
+                            "with a classification task (e.g. demo, fashionstyle14)")
+        self.config, self.prepared = config, prepared
+        self.class_names: list[str] = list(labels)
+        height, width = prepared.meta["image_size"]
+        self.image_size = (height, width)
+
+    @property
+    def model_name(self) -> str:
+        return self.config.arch
+
+    def rows(self, split: str) -> np.ndarray:
+        return self.prepared.indices(split)
+
+    def dataset(self, images: np.ndarray, rows: np.ndarray, augment: str = "none") -> Dataset:
+        return ArrayDataset(images, self.prepared.labels, rows,
+                            augmentation(augment, self.image_size))
+
+    def training(self, augment: str, on_device: bool) -> tuple[str, Step]:
+        # a v2 transform also takes (image, label) pairs, leaving the label as it is
+        return place_named(augment, augmentation(augment, self.image_size), classify_step,
+                           on_device)
+
+    def loader(self, dataset: Dataset, batch_size: int, generator: torch.Generator | None = None,
+               options: LoaderOptions = IN_PROCESS) -> DataLoader:
+        return make_loader(dataset, batch_size, generator, options=options)
+
+    def build_model(self, load_weights: bool) -> nn.Module:
+        return build_classifier(self.config, len(self.class_names), load_weights)
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return make_optimizer(self.config, model)
+
+    def validator(self, loader: DataLoader, device: torch.device) -> Validate:
+        return validator(loader, device, self.class_names)
