@@ -21,12 +21,12 @@ from fashionbg.contracts.params import other_variant
 from fashionbg.contracts.prepared import load_variants
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
-from fashionbg.core.errors import UserError
 from fashionbg.core.io import write_csv, write_json
 from fashionbg.core.params import load_params
 from fashionbg.nn.checkpoint import load_checkpoint
 from fashionbg.nn.device import resolve_device
 from fashionbg.nn.params import read_evaluate
+from fashionbg.nn.task import restore_model
 from fashionbg.report.figures import save_figure
 from fashionbg.report.headline import matrix_row, task_headline
 from fashionbg.report.plots import per_class_bars
@@ -44,15 +44,7 @@ def main() -> None:
     variant, labels = checkpoint.variant, checkpoint.classes
     caches = load_variants(paths.PREPARED, trained_on=variant)
     task = ClassifyTask(config, caches[variant])
-    if task.class_names != labels:
-        raise UserError(f"the data's classes changed since {paths.CLASSIFIER} was trained; "
-                        "run train_classifier again")
-    rows = task.rows("test")
-    if not len(rows):
-        raise UserError(f"{paths.prepared(variant)} has no test images")
-    model = task.build_model(load_weights=False)
-    checkpoint.load_into(model)
-    model.to(device)
+    model, rows = restore_model(task, checkpoint, device)
 
     def evaluate(tested_on: str) -> tuple[dict, torch.Tensor, torch.Tensor]:
         loader = task.loader(task.dataset(caches[tested_on].images, rows), settings.batch_size)
@@ -67,10 +59,9 @@ def main() -> None:
     other = other_variant(variant)
     cross = results[other][0]
     test_paths = [caches[variant].meta["paths"][r] for r in rows]
-    write_csv(paths.CLASSIFICATION_PREDICTIONS, PREDICTION_COLUMNS, [
-        (path, tested_on, labels[t], labels[p], int(t == p))
-        for tested_on, (_, scores, _) in results.items()
-        for path, t, p in zip(test_paths, targets.tolist(), scores.argmax(1).tolist())])
+    write_csv(task.spec.predictions, PREDICTION_COLUMNS, [
+        row for tested_on, (_, scores, _) in results.items()
+        for row in task.predictions(test_paths, tested_on, targets, scores)])
     by_variant = {tested_on: result[0] for tested_on, result in results.items()}
     top1 = {tested_on: scores["top1"] for tested_on, scores in by_variant.items()}
     write_json(task.spec.metrics, task_headline(by_variant, variant, other, task.spec.headline))

@@ -11,18 +11,16 @@ from fashionbg.contracts.params import other_variant
 from fashionbg.contracts.prepared import load_variants
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
-from fashionbg.core.errors import UserError
 from fashionbg.core.io import atomic_dir, write_csv, write_json
 from fashionbg.core.params import load_params
 from fashionbg.nn.checkpoint import load_checkpoint
 from fashionbg.nn.device import resolve_device
 from fashionbg.nn.params import read_evaluate
-from fashionbg.report.figures import save_figure
-from fashionbg.report.headline import matrix_row, rounded, task_headline
+from fashionbg.nn.task import restore_model
+from fashionbg.report.headline import matrix_row, task_headline
 from fashionbg.report.plots import per_class_bars
-from fashionbg.segment.overlays import overlay_rows
+from fashionbg.segment.overlays import save_overlays
 from fashionbg.segment.params import SegmentConfig
-from fashionbg.segment.plots import class_colors, overlay_grid
 from fashionbg.segment.tasks import make_task
 
 PREDICTION_COLUMNS = ("path", "tested_on", "class", "intersection", "union", "truth")
@@ -38,15 +36,7 @@ def main() -> None:
     variant = checkpoint.variant
     caches = load_variants(paths.PREPARED, trained_on=variant)
     task = make_task(config, caches[variant], paths.RAW)
-    if task.class_names != checkpoint.classes:
-        raise UserError(f"the data's classes changed since {paths.SEGMENTER} was trained; "
-                        "run train_segmenter again")
-    rows = task.rows("test")
-    if not len(rows):
-        raise UserError(f"{paths.prepared(variant)} has no test images with ground truth")
-    model = task.build_model(load_weights=False)
-    checkpoint.load_into(model)
-    model.to(device)
+    model, rows = restore_model(task, checkpoint, device)
 
     other, key = other_variant(variant), task.spec.key_metric
     scores, per_image, detections = {}, [], []
@@ -69,20 +59,10 @@ def main() -> None:
         "images": detections}, indent=None)   # run lengths: one line keeps the file small
 
     by_variant = {v: scores[v][key] for v in caches}
-    shown, model_name = rows[:settings.overlays], task.model_name
+    model_name = task.model_name
     with atomic_dir(paths.SEGMENTATION_PLOTS) as tmp:
-        (tmp / "overlays").mkdir()
-        if len(shown):
-            for tested_on in caches:
-                painted = overlay_rows(task, model, caches[tested_on].images, shown, device)
-                save_figure(overlay_grid(painted, task.class_names,
-                                         class_colors(len(task.class_names)),
-                                         f"{model_name} trained on {variant}, tested on "
-                                         f"{tested_on}"),
-                            tmp / "overlays" / f"{tested_on}.png",
-                            f"{model_name} trained on {variant}: test {key} "
-                            f"{rounded(scores[tested_on][key])} on {tested_on} "
-                            "images")
+        save_overlays(task, model, caches, rows[:settings.overlays], device, tmp / "overlays",
+                      f"{model_name} trained on {variant}", scores)
         write_json(tmp / "per_class.json", per_class_bars(
             {tested_on: scores[tested_on][task.spec.per_class_key]
              for tested_on in (variant, other)}))

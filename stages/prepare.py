@@ -5,31 +5,23 @@ from __future__ import annotations
 
 import logging
 import shutil
-from contextlib import ExitStack
 
 import numpy as np
 
-from fashionbg.background.composite import composite
-from fashionbg.background.params import BackgroundConfig, read_background
+from fashionbg.background.build import CacheRows, write_mixed, write_per_image
+from fashionbg.background.params import read_background
 from fashionbg.background.samples import samples_figure
-from fashionbg.background.variants import (
-    NEEDS_PERSON,
-    Chunk,
-    partner_rows,
-    per_image_variant,
-    truth_alpha,
-)
+from fashionbg.background.variants import NEEDS_PERSON, partner_rows
 from fashionbg.contracts.codes import SPLITS
 from fashionbg.contracts.masks import FAILURES, alpha_path, read_failures
 from fashionbg.contracts.params import MIXED, VARIANTS, read_image_size, read_variants
-from fashionbg.contracts.prepared import load_prepared, load_variants, prepared_writer
+from fashionbg.contracts.prepared import load_variants
 from fashionbg.contracts.raw import label_codes, read_classes, read_index
 from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.core.io import clear_leftovers, read_json
 from fashionbg.core.params import integer, load_params
-from fashionbg.ingest.decode import Decoded, chunk_rows, decode_chunks
 from fashionbg.report.figures import save_figure
 
 log = logging.getLogger("prepare")
@@ -64,27 +56,17 @@ def main() -> None:
         raise UserError(f"data.variants lists oracle, but data.source = "
                         f"{params['data']['source']} has no ground-truth masks; leave it out "
                         f"(dvc exp run -S 'data.variants=[{kept}]')")
-    first = [v for v in variants if v not in MIXED]
     seed = integer(params["data"], "data", "seed", minimum=0)
     # Drawn before anything is written, so a split with one class stops the stage cleanly.
     partners = {v: partner_rows(v, labels, splits, seed) for v in variants if v in MIXED}
 
-    # Chunks stream from the decoder into every cache, so memory does not grow with N.
-    with ExitStack() as stack:
-        writers = {v: stack.enter_context(prepared_writer(
-            paths.prepared(v), size, labels, splits, {**meta, "variant": v}, has_masks,
-            has_alpha=v == "rembg")) for v in first}
-        fallback = 0
-        for chunk in decode_chunks(items, size):
-            images, missing = variant_images(chunk, background, first)
-            fallback += missing
-            for v, writer in writers.items():
-                writer.append(images[v], chunk.masks, chunk.alphas if v == "rembg" else None)
-    if fallback:
+    cache_rows = CacheRows(size, labels, splits, meta, has_masks)
+    first = [v for v in variants if v not in MIXED]
+    if fallback := write_per_image(items, cache_rows, background, first):
         log.warning("%d images have no ground-truth mask: %s take rembg's mask of the "
                     "person for them", fallback, ", ".join(v for v in NEEDS_PERSON if v in first))
     for v, rows_of in partners.items():
-        write_mixed(v, rows_of, size, meta, has_masks)
+        write_mixed(v, rows_of, cache_rows)
     for v in set(VARIANTS) - set(variants):   # a variant no longer asked for, or its leftovers
         shutil.rmtree(paths.prepared(v), ignore_errors=True)
         clear_leftovers(paths.prepared(v))
@@ -97,35 +79,6 @@ def main() -> None:
                f"{params['background']['fill']}, person removed by {background.person_fill} for "
                f"only_bg and mixed_*: {score}")
     save_figure(samples_figure(load_variants(paths.PREPARED)), paths.SAMPLES, caption)
-
-
-def variant_images(chunk: Decoded, background: BackgroundConfig, variants: list[str]
-                   ) -> tuple[dict[str, np.ndarray], int]:
-    """A decoded chunk's images in each of `variants` (no mixed ones), and how many of its
-    rows had no ground truth for the person mask."""
-    person, missing = None, 0
-    if set(NEEDS_PERSON) & set(variants):
-        person, missing = (truth_alpha(chunk.masks, chunk.alphas) if chunk.masks is not None
-                           else (chunk.alphas, len(chunk.images)))
-    parts = Chunk(chunk.images, chunk.alphas, person, background.fill, background.person_fill)
-    return {v: per_image_variant(v)(parts) for v in variants}, missing
-
-
-def write_mixed(variant: str, partners: np.ndarray, size: tuple[int, int], meta: dict,
-                has_masks: bool) -> None:
-    """The rembg foreground of every row on the only_bg background of its partner row, read
-    back from the finished caches a chunk at a time."""
-    original, rembg, only_bg = (load_prepared(paths.prepared(v))
-                                for v in ("original", "rembg", "only_bg"))
-    step = chunk_rows(size)
-    with prepared_writer(paths.prepared(variant), size, original.labels, original.splits,
-                         {**meta, "variant": variant, "background_rows": partners.tolist()},
-                         has_masks) as writer:
-        for start in range(0, len(partners), step):
-            rows = slice(start, start + step)
-            writer.append(composite(original.images[rows], rembg.alpha[rows],
-                                    only_bg.images[partners[rows]]),
-                          None if original.masks is None else original.masks[rows])
 
 
 if __name__ == "__main__":

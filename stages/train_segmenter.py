@@ -9,7 +9,7 @@ from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.params import load_params
 from fashionbg.nn.launch import run_training
-from fashionbg.nn.task import train_task
+from fashionbg.nn.training import train_task
 from fashionbg.segment.params import read_segment
 from fashionbg.segment.tasks import make_task
 

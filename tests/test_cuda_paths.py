@@ -163,11 +163,11 @@ def test_seeding_makes_cublas_deterministic(monkeypatch):
 
 
 def slow_validation_rank(rank: int, port: int, validation_seconds: float) -> None:
-    """One of two gloo ranks whose collectives time out after 1 s, while rank 0 validates for
+    """One of two gloo ranks whose collectives time out after 2 s (1 s fails on a loaded machine), while rank 0 validates for
     longer: the other rank must wait for it, not fail inside the next epoch's all-reduce."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    distributed.COLLECTIVE_TIMEOUT = timedelta(seconds=1)
+    distributed.COLLECTIVE_TIMEOUT = timedelta(seconds=2)
     world = world_from_env()
     with process_group(world, CPU) as device:
         torch.manual_seed(0)
@@ -191,7 +191,7 @@ def free_port() -> int:
 
 @pytest.mark.timeout(120)
 def test_other_ranks_wait_for_rank0_validation_past_the_collective_timeout():
-    mp.start_processes(slow_validation_rank, args=(free_port(), 3.0), nprocs=2,
+    mp.start_processes(slow_validation_rank, args=(free_port(), 5.0), nprocs=2,
                        start_method="spawn")
 
 

@@ -63,3 +63,10 @@ class ClassifyTask:
 
     def validator(self, loader: DataLoader, device: torch.device) -> Validate:
         return validator(loader, device, self.class_names)
+
+    def predictions(self, image_paths: list[str], tested_on: str, targets: torch.Tensor,
+                    logits: torch.Tensor) -> list[tuple]:
+        """Rows of the per-image CSV: path, test variant, true and predicted label, correct."""
+        names = self.class_names
+        return [(path, tested_on, names[t], names[p], int(t == p))
+                for path, t, p in zip(image_paths, targets.tolist(), logits.argmax(1).tolist())]

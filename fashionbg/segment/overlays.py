@@ -2,16 +2,41 @@
 prediction, painted in class colours (evaluation only; training draws nothing)."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
+from fashionbg.contracts.prepared import Prepared
+from fashionbg.report.figures import save_figure
+from fashionbg.report.headline import rounded
 from fashionbg.segment.engine import predict_instances, predict_semantic
-from fashionbg.segment.plots import class_colors, paint_classes, paint_instances
+from fashionbg.segment.plots import class_colors, overlay_grid, paint_classes, paint_instances
 from fashionbg.segment.tasks import InstanceTask, SemanticTask, Task
 
 OverlayRow = tuple[np.ndarray, np.ndarray, np.ndarray]
 SCORE_THRESHOLD = 0.5   # detections drawn
+
+
+def save_overlays(task: Task, model: nn.Module, caches: dict[str, Prepared], rows: np.ndarray,
+                  device: torch.device, folder: Path, trained: str,
+                  scores: dict[str, dict[str, Any]]) -> None:
+    """One overlay picture per test variant in `folder` (none when `rows` is empty), captioned
+    with the model (`trained`: its name and training variant) and its key metric there."""
+    folder.mkdir()
+    if not len(rows):
+        return
+    key = task.spec.key_metric
+    colors = class_colors(len(task.class_names))
+    for tested_on, cache in caches.items():
+        painted = overlay_rows(task, model, cache.images, rows, device)
+        save_figure(overlay_grid(painted, task.class_names, colors,
+                                 f"{trained}, tested on {tested_on}"),
+                    folder / f"{tested_on}.png",
+                    f"{trained}: test {key} {rounded(scores[tested_on][key])} on {tested_on} "
+                    "images")
 
 
 def overlay_rows(task: Task, model: nn.Module, images: np.ndarray, rows: np.ndarray,
