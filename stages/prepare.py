@@ -103,6 +103,7 @@ def variant_images(chunk: Decoded, background: BackgroundConfig, variants: list[
                    ) -> tuple[dict[str, np.ndarray], int]:
     """A decoded chunk's images in each of `variants` (no mixed ones), and how many of its
     rows had no ground truth for the person mask."""
+    assert chunk.alphas is not None  # every item has a rembg alpha (see main)
     person, missing = None, 0
     if set(NEEDS_PERSON) & set(variants):
         person, missing = (truth_alpha(chunk.masks, chunk.alphas) if chunk.masks is not None
@@ -117,6 +118,7 @@ def write_mixed(variant: str, partners: np.ndarray, size: tuple[int, int], meta:
     back from the finished caches a chunk at a time."""
     original, rembg, only_bg = (load_prepared(paths.prepared(v))
                                 for v in ("original", "rembg", "only_bg"))
+    assert rembg.alpha is not None  # the rembg cache is the one written with its alphas
     step = chunk_rows(size)
     with prepared_writer(paths.prepared(variant), size, original.labels, original.splits,
                          {**meta, "variant": variant, "background_rows": partners.tolist()},

@@ -58,11 +58,17 @@ class Task(Protocol):
 
 
 class TrainConfig(Protocol):
-    """What `train_task` reads of a task's params section."""
+    """What `train_task` reads of a task's params section (read-only: the configs are frozen
+    dataclasses)."""
 
-    augment: str
-    epochs: int
-    batch_size: int
+    @property
+    def augment(self) -> str: ...
+
+    @property
+    def epochs(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int: ...
 
     def to_dict(self) -> dict[str, Any]: ...
 
