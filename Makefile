@@ -63,9 +63,10 @@ test: setup browser
 test-quick: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"
 
-# ruff's linter over the package and the stages (pyproject.toml configures it).
+# ruff's linter, then mypy, over the package and the stages (pyproject.toml configures both).
 lint: $(VENV)/.installed
 	$(PY) -m ruff check fashionbg stages
+	$(PY) -m mypy
 
 bench: setup
 	$(PY) benchmarks/bench_pipeline.py

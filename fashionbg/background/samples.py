@@ -27,6 +27,7 @@ def samples_figure(variants: dict[str, Prepared]) -> Figure:
     """The sample grid of the built variants' caches (original and rembg at least), each row
     titled with its class (or, for data without classes, its file name)."""
     original, rembg = variants["original"], variants["rembg"]
+    assert rembg.alpha is not None  # the rembg cache is the one written with its alphas
     rows = sample_rows(original)
     labels, names = original.meta["labels"], original.meta["paths"]
     titles = [labels[original.labels[r]] if original.labels[r] >= 0 else Path(names[r]).name

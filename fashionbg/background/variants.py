@@ -74,7 +74,9 @@ def tile_box(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     adv_bgs_eval_model, pastes inp * (1 - mask) + mask * im), as the mixed_* variants here do.
     Which strip is tiled is this project's choice. A box that covers the whole image leaves
     nothing to tile with and is filled black."""
-    rows, cols = bounding_box(hole)
+    box = bounding_box(hole)
+    assert box is not None  # remove_person fills only holes with pixels
+    rows, cols = box
     strips = [image[:rows.start, cols], image[rows.stop:, cols],
               image[rows, :cols.start], image[rows, cols.stop:]]
     strip = max(strips, key=lambda s: s.shape[0] * s.shape[1])
@@ -184,13 +186,19 @@ class Chunk:
     fill: tuple[int, int, int]         # background.fill
     person_fill: str                   # background.person_fill
 
+    @property
+    def person_alpha(self) -> np.ndarray:
+        """`person`, which the NEEDS_PERSON variants are only ever built with."""
+        assert self.person is not None
+        return self.person
+
 
 PER_IMAGE: dict[str, Callable[[Chunk], np.ndarray]] = {
     "original": lambda c: c.images,
     "rembg": lambda c: composite(c.images, c.alphas, c.fill),
-    "oracle": lambda c: composite(c.images, c.person, c.fill),
-    "only_bg": lambda c: remove_person(c.images, c.person, c.person_fill),
-    "no_fg": lambda c: black_out_person(c.images, c.person),
+    "oracle": lambda c: composite(c.images, c.person_alpha, c.fill),
+    "only_bg": lambda c: remove_person(c.images, c.person_alpha, c.person_fill),
+    "no_fg": lambda c: black_out_person(c.images, c.person_alpha),
 }
 NEEDS_PERSON = ("oracle", "only_bg", "no_fg")
 PARTNERS: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {

@@ -14,8 +14,9 @@ from fashionbg.nn.data import IN_PROCESS, LoaderOptions, make_loader
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
-def augmentation(name: str, size: tuple[int, int]) -> Transform | None:
-    """none; standard = random resized crop + flip; strong = standard + RandAugment."""
+def augmentation(name: str, size: tuple[int, int]) -> v2.Compose | None:
+    """none; standard = random resized crop + flip; strong = standard + RandAugment. A v2
+    Compose: the dataset calls it on an image, the device step (nn.augment) on pairs."""
     if name == "none":
         return None
     aspect = size[1] / size[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from itertools import pairwise
+from typing import cast
 
 from torch import nn
 
@@ -33,8 +34,10 @@ def resnet18(num_classes: int) -> nn.Module:
 
 def efficientnet_lite0(num_classes: int, load_weights: bool) -> nn.Module:
     import timm
+    from timm.models.efficientnet import EfficientNet
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    # create_model is typed as returning any nn.Module; this name builds an EfficientNet
+    model = cast(EfficientNet, timm.create_model("tf_efficientnet_lite0", pretrained=False))
     if load_weights:
         load_lite0_weights(model)
     model.reset_classifier(num_classes)

@@ -22,7 +22,7 @@ def confusion_figure(matrix: np.ndarray, labels: list[str], title: str) -> Figur
     ax.set_title(title)
     for (i, j), count in np.ndenumerate(matrix):
         if count:
-            ax.text(j, i, int(count), ha="center", va="center", fontsize=8,
+            ax.text(j, i, str(int(count)), ha="center", va="center", fontsize=8,
                     color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class's test images")
     return fig

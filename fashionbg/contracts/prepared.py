@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from fashionbg.contracts.codes import SPLITS
 from fashionbg.contracts.params import VARIANTS
@@ -94,7 +95,7 @@ def check_same_rows(a: Prepared, b: Prepared) -> None:
     """Cross-variant scores are only meaningful on the same photos with the same ground truth."""
     same = (a.meta["paths"] == b.meta["paths"] and np.array_equal(a.splits, b.splits)
             and np.array_equal(a.labels, b.labels) and (a.masks is None) == (b.masks is None)
-            and (a.masks is None or _equal_rows(a.masks, b.masks)))
+            and (a.masks is None or (b.masks is not None and _equal_rows(a.masks, b.masks))))
     if not same:
         raise UserError(f"the {a.meta['variant']} and {b.meta['variant']} prepared caches do not "
                         "hold the same rows and ground truth; re-run the prepare stage")
@@ -129,7 +130,7 @@ class NpyStream:
     Plain sequential writes, not a writable memmap: dirty mapped pages would count towards the
     writer's resident memory until unmapped."""
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: DTypeLike) -> None:
         self.shape, self.dtype, self.written = shape, np.dtype(dtype), 0
         self.file = open(path, "wb")
         np.lib.format.write_array_header_1_0(self.file, {

@@ -37,9 +37,17 @@ class TaskSpec:
         return f"{self.section}.batch_size"
 
 
-_SEGMENTER = {"section": "segment", "train_stage": "train_segmenter",
-              "evaluate_stage": "evaluate_segmenter", "checkpoint": paths.SEGMENTER,
-              "metrics": paths.SEGMENTATION_METRICS, "detail": paths.SEGMENTATION_DETAIL}
+def _segmentation(name: str, *, key_metric: str, key_metric_words: str,
+                  per_class_key: str, per_class_words: str, predictions: Path) -> TaskSpec:
+    """Semantic and instance segmentation share the segment section, its two stages and its
+    checkpoint and metrics files; each headlines its key metric."""
+    return TaskSpec(
+        name, "segment", "train_segmenter", "evaluate_segmenter",
+        key_metric=key_metric, key_metric_words=key_metric_words, headline=(key_metric,),
+        per_class_key=per_class_key, per_class_words=per_class_words,
+        checkpoint=paths.SEGMENTER, metrics=paths.SEGMENTATION_METRICS,
+        detail=paths.SEGMENTATION_DETAIL, predictions=predictions)
+
 
 # Each task by name: a name without an entry is a KeyError, never another task.
 TASKS: dict[str, TaskSpec] = {
@@ -49,12 +57,12 @@ TASKS: dict[str, TaskSpec] = {
         per_class_key="per_class_accuracy", per_class_words="accuracy",
         checkpoint=paths.CLASSIFIER, metrics=paths.CLASSIFICATION_METRICS,
         detail=paths.CLASSIFICATION_DETAIL, predictions=paths.CLASSIFICATION_PREDICTIONS),
-    "semantic": TaskSpec(
-        "semantic", key_metric="miou", key_metric_words="mIoU", headline=("miou",),
+    "semantic": _segmentation(
+        "semantic", key_metric="miou", key_metric_words="mIoU",
         per_class_key="per_class_iou", per_class_words="IoU",
-        predictions=paths.SEGMENTATION_PREDICTIONS, **_SEGMENTER),
-    "instance": TaskSpec(
-        "instance", key_metric="mask_ap", key_metric_words="mask AP", headline=("mask_ap",),
+        predictions=paths.SEGMENTATION_PREDICTIONS),
+    "instance": _segmentation(
+        "instance", key_metric="mask_ap", key_metric_words="mask AP",
         per_class_key="per_class_mask_ap", per_class_words="mask AP",
-        predictions=paths.INSTANCE_PREDICTIONS, **_SEGMENTER),
+        predictions=paths.INSTANCE_PREDICTIONS),
 }

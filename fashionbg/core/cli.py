@@ -59,8 +59,8 @@ _REMEDIES = {
 
 def os_error_line(err: OSError) -> str:
     """One line for an OSError: what happened, on which path, and what to do."""
-    what, todo = _REMEDIES.get(err.errno, (err.strerror or type(err).__name__,
-                                           "fix it and re-run"))
+    fallback = (err.strerror or type(err).__name__, "fix it and re-run")
+    what, todo = _REMEDIES.get(err.errno, fallback) if err.errno is not None else fallback
     paths = [p for p in (err.filename, err.filename2) if p is not None]
     where = " and ".join(_shown(p) for p in paths)
     if not paths and not err.strerror:

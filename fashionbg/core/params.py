@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -98,7 +98,7 @@ def boolean(cfg: dict[str, Any], prefix: str, key: str) -> bool:
     return value
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     """An int or a finite float (not a bool): NaN and ±inf pass every comparison or none, so
     a range check alone would let them through (or refuse them with a misleading message)."""
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -109,12 +109,9 @@ def integer(cfg: dict[str, Any], prefix: str, key: str, minimum: int | None = No
             maximum: int | None = None, why: str = "") -> int:
     """An integer in [minimum, maximum]; `why` says what the maximum protects."""
     value = cfg.get(key)
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    if ok and minimum is not None and value < minimum:
-        ok = False
-    if ok and maximum is not None and value > maximum:
-        ok = False
-    if not ok:
+    if not (isinstance(value, int) and not isinstance(value, bool)
+            and (minimum is None or value >= minimum)
+            and (maximum is None or value <= maximum)):
         raise ParamError(f"{prefix}.{key}", value,
                          _range_text("an integer", minimum, maximum) + why)
     return value
@@ -138,12 +135,9 @@ def optional_integer(cfg: dict[str, Any], prefix: str, key: str, minimum: int,
 def number(cfg: dict[str, Any], prefix: str, key: str, minimum: float | None = None,
            maximum: float | None = None, exclusive_min: bool = False) -> float:
     value = cfg.get(key)
-    ok = is_number(value)
-    if ok and minimum is not None and (value <= minimum if exclusive_min else value < minimum):
-        ok = False
-    if ok and maximum is not None and value > maximum:
-        ok = False
-    if not ok:
+    if not (is_number(value)
+            and (minimum is None or (value > minimum if exclusive_min else value >= minimum))
+            and (maximum is None or value <= maximum)):
         lower = f"> {minimum}" if exclusive_min else f">= {minimum}"
         text = "a finite number" + (f" {lower}" if minimum is not None else "")
         text += f" and <= {maximum}" if maximum is not None else ""

@@ -124,10 +124,10 @@ def _extract_zip(archive: Path, dest: Path, select: Callable[[str], bool] | None
             mode = info.external_attr >> 16
             why = _unsafe_name(info.filename)
             if why is None and stat.S_ISLNK(mode):
-                target = zf.read(info).decode("utf-8", "replace")
-                escapes = _unsafe_name(target) or _unsafe_name(
-                    str(PurePosixPath(info.filename).parent / target))
-                why = f"link to {target!r}" if escapes else None
+                link = zf.read(info).decode("utf-8", "replace")
+                escapes = _unsafe_name(link) or _unsafe_name(
+                    str(PurePosixPath(info.filename).parent / link))
+                why = f"link to {link!r}" if escapes else None
                 if why is None:
                     log.warning("skipping symbolic link %s in %s", info.filename, archive.name)
                     continue
@@ -194,7 +194,7 @@ def _extract_tar(archive: Path, dest: Path, select: Callable[[str], bool] | None
         return member
 
     with tarfile.open(archive, "r:*") as tf:
-        tf.copybufsize = CHUNK
+        tf.copybufsize = CHUNK  # type: ignore[attr-defined]  # undocumented; typeshed omits it
         tf.extractall(dest, filter=check)
     return budget.files
 

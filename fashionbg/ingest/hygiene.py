@@ -84,6 +84,7 @@ def check_image(path: str | os.PathLike[str]) -> CheckedImage:
             # at a fraction of the cost of a full-size decode.
             img.draft(img.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
         img.load()
+    assert fmt is not None  # Image.open sets the format it opened the file as
     clean = fmt in KEPT_FORMATS and mode == "RGB" and orientation == 1 and not transparent
     return CheckedImage(fmt, size, orientation, clean)
 
@@ -111,8 +112,10 @@ def _convert(img: Image.Image) -> Image.Image:
     icc = img.info.get("icc_profile")
     if img.mode == "CMYK" and icc:
         try:
-            return ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
-                                             _SRGB, outputMode="RGB")
+            rgb = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                            _SRGB, outputMode="RGB")
+            assert rgb is not None  # None only when converting in place (inPlace=True)
+            return rgb
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # a broken profile: fall back to the plain conversion
     if img.mode in _SIXTEEN_BIT:

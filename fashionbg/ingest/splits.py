@@ -42,9 +42,9 @@ def rank(seed: int, name: str) -> bytes:
 def fractions(data: dict[str, Any]) -> tuple[float, float, float]:
     """data.split: train/val/test fractions for splits the pipeline draws."""
     value = data.get("split")
-    ok = (isinstance(value, (list, tuple)) and len(value) == 3
-          and all(is_number(v) and v >= 0 for v in value))
-    if not ok or abs(sum(value) - 1.0) > 1e-6 or value[0] <= 0:
+    if not (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(is_number(v) and v >= 0 for v in value)
+            and abs(sum(value) - 1.0) <= 1e-6 and value[0] > 0):
         raise ParamError("data.split", value, "three finite non-negative numbers [train, val, "
                          "test] summing to 1, with train > 0")
     return float(value[0]), float(value[1]), float(value[2])

@@ -18,7 +18,7 @@ from fashionbg.nn.engine import Step
 
 # (input, target) of one sample -> the augmented pair
 SampleTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-T = TypeVar("T")
+T = TypeVar("T", bound=SampleTransform)
 
 
 def augment_batch(transform: SampleTransform, inputs: torch.Tensor, targets: torch.Tensor

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -54,11 +55,12 @@ def make_loader(dataset: Dataset, batch_size: int, generator: torch.Generator | 
     share the memory-mapped cache instead of receiving a pickled copy of it; their random
     generators derive from `generator`, so a run is repeatable for a given worker count."""
     training = generator is not None
-    sampler = None
+    sampler: DistributedSampler | None = None
     if training and options.world.distributed:
         sampler = DistributedSampler(dataset, options.world.size, options.world.rank,
                                      shuffle=True, seed=options.shard_seed, drop_last=True)
-    rows = len(sampler) if sampler is not None else len(dataset)
+    # torch's Dataset declares no __len__; every dataset here is map-style, with one
+    rows = len(sampler) if sampler is not None else len(cast(Sized, dataset))
     workers = options.workers
     return DataLoader(dataset, batch_size, shuffle=training and sampler is None,
                       sampler=sampler, generator=generator,

@@ -114,7 +114,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, step: Step,
     """One pass over `loader` with autocast in `amp` (see `autocast`), stepping the schedule
     once per batch. `scaler` must be grad_scaler(device, amp): enabled for fp16 only."""
     model.train()
-    total, seen, sums = 0.0, 0, {}
+    total, seen = 0.0, 0
+    sums: dict[str, float] = {}
     start = time.perf_counter()
     for inputs, targets in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
         with autocast(device, amp):

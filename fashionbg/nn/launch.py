@@ -60,7 +60,9 @@ class TrainingRun:
         return per_rank_batch(batch_size, self.world, key)
 
     def place(self, model: nn.Module) -> nn.Module:
-        return model.to(self.device, memory_format=self.memory_format)
+        # Module.to takes device and memory_format together; no overload of its stub does
+        return model.to(  # type: ignore[call-overload]
+            self.device, memory_format=self.memory_format)
 
 
 def run_training(module: str, params: dict[str, Any], device: str, device_key: str, seed: int,

@@ -19,6 +19,9 @@ def stats_for(model_name: str) -> Stats:
 class Normalize(nn.Module):
     """(x - mean) / std per channel for NCHW input whose pixels span [0, `scale`]."""
 
+    mean: torch.Tensor  # buffers, which nn.Module's __getattr__ types as Tensor | Module
+    std: torch.Tensor
+
     def __init__(self, stats: Stats, scale: float = 1.0) -> None:
         super().__init__()
         mean, std = stats

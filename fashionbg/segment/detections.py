@@ -119,7 +119,7 @@ def _evaluate(images: list[dict[str, Any]], labels: int) -> COCOeval:
 
 
 def _annotations(images: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for i, record in enumerate(images):
         height, width = record["size"]
         for item in record[key]:

@@ -66,6 +66,7 @@ def evaluate_semantic(model: nn.Module, loader: DataLoader, device: torch.device
     for images, masks in loader:
         confusion.update(masks, predict_semantic(model, images, device))
     if per_image is not None:
+        assert confusion.images is not None  # kept: keep_images is set when per_image is given
         per_image.extend(confusion.images)
     return confusion.compute(class_names)
 

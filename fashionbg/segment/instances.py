@@ -113,7 +113,7 @@ class CocoTargets:
                 if ann.get("iscrowd", 0):   # crowd regions are "ignore" areas, not objects
                     continue
                 full = Image.fromarray(self.coco.annToMask(ann) * 255)
-                small = np.asarray(full.resize((width, height), Image.NEAREST)) > 127
+                small = np.asarray(full.resize((width, height), Image.Resampling.NEAREST)) > 127
                 if small.sum() >= self.min_area:
                     found.append(small)
                     labels.append(self.label_of[ann["category_id"]])

@@ -64,8 +64,8 @@ class ConfusionMatrix:
 
 
 def _num(value: torch.Tensor) -> float | None:
-    value = float(value)
-    return None if math.isnan(value) else round(value, 6)
+    number = float(value)
+    return None if math.isnan(number) else round(number, 6)
 
 
 def _mean(values: torch.Tensor) -> float | None:

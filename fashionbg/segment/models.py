@@ -10,7 +10,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import segmentation_models_pytorch as smp
 import timm
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from timm.layers import freeze_batch_norm_2d
+from timm.models import FeatureInfo
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -94,7 +95,7 @@ def build_semantic(config: SegmentConfig, num_classes: int, load_weights: bool) 
     else:
         net = make(name, encoder_weights=None, **kwargs)
         if pretrained:
-            load_lite0_weights(net.encoder.model)
+            load_lite0_weights(net.get_submodule("encoder.model"))  # smp's timm trunk
     return SemanticNet(net, stats_for(config.encoder))
 
 
@@ -124,7 +125,10 @@ class TimmFPN(nn.Module):
     def __init__(self, body: nn.Module, out_channels: int) -> None:
         super().__init__()
         self.body = body
-        self.fpn = FeaturePyramidNetwork(body.feature_info.channels(), out_channels,
+        # a plain attribute of timm's features-only trunks, which nn.Module's __getattr__
+        # types as Tensor | Module
+        info = cast(FeatureInfo, body.feature_info)
+        self.fpn = FeaturePyramidNetwork(info.channels(), out_channels,
                                          extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
 

@@ -299,6 +299,7 @@ def render(item: CocoItem, checked: CheckedImage, scheme: MaskScheme,
     else:
         raise RefusedImage(f"annotation size {w}x{h} does not match the image "
                            f"({checked.raw_size[0]}x{checked.raw_size[1]})")
+    assert w is not None and h is not None  # equal to one of the image's sizes
     painted: list[tuple[int, dict[str, Any], int]] = []
     anns: list[dict[str, Any]] = []
     dropped = 0
@@ -351,7 +352,8 @@ def _to_rle(segm: Any, h: int, w: int, ann_id: Any) -> dict[str, Any] | None:
 def _instances_json(items: list[CocoItem], rows: dict[int, Any],
                     instances: dict[int, tuple[tuple[int, int], list[dict[str, Any]]]],
                     scheme: MaskScheme, extra: dict[str, Any]) -> dict[str, Any]:
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for i in sorted(rows):
         (width, height), anns = instances[i]
         image_id = len(images) + 1

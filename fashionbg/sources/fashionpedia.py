@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -79,7 +80,7 @@ def build(config: FashionpediaConfig, writer: RawWriter) -> SourceResult:
                           for it in items if it.file is coco}
                 if zip_name in found:
                     extract(found[zip_name], stage / zip_name,
-                            select=lambda member, w=wanted: PurePosixPath(member).name in w)
+                            select=_named(wanted))
                     finders[coco.path] = ImageFinder([(stage / zip_name, True)])
                 else:  # images already unpacked somewhere under data.path
                     finders[coco.path] = ImageFinder([(tree.root, tree.owned)])
@@ -93,6 +94,11 @@ def build(config: FashionpediaConfig, writer: RawWriter) -> SourceResult:
                                   "shows several garments)",
                 "mask_grouping": config.grouping, "splits_from": how,
                 "provenance": tree.provenance})
+
+
+def _named(names: set[str]) -> Callable[[str], bool]:
+    """Selects the archive members whose file name is in `names`."""
+    return lambda member: PurePosixPath(member).name in names
 
 
 def _files_by_name(root: Path) -> dict[str, Path]:

@@ -22,7 +22,7 @@ from fashionbg.contracts.params import VARIANTS
 from fashionbg.contracts.tasks import TASKS
 from fashionbg.core.io import atomic_file
 from fashionbg.study import stats
-from fashionbg.study.results import CellResult
+from fashionbg.study.results import CellResult, known
 
 HEATMAP = "variants.png"
 Cells = dict[int, CellResult]     # seed → result of one arm trained on one variant
@@ -62,8 +62,8 @@ def difference(a: Cells, on_a: str, b: Cells, on_b: str) -> stats.Effect | None:
     arrays = _per_image(groups, seeds)
     if arrays is not None:
         return stats.gain(*arrays)
-    return stats.seed_gain([a[s].by_test[on_a] for s in seeds],
-                           [b[s].by_test[on_b] for s in seeds])
+    return stats.seed_gain([known(a[s].by_test[on_a]) for s in seeds],
+                           [known(b[s].by_test[on_b]) for s in seeds])
 
 
 def gap_change(a: Cells, b: Cells) -> stats.Effect | None:
@@ -75,7 +75,7 @@ def gap_change(a: Cells, b: Cells) -> stats.Effect | None:
     arrays = _per_image(groups, seeds)
     if arrays is not None:
         return stats.interaction((arrays[0], arrays[1]), (arrays[2], arrays[3]))
-    scores = [[cells[s].by_test[on] for s in seeds] for cells, on in groups]
+    scores = [[known(cells[s].by_test[on]) for s in seeds] for cells, on in groups]
     return stats.seed_interaction((scores[0], scores[1]), (scores[2], scores[3]))
 
 
@@ -195,8 +195,8 @@ def _metric(trained: dict[str, Cells]) -> str:
 def _score_on(cells: Cells, tested_on: str) -> str:
     """The mean score of `cells` on the `tested_on` test images, with its interval over
     seeds; "–" where they were not tested on it."""
-    scores = [r.by_test[tested_on] for r in cells.values()
-              if r.by_test.get(tested_on) is not None]
+    scores = [score for r in cells.values()
+              if (score := r.by_test.get(tested_on)) is not None]
     return _interval(stats.mean_interval(scores)) if scores else "–"
 
 

@@ -96,7 +96,9 @@ def run_study(study: Study, scenario: str, gains: dict[str, float], spread: floa
     results = evaluate_claims(study, "sim", arms, {n: arm_gain(a) for n, a in arms.items()})
     tally.studies += 1
     for r in results:
+        assert r.effect is not None  # every arm of the simulated study runs
         interval = r.effect.interval
+        assert interval.low is not None and interval.high is not None  # several seeds
         tally.intervals += 1
         tally.covered += interval.low <= truth_of(r, gains) <= interval.high
     if scenario == "null":

@@ -428,7 +428,9 @@ def locate(cells: list[Cell], places: dict[str, str], sha256: dict[str, str]) ->
     for name in {*places, *sha256} - sources:
         raise UserError(f"{name.upper()} is given but no cell of this preset reads data.source "
                         f"{name}; the preset reads " + (", ".join(sorted(map(str, sources)))))
-    wheres = {name: _where(name, value, sha256.get(name)) for name, value in places.items()}
+    # Keyed by str | None: a cell without data.source gets no place.
+    wheres: dict[str | None, dict[str, Any]] = {
+        name: _where(name, value, sha256.get(name)) for name, value in places.items()}
     return [replace(c, where=wheres.get(c.source, {})) for c in cells]
 
 

@@ -236,7 +236,7 @@ def _devices(all_params: Any, problems: list[str]) -> None:
     import onnxruntime as ort
     import torch
 
-    asked = Counter()
+    asked: Counter[tuple[str, Any]] = Counter()
     for p in all_params:
         for key in ("classify.device", "segment.device", "evaluate.device", "background.device"):
             section, name = key.split(".")

@@ -128,7 +128,9 @@ class RayEngine:
                        dvc_remote=self.options.dvc_remote, threads=threads, env=identity())
 
     def _wait(self, ray: Any, refs: dict[Any, CellJob], board: Any) -> tuple[list[str], list[str]]:
-        done, failed, pending = [], [], list(refs)
+        done: list[str] = []
+        failed: list[str] = []
+        pending = list(refs)
         with Progress(len(refs)) as progress:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1, timeout=2)
@@ -195,6 +197,7 @@ def ray_cluster() -> Iterator[Any]:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
+            assert temp is not None  # set above wherever there is no address
             temp.mkdir(parents=True, exist_ok=True)
             ray.init(address="local", _temp_dir=str(temp), include_dashboard=False,
                      log_to_driver=False, logging_level=logging.WARNING)

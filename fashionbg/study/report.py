@@ -21,7 +21,7 @@ from fashionbg.contracts.tasks import TASKS
 from fashionbg.core.io import atomic_file, write_csv
 from fashionbg.study import backgrounds, stats
 from fashionbg.study.definition import Arm, Claim, Study
-from fashionbg.study.results import CellResult
+from fashionbg.study.results import CellResult, known
 
 REPORT = Path("reports/study.md")      # a preset's `report:` names another; its figures go
 FOREST, DIFFERENCES = "forest.png", "differences.csv"   # to the folder of the same name
@@ -34,7 +34,7 @@ class ArmResults:
     arm: Arm
     seeds: list[int]                        # seeds with both variants present, in order
     scores: dict[str, list[float]]          # variant → score per seed
-    cross: dict[str, list[float]]           # trained on variant → score on the other variant
+    cross: dict[str, list[float | None]]    # trained on variant → score on the other variant
     per_image: dict[str, Any] | None        # variant → stats.stack of the seeds' results
 
 
@@ -56,7 +56,7 @@ def group(results: list[CellResult]) -> dict[str, ArmResults]:
                 c.images == first.images for v in pick for c in pick[v]):
             per_image = {v: stats.stack([c.per_image for c in pick[v]]) for v in pick}
         grouped[name] = ArmResults(first.cell.arm, seeds,
-                                   {v: [c.score for c in pick[v]] for v in pick},
+                                   {v: [known(c.score) for c in pick[v]] for v in pick},
                                    {v: [c.cross for c in pick[v]] for v in pick}, per_image)
     return grouped
 
@@ -73,6 +73,7 @@ def claim_effect(claim: Claim, arms: dict[str, ArmResults], gains: dict[str, sta
         return None
     if claim.test == "gain":
         return gains[claim.arm]
+    assert claim.baseline is not None  # the study definition requires it of an interaction
     arm, base = arms[claim.arm], arms[claim.baseline]
     if arm.per_image is not None and base.per_image is not None:
         return stats.interaction((arm.per_image["rembg"], arm.per_image["original"]),
@@ -102,7 +103,7 @@ def evaluate_claims(study: Study, preset: str, arms: dict[str, ArmResults],
           for c, e, m in zip(claims, effects, margins)]
     tested = [i for i, p in enumerate(ps) if p is not None]
     adjusted: list[float | None] = [None] * len(claims)
-    for i, p in zip(tested, stats.holm([ps[i] for i in tested], study.alpha)):
+    for i, p in zip(tested, stats.holm([p for p in ps if p is not None], study.alpha)):
         adjusted[i] = p
     return [ClaimResult(c, e, m, p, a, stats.verdict(e, c.expect, m, a, study.alpha))
             for c, e, m, p, a in zip(claims, effects, margins, ps, adjusted)]
@@ -112,6 +113,12 @@ def fmt(value: float | None, signed: bool = False) -> str:
     if value is None:
         return "–"
     return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def fmt_mean(values: list[float | None]) -> str:
+    """The mean over seeds; "–" where a seed has no score (np.mean would raise on None)."""
+    scores = [v for v in values if v is not None]
+    return fmt(float(np.mean(scores)) if len(scores) == len(values) else None)
 
 
 def fmt_interval(i: stats.Interval, signed: bool = False) -> str:
@@ -146,7 +153,7 @@ def arm_table(arms: dict[str, ArmResults], gains: dict[str, stats.Effect], study
             f"{fmt_interval(stats.mean_interval(a.scores['rembg']))} | "
             f"**{fmt_interval(effect.interval, True)}** | {fmt_p(effect.p)} | "
             f"{fmt_interval(improvement)} | "
-            f"{fmt(np.mean(a.cross['original']))} | {fmt(np.mean(a.cross['rembg']))} |")
+            f"{fmt_mean(a.cross['original'])} | {fmt_mean(a.cross['rembg'])} |")
     return lines
 
 

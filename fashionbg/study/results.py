@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,13 @@ class CellResult:
     # The same model on every built variant's test images: the headline metric, and the
     # per-image results in the same layout as per_image (instance: its own test images only).
     by_test: dict[str, float | None]
-    tested: dict[str, np.ndarray | MaskAP]
+    tested: Mapping[str, np.ndarray | MaskAP]
+
+
+def known(score: float | None) -> float:
+    """A score the caller has checked is there (e.g. of a seed picked for having one)."""
+    assert score is not None
+    return score
 
 
 def existing_experiments() -> dict[str, str]:
@@ -107,6 +114,7 @@ def _read_cell(cell: Cell, rev: str) -> CellResult | None:
         return None   # the experiment did not run this cell's evaluation
     classes, by_test = parse_detail(detail, detail_path, cell.arm.task, key)
     path = str(spec.predictions)
+    tested: Mapping[str, np.ndarray | MaskAP]
     if cell.arm.task == "instance":   # the model's own test images only
         found, images = parse_detections(_required(rev, path), path, cell.variant, score)
         tested = {cell.variant: found}
@@ -213,7 +221,8 @@ def parse_predictions(text: str, file: str, task: str, variant: str, classes: li
         rows = list(reader)
     except csv.Error as err:
         raise BadExperiment(file, f"not valid CSV: {err}") from err
-    seen, by_variant = set(), {}
+    seen: set[tuple[str, ...]] = set()
+    by_variant: dict[str, list[tuple[int, dict[str, str]]]] = {}
     for line, row in enumerate(rows, start=2):
         if None in row or any(row[c] is None for c in needed):
             fields = sum(v is not None for k, v in row.items() if k is not None)

@@ -123,7 +123,7 @@ def queue(cells: Sequence[Cell]) -> None:
 def queue_status() -> tuple[dict[str, str], int]:
     """Name → state of every task DVC's queue knows, and how many workers are alive."""
     text = dvc("queue", "status")
-    states = {}
+    states: dict[str, str] = {}
     for line in text.splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[-1] in STATES:
@@ -175,7 +175,8 @@ def stop(names: set[str]) -> None:
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         log.info("stopping the cells this run queued")
-        deadline, killed = time.monotonic() + STOP_SECONDS, set()
+        deadline = time.monotonic() + STOP_SECONDS
+        killed: set[str] = set()
         while time.monotonic() < deadline:
             states, _ = queue_status()
             queued = sorted(n for n in names if states.get(n) == "Queued")

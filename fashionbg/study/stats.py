@@ -117,7 +117,7 @@ class Effect:
     def tost_p(self, low: float, high: float) -> float | None:
         """Two one-sided tests of low < δ < high (equivalence): the larger p."""
         below, above = self.p_value(low, "greater"), self.p_value(high, "less")
-        return None if below is None else max(below, above)
+        return None if below is None or above is None else max(below, above)  # both or neither
 
 
 def mean_interval(values: list[float]) -> Interval:
@@ -291,17 +291,22 @@ def verdict(found: Effect | None, expect: str, margin: float, adjusted: float | 
         if expect == "negative":
             return "supported" if found.estimate < 0 else "reversed"
         return "supported"
-    shown = {"positive": found.p_value(margin, "less"),
-             "negative": found.p_value(-margin, "greater"),
-             "not_positive": found.p_value(margin, "greater"),
-             "equivalent": min(found.p_value(margin, "greater"),
-                               found.p_value(-margin, "less"))}[expect]
+
+    def p(null: float, alternative: str) -> float:
+        value = found.p_value(null, alternative)
+        assert value is not None  # an adjusted p means the effect has an se, so every p
+        return value
+
+    shown = {"positive": p(margin, "less"),
+             "negative": p(-margin, "greater"),
+             "not_positive": p(margin, "greater"),
+             "equivalent": min(p(margin, "greater"), p(-margin, "less"))}[expect]
     return "not supported" if shown < alpha else "inconclusive"
 
 
 def detectable(found: Effect, alpha: float, power: float) -> float | None:
     """The smallest |δ| the two-sided level-alpha test finds with probability `power`."""
-    if found.se is None:
+    if found.se is None or found.df is None:  # both or neither
         return None
     return _needed_multiple(found.df, alpha, power) * found.se
 

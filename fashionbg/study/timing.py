@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from torch.nn import functional as F
 
 from fashionbg.background.sod import SodOptions, make_session, predict_alpha, session_device
@@ -34,7 +35,9 @@ def estimates(cells: list[Cell], merged: dict[str, dict[str, Any]],
               images_of: dict[str, int | None]) -> list[str]:
     """One line per cell: its time, from its model's seconds per training image; `images_of`
     is the photos each source will give (None: unknown)."""
-    lines, seen, total_s = [], {}, 0.0
+    lines: list[str] = []
+    seen: dict[tuple, float | None] = {}   # model key → seconds per image (None: not measured)
+    total_s = 0.0
     for cell in cells:
         p = merged[cell.name]
         key = _model_key(cell.arm.task, p)
@@ -44,19 +47,20 @@ def estimates(cells: list[Cell], merged: dict[str, dict[str, Any]],
             except UserError as err:   # e.g. a device this machine lacks: said above
                 seen[key] = None
                 lines.append(f"time: {cell.arm.name} not measured: {err}")
-        if seen[key] is None:
+        seconds = seen[key]
+        if seconds is None:
             continue
         images = images_of.get(p["data"]["source"])
         epochs = p["classify" if cell.arm.task == "classify" else "segment"]["epochs"]
         if images is None:
-            lines.append(f"time: {cell.name}: {seen[key]:.3f} s per training image "
+            lines.append(f"time: {cell.name}: {seconds:.3f} s per training image "
                          "(dataset size unknown)")
             continue
         train = math.ceil(images * _train_share(p))
-        total = seen[key] * train * epochs * VALIDATION + CELL_OVERHEAD_S
+        total = seconds * train * epochs * VALIDATION + CELL_OVERHEAD_S
         total_s += total
         lines.append(f"time: {cell.name}: about {_human(total)} ({train} training images x "
-                     f"{epochs} epochs at {seen[key]:.3f} s per image)")
+                     f"{epochs} epochs at {seconds:.3f} s per image)")
     lines.append(f"time: about {_human(total_s)} for the {len(cells)} cells one after another "
                  "(cells of unknown size not counted)")
     return lines
@@ -109,28 +113,29 @@ def _model_key(task: str, p: dict[str, Any]) -> tuple:
 
 def _seconds_per_image(task: str, p: dict[str, Any]) -> float:
     h, w = p["data"]["image_size"]
+    model: nn.Module
     if task == "classify":
-        config = read_classify(p)
-        device = resolve_device(config.device, "classify.device")
-        model = build_classifier(config, 14, load_weights=False)
-        batch = min(config.batch_size, MAX_BATCH)
+        classify = read_classify(p)
+        device = resolve_device(classify.device, "classify.device")
+        model = build_classifier(classify, 14, load_weights=False)
+        batch = min(classify.batch_size, MAX_BATCH)
 
         def loss(images: torch.Tensor) -> torch.Tensor:
             target = torch.zeros(len(images), dtype=torch.long, device=device)
             return F.cross_entropy(model(images), target)
     else:
-        config = read_segment(p)
-        device = resolve_device(config.device, "segment.device")
-        batch = min(config.batch_size, MAX_BATCH)
+        segment = read_segment(p)
+        device = resolve_device(segment.device, "segment.device")
+        batch = min(segment.batch_size, MAX_BATCH)
         if task == "semantic":
-            model = build_semantic(config, 28, load_weights=False)
+            model = build_semantic(segment, 28, load_weights=False)
 
             def loss(images: torch.Tensor) -> torch.Tensor:
                 out = model(images)
                 return F.cross_entropy(out, torch.zeros(out.shape[:1] + out.shape[2:],
                                                         dtype=torch.long, device=device))
         else:
-            model = build_instance(config, 28, (h, w), load_weights=False)
+            model = build_instance(segment, 28, (h, w), load_weights=False)
             box = torch.tensor([[w / 4, h / 8, 3 * w / 4, 7 * h / 8]], device=device)
             mask = torch.zeros(1, h, w, dtype=torch.uint8, device=device)
             mask[:, h // 8:7 * h // 8, w // 4:3 * w // 4] = 1

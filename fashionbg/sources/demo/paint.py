@@ -72,7 +72,7 @@ def swatch(kind: str, h: int, w: int, c0: np.ndarray, c1: np.ndarray,
 def smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
     """Values in 0..1 that vary smoothly over about `cell` pixels."""
     small = rng.random((int(h / cell) + 2, int(w / cell) + 2)).astype(np.float32)
-    return np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC))
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC))
 
 
 def textures(spec: StyleSpec, rng: np.random.Generator) -> dict[int, Texture]:

@@ -27,7 +27,8 @@ def background(family: int, rng: np.random.Generator, w: int, h: int, b: Body) -
 
 
 def _rand_colour(rng: np.random.Generator, lo: int = 40, hi: int = 230) -> tuple[int, int, int]:
-    return tuple(int(v) for v in rng.integers(lo, hi, 3))
+    r, g, b = (int(v) for v in rng.integers(lo, hi, 3))
+    return r, g, b
 
 
 def _gradient(w: int, h: int, top: np.ndarray, bottom: np.ndarray) -> Image.Image:
