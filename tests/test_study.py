@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from scipy.stats import t as t_dist
 from scipy.stats import ttest_rel
 from statsmodels.stats.multitest import multipletests
@@ -16,7 +15,7 @@ from fashionbg.core.errors import UserError
 from fashionbg.segment.metrics import ConfusionMatrix
 from fashionbg.study import stats
 from fashionbg.study.definition import load_study, locate
-from fashionbg.study.report import build_report, update_readme
+from fashionbg.study.report import arm_gain, build_report, group, update_readme
 from fashionbg.study.results import CellResult
 from fashionbg.study.runner import override, parse_shard
 
@@ -387,3 +386,52 @@ def test_a_cell_missing_from_the_queue_for_a_moment_is_still_pending():
     for _ in range(LOST_POLLS - 1):    # no worker alive, still missing: not yet given up
         assert cell_states(names, {}, {"finished": "abc"}, unseen, workers=0)["between"] == MISSING
     assert cell_states(names, {}, {"finished": "abc"}, unseen, workers=0)["between"] == "Failed"
+
+
+SPLIT_STUDY = SYNTHETIC_STUDY.replace("s: {about: synthetic,",
+                                      "s: {about: synthetic, split_seeds: true,")
+
+
+def test_split_seeds_make_the_split_a_factor_of_the_study(tmp_path):
+    """Each cell's seed also sets data.seed, the same for both variants of a seed (so they stay
+    paired), and a preset or arm that fixes data.seed as well is refused."""
+    (tmp_path / "study.yaml").write_text(SPLIT_STUDY)
+    cells = load_study(tmp_path / "study.yaml").cells("s")
+    assert all(c.params["data.seed"] == c.seed for c in cells)
+    (tmp_path / "study.yaml").write_text(SYNTHETIC_STUDY)
+    fixed = load_study(tmp_path / "study.yaml").cells("s")
+    assert all("data.seed" not in c.params for c in fixed)
+    assert {c.name for c in cells}.isdisjoint(c.name for c in fixed)
+    for change, key in (("split_seeds: true, params: {data.seed: 3},",
+                         "presets.s.params.data.seed"),
+                        ("split_seeds: 2,", "presets.s.split_seeds")):
+        (tmp_path / "study.yaml").write_text(SYNTHETIC_STUDY.replace(
+            "s: {about: synthetic,", f"s: {{about: synthetic, {change}"))
+        with pytest.raises(UserError, match=f"{key} = .* is not allowed") as err:
+            load_study(tmp_path / "study.yaml")
+        assert "\n" not in str(err.value)
+
+
+def test_with_split_seeds_each_difference_is_the_paired_t_test_over_seeds(tmp_path, monkeypatch):
+    """Seeds with different test images (their own splits) are not paired by image: the gain
+    is scipy's paired t-test of the seeds' scores, and the methods say why."""
+    (tmp_path / "study.yaml").write_text(SPLIT_STUDY)
+    study = load_study(tmp_path / "study.yaml")
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(3)
+    results = []
+    for cell in study.cells("s"):
+        if cell.arm.task == "instance":
+            continue
+        images = tuple(f"images/{cell.seed}-{i:03d}.jpg" for i in range(100))   # its own split
+        correct = (rng.random(100) < 0.4 + 0.2 * (cell.variant == "rembg")) * 1.0
+        results.append(CellResult(cell, correct.mean(), 0.2, correct, images,
+                                  {cell.variant: correct.mean()}, {cell.variant: correct}))
+    arms = group(results)
+    assert arms["shallow"].per_image is None
+    found = arm_gain(arms["shallow"])
+    scores = arms["shallow"].scores
+    assert found.p_value() == pytest.approx(ttest_rel(scores["rembg"], scores["original"]).pvalue)
+    build_report(study, "s", results, 0, "make study PRESET=s")
+    assert "each difference is a paired t-test over seeds" in (
+        tmp_path / "reports/study.md").read_text()

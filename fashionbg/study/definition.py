@@ -102,8 +102,11 @@ class Study:
                     **last.get("params", {}), **last.get("task_params", {}).get(arm.task, {})}
             seeds = spec["seeds"] if last else changes.get("seeds", spec["seeds"])
             for seed in seeds:
+                # split_seeds: the seed also draws the split, a randomised factor of the study
+                split = {SPLIT_KEY: seed} if spec.get("split_seeds") else {}
                 for variant in changes.get("variants", spec.get("variants", self.variants)):
-                    params = {**base, "data.variant": variant, TASKS[arm.task].seed_key: seed}
+                    params = {**base, **split, "data.variant": variant,
+                              TASKS[arm.task].seed_key: seed}
                     cells.append(Cell(arm, variant, seed, params))
         return cells
 
@@ -140,13 +143,15 @@ TOP_KEYS = ("variants", "margins", "minimal_effect", "alpha", "power", "target_e
             "claims", "presets")
 ARM_KEYS = ("task", "about", "params")
 CLAIM_KEYS = ("id", "claim", "test", "arm", "baseline", "expect")
-PRESET_KEYS = ("about", "seeds", "params", "task_params", "variants", "report", "arms", "smoke")
+PRESET_KEYS = ("about", "seeds", "split_seeds", "params", "task_params", "variants", "report",
+               "arms", "smoke")
 CHANGE_KEYS = ("seeds", "params", "variants")
 SMOKE_KEYS = ("seeds", "params", "task_params", "report")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*")         # arms: part of each cell's name
 PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # presets: part of a report's name
 PARAM_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 CELL_KEYS = {"data.variant", *(spec.seed_key for spec in TASKS.values())}   # set per cell
+SPLIT_KEY = "data.seed"   # set per cell too, by a preset with split_seeds
 MAX_BYTES = 1 << 20      # a study of hundreds of arms is a few tens of kB
 MAX_SEED = 2**32 - 1     # what numpy and torch seed with
 MAX_DEPTH, MAX_ITEMS = 3, 1000   # a param value: lists of lists of scalars, this many in all
@@ -345,7 +350,27 @@ class _Checker:
             self.refuse(f"{where}.arms", spec["arms"], "a mapping of arm names to changes")
         spec["arms"] = {arm: self.changes(f"{where}.arms.{arm}", arm, changes, arms)
                         for arm, changes in spec["arms"].items()}
+        self.split_seeds(where, spec, arms)
         return spec
+
+    def split_seeds(self, where: str, spec: dict[str, Any], arms: dict[str, Arm]) -> None:
+        """split_seeds: true or false; when true no params of the preset or its arms may set
+        data.seed, which each cell sets to its seed."""
+        split = spec.get("split_seeds", False)
+        if not isinstance(split, bool):
+            self.refuse(f"{where}.split_seeds", split, "true or false")
+        if not split:
+            return
+        sources = {f"{where}.params": spec.get("params", {}),
+                   **{f"{where}.task_params.{t}": p
+                      for t, p in spec.get("task_params", {}).items()},
+                   **{f"arms.{a}.params": arms[a].params for a in spec["arms"]},
+                   **{f"{where}.arms.{a}.params": c.get("params", {})
+                      for a, c in spec["arms"].items()}}
+        for place, params in sources.items():
+            if SPLIT_KEY in params:
+                self.refuse(f"{place}.{SPLIT_KEY}", params[SPLIT_KEY], "no value: with "
+                            "split_seeds each cell sets it to its seed")
 
     def changes(self, where: str, arm: str, value: Any, arms: dict[str, Arm]) -> dict[str, Any]:
         """One arm's changes in a preset: seeds, params, variants ({} or nothing for none)."""
@@ -383,6 +408,8 @@ class _Checker:
                           "task_params": self.task_params(f"{where}.task_params",
                                                           smoke.get("task_params", {}))}}
         del derived["smoke"]
+        self.split_seeds(where, {**derived, "params": derived[LAST]["params"],
+                                 "task_params": derived[LAST]["task_params"]}, arms)
         return derived
 
 

@@ -189,8 +189,13 @@ def claim_table(claims: list[ClaimResult], study: Study) -> list[str]:
     return lines
 
 
-def methods(study: Study) -> str:
+def methods(study: Study, preset: str) -> str:
     margins = ", ".join(f"{m} ±{d:g}" for m, d in study.margins.items())
+    split = ("Each seed also draws the split (`data.seed`, the preset's split_seeds), so the "
+             "test images differ between seeds: each difference is a paired t-test over seeds, "
+             "a seed's difference on its own test images, which counts the split, the "
+             "training and the images together. " if study.presets[preset].get("split_seeds")
+             else "")
     return (
         "**Methods.** Declared in study.yaml before any run: equivalence margins Δ "
         f"({margins}), family-wise error rate α = {study.alpha:g} over the preset's claims, "
@@ -220,7 +225,7 @@ def methods(study: Study) -> str:
         f"test needs for ±{study.target_effect:g} keeping the other count ('no number': the "
         "seeds' variance alone is too large). `python -m fashionbg.study calibrate` checks "
         "the coverage, error rates and power of this procedure on simulated studies. "
-        "Per-variant columns: mean [95 % t-interval] over seeds.")
+        f"{split}Per-variant columns: mean [95 % t-interval] over seeds.")
 
 
 def forest_plot(rows: list[tuple[str, stats.Interval]], path: Path) -> None:
@@ -267,7 +272,7 @@ def build_report(study: Study, preset: str, results: list[CellResult], missing: 
              f"{len(results)} cells read from the experiments, {missing} not run yet. "
              f"Made by `{command}`.", "", *(claim_table(claims, study) + [""] if claims else []),
              *arm_table(arms, gains, study)]
-    body = ["# Study report", "", *block, "", methods(study), "",
+    body = ["# Study report", "", *block, "", methods(study, preset), "",
             *([f"![forest plot]({(figures / FOREST).relative_to(report.parent)})", ""]
               if rows else []),
             *backgrounds.section(results, figures, report.parent)]
