@@ -9,29 +9,26 @@ from fashionbg.core import paths
 from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.core.io import atomic_dir, write_csv
-from fashionbg.core.params import choice, load_params, number
+from fashionbg.core.params import load_params
 from fashionbg.ingest.splits import check_coverage, fractions
-from fashionbg.sources.registry import SOURCES, check_unused
+from fashionbg.sources.registry import read_source
 
 log = logging.getLogger("download")
 
 
 @stage_main
 def main() -> None:
-    data = data_section(load_params())
-    name = choice(data, "data", "source", SOURCES)
-    check_unused(name, data)
-    source = SOURCES[name]
-    max_bad = number(data, "data", "max_bad_fraction", minimum=0.0, maximum=1.0)
-    config = source.validate(data)
+    params = load_params()
+    read = read_source(params)
+    max_bad = read.max_bad_fraction
     failed_list = paths.FAILED_QUARANTINE
     with atomic_dir(paths.RAW) as tmp:
         writer = RawWriter(tmp)
-        result = source.build(config, writer)
+        result = read.source.build(read.config, writer)
         summary = writer.finish(result.labels, result.mask_classes, result.extra)
         seen = summary["images"] + summary["refused"]
         if not seen:
-            raise UserError(f"data.source = {data['source']} found no photos at all")
+            raise UserError(f"data.source = {read.name} found no photos at all")
         if not summary["images"] or summary["refused"] > max_bad * seen:
             write_csv(failed_list, QUARANTINE_COLUMNS, writer.refused)
             kinds = ", ".join(f"{n} {k}" for k, n in summary["refused_by_reason"].items())
@@ -41,7 +38,7 @@ def main() -> None:
                             f"{why}. {paths.RAW} was not changed; every refused file and why: "
                             f"{failed_list.resolve()}")
         warnings = check_coverage([(r.split, r.label) for r in writer.rows], result.labels,
-                                  fractions(data)[1])
+                                  fractions(data_section(params))[1])
     failed_list.unlink(missing_ok=True)
     log.info("%s: %d images (%s), %d refused; splits: %s", paths.RAW, summary["images"],
              summary["splits"], summary["refused"], summary.get("splits_from", "from the source"))

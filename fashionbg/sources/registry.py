@@ -11,8 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fashionbg.contracts.params import data_section
 from fashionbg.contracts.raw import RawWriter, SourceResult
 from fashionbg.core.errors import ParamError
+from fashionbg.core.params import choice, number
 from fashionbg.sources import coco, fashionpedia, fashionstyle14, folder
 from fashionbg.sources.demo import source as demo
 
@@ -49,3 +51,21 @@ def check_unused(name: str, data: dict[str, Any]) -> None:
             raise ParamError(f"data.{key}", data.get(key),
                              f"{unset if unset is not None else 'null'} for data.source = "
                              f"{name} ({why})")
+
+
+@dataclass(frozen=True)
+class SourceParams:
+    name: str
+    source: Source
+    config: Any                 # what the source's validate returned
+    max_bad_fraction: float
+
+
+def read_source(params: dict[str, Any]) -> SourceParams:
+    """data.source and every data.* key the download stage reads, checked before anything is
+    written (the stage and the study's pre-flight run the same reader)."""
+    data = data_section(params)
+    name = choice(data, "data", "source", SOURCES)
+    check_unused(name, data)
+    max_bad = number(data, "data", "max_bad_fraction", minimum=0.0, maximum=1.0)
+    return SourceParams(name, SOURCES[name], SOURCES[name].validate(data), max_bad)

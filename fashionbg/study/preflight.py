@@ -21,13 +21,12 @@ from typing import Any
 from fashionbg.background.params import read_background
 from fashionbg.background.weights import MODELS, ensure_model, md5sum
 from fashionbg.classify.params import read_classify
-from fashionbg.contracts.params import data_section, read_image_size, read_variant, read_variants
+from fashionbg.contracts.params import read_image_size, read_variant, read_variants
 from fashionbg.core import paths
 from fashionbg.core.errors import UserError
-from fashionbg.core.params import choice, number
 from fashionbg.nn.params import read_evaluate, read_train
 from fashionbg.segment.params import read_segment
-from fashionbg.sources.registry import SOURCES, check_unused
+from fashionbg.sources.registry import read_source
 from fashionbg.study import datasets, timing
 from fashionbg.study.definition import Cell
 
@@ -106,11 +105,7 @@ def _params_problems(cells: list[Cell], merged: dict[str, dict[str, Any]]) -> li
 def _params_problem(p: dict[str, Any], task: str) -> str | None:
     """Run every reader the cell's stages run; what the first bad value is, if any."""
     try:
-        data = data_section(p)
-        name = choice(data, "data", "source", SOURCES)
-        check_unused(name, data)
-        number(data, "data", "max_bad_fraction", minimum=0.0, maximum=1.0)
-        SOURCES[name].validate(data)
+        read_source(p)
         read_background(p), read_variants(p), read_variant(p), read_image_size(p)
         read_train(p), read_evaluate(p)
         read_classify(p) if task == "classify" else read_segment(p)
