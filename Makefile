@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup charts repro test test-quick lint browser bench bench-gpu gpu-check study preflight metrics-report panels clean
+.PHONY: setup charts repro test test-quick test-gpu lint browser bench bench-gpu gpu-check study preflight metrics-report panels clean
 
 PRESET ?= quick
 SHARD ?= 1/1
@@ -62,6 +62,10 @@ test: setup browser
 # (tests/conftest.py marks those slow).
 test-quick: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"
+
+# On a GPU machine: the tests that need CUDA (pytest.ini's gpu marker; skipped without it).
+test-gpu: $(VENV)/.installed
+	$(PY) -m pytest -m gpu
 
 # ruff's linter, then mypy, over the package and the stages (pyproject.toml configures both).
 lint: $(VENV)/.installed

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -34,6 +35,17 @@ def test_without_cuda_it_prints_one_line_and_exits_0():
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == [gpu_check.NO_CUDA]
     assert result.stdout.startswith("no CUDA device: gpu-check has nothing to run; ")
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_on_a_gpu_every_cuda_path_passes():
+    result = subprocess.run([sys.executable, "benchmarks/gpu_check.py"], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
 def test_mask_difference_in_255_units():
