@@ -357,6 +357,30 @@ def test_background_section_gives_the_known_gaps_and_decomposition(tmp_path, mon
     assert "](study-bg/variants.png)" in report
 
 
+def test_background_section_leaves_out_the_tables_no_arm_was_trained_for(tmp_path, monkeypatch):
+    """Arms trained on original and rembg only (the quick preset): the BG-gap table, but no
+    removal / SOD-error split (needs oracle) and no remedy (needs mixed_rand) with empty rows."""
+    study_text = SYNTHETIC_STUDY.replace(
+        "arms: {shallow: {}, shallow_bn: {}, instance: {}}",
+        "report: reports/study-bg.md, arms: {shallow: {variants: [original, rembg]}}")
+    (tmp_path / "study.yaml").write_text(study_text)
+    study = load_study(tmp_path / "study.yaml")
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(2)
+    images = tuple(f"images/{i:03d}.jpg" for i in range(200))
+    results = []
+    for cell in study.cells("s"):
+        tested = {v: exactly(a, len(images), rng)
+                  for v, a in BACKGROUND_ACCURACY[cell.variant].items()}
+        results.append(CellResult(cell, tested[cell.variant].mean(), 0.0, tested[cell.variant],
+                                  images, {v: x.mean() for v, x in tested.items()}, tested))
+    build_report(study, "s", results, 0, "make study PRESET=s")
+    report = (tmp_path / "reports/study-bg.md").read_text()
+    assert "| arm | metric | trained on | BG-gap" in report
+    assert "What the rembg effect splits into" not in report and "The remedy" not in report
+    assert "|---|---|---|---|\n\n" not in report and "|---|---|---|\n\n" not in report
+
+
 def test_report_on_synthetic_results_gives_the_known_verdicts(tmp_path, monkeypatch):
     (tmp_path / "study.yaml").write_text(SYNTHETIC_STUDY)
     study = load_study(tmp_path / "study.yaml")

@@ -159,31 +159,48 @@ def section(results: list[CellResult], figures: Path, report_dir: Path) -> list[
             lines.append(f"| `{name}` | {_metric(trained)} | {v} | {fmt_effect(gap)} | "
                          f"{_score_on(trained[v], 'only_bg')} | "
                          f"{_score_on(trained[v], 'no_fg')} |")
-    lines += ["", "What the rembg effect splits into, on each model's own test images: "
-              "removal itself (oracle − original: the true person mask) and the error of the "
-              "salient-object detector (rembg − oracle); they add up to rembg − original.", "",
-              "| arm | rembg − original | oracle − original (removal) | rembg − oracle "
-              "(SOD error) |", "|---|---|---|---|"]
-    for name, t in arms.items():
-        if {"original", "rembg", "oracle"} <= set(t):
-            parts = [difference(t[a], a, t[b], b) for a, b in
-                     (("rembg", "original"), ("oracle", "original"), ("rembg", "oracle"))]
-            lines.append(f"| `{name}` | " + " | ".join(map(fmt_effect, parts)) + " |")
-    lines += ["", "The remedy: training on `mixed_rand` (backgrounds that carry no class "
-              "information), against training on the photos.", "",
-              "| arm | BG-gap, mixed_rand-trained − original-trained | score on the photos, "
-              "mixed_rand-trained − original-trained |", "|---|---|---|"]
-    for name, t in arms.items():
-        if {"original", "mixed_rand"} <= set(t):
-            cost = difference(t["mixed_rand"], "original", t["original"], "original")
-            lines.append(f"| `{name}` | {fmt_effect(gap_change(t['mixed_rand'], t['original']))}"
-                         f" | {fmt_effect(cost)} |")
+    lines += _decomposition(arms) + _remedy(arms)
     lines.append("")
     for name, trained in arms.items():
         lines += [*matrix_lines(name, _metric(trained), trained), ""]
     lines.append(f"![train × test variant matrices]"
                  f"({(figures / HEATMAP).relative_to(report_dir)})")
     return lines
+
+
+def _decomposition(arms: dict[str, dict[str, Cells]]) -> list[str]:
+    """rembg − original split into removal and SOD error, for the arms trained on all three
+    (none: no table)."""
+    rows = []
+    for name, t in arms.items():
+        if {"original", "rembg", "oracle"} <= set(t):
+            parts = [difference(t[a], a, t[b], b) for a, b in
+                     (("rembg", "original"), ("oracle", "original"), ("rembg", "oracle"))]
+            rows.append(f"| `{name}` | " + " | ".join(map(fmt_effect, parts)) + " |")
+    if not rows:
+        return []
+    return ["", "What the rembg effect splits into, on each model's own test images: removal "
+            "itself (oracle − original: the true person mask) and the error of the "
+            "salient-object detector (rembg − oracle); they add up to rembg − original.", "",
+            "| arm | rembg − original | oracle − original (removal) | rembg − oracle "
+            "(SOD error) |", "|---|---|---|---|", *rows]
+
+
+def _remedy(arms: dict[str, dict[str, Cells]]) -> list[str]:
+    """Training on mixed_rand against training on the photos, for the arms trained on both
+    (none: no table)."""
+    rows = []
+    for name, t in arms.items():
+        if {"original", "mixed_rand"} <= set(t):
+            cost = difference(t["mixed_rand"], "original", t["original"], "original")
+            rows.append(f"| `{name}` | {fmt_effect(gap_change(t['mixed_rand'], t['original']))}"
+                        f" | {fmt_effect(cost)} |")
+    if not rows:
+        return []
+    return ["", "The remedy: training on `mixed_rand` (backgrounds that carry no class "
+            "information), against training on the photos.", "",
+            "| arm | BG-gap, mixed_rand-trained − original-trained | score on the photos, "
+            "mixed_rand-trained − original-trained |", "|---|---|---|", *rows]
 
 
 def _metric(trained: dict[str, Cells]) -> str:
