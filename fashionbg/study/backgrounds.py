@@ -177,13 +177,12 @@ def _decomposition(arms: dict[str, dict[str, Cells]]) -> list[str]:
             parts = [difference(t[a], a, t[b], b) for a, b in
                      (("rembg", "original"), ("oracle", "original"), ("rembg", "oracle"))]
             rows.append(f"| `{name}` | " + " | ".join(map(fmt_effect, parts)) + " |")
-    if not rows:
-        return []
-    return ["", "What the rembg effect splits into, on each model's own test images: removal "
-            "itself (oracle − original: the true person mask) and the error of the "
-            "salient-object detector (rembg − oracle); they add up to rembg − original.", "",
-            "| arm | rembg − original | oracle − original (removal) | rembg − oracle "
-            "(SOD error) |", "|---|---|---|---|", *rows]
+    return _optional_table(
+        "What the rembg effect splits into, on each model's own test images: removal itself "
+        "(oracle − original: the true person mask) and the error of the salient-object "
+        "detector (rembg − oracle); they add up to rembg − original.",
+        ["arm", "rembg − original", "oracle − original (removal)", "rembg − oracle (SOD error)"],
+        rows)
 
 
 def _remedy(arms: dict[str, dict[str, Cells]]) -> list[str]:
@@ -195,12 +194,18 @@ def _remedy(arms: dict[str, dict[str, Cells]]) -> list[str]:
             cost = difference(t["mixed_rand"], "original", t["original"], "original")
             rows.append(f"| `{name}` | {fmt_effect(gap_change(t['mixed_rand'], t['original']))}"
                         f" | {fmt_effect(cost)} |")
+    return _optional_table(
+        "The remedy: training on `mixed_rand` (backgrounds that carry no class information), "
+        "against training on the photos.",
+        ["arm", "BG-gap, mixed_rand-trained − original-trained",
+         "score on the photos, mixed_rand-trained − original-trained"], rows)
+
+
+def _optional_table(intro: str, columns: list[str], rows: list[str]) -> list[str]:
+    """A paragraph and its table, or nothing where no arm has a row."""
     if not rows:
         return []
-    return ["", "The remedy: training on `mixed_rand` (backgrounds that carry no class "
-            "information), against training on the photos.", "",
-            "| arm | BG-gap, mixed_rand-trained − original-trained | score on the photos, "
-            "mixed_rand-trained − original-trained |", "|---|---|---|", *rows]
+    return ["", intro, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows]
 
 
 def _metric(trained: dict[str, Cells]) -> str:
