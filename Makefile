@@ -21,10 +21,18 @@ ENGINE ?= queue
 GIT_REMOTE ?=
 DVC_REMOTE ?=
 CPUS_PER_CELL ?= 1
-STUDY_ARGS = --preset '$(PRESET)' $(if $(SMOKE),--smoke) \
-	--data 'fashionstyle14=$(FASHIONSTYLE14)' --data 'fashionpedia=$(FASHIONPEDIA)' \
-	--sha256 'fashionstyle14=$(FASHIONSTYLE14_SHA256)' --sha256 'fashionpedia=$(FASHIONPEDIA_SHA256)'
 BASE ?= HEAD
+# The values above reach recipes as environment variables, read as "$$NAME" (the shell pastes
+# them in whole, parsing none: a quote, a space or a newline in a path is data, not syntax).
+# Each is made a plain string first, since make expands what it exports: a `$(shell …)` in a
+# value stays text.
+PASSED := PRESET SHARD SMOKE FASHIONSTYLE14 FASHIONPEDIA FASHIONSTYLE14_SHA256 \
+	FASHIONPEDIA_SHA256 ENGINE GIT_REMOTE DVC_REMOTE CPUS_PER_CELL BASE
+$(foreach name,$(PASSED),$(eval override $(name) := $$(value $(name))))
+export $(PASSED)
+STUDY_ARGS = --preset="$$PRESET" $(if $(SMOKE),--smoke) \
+	--data="fashionstyle14=$$FASHIONSTYLE14" --data="fashionpedia=$$FASHIONPEDIA" \
+	--sha256="fashionstyle14=$$FASHIONSTYLE14_SHA256" --sha256="fashionpedia=$$FASHIONPEDIA_SHA256"
 # Headless Chromium for the test that the offline plots page draws its charts.
 CHROMIUM_NAMES := chromium chromium-browser google-chrome
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -93,8 +101,8 @@ gpu-check: setup
 # The study of study.yaml on ENGINE (after the pre-flight), then its
 # report (reports/study.md, or the preset's own).
 study: $(VENV)/.installed
-	$(PY) -m fashionbg.study run $(STUDY_ARGS) --shard '$(SHARD)' --engine '$(ENGINE)' \
-		--git-remote '$(GIT_REMOTE)' --dvc-remote '$(DVC_REMOTE)' --cpus-per-cell '$(CPUS_PER_CELL)'
+	$(PY) -m fashionbg.study run $(STUDY_ARGS) --shard="$$SHARD" --engine="$$ENGINE" \
+		--git-remote="$$GIT_REMOTE" --dvc-remote="$$DVC_REMOTE" --cpus-per-cell="$$CPUS_PER_CELL"
 	$(PY) -m fashionbg.study report $(STUDY_ARGS)
 
 # The study's pre-flight alone: data, weights, disk, memory, devices, a time per cell.
@@ -105,8 +113,8 @@ preflight: $(VENV)/.installed
 # `original` experiment against BASE, then `original` against `rembg` (the README's commands
 # make both experiments).
 metrics-report:
-	@echo "### Headline metrics: $(BASE) → this change (original images)"; echo
-	@dvc metrics diff --md --all $(BASE) original
+	@echo "### Headline metrics: $$BASE → this change (original images)"; echo
+	@dvc metrics diff --md --all "$$BASE" original
 	@echo; echo "### Original → background removed (rembg)"; echo
 	@dvc metrics diff --md --all original rembg
 

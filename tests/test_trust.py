@@ -264,3 +264,19 @@ def test_remove_background_leaves_home_untouched(tmp_path):
     assert (project / "data" / "rembg" / "masks" / "a.png").is_file()
     assert list(home.rglob("*")) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "project"]
+
+
+def test_make_variables_reach_python_byte_for_byte_and_no_shell(tmp_path):
+    """`make preflight PRESET=…` with shell syntax, make syntax and a newline in the value: no
+    command runs, and Python refuses the value as the user typed it, in one line."""
+    venv = Path(sys.executable).parent.parent
+    value = (f"x'; touch {tmp_path}/pwned; echo '\" $(touch {tmp_path}/pwned2)"
+             f"$(shell touch {tmp_path}/pwned3)\n`touch {tmp_path}/pwned4`")
+    result = subprocess.run(["make", "--no-print-directory", "-o", f"{venv}/.installed",
+                             "preflight", f"VENV={venv}", f"PRESET={value}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: PRESET = {value!r} is not allowed; expected one of backgrounds, "
+                      "paper, quick"], result.stderr
