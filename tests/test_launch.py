@@ -150,6 +150,40 @@ def test_ctrl_c_is_one_line_and_stops_every_worker(tmp_path, nproc):
     assert_left_nothing(project, tmp_path / "tmp")
 
 
+@pytest.mark.timeout(300)
+def test_ranks_die_with_a_killed_launcher_and_write_nothing_after(tmp_path):
+    """SIGKILL to the stage alone (the OOM killer, a scheduler): its two ranks and their loaders
+    end within seconds, write no checkpoint or curves after it, and leave no scratch."""
+    project = make_project(tmp_path / "project", {"train.nproc": 2, "train.workers": 1,
+                                                  "classify.epochs": 500})
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "stages.train_classifier"], cwd=project,
+                                env=stage_env(tmp_path / "tmp"), stdout=subprocess.DEVNULL,
+                                stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 200
+        while "epoch 1/" not in log.read_text() and proc.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        children = psutil.Process(proc.pid).children(recursive=True)   # ranks, loaders
+        assert len(children) >= 2
+        proc.kill()
+        proc.wait(timeout=10)
+        _, alive = psutil.wait_procs(children, timeout=5)
+    finally:
+        for child in psutil.Process(proc.pid).children() if proc.poll() is None else []:
+            child.kill()
+    for straggler in alive:
+        straggler.kill()
+    assert not alive, [p.pid for p in alive]
+    written = {p: p.stat().st_mtime_ns for p in project.rglob("*") if p.is_file()}
+    time.sleep(2)
+    assert {p: p.stat().st_mtime_ns for p in project.rglob("*") if p.is_file()} == written
+    assert not (project / "models/classifier.pt").exists()
+    assert_left_nothing(project, tmp_path / "tmp")
+
+
 def test_more_cuda_processes_than_gpus_is_refused_before_launch(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(UserError, match=r"train.nproc = 2 starts one process per GPU but "

@@ -10,6 +10,7 @@ first one once, however many ranks hit it.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import multiprocessing.util
@@ -18,6 +19,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -43,6 +45,12 @@ JOB_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID")
 # peer that stopped first (a closed connection), the launcher stops this rank quietly meanwhile.
 PEER_GRACE_S = 5.0
 STOPPED = 128 + signal.SIGTERM      # a worker the launcher stopped
+# Set by our launcher in its workers: its pid (a rank whose parent is no longer it is an orphan)
+# and its scratch folder (which an orphan removes, since the launcher no longer can).
+LAUNCHER_PID = "FASHIONBG_LAUNCHER_PID"
+LAUNCH_SCRATCH = "FASHIONBG_LAUNCH_SCRATCH"
+WATCH_INTERVAL_S = 0.5
+PR_SET_PDEATHSIG = 1                # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,7 @@ def as_worker() -> Iterator[None]:
     # The launcher's SIGTERM kills this rank's DataLoader workers outright; made here, the
     # multiprocessing temp dir they would each make (pymp-*) is this rank's, removed at its exit.
     multiprocessing.util.get_temp_dir()
+    follow_launcher()
     try:
         yield
     except UserError as err:
@@ -131,7 +140,51 @@ def as_worker() -> Iterator[None]:
         raise
 
 
+def follow_launcher() -> None:
+    """End this rank when the launcher that started it dies (SIGKILL, the OOM killer), so that
+    no rank trains on and rewrites the stage's outputs after the stage has failed: the kernel
+    sends SIGTERM at the launcher's death (Linux), and a thread watching the parent pid is the
+    backstop (other systems, or a main thread stuck in C code that never sees the signal)."""
+    launcher = os.environ.get(LAUNCHER_PID)
+    if launcher is None:        # started by hand (torchrun): its agent watches it
+        return
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(launcher):       # it died before the line above
+        abandon()
+    threading.Thread(target=_watch_launcher, args=(int(launcher),), daemon=True,
+                     name="launcher-watchdog").start()
+
+
+def _watch_launcher(launcher: int) -> None:
+    while os.getppid() == launcher:
+        time.sleep(WATCH_INTERVAL_S)
+    abandon()
+
+
+def launcher_gone() -> bool:
+    launcher = os.environ.get(LAUNCHER_PID)
+    return launcher is not None and os.getppid() != int(launcher)
+
+
+def abandon() -> NoReturn:
+    """The launcher is gone: remove the scratch it can no longer remove and this rank's pymp-*
+    folder, and end at once with its DataLoader workers, running none of the stage's code (no
+    `finally` that commits an output, no dvclive summary): nothing is written after the stage
+    died."""
+    scratch = os.environ.get(LAUNCH_SCRATCH)
+    if scratch:
+        remove_scratch(Path(scratch))
+    shutil.rmtree(multiprocessing.util.get_temp_dir(), ignore_errors=True)
+    if os.getpgid(0) == os.getpid():    # torch starts each rank in a session of its own
+        os.killpg(0, signal.SIGKILL)
+    os._exit(STOPPED)
+
+
 def _stop_quietly(signum: int, frame: Any) -> NoReturn:
+    if launcher_gone():     # the parent-death signal, not the launcher stopping this rank
+        abandon()
     # The launcher stops this rank's DataLoader workers too (one process group): their exit is
     # expected now, not an error for torch's SIGCHLD check to raise while we unwind. (A no-op
     # rather than SIG_DFL: Python raises for a pending signal whose handler became SIG_DFL.)
@@ -167,6 +220,7 @@ def launch_workers(module: str, nproc: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     quiet_elastic_logs()
     with launch_scratch() as scratch:
+        os.environ.update({LAUNCHER_PID: str(os.getpid()), LAUNCH_SCRATCH: str(scratch)})
         config = LaunchConfig(
             min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=scratch.name,
             rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", local_addr="127.0.0.1",
@@ -193,11 +247,15 @@ def launch_scratch() -> Iterator[Path]:
     try:
         yield scratch
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        try:
-            os.removedirs(paths.LAUNCH_SCRATCH)     # and .cache, where nothing else is there
-        except OSError:
-            pass                # another run's scratch, or the caches, are still there
+        remove_scratch(scratch)
+
+
+def remove_scratch(scratch: Path) -> None:
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        os.removedirs(paths.LAUNCH_SCRATCH)     # and .cache, where nothing else is there
+    except OSError:
+        pass                    # another run's scratch, or the caches, are still there
 
 
 def quiet_elastic_logs() -> None:
