@@ -1,6 +1,7 @@
 """The parts of the study's engines that need no cluster: the one-study-at-a-time lock (held by
 a real second process), choosing an engine, the command that re-runs a cell, and clearing what
 a killed cell left behind (a real process working in a stale workspace)."""
+import re
 import shlex
 import subprocess
 import sys
@@ -86,3 +87,41 @@ def test_clearing_a_cells_workspaces_stops_what_still_runs_there(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+STAGE_DIES = 'import os, signal, sys; os.kill(os.getpid(), getattr(signal, sys.argv[1]))'
+
+
+@pytest.mark.parametrize("how, lost", [
+    ("SIGKILL", "its stage was killed by SIGKILL (out of memory?)"),
+    ("SIGTERM", "its stage was killed by SIGTERM"),
+    (None, None),       # a stage that fails on its own: the cell's verdict
+])
+def test_a_stage_killed_by_a_signal_is_a_lost_worker_end_to_end(tmp_path, how, lost):
+    """A real `dvc exp run` in a real workspace whose stage dies by a signal: DVC fails with a
+    code of its own, and the cell is lost (run again by the engine), not failed."""
+    from helpers_project import project_env
+
+    from fashionbg.study.workspace import WorkerLost, run_cell
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    cmd = (f"python -c '{STAGE_DIES}' {how}" if how else "python -c 'raise SystemExit(3)'")
+    (repo / "dvc.yaml").write_text(f"stages:\n  die:\n    cmd: {cmd}\n")
+    (repo / "params.yaml").write_text("x: 1\n")
+    env = project_env()
+    for step in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
+                 ["git", "add", "-A"], ["git", "commit", "-qm", "stage"]):
+        subprocess.run(step, cwd=repo, env=env, check=True, capture_output=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    job = CellJob(name="cell", stage="die", sets=(), commit=commit, repo=str(repo),
+                  workspaces=str(tmp_path / "ws"), cache=str(repo / ".dvc/cache"),
+                  env={k: v for k, v in env.items() if k.startswith("GIT_")})
+    if lost:
+        with pytest.raises(WorkerLost, match=re.escape(f"cell cell: {lost}") + "$"):
+            run_cell(job)
+    else:
+        outcome = run_cell(job)
+        assert not outcome.ok and "exited with 3" in outcome.log, outcome.log
+    assert not list((tmp_path / "ws").iterdir())

@@ -590,3 +590,25 @@ def test_any_json_in_the_detections_is_read_or_named(data):
         assert "\n" not in str(err)
         return
     assert found.images == len(images) > 0
+
+
+def test_the_readme_keeps_its_results_until_every_cell_has_an_experiment(repo, caplog,
+                                                                          monkeypatch):
+    from fashionbg.study.__main__ import main
+
+    readme = "# x\n<!-- study:begin -->\nold results\n<!-- study:end -->\n"
+    (repo / "README.md").write_text(readme)
+    cells = load_study(Path("study.yaml"), PARAMS).cells("s")
+    for cell in cells[1:]:
+        experiment(repo, cell.name, good_files(cell))
+    monkeypatch.setattr("sys.argv", ["study", "report", "--preset", "s"])
+    with caplog.at_level("WARNING", logger="study"):
+        main()
+    assert (repo / "README.md").read_text() == readme
+    assert (repo / "reports/study.md").exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"1 of 4 cells have no experiment here ({cells[0].name})" in w
+               for w in warnings), warnings
+    experiment(repo, cells[0].name, good_files(cells[0]))
+    main()
+    assert "4 cells read from the experiments" in (repo / "README.md").read_text()

@@ -112,8 +112,15 @@ def run(args: argparse.Namespace, cells: list[Cell], params: dict) -> None:
         except KeyboardInterrupt:
             print("interrupted; queued cells stopped, re-run to resume", file=sys.stderr)
             sys.exit(INTERRUPTED)
-    if failed:
-        log.warning("%d cells failed; the report uses the others", len(failed))
+    if failed:      # no report, no README results from an incomplete grid
+        raise SystemExit(f"error: {len(failed)} of {len(todo)} cells failed or were lost ("
+                         f"{shortlist(failed)}; their logs are above); re-run to retry them, "
+                         "the finished ones are kept")
+
+
+def shortlist(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown
+                                       else "")
 
 
 @stage_main
@@ -142,9 +149,15 @@ def main() -> None:
         return
     block = build_report(study, preset, results, len(missing), command)
     print(block)
-    own_report = "report" in study.presets[preset]
-    log.info("wrote %s%s", report_path(study, preset),
-             "" if own_report or not update_readme(block) else " and the README's results")
+    log.info("wrote %s", report_path(study, preset))
+    if "report" in study.presets[preset]:       # a report of its own: the README is not its
+        return
+    if missing:
+        log.warning("the README's results are left as they were: %d of %d cells have no "
+                    "experiment here (%s); run them with `%s`", len(missing), len(cells),
+                    shortlist([c.name for c in missing]), command)
+    elif update_readme(block):
+        log.info("wrote the README's results")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -23,6 +24,10 @@ from typing import IO
 import psutil
 
 LOG_TAIL = 500          # lines of a cell's log that travel back to the study
+# How DVC reports a stage that died by a signal (it then fails itself, with a code of its own):
+# "failed to run: python -m stages.x, exited with -9", or 128 + N where a shell or our
+# launcher said it ("stopped by SIGTERM").
+STAGE_KILLED = re.compile(r"failed to run: .*, exited with (-\d+|1(?:29|37|43))\s*$", re.M)
 PR_SET_PDEATHSIG = 1    # prctl(2): the kernel signals a child when its parent dies
 
 
@@ -81,12 +86,29 @@ def run_cell(job: CellJob) -> CellOutcome:
             if code == 0:
                 code = _publish(job, ws, env, out)
         tail = "".join(log.read_text(errors="replace").splitlines(True)[-LOG_TAIL:])
-        if code < 0:
-            raise WorkerLost(f"cell {job.name} was killed by signal {-code}")
+        if lost := killed(code, tail):
+            raise WorkerLost(f"cell {job.name}: {lost}")
         return CellOutcome(job.name, code == 0, tail, seen(env, started))
     finally:
         remove(ws)
         log.unlink(missing_ok=True)
+
+
+def killed(code: int, log: str) -> str | None:
+    """Which process of the cell died by which signal, or None: a signal is not the cell's
+    verdict (the OOM killer, a scheduler, a node going away), whether it hit DVC itself (a
+    negative code) or the stage DVC ran (DVC's own failure, its log naming the signal)."""
+    if code < 0:
+        who, number = "its dvc process", -code
+    elif code > 0 and (match := STAGE_KILLED.findall(log)):
+        who, number = "its stage", abs(int(match[-1])) % 128
+    else:
+        return None
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    return f"{who} was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
 
 
 def seen(env: dict[str, str], started: float) -> dict[str, str]:
