@@ -452,3 +452,46 @@ def test_with_split_seeds_each_difference_is_the_paired_t_test_over_seeds(tmp_pa
     build_report(study, "s", results, 0, "make study PRESET=s")
     assert "each difference is a paired t-test over seeds" in (
         tmp_path / "reports/study.md").read_text()
+
+
+HOSTILE = "<!-- study:end --> | cell\n<script>x</script> [link](http://x) *b* `c` &amp; \\"
+
+
+def test_study_yaml_text_in_the_readme_is_text(tmp_path, monkeypatch):
+    """A preset's and an arm's `about:` with markers, `|`, newlines, HTML and Markdown: shown
+    as typed, on one line, breaking neither the block's markers nor its table."""
+    from fashionbg.study.report import text
+
+    study_yaml = yaml.safe_load(SYNTHETIC_STUDY)
+    study_yaml["presets"]["s"]["about"] = HOSTILE
+    next(iter(study_yaml["arms"].values()))["about"] = HOSTILE
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study_yaml))
+    study = load_study(tmp_path / "study.yaml")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("# x\n<!-- study:begin -->\nold\n<!-- study:end -->\n")
+    block = build_report(study, "s", synthetic_results(study), 0, "make study PRESET=s")
+    assert update_readme(block, tmp_path / "README.md")
+    readme = (tmp_path / "README.md").read_text()
+    for marker in ("<!-- study:begin -->", "<!-- study:end -->"):
+        assert readme.count(marker) == 1
+    assert "<script>" not in readme and "\n<" not in block
+    assert text(HOSTILE) in block.splitlines()[0]
+    table = [line for line in block.splitlines() if line.startswith("| `")]
+    assert table and all(line.count(" | ") == table[0].count(" | ") for line in table)
+    assert update_readme(block, tmp_path / "README.md")      # and again: still one pair
+
+
+@pytest.mark.parametrize("readme", [
+    "<!-- study:begin -->\n<!-- study:end -->\n<!-- study:end -->\n",
+    "<!-- study:begin -->\n<!-- study:begin -->\n<!-- study:end -->\n",
+    "<!-- study:end -->\n<!-- study:begin -->\n",
+    "<!-- study:begin -->\nno end\n",
+])
+def test_the_readme_markers_must_be_one_pair_or_the_report_refuses(tmp_path, readme):
+    (tmp_path / "README.md").write_text(readme)
+    with pytest.raises(UserError, match="keep exactly one pair") as err:
+        update_readme("new", tmp_path / "README.md")
+    assert "\n" not in str(err.value)
+    assert (tmp_path / "README.md").read_text() == readme
+    (tmp_path / "README.md").write_text("no markers\n")
+    assert not update_readme("new", tmp_path / "README.md")

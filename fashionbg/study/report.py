@@ -5,7 +5,6 @@ claims are about, a verdict per claim and how much the models rely on the backgr
 the README's results section."""
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fashionbg.contracts.tasks import TASKS
+from fashionbg.core.errors import UserError
 from fashionbg.core.io import atomic_file, write_csv
 from fashionbg.study import backgrounds, stats
 from fashionbg.study.definition import Arm, Claim, Study
@@ -148,7 +148,7 @@ def arm_table(arms: dict[str, ArmResults], gains: dict[str, stats.Effect], study
         metric = TASKS[a.arm.task].key_metric
         improvement = stats.probability_of_improvement(a.scores["rembg"], a.scores["original"])
         lines.append(
-            f"| `{name}`: {a.arm.about} | {a.arm.task}: {metric} | {len(a.seeds)} | "
+            f"| `{name}`: {text(a.arm.about)} | {a.arm.task}: {metric} | {len(a.seeds)} | "
             f"{fmt_interval(stats.mean_interval(a.scores['original']))} | "
             f"{fmt_interval(stats.mean_interval(a.scores['rembg']))} | "
             f"**{fmt_interval(effect.interval, True)}** | {fmt_p(effect.p)} | "
@@ -268,7 +268,7 @@ def build_report(study: Study, preset: str, results: list[CellResult], missing: 
         (figures / FOREST).unlink(missing_ok=True)
     write_csv(figures / DIFFERENCES, ("effect", "difference", "low", "high"),
               [(label, i.estimate, i.low, i.high) for label, i in rows])
-    block = [f"Preset `{preset}` ({study.presets[preset].get('about', '')}): "
+    block = [f"Preset `{preset}` ({text(study.presets[preset].get('about', ''))}): "
              f"{len(results)} cells read from the experiments, {missing} not run yet. "
              f"Made by `{command}`.", "", *(claim_table(claims, study) + [""] if claims else []),
              *arm_table(arms, gains, study)]
@@ -281,13 +281,31 @@ def build_report(study: Study, preset: str, results: list[CellResult], missing: 
     return "\n".join(block)
 
 
+# What study.yaml's free text could do in the README and the report: HTML (a comment hides the
+# rest, a second `<!-- study:end -->`), Markdown (a `|` splits a table cell, `[x](url)` links).
+_MARKUP = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\\": "\\\\",
+                         **{c: "\\" + c for c in "`*_[]|~"}})
+
+
+def text(value: object) -> str:
+    """Text from study.yaml as it reads, on one line, wherever Markdown or HTML puts it."""
+    return " ".join(str(value).split()).translate(_MARKUP)
+
+
 def update_readme(block: str, readme: Path = README) -> bool:
-    """Replace the README's generated results section; False where it has no markers."""
-    text = readme.read_text()
+    """Replace the README's generated results section; False where it has no markers, and one
+    line refusing where they are not exactly one pair (what lies between would be lost)."""
+    old = readme.read_text()
     begin, end = README_MARKERS
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
+    counts = (old.count(begin), old.count(end))
+    if counts == (0, 0):
         return False
+    if counts != (1, 1) or old.index(begin) > old.index(end):
+        raise UserError(f"{readme} has {counts[0]} {begin} and {counts[1]} {end} marker(s); "
+                        "keep exactly one pair, begin before end, around the study's results "
+                        "and re-run the report")
+    head, rest = old.split(begin)
+    tail = rest.split(end)[1]
     with atomic_file(readme) as f:
-        f.write(pattern.sub(lambda _: f"{begin}\n{block}\n{end}", text))
+        f.write(f"{head}{begin}\n{block}\n{end}{tail}")
     return True
