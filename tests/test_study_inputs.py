@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,31 @@ def test_non_utf8_and_huge_study_yaml_are_one_line(tmp_path):
         "{classify.epochs: *i}}}\npresets: {p: {seeds: [0], arms: {x: {}}}}\n")
     with pytest.raises(UserError):   # a billion laughs: refused, not walked
         load_study(path)
+
+
+BOMB = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+    f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("where", [
+    "presets: {p: {seeds: *i, arms: {}}}\n",        # refused by repr() on every seed before
+    "x: &x [*x]\npresets: {p: {seeds: *x}}\n",     # a list inside itself
+])
+def test_an_alias_bomb_anywhere_is_refused_before_any_check_walks_it(tmp_path, where):
+    path = tmp_path / "study.yaml"
+    path.write_text(BOMB + where)
+    with pytest.raises(UserError, match="expands to more than 100,000 values") as err:
+        load_study(path, PARAMS)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.timeout(30)
+def test_a_fifo_as_study_yaml_is_refused_not_waited_on(tmp_path):
+    path = tmp_path / "study.yaml"
+    os.mkfifo(path)
+    with pytest.raises(UserError, match="study.yaml is not a regular file"):
+        load_study(path, PARAMS)
 
 
 def key_paths(node: Any, prefix: tuple = ()) -> list[tuple]:

@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -122,3 +123,15 @@ def read_json(path: Path) -> Any:
     except RecursionError:
         raise UserError(f"{path} is nested too deeply to be one of ours; run the stage that "
                         "writes it again") from None
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """Up to `limit` + 1 bytes of `path`, which must be a regular file: a FIFO or a device
+    named as an input would block the reader or never end (opened without blocking, checked
+    on the open file, so nothing can be swapped in between)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(f"{path} is not a regular file (a pipe, a device or a socket); "
+                            "give the file itself")
+        return f.read(limit + 1)

@@ -24,6 +24,7 @@ import yaml
 from fashionbg.contracts.params import REQUIRED, VARIANTS
 from fashionbg.contracts.tasks import TASKS
 from fashionbg.core.errors import UserError
+from fashionbg.core.io import read_regular
 from fashionbg.core.params import UniqueKeyLoader, yaml_error
 
 STUDY_FILE = Path("study.yaml")
@@ -155,26 +156,50 @@ SPLIT_KEY = "data.seed"   # set per cell too, by a preset with split_seeds
 MAX_BYTES = 1 << 20      # a study of hundreds of arms is a few tens of kB
 MAX_SEED = 2**32 - 1     # what numpy and torch seed with
 MAX_DEPTH, MAX_ITEMS = 3, 1000   # a param value: lists of lists of scalars, this many in all
+# Values once aliases are expanded: YAML's `&a [*b, *b, …]` chains grow exponentially (a
+# "billion laughs" under seeds: is 1 kB of text), and every check walks the expanded values.
+MAX_NODES = 100_000
 
 
 def _read(path: Path) -> Any:
     """The YAML in `path`: a syntax error, a key given twice, bytes that are not UTF-8, nesting
-    too deep for the parser or a file too large to be a study are each one line."""
+    too deep for the parser, a file too large to be a study or expanding to too many values,
+    or something other than a regular file, are each one line."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
+        data = read_regular(path, MAX_BYTES)
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror or err}") from err
     if len(data) > MAX_BYTES:
         raise UserError(f"{path} is larger than {MAX_BYTES >> 20} MiB; a study is a few kB")
     try:
-        return yaml.load(data.decode("utf-8"), Loader=UniqueKeyLoader)
+        loader = UniqueKeyLoader(data.decode("utf-8"))
+        try:
+            node = loader.get_single_node()
+            if node is not None and _expanded_size(node, {}) > MAX_NODES:
+                raise UserError(f"{path} expands to more than {MAX_NODES:,} values (through "
+                                "YAML aliases); a study has a few hundred")
+            return None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text (byte {err.start})") from err
     except yaml.YAMLError as err:
         raise yaml_error(path, err) from err
     except RecursionError as err:
         raise UserError(f"{path} is nested too deeply to be a study") from err
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values `node` stands for with every alias expanded, counted once per shared
+    node (so the count itself takes time linear in the text)."""
+    if id(node) not in sizes:
+        sizes[id(node)] = MAX_NODES + 1         # a node inside itself never ends
+        children = (node.value if isinstance(node, yaml.SequenceNode) else
+                    [n for pair in node.value for n in pair]
+                    if isinstance(node, yaml.MappingNode) else [])
+        sizes[id(node)] = min(MAX_NODES + 1,
+                              1 + sum(_expanded_size(child, sizes) for child in children))
+    return sizes[id(node)]
 
 
 _REPR = reprlib.Repr()
