@@ -125,3 +125,38 @@ def test_a_stage_killed_by_a_signal_is_a_lost_worker_end_to_end(tmp_path, how, l
         outcome = run_cell(job)
         assert not outcome.ok and "exited with 3" in outcome.log, outcome.log
     assert not list((tmp_path / "ws").iterdir())
+
+
+@pytest.mark.timeout(300)
+def test_a_second_queue_worker_is_never_started_end_to_end(tmp_path, monkeypatch):
+    """`start_worker` twice in a row, the first worker not yet registered with DVC's queue
+    (what a loaded machine shows for seconds): one worker process, the second call a no-op."""
+    import psutil
+    from helpers_project import project_env
+
+    from fashionbg.study import runner
+
+    for step in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
+                 ["git", "commit", "-qm", "dvc", "--allow-empty"]):
+        subprocess.run(step, cwd=tmp_path, env=project_env(), check=True, capture_output=True)
+    monkeypatch.chdir(tmp_path)
+    for name, value in project_env().items():
+        monkeypatch.setenv(name, value)
+    runner._environment.cache_clear()
+
+    def workers() -> list[psutil.Process]:
+        return [p for p in psutil.process_iter(["cmdline", "cwd"])
+                if "queue-worker" in (p.info["cmdline"] or []) and p.info["cwd"] == str(tmp_path)]
+
+    try:
+        runner.start_worker()
+        runner.start_worker()
+        time.sleep(3)       # time for a second one to show
+        assert len(workers()) == 1
+    finally:
+        subprocess.run([sys.executable, "-m", "dvc", "queue", "stop", "--kill"], cwd=tmp_path,
+                       env=project_env(), capture_output=True, timeout=60)
+        _, alive = psutil.wait_procs(workers(), timeout=30)
+        for proc in alive:
+            proc.kill()
+    runner._environment.cache_clear()

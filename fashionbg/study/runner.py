@@ -19,6 +19,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import psutil
+
 from fashionbg.core.errors import UserError
 from fashionbg.study.definition import Cell
 from fashionbg.study.progress import Progress
@@ -30,6 +32,7 @@ POLL_SECONDS = 5
 STATES = ("Failed", "Success", "Queued", "Running")
 MISSING = "Missing"   # in no queue and without an experiment (yet)
 LOST_POLLS = 6
+WORKER_START_SECONDS = 60   # from `dvc queue start` to its worker's process
 STOP_SECONDS = 120   # how long Ctrl-C waits for the cells it stops to leave the queue
 # A cell's stage that has not finished in this long is taken to be hung.
 CELL_TIMEOUT = float(os.environ.get("FASHIONBG_CELL_TIMEOUT", 6 * 3600))
@@ -63,10 +66,29 @@ def dvc(*args: str, check: bool = True) -> str:
 
 
 def start_worker() -> None:
-    """One queue worker (`-j 1`: parallel workers have been seen to hang). The worker lives on
-    in the background, so its output must not be a pipe we would wait on."""
+    """One queue worker (`-j 1`: parallel workers have been seen to hang), and never a second:
+    DVC counts only workers registered with the queue, which a booting one on a loaded machine
+    is not yet, so a worker is started only where no worker process of this project exists,
+    and its process is waited for. The worker lives on in the background, so its output must
+    not be a pipe we would wait on."""
+    if queue_worker_running():      # still registering: it will take the queued cells
+        return
     subprocess.run(["dvc", "queue", "start", "-j", "1"], stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, env=_environment(), check=True)
+    deadline = time.monotonic() + WORKER_START_SECONDS
+    while not queue_worker_running():
+        if time.monotonic() > deadline:
+            raise UserError(f"DVC's queue worker did not start within {WORKER_START_SECONDS} "
+                            "s; see .dvc/tmp/exps/celery/dvc-exp-worker-1.out")
+        time.sleep(0.2)
+
+
+def queue_worker_running() -> bool:
+    """Whether a `dvc exp queue-worker` of this project runs (registered with the queue or
+    not yet): DVC starts it in the project's folder."""
+    here = os.path.realpath(".")
+    return any("queue-worker" in (p.info["cmdline"] or []) and p.info["cwd"] == here
+               for p in psutil.process_iter(["cmdline", "cwd"]))
 
 
 @functools.cache
