@@ -98,3 +98,75 @@ def test_instance_classes_the_dataset_lacks_are_named_before_training(tmp_path, 
     (line,) = error_lines(capsys.readouterr().err)
     assert "segment.instance_classes names top, bag, which fashionpedia does not have" in line
     assert "dress" in line and "'all'" in line
+
+
+def damaged(zip_path: Path, member: int) -> None:
+    """Flip bytes in the stored data of the zip's `member`-th file (its listing stays whole)."""
+    import zipfile
+
+    with zipfile.ZipFile(zip_path) as zf:
+        info = [i for i in zf.infolist() if not i.is_dir()][member]
+        data = zf.read(info)
+    raw = bytearray(zip_path.read_bytes())
+    start = raw.find(data)
+    raw[start + 10:start + 20] = bytes(10)
+    zip_path.write_bytes(bytes(raw))
+
+
+FASHIONPEDIA_DATA = {**PARAMS["data"], "mask_grouping": "category"}
+
+
+@pytest.mark.parametrize("categories, expected", [
+    ('["a", "b"]', "categories is not a list of objects"),
+    ('{"id": 1}', "categories is not a list of objects"),
+    ("[" * 100_000, "nested too deeply to be Fashionpedia's annotations"),
+])
+def test_fashionpedia_annotations_of_the_wrong_shape_are_one_line(tmp_path, categories,
+                                                                 expected):
+    from fashionbg.study.datasets import probe
+
+    fp = fashionpedia_folder(tmp_path / "fashionpedia")
+    for split in ("train", "val"):
+        (fp / f"annotations/instances_attributes_{split}2020.json").write_text(
+            '{"categories": ' + categories + "}")
+    with pytest.raises(UserError, match=expected) as err:
+        probe("fashionpedia", {**FASHIONPEDIA_DATA, "path": str(fp)})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.timeout(30)
+def test_a_fifo_as_fashionpedia_annotations_is_refused_not_waited_on(tmp_path):
+    import os
+
+    from fashionbg.study.datasets import probe
+
+    fp = fashionpedia_folder(tmp_path / "fashionpedia")
+    (fp / "annotations/instances_attributes_val2020.json").unlink()
+    os.mkfifo(fp / "annotations/instances_attributes_val2020.json")
+    with pytest.raises(UserError, match="is not a regular file"):
+        probe("fashionpedia", {**FASHIONPEDIA_DATA, "path": str(fp)})
+
+
+@pytest.mark.parametrize("member", [0, -1])
+def test_a_damaged_archive_is_found_by_the_preflight(tmp_path, member):
+    from fashionbg.study.datasets import probe
+
+    fs14 = fashionstyle14_zip(tmp_path / "FashionStyle14_v1.zip")
+    damaged(fs14, member)
+    with pytest.raises(UserError, match="damaged or incomplete: download it again"):
+        probe("fashionstyle14", {**PARAMS["data"], "path": str(fs14)})
+    fp = fashionpedia_folder(tmp_path / "fashionpedia")
+    damaged(fp / "images/train2020.zip", member)
+    with pytest.raises(UserError, match="train2020.zip: .*damaged or incomplete"):
+        probe("fashionpedia", {**FASHIONPEDIA_DATA, "path": str(fp)})
+
+
+def test_annotations_nested_too_deeply_are_one_line_from_the_command_line(tmp_path):
+    fs14 = fashionstyle14_zip(tmp_path / "FashionStyle14_v1.zip")
+    fp = fashionpedia_folder(tmp_path / "fashionpedia")
+    for split in ("train", "val"):
+        (fp / f"annotations/instances_attributes_{split}2020.json").write_text(
+            '{"categories": ' + "[" * 100_000)
+    result = run_preflight(f"fashionstyle14={fs14}", f"fashionpedia={fp}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert any("nested too deeply" in line for line in error_lines(result.stderr))

@@ -7,11 +7,13 @@ import json
 import os
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fashionbg.core.errors import UserError
+from fashionbg.core.io import read_regular
 from fashionbg.ingest.extract import archive_kind
 from fashionbg.sources import fashionpedia
 from fashionbg.sources.coco import mask_scheme
@@ -20,6 +22,12 @@ from fashionbg.sources.demo.source import MASK_CLASSES, STYLES
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MASK_BYTES = 40_000        # one rembg alpha mask (PNG at the photo's size), typical
 PUBLISHED = {"fashionstyle14": 13_126, "fashionpedia": 45_623 + 1_158}   # train + val photos
+MAX_ANNOTATION_BYTES = 4 << 30      # Fashionpedia's larger annotation file is about 0.5 GB
+SAMPLE_BYTES = 1 << 20              # read of a zip's first and last file, to find damage
+# What a damaged or truncated archive raises while listed or read (zlib.error, EOFError:
+# a broken stream; RuntimeError: encrypted; NotImplementedError: unknown compression).
+ARCHIVE_ERRORS = (OSError, EOFError, RuntimeError, NotImplementedError, zlib.error,
+                  zipfile.BadZipFile, tarfile.TarError)
 
 
 @dataclass(frozen=True)
@@ -68,18 +76,29 @@ def _listing(path: Path) -> tuple[list[str], int]:
                 size += full.stat().st_size
         return names, size
     kind = archive_kind(path)
+    if kind not in ("zip", "tar"):
+        raise UserError(f"{path} is neither a folder nor a zip or tar archive")
     try:
         if kind == "zip":
-            with zipfile.ZipFile(path) as zf:
-                names = [i.filename for i in zf.infolist() if not i.is_dir()]
-        elif kind == "tar":
+            names = _zip_names(path)
+        else:           # reading every header reads (and decompresses) the whole archive
             with tarfile.open(path) as tf:
                 names = [m.name for m in tf if m.isfile()]
-        else:
-            raise UserError(f"{path} is neither a folder nor a zip or tar archive")
-    except (OSError, zipfile.BadZipFile, tarfile.TarError) as err:
-        raise UserError(f"cannot read the archive {path}: {err}") from None
+    except ARCHIVE_ERRORS as err:
+        raise UserError(f"cannot read the archive {path}: {err or type(err).__name__}; it is "
+                        "damaged or incomplete: download it again") from None
     return names, path.stat().st_size
+
+
+def _zip_names(path: Path) -> list[str]:
+    """The files of a zip, whose first and last are read in part: the listing alone is its
+    central directory, which a damaged archive can still have whole."""
+    with zipfile.ZipFile(path) as zf:
+        files = [i for i in zf.infolist() if not i.is_dir()]
+        for info in files[:1] + files[-1:]:
+            with zf.open(info) as member:
+                member.read(SAMPLE_BYTES)
+        return [i.filename for i in files]
 
 
 def _count_images(names: list[str]) -> int:
@@ -112,10 +131,10 @@ def _fashionpedia(path: Path, names: list[str]) -> int | None:
     total = 0
     for name in zips:
         try:
-            with zipfile.ZipFile(path / name) as zf:
-                total += _count_images(zf.namelist())
-        except (OSError, zipfile.BadZipFile) as err:
-            raise UserError(f"cannot read {path / name}: {err}") from None
+            total += _count_images(_zip_names(path / name))
+        except ARCHIVE_ERRORS as err:
+            raise UserError(f"cannot read {path / name}: {err or type(err).__name__}; it is "
+                            "damaged or incomplete: download it again") from None
     return total
 
 
@@ -129,11 +148,19 @@ def _fashionpedia_classes(path: Path, names: list[str], data: dict[str, Any]
              {a for a, _, _ in fashionpedia.SETS}]
     smallest = min(files, key=lambda f: f.stat().st_size)
     try:
-        categories = json.loads(smallest.read_text(encoding="utf-8"))["categories"]
+        text = read_regular(smallest, MAX_ANNOTATION_BYTES)
+        if len(text) > MAX_ANNOTATION_BYTES:
+            raise ValueError(f"larger than {MAX_ANNOTATION_BYTES >> 30} GiB")
+        categories = json.loads(text)["categories"]
+        if not (isinstance(categories, list) and all(isinstance(c, dict) for c in categories)):
+            raise ValueError("categories is not a list of objects")
         scheme = mask_scheme(categories, data["mask_grouping"], drawn=fashionpedia.is_main,
                              binary_name="apparel")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"cannot read the categories of {smallest}: {err}") from None
+    except RecursionError:
+        raise UserError(f"cannot read the categories of {smallest}: nested too deeply to be "
+                        "Fashionpedia's annotations") from None
     return scheme.names[1:]
 
 
