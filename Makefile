@@ -60,8 +60,10 @@ browser:
 	$(SUDO) apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
 
+# DVC exits 0 when a folder output could not be copied into its cache (a full disk): checked.
 repro: setup
 	dvc repro
+	$(PY) -m fashionbg.core.cache_check
 
 test: setup browser
 	$(PY) -m pytest

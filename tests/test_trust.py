@@ -280,3 +280,28 @@ def test_make_variables_reach_python_byte_for_byte_and_no_shell(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: PRESET = {value!r} is not allowed; expected one of backgrounds, "
                       "paper, quick"], result.stderr
+
+
+def test_outputs_that_never_reached_dvcs_cache_are_an_error_end_to_end(tmp_path):
+    """What a full disk under .dvc/cache leaves after `dvc repro` exits 0: a folder output in
+    the workspace and not in the cache (here the cache emptied after a good run)."""
+    import shutil
+
+    from helpers_project import project_env
+
+    env = {**project_env(), "PYTHONPATH": str(ROOT)}
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  make:\n    cmd: mkdir -p out && echo a > out/a && echo b > out/b\n"
+        "    outs: [out]\n")
+    for step in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"]):
+        subprocess.run(step, cwd=tmp_path, env=env, check=True, capture_output=True)
+
+    def check() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fashionbg.core.cache_check"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    assert check().returncode == 0
+    shutil.rmtree(tmp_path / ".dvc/cache/files")
+    result = check()
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: 1 output(s) did not reach DVC's cache (out): ")

@@ -82,7 +82,8 @@ def run_cell(job: CellJob) -> CellOutcome:
     try:
         root.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as out:
-            code = _prepare(job, ws, env, out) or _run(job.command, ws, env, out)
+            code = (_prepare(job, ws, env, out) or _run(job.command, ws, env, out)
+                    or _run([sys.executable, "-m", "fashionbg.core.cache_check"], ws, env, out))
             if code == 0:
                 code = _publish(job, ws, env, out)
         tail = "".join(log.read_text(errors="replace").splitlines(True)[-LOG_TAIL:])
