@@ -143,3 +143,21 @@ def test_not_an_archive(sandbox: Path) -> None:
     (sandbox / "x.zip").write_text("hello")
     with pytest.raises(Exception, match="neither a zip nor a tar"):
         extract(sandbox / "x.zip", sandbox / "out")
+
+
+def test_a_member_that_expands_absurdly_is_refused_before_anything_is_written(
+        sandbox: Path) -> None:
+    """A zip bomb honest about its size (32 MiB of zeros in ~32 kB, the 2 MB → 2 GiB kind at
+    a test's scale) under the default limits: refused whole by its ratio, nothing written; a
+    small file that compresses as well, and ordinary files, still unpack."""
+    bomb = bytes(32 << 20)
+    zipped = make_zip(sandbox / "bomb.zip", {"a.jpg": b"photo", "bomb.bin": bomb})
+    with pytest.raises(UnsafeArchive, match=r"'bomb.bin' \(\d+ bytes that unpack to 33554432, "
+                                            r"more than 100 times as many: a zip bomb\?\)"):
+        extract(zipped, sandbox / "a")
+    tarred = make_tar(sandbox / "bomb.tar.gz", [("a.jpg", b"photo"), ("bomb.bin", bomb)])
+    with pytest.raises(UnsafeArchive, match="unpacks to more than 100 times its"):
+        extract(tarred, sandbox / "b")
+    assert not any((sandbox / d).exists() for d in "ab")
+    small = make_zip(sandbox / "small.zip", {"zeros.bin": bytes(1 << 20), "a.jpg": b"photo"})
+    assert extract(small, sandbox / "c") == 2

@@ -2,8 +2,9 @@
 
 Refused, and the whole archive with them: absolute paths, `..` components, links whose target
 is absolute or outside the destination, device files and FIFOs, encrypted or duplicate zip
-members, and archives that would unpack to more than `Limits` (zip/tar bombs; sizes are counted
-as bytes are written, not trusted from headers). Tar members go through Python's own `data`
+members, and archives that would unpack to more than `Limits` (zip/tar bombs: a member, or a
+tar, expanding more than `max_ratio` times, refused before anything is written; sizes are also
+counted as bytes are written, not trusted from headers). Tar members go through Python's own `data`
 filter as well. On any refusal or error the destination is removed, so nothing half-extracted
 is left behind and nothing is ever written outside it.
 """
@@ -32,6 +33,11 @@ class Limits:
     # Fashionpedia's train2020.zip, the largest archive here, unpacks to ~3.3 GB / 45,623 files.
     max_bytes: int = 64 << 30
     max_files: int = 1_000_000
+    # Photos barely compress and JSON or CSV about 10-fold; deflate's ceiling is ~1,000-fold,
+    # which is what a zip bomb uses. Checked on the headers before anything is written, past
+    # `ratio_from` bytes (a tiny file of zeros may compress well).
+    max_ratio: int = 100
+    ratio_from: int = 16 << 20
 
 
 class UnsafeArchive(UserError):
@@ -91,6 +97,14 @@ class _Budget:
         if self.bytes > self.limits.max_bytes:
             raise self.too_big()
 
+    def check_ratio(self) -> None:
+        """A tar's members so far against the archive's own size (a compressed tar has no
+        per-member sizes to compare)."""
+        packed = max(self.archive.stat().st_size, 1)
+        if self.bytes > max(self.limits.ratio_from, self.limits.max_ratio * packed):
+            raise UnsafeArchive(f"{self.archive} unpacks to more than {self.limits.max_ratio} "
+                                f"times its {packed} bytes; refusing to extract it (tar bomb?)")
+
     def too_big(self) -> UnsafeArchive:
         return UnsafeArchive(f"{self.archive} unpacks to more than {self.limits.max_bytes} "
                              "bytes; refusing to extract it (zip/tar bomb?)")
@@ -138,6 +152,10 @@ def _extract_zip(archive: Path, dest: Path, select: Callable[[str], bool] | None
                 why = "encrypted"
             if why is None and not (root / info.filename).resolve().is_relative_to(root):
                 why = "resolves outside the destination"
+            if why is None and info.file_size > max(limits.ratio_from,
+                                                    limits.max_ratio * info.compress_size):
+                why = (f"{info.compress_size} bytes that unpack to {info.file_size}, more than "
+                       f"{limits.max_ratio} times as many: a zip bomb?")
             if why:
                 raise _refuse(archive, info.filename, why)
             if info.is_dir() or select is None or select(info.filename):
@@ -191,6 +209,7 @@ def _extract_tar(archive: Path, dest: Path, select: Callable[[str], bool] | None
                 return None
             budget.add_file(member.name)
             budget.add_bytes(member.size)
+            budget.check_ratio()
         return member
 
     with tarfile.open(archive, "r:*") as tf:
