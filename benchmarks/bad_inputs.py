@@ -37,7 +37,7 @@ from helpers_project import copy_project, project_env  # noqa: E402
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 TRAINING = ("train_classifier", "train_segmenter")
-TIMEOUT = 300
+TIMEOUT = int(os.environ.get("BAD_INPUTS_TIMEOUT", 300))   # lower it to measure hangs cheaply
 # Cases where exit 0 is right: the bad files are quarantined (listed in quarantine.csv) and the
 # rest of the data goes on.
 MAY_SUCCEED = {"zip member ../../evil.jpg", "zip member with absolute path",
@@ -127,7 +127,7 @@ def checkpoint(project: Path, obj: object) -> None:
 
 def zip_with(members: dict[str, bytes]) -> bytes:
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as zf:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
     return out.getvalue()
@@ -312,6 +312,75 @@ CASES += [
 ]
 
 
+# Study commands and make targets, by the name the table shows (the rest are stages).
+VENV = Path(sys.executable).parent.parent
+SMOKE_DATA = ["--data", "fashionstyle14=fs14.zip", "--data", "fashionpedia=fashionpedia"]
+COMMANDS: dict[str, list[str]] = {
+    "study preflight": [sys.executable, "-m", "fashionbg.study", "preflight", "--preset",
+                        "quick"],
+    "study preflight --smoke": [sys.executable, "-m", "fashionbg.study", "preflight",
+                                "--preset", "paper", "--smoke", *SMOKE_DATA],
+    "make preflight": ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-o",
+                       f"{VENV}/.installed", "preflight", f"VENV={VENV}",
+                       "PRESET=x'; touch pwned; echo '$(shell touch pwned)"],
+}
+
+
+def study_files(project: Path, study: str | None = None) -> None:
+    """params.yaml and study.yaml (the project's, or `study`) in the project."""
+    params(project)
+    write(project, "study.yaml", study if study is not None
+          else (ROOT / "study.yaml").read_text())
+
+
+def alias_bomb(project: Path) -> None:
+    """A billion laughs as the quick preset's seeds: 10^9 values in 400 bytes."""
+    study = yaml.safe_load((ROOT / "study.yaml").read_text())
+    study["presets"]["quick"]["seeds"] = "BOMB"
+    bomb = "[&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], " + ", ".join(
+        f"&{c} [{', '.join([f'*{p}'] * 10)}]" for p, c in zip("abcdefgh", "bcdefghi")) + "]"
+    study_files(project, yaml.safe_dump(study).replace("seeds: BOMB", f"seeds: {bomb}"))
+
+
+def fifo_study(project: Path) -> None:
+    params(project)
+    os.mkfifo(project / "study.yaml")
+
+
+def smoke_datasets(project: Path, annotations: str | None = None,
+                   damaged: bool = False) -> None:
+    """The paper preset's datasets in miniature (tests/helpers_archives), the Fashionpedia
+    annotations replaced by `annotations`, or its image zip damaged."""
+    from helpers_archives import fashionpedia_folder, fashionstyle14_zip
+
+    study_files(project)
+    fashionstyle14_zip(project / "fs14.zip")
+    fp = fashionpedia_folder(project / "fashionpedia")
+    if annotations is not None:
+        for split in ("train", "val"):
+            write(fp, f"annotations/instances_attributes_{split}2020.json", annotations)
+    if damaged:
+        images = fp / "images/train2020.zip"
+        raw = bytearray(images.read_bytes())
+        raw[200:260] = bytes(60)
+        images.write_bytes(bytes(raw))
+
+
+CASES += [
+    ("make PRESET with shell and make syntax", "make preflight", study_files),
+    ("study.yaml alias bomb under seeds", "study preflight", alias_bomb),
+    ("study.yaml is a FIFO", "study preflight", fifo_study),
+    ("Fashionpedia categories not a list of objects", "study preflight --smoke",
+     lambda p: smoke_datasets(p, '{"categories": ["a", "b"]}')),
+    ("Fashionpedia annotations nested 100000 deep", "study preflight --smoke",
+     lambda p: smoke_datasets(p, '{"categories": ' + "[" * 100000 + "}")),
+    ("Fashionpedia image zip damaged", "study preflight --smoke",
+     lambda p: smoke_datasets(p, damaged=True)),
+    ("zip bomb: 64 MiB of zeros in 64 kB", "download",
+     lambda p: folder_zip(p, {**PHOTOS, "photos/coat/bomb.jpg": bytes(64 << 20)})),
+]
+
+
 def run_case(name: str, stage: str, setup: Callable[[Path], None], dvc: bool = False
              ) -> tuple[int | None, str, bool, bool]:
     """(exit code or None if it hung, our error line or else the last line of output,
@@ -328,8 +397,8 @@ def run_case(name: str, stage: str, setup: Callable[[Path], None], dvc: bool = F
                "PYTHONPATH": str(ROOT), "HOME": home}
         if dvc:
             subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-        command = (["dvc", "repro", "-s", stage] if dvc
-                   else [sys.executable, "-m", f"stages.{stage}"])
+        command = (["dvc", "repro", "-s", stage] if dvc else COMMANDS.get(stage)
+                   or [sys.executable, "-m", f"stages.{stage}"])
         before = sorted(os.listdir(outer))
         try:
             result = subprocess.run(command, cwd=project, env=env, capture_output=True,
@@ -369,7 +438,7 @@ def main() -> None:
             flag += " **SILENT**" if quiet else ""
             flag += " **ESCAPED**" if escaped else ""
             shown = line.replace("|", "\\|")[:160]
-            how = "dvc repro" if dvc else "python -m"
+            how = "dvc repro" if dvc else "make" if stage.startswith("make") else "python -m"
             print(f"| {name} | {stage} | {how} | {code}{flag} | {shown} |", flush=True)
     print(f"\n{len(cases)} cases, {runs} runs: {tracebacks} tracebacks, {hangs} hangs, {silent} "
           f"silent wrong results, {escapes} wrote outside their project or ran code from data")
