@@ -95,7 +95,8 @@ STAGE_DIES = 'import os, signal, sys; os.kill(os.getpid(), getattr(signal, sys.a
 @pytest.mark.parametrize("how, lost", [
     ("SIGKILL", "its stage was killed by SIGKILL (out of memory?)"),
     ("SIGTERM", "its stage was killed by SIGTERM"),
-    (None, None),       # a stage that fails on its own: the cell's verdict
+    ("exit 3", None),   # a stage that fails on its own: the cell's verdict
+    ("ok", None),       # a folder output, in the cache: the check after DVC passes
 ])
 def test_a_stage_killed_by_a_signal_is_a_lost_worker_end_to_end(tmp_path, how, lost):
     """A real `dvc exp run` in a real workspace whose stage dies by a signal: DVC fails with a
@@ -106,7 +107,9 @@ def test_a_stage_killed_by_a_signal_is_a_lost_worker_end_to_end(tmp_path, how, l
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    cmd = (f"python -c '{STAGE_DIES}' {how}" if how else "python -c 'raise SystemExit(3)'")
+    cmd = {"exit 3": "python -c 'raise SystemExit(3)'",
+           "ok": "mkdir -p out && echo a > out/a\n    outs: [out]"}.get(
+               how, f"python -c '{STAGE_DIES}' {how}")
     (repo / "dvc.yaml").write_text(f"stages:\n  die:\n    cmd: {cmd}\n")
     (repo / "params.yaml").write_text("x: 1\n")
     env = project_env()
@@ -123,7 +126,9 @@ def test_a_stage_killed_by_a_signal_is_a_lost_worker_end_to_end(tmp_path, how, l
             run_cell(job)
     else:
         outcome = run_cell(job)
-        assert not outcome.ok and "exited with 3" in outcome.log, outcome.log
+        assert outcome.ok == (how == "ok"), outcome.log
+        assert ("exited with 3" if how == "exit 3" else "-m fashionbg.core.cache_check"
+                ) in outcome.log, outcome.log
     assert not list((tmp_path / "ws").iterdir())
 
 
