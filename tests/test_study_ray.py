@@ -17,14 +17,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 from helpers_project import default_sigint, project_env, run, tiny_project
-from helpers_ray import cell_logs, training_cell
+from helpers_ray import UPSTREAM, cell_logs, tiny_preset, training_cell
 
 from fashionbg.study.ray_engine import ray_temp_dir
 
 pytestmark = pytest.mark.slow
-UPSTREAM = ("download", "remove_background", "prepare")
 # The test cluster's token, said to its nodes and to the study that joins it (a token file
 # would live in ~/.ray).
 TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
@@ -82,14 +80,6 @@ def cluster():
         for proc in ray_processes(temp):
             proc.kill()
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def tiny_preset(project: Path, seeds: list[int]) -> None:
-    definition = yaml.safe_load((project / "study.yaml").read_text())
-    definition["presets"]["tiny"] = {"about": "one arm on a tiny demo", "seeds": seeds,
-                                     "arms": {"shallow": {}}}
-    (project / "study.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
-    (project / "README.md").write_text("<!-- study:begin -->\n<!-- study:end -->\n")
 
 
 @pytest.fixture(scope="module")
