@@ -52,7 +52,7 @@ def stage_runs(project: Path) -> dict[str, int]:
     """How many times each stage ran, from DVC's own output in every log the study kept (its
     cells' and its upstream runs')."""
     counts: dict[str, int] = {}
-    for path in (project / ".cache/study/logs").glob("*.log"):
+    for path in (project / ".cache/study/logs").rglob("*.log"):
         for line in path.read_text().splitlines():
             if line.startswith("Running stage '"):
                 stage = line.split("'")[1]

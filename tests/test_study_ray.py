@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 from helpers_project import default_sigint, project_env, run, tiny_project
-from helpers_ray import UPSTREAM, cell_logs, tiny_preset, training_cell
+from helpers_ray import UPSTREAM, cell_logs, stage_runs, tiny_preset, training_cell
 
 from fashionbg.study.ray_engine import ray_temp_dir
 
@@ -151,6 +151,7 @@ def test_cells_run_two_at_a_time_on_their_own_gpus_and_report_as_the_queue(tmp_p
     for _, text in logs.values():   # the run cache restored every upstream stage
         assert "Running stage 'train_classifier'" in text
         assert not any(f"Running stage '{stage}'" in text for stage in UPSTREAM), text
+    assert not set(UPSTREAM) & set(stage_runs(project))   # nor did the upstream run before them
     assert_nothing_left(project)
     assert "4 cells: 4 already run, 0 to run" in study(project, "run", "--engine", "ray",
                                                        address=cluster)

@@ -140,15 +140,20 @@ class RayEngine:
         rembg), before any cell is submitted."""
         def run(jobs: list[CellJob]) -> list[CellOutcome]:
             need = {"num_gpus": 1 if gpus else 0, "num_cpus": self.options.cpus_per_cell}
+            refs = [task.options(**need).remote(job, board) for job in jobs]
             try:
-                return ray.get([task.options(**need).remote(job, board) for job in jobs])
+                return ray.get(refs)
+            except KeyboardInterrupt:
+                _cancel(ray, refs)
+                raise
             except ray.exceptions.RayError as err:
-                raise UserError(f"the upstream stages were lost ({err}); re-run the study") \
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+                raise UserError(f"the upstream stages were lost ({reason}); re-run the study") \
                     from None
 
         self.started = time.time()
         cells = [self.job(c, commit, threads=self.options.cpus_per_cell) for c in todo]
-        run_upstreams(cells, run, LOGS)
+        run_upstreams(cells, run, LOGS / "upstream")
 
     def _wait(self, ray: Any, refs: dict[Any, CellJob], board: Any) -> tuple[list[str], list[str]]:
         done: list[str] = []

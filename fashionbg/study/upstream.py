@@ -105,4 +105,4 @@ def queue_upstreams(cells: Sequence[Cell]) -> None:
                     sets=tuple(override(k, v) for k, v in c.overrides.items()),
                     workspaces=str(here.workspace_root()), cache=here.dvc_cache_dir(),
                     env=here.identity(), mask_cache=here.mask_cache_dir()) for c in cells]
-    run_upstreams(jobs, lambda todo: [run_cell(job) for job in todo], here.LOGS)
+    run_upstreams(jobs, lambda todo: [run_cell(j) for j in todo], here.LOGS / "upstream")
