@@ -106,6 +106,10 @@ def cold_study(code: Path, root: Path) -> dict[str, float]:
                "max unlinked data/ B": max((d for _, d in cells), default=0)}
     print(f"  seconds per cell outside its stages: {', '.join(f'{o:.1f}' for o in outside)}; "
           f"median {median:.1f} (goal <= {GOAL_OUTSIDE:g})")
+    own = [f"{i['before_s']} / {i['after_s']}" for i, _ in cell_logs(project).values()
+           if "before_s" in i]   # what the study itself says, where its code records it
+    if own:
+        print(f"  the study's own record, s before / after the stages: {', '.join(own)}")
     return figures
 
 
