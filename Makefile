@@ -3,6 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
+# DVC's site cache inside the project, not one folder per repository in /var/tmp/dvc.
+export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.dvc/tmp/site
 
 .PHONY: setup charts repro test test-quick test-gpu lint browser bench bench-gpu gpu-check study preflight metrics-report panels clean
 

@@ -11,6 +11,7 @@ from fashionbg.background.sod import (
     batched_model,
     cache_key,
     make_session,
+    mask_cache_root,
     remove_backgrounds,
     resolve_batch,
     session_device,
@@ -36,7 +37,8 @@ def main() -> None:
     device = session_device(session)
     batch = resolve_batch(config.batch_size, device)
     batched = batched_model(session, config.model, paths.SOD_HOME, batch)
-    cache = MaskCache(paths.SOD_CACHE, cache_key(config.model, options, device, batch))
+    key = cache_key(config.model, options, device, batch)
+    cache = MaskCache(mask_cache_root(paths.SOD_CACHE), key)
     with atomic_dir(paths.REMBG) as tmp:
         report = remove_backgrounds(rows, paths.RAW, tmp, session, options, cache, batched)
         write_csv(tmp / FAILURES, FAILURE_COLUMNS, report.failures)

@@ -28,7 +28,8 @@ def u2netp_session(u2netp_home):
 # the real U²-Net in subprocesses, minutes in all on 2 cores. `make test` runs everything.
 SLOW_MODULES = {"test_augment_on_device", "test_bench_gpu", "test_distributed", "test_faults",
                 "test_launch", "test_paper_smoke", "test_pipeline_e2e", "test_readme",
-                "test_stage_params", "test_study_e2e", "test_study_interrupt", "test_study_ray"}
+                "test_stage_params", "test_study_e2e", "test_study_interrupt", "test_study_ray",
+                "test_study_upstream"}
 SLOW_FIXTURES = {"u2netp_session"}
 
 

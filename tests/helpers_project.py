@@ -43,14 +43,14 @@ def run(cmd: list[str], cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
-def copy_project(target: Path) -> None:
+def copy_project(target: Path, source: Path = ROOT) -> None:
     """The files git would clone (tracked and not ignored), without data or the venv."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=source,
                             capture_output=True, text=True, check=True).stdout.split()
     for rel in listed:
-        if (ROOT / rel).is_file():
+        if (source / rel).is_file():
             (target / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, target / rel)
+            shutil.copy2(source / rel, target / rel)
 
 
 def shrink_params(path: Path) -> None:

@@ -1,12 +1,24 @@
-"""What the Ray study's tests and its benchmark both need: the `dvc exp run` of a running cell,
-found by its workspace, and the per-cell records the study writes."""
+"""What the Ray study's tests and its benchmarks both need: a tiny preset, the `dvc exp run` of
+a running cell, found by its workspace, and the per-cell records the study writes."""
 import json
+import os
 import time
 from pathlib import Path
 
 import psutil
+import yaml
 
 WORKSPACES = ".cache/study/workspaces"
+UPSTREAM = ("download", "remove_background", "prepare")
+
+
+def tiny_preset(project: Path, seeds: list[int]) -> None:
+    """The preset `tiny`: one arm, both variants, these seeds (2 × len(seeds) cells)."""
+    definition = yaml.safe_load((project / "study.yaml").read_text())
+    definition["presets"]["tiny"] = {"about": "one arm on a tiny demo", "seeds": seeds,
+                                     "arms": {"shallow": {}}}
+    (project / "study.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
+    (project / "README.md").write_text("<!-- study:begin -->\n<!-- study:end -->\n")
 
 
 def training_cell(project: Path, timeout: float = 600) -> psutil.Process | None:
@@ -34,3 +46,29 @@ def cell_logs(project: Path) -> dict[str, tuple[dict, str]]:
         first, _, rest = path.read_text().partition("\n")
         out[path.stem] = (json.loads(first), rest)
     return out
+
+
+def stage_runs(project: Path) -> dict[str, int]:
+    """How many times each stage ran, from DVC's own output in every log the study kept (its
+    cells' and its upstream runs')."""
+    counts: dict[str, int] = {}
+    for path in (project / ".cache/study/logs").rglob("*.log"):
+        for line in path.read_text().splitlines():
+            if line.startswith("Running stage '"):
+                stage = line.split("'")[1]
+                counts[stage] = counts.get(stage, 0) + 1
+    return counts
+
+
+def unlinked_bytes(folder: Path) -> int:
+    """Bytes of the regular files under `folder` that are not links (one name, no symlink)."""
+    total = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(parent, name))
+            except FileNotFoundError:   # the workspace is going away
+                continue
+            if st.st_nlink == 1 and not os.path.islink(os.path.join(parent, name)):
+                total += st.st_size
+    return total

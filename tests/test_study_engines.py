@@ -1,6 +1,8 @@
 """The parts of the study's engines that need no cluster: the one-study-at-a-time lock (held by
-a real second process), choosing an engine, the command that re-runs a cell, and clearing what
-a killed cell left behind (a real process working in a stale workspace)."""
+a real second process), choosing an engine, the command that re-runs a cell, clearing what
+a killed cell left behind (a real process working in a stale workspace), a stage killed by a
+signal, one queue worker, which cells share an upstream run, and the summary of where the
+cells' time went."""
 import re
 import shlex
 import subprocess
@@ -12,7 +14,11 @@ import pytest
 
 from fashionbg.core.errors import UserError
 from fashionbg.study.engines import EngineOptions, make_engine, study_lock
+from fashionbg.study.ray_engine import time_summary
+from fashionbg.study.upstream import upstream_jobs, upstream_params
 from fashionbg.study.workspace import CellJob, clear_workspaces
+
+ROOT = Path(__file__).resolve().parents[1]
 
 HOLD = """
 import sys, time
@@ -165,3 +171,40 @@ def test_a_second_queue_worker_is_never_started_end_to_end(tmp_path, monkeypatch
         for proc in alive:
             proc.kill()
     runner._environment.cache_clear()
+
+
+def cell(name: str, *sets: str, stage: str = "evaluate_classifier") -> CellJob:
+    return CellJob(name=name, stage=stage, sets=sets, commit="0" * 40, repo="/p",
+                   workspaces="/p/.cache/study/workspaces")
+
+
+def test_the_upstream_params_are_those_of_prepare_and_the_stages_before_it():
+    params = upstream_params(ROOT / "dvc.yaml")
+    assert {"data.source", "data.demo", "background.model", "data.image_size",
+            "background.fill"} <= params
+    assert not {"data.variant", "classify", "segment", "train", "evaluate"} & params
+
+
+def test_cells_that_share_their_data_params_share_one_upstream_run(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cells = [cell("a", "data.variant='original'", "classify.seed=0"),
+             cell("b", "data.variant='rembg'", "classify.seed=1", "classify.arch='resnet18'"),
+             cell("c", "data.variant='rembg'", "data.image_size=[96, 96]"),
+             cell("d", "data.image_size=[96, 96]", "data.demo.images_per_class=4",
+                  "segment.task='instance'", stage="evaluate_segmenter"),
+             cell("e", "data.image_size=[96, 96]", "data.variant='original'")]
+    jobs = upstream_jobs(cells)
+    assert [j.sets for j in jobs] == [
+        (), ("data.image_size=[96, 96]",),
+        ("data.demo.images_per_class=4", "data.image_size=[96, 96]")]
+    assert {j.stage for j in jobs} == {"prepare"} and not any(j.publish for j in jobs)
+    assert len({j.name for j in jobs}) == 3
+
+
+def test_the_time_summary_says_where_the_cells_time_went():
+    seen = [{"before_s": "2.0", "stages_s": "10.0", "after_s": "1.0",
+             "CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": "1"} for gpu in ("0", "1")]
+    assert time_summary(seen, 40.0, {"CPU": 16, "GPU": 2}) == (
+        "2 cells in 40 s: 4 s before their stages (clone, checkout), 20 s in them, 2 s after "
+        "(publish); GPUs busy in stages 25% of the time")
+    assert time_summary(seen, 10.0, {"CPU": 2}).endswith("CPUs busy in stages 100% of the time")

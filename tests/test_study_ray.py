@@ -17,14 +17,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 from helpers_project import default_sigint, project_env, run, tiny_project
-from helpers_ray import cell_logs, training_cell
+from helpers_ray import UPSTREAM, cell_logs, stage_runs, tiny_preset, training_cell
 
 from fashionbg.study.ray_engine import ray_temp_dir
 
 pytestmark = pytest.mark.slow
-UPSTREAM = ("download", "remove_background", "prepare")
 # The test cluster's token, said to its nodes and to the study that joins it (a token file
 # would live in ~/.ray).
 TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
@@ -82,14 +80,6 @@ def cluster():
         for proc in ray_processes(temp):
             proc.kill()
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def tiny_preset(project: Path, seeds: list[int]) -> None:
-    definition = yaml.safe_load((project / "study.yaml").read_text())
-    definition["presets"]["tiny"] = {"about": "one arm on a tiny demo", "seeds": seeds,
-                                     "arms": {"shallow": {}}}
-    (project / "study.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
-    (project / "README.md").write_text("<!-- study:begin -->\n<!-- study:end -->\n")
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +151,7 @@ def test_cells_run_two_at_a_time_on_their_own_gpus_and_report_as_the_queue(tmp_p
     for _, text in logs.values():   # the run cache restored every upstream stage
         assert "Running stage 'train_classifier'" in text
         assert not any(f"Running stage '{stage}'" in text for stage in UPSTREAM), text
+    assert not set(UPSTREAM) & set(stage_runs(project))   # nor did the upstream run before them
     assert_nothing_left(project)
     assert "4 cells: 4 already run, 0 to run" in study(project, "run", "--engine", "ray",
                                                        address=cluster)

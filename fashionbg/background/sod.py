@@ -34,6 +34,9 @@ T = TypeVar("T")
 # process-wide state that two decoding threads would race on.
 PREFETCH_THREADS = 1
 PREFETCH_DEPTH = 4
+# A study gives every workspace on a machine the project's mask cache through this variable, so
+# a photo's mask is computed once per machine, not once per clone.
+MASK_CACHE_ENV = "FASHIONBG_MASK_CACHE"
 # rembg's U²-Net input (its U2netSession and U2netpSession): ImageNet statistics at 320×320
 MEAN, STD, SIDE = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (320, 320)
 AUTO_BATCH = {"cpu": 1, "cuda": 8}
@@ -232,13 +235,18 @@ class MaskCache:
         return alpha if alpha.shape == (size[1], size[0]) else None
 
     def put(self, digest: str, alpha: np.ndarray) -> None:
-        """Write-then-rename, so a kill leaves at most one stale `.partial` per photo, which
-        the photo's next put overwrites."""
+        """Write-then-rename, under a name of this process's own (workspaces share the cache),
+        so a kill leaves at most one stale `.partial` per photo and process."""
         path = self.path(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         Image.fromarray(alpha, mode="L").save(partial, format="PNG")
         os.replace(partial, path)
+
+
+def mask_cache_root(default: Path) -> Path:
+    """The mask cache: the folder a study shares between its workspaces, else `default`."""
+    return Path(os.environ.get(MASK_CACHE_ENV) or default)
 
 
 def cache_key(model: str, options: SodOptions, device: str, batch: int = 1) -> str:

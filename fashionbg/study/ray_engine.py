@@ -19,17 +19,20 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fashionbg.core import paths
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import load_params
 from fashionbg.study.definition import Cell
 from fashionbg.study.engines import STUDY_CACHE, EngineOptions, fetch_experiments, output
 from fashionbg.study.progress import Progress
 from fashionbg.study.runner import NEUTRAL_IDENTITY, identity_of, override
+from fashionbg.study.upstream import run_upstreams
 from fashionbg.study.workspace import CellJob, CellOutcome, WorkerLost, clear_workspaces, run_cell
 
 log = logging.getLogger("study")
@@ -80,6 +83,8 @@ class RayEngine:
     def __init__(self, options: EngineOptions) -> None:
         self.options = options   # checked where the command line is read (engine_options)
         self.params = load_params()
+        self.started = time.time()
+        self.seen: list[dict[str, str]] = []   # of every finished cell, for the time summary
 
     def run(self, todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
         if not todo:
@@ -90,6 +95,7 @@ class RayEngine:
             gpus = ray.cluster_resources().get("GPU", 0)
             board = ray.remote(num_cpus=0)(Board).remote()
             task = ray.remote(max_retries=ATTEMPTS - 1, retry_exceptions=[WorkerLost])(cell_task)
+            self.upstreams(ray, task, board, todo, commit, gpus)
             refs = {}
             for cell in todo:
                 need = self.resources(cell, gpus)
@@ -125,7 +131,29 @@ class RayEngine:
                        commit=commit, repo=remote or str(Path.cwd()),
                        workspaces=str(workspace_root()),
                        cache=None if remote else dvc_cache_dir(),
-                       dvc_remote=self.options.dvc_remote, threads=threads, env=identity())
+                       dvc_remote=self.options.dvc_remote, threads=threads, env=identity(),
+                       mask_cache=mask_cache_dir())
+
+    def upstreams(self, ray: Any, task: Any, board: Any, todo: Sequence[Cell], commit: str,
+                  gpus: float) -> None:
+        """Each distinct upstream once, as Ray tasks (on a GPU, where there are some, for
+        rembg), before any cell is submitted."""
+        def run(jobs: list[CellJob]) -> list[CellOutcome]:
+            need = {"num_gpus": 1 if gpus else 0, "num_cpus": self.options.cpus_per_cell}
+            refs = [task.options(**need).remote(job, board) for job in jobs]
+            try:
+                return ray.get(refs)
+            except KeyboardInterrupt:
+                _cancel(ray, refs)
+                raise
+            except ray.exceptions.RayError as err:
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+                raise UserError(f"the upstream stages were lost ({reason}); re-run the study") \
+                    from None
+
+        self.started = time.time()
+        cells = [self.job(c, commit, threads=self.options.cpus_per_cell) for c in todo]
+        run_upstreams(cells, run, LOGS / "upstream")
 
     def _wait(self, ray: Any, refs: dict[Any, CellJob], board: Any) -> tuple[list[str], list[str]]:
         done: list[str] = []
@@ -139,6 +167,7 @@ class RayEngine:
                     (done if ok else failed).append(refs[ref].name)
                     log.info("[%d/%d] done, %d failed", len(done), len(refs), len(failed))
                 progress.update(len(done) + len(failed), ray.get(board.running.remote()))
+        log.info(time_summary(self.seen, time.time() - self.started, ray.cluster_resources()))
         if self.options.git_remote:   # the experiments the workers pushed, for the report here
             fetch_experiments(self.options.git_remote)
         return sorted(done), sorted(failed)
@@ -156,10 +185,13 @@ class RayEngine:
         path = LOGS / f"{job.name}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({**outcome.seen, "attempts": attempts}) + "\n" + outcome.log)
+        self.seen.append(outcome.seen)
         if outcome.ok:
-            log.info("cell %s done on %s (CUDA_VISIBLE_DEVICES=%s, threads=%s, attempts=%d)",
-                     job.name, outcome.seen["host"], outcome.seen["CUDA_VISIBLE_DEVICES"] or "-",
-                     outcome.seen["OMP_NUM_THREADS"] or "-", attempts)
+            log.info("cell %s done on %s (CUDA_VISIBLE_DEVICES=%s, threads=%s, attempts=%d; "
+                     "%s s before its stages, %s s in them, %s s after)", job.name,
+                     outcome.seen["host"], outcome.seen["CUDA_VISIBLE_DEVICES"] or "-",
+                     outcome.seen["OMP_NUM_THREADS"] or "-", attempts, outcome.seen["before_s"],
+                     outcome.seen["stages_s"], outcome.seen["after_s"])
             return True
         tail = [line for line in outcome.log.strip().splitlines() if line.strip()][-3:]
         log.error("cell %s failed: %s (full log: %s; re-run: %s)", job.name,
@@ -176,6 +208,23 @@ def _cancel(ray: Any, refs: list[Any]) -> None:
     _, left = ray.wait(refs, num_returns=len(refs), timeout=STOP_SECONDS)
     for ref in left:
         ray.cancel(ref, force=True)
+
+
+def time_summary(seen: list[dict[str, str]], wall: float, resources: dict[str, float]) -> str:
+    """Where the cells' time went, in sum, and the share of the devices' time (GPUs, else CPU
+    cores) spent in the cells' stages over the study's wall time (upstream runs included)."""
+    kind = "GPU" if resources.get("GPU") else "CPU"
+
+    def devices(s: dict[str, str]) -> int:
+        gpus = s["CUDA_VISIBLE_DEVICES"]
+        return len(gpus.split(",")) if kind == "GPU" and gpus else int(s["OMP_NUM_THREADS"] or 1)
+
+    total = {k: sum(float(s[k]) for s in seen) for k in ("before_s", "stages_s", "after_s")}
+    busy = sum(float(s["stages_s"]) * devices(s) for s in seen)
+    share = busy / (wall * resources.get(kind, 1)) if wall > 0 else 0.0
+    return (f"{len(seen)} cells in {wall:.0f} s: {total['before_s']:.0f} s before their stages "
+            f"(clone, checkout), {total['stages_s']:.0f} s in them, {total['after_s']:.0f} s "
+            f"after (publish); {kind}s busy in stages {share:.0%} of the time")
 
 
 def _describe(resources: dict[str, float]) -> str:
@@ -261,3 +310,9 @@ def dvc_cache_dir() -> str:
     return str((Path.cwd() / output("dvc", "cache", "dir").strip()).resolve())
 
 
+
+
+def mask_cache_dir() -> str:
+    """The project's rembg mask cache, shared by every workspace on this machine (and at the same
+    path on the others)."""
+    return str((Path.cwd() / paths.SOD_CACHE).resolve())

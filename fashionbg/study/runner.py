@@ -25,6 +25,7 @@ from fashionbg.core.errors import UserError
 from fashionbg.study.definition import Cell
 from fashionbg.study.progress import Progress
 from fashionbg.study.results import existing_experiments
+from fashionbg.study.upstream import queue_upstreams
 
 log = logging.getLogger("study")
 POLL_SECONDS = 5
@@ -182,6 +183,7 @@ def run_cells(todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
     queued are taken off the queue, those running are stopped, and KeyboardInterrupt goes on."""
     if not todo:
         return [], []
+    queue_upstreams(todo)
     try:
         return _run(todo)
     except KeyboardInterrupt:

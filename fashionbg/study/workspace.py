@@ -1,6 +1,8 @@
 """One cell run in a workspace of its own, never the user's working tree: a clone of the study's
 commit whose DVC cache is the project's (on this machine) or whose DVC remote is the study's
 (on any machine), so the run cache restores every upstream stage instead of recomputing it.
+The data come out of the cache as links (.dvc/config's cache.type), so a workspace holds only
+what its cell writes; DVC's site cache and the rembg masks stay inside the project.
 The finished experiment goes back as its git ref; the workspace is removed whatever happens.
 
 This module knows nothing of Ray: an engine calls `run_cell` wherever the cell runs.
@@ -8,6 +10,7 @@ This module knows nothing of Ray: an engine calls `run_cell` wherever the cell r
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import re
 import shlex
@@ -23,11 +26,14 @@ from typing import IO
 
 import psutil
 
+from fashionbg.background.sod import MASK_CACHE_ENV
+
 LOG_TAIL = 500          # lines of a cell's log that travel back to the study
 # How DVC reports a stage that died by a signal (it then fails itself, with a code of its own):
 # "failed to run: python -m stages.x, exited with -9", or 128 + N where a shell or our
 # launcher said it ("stopped by SIGTERM").
 STAGE_KILLED = re.compile(r"failed to run: .*, exited with (-\d+|1(?:29|37|43))\s*$", re.M)
+SITE_CACHE = ".dvc/tmp/site"   # DVC's site cache, in the workspace (else /var/tmp/dvc/repo/<md5>)
 PR_SET_PDEATHSIG = 1    # prctl(2): the kernel signals a child when its parent dies
 
 
@@ -49,6 +55,8 @@ class CellJob:
     dvc_remote: str | None = None  # the study's DVC remote (any machine)
     threads: int | None = None   # CPU threads the cell may use (None: the stage's own choice)
     env: dict[str, str] = field(default_factory=dict)
+    mask_cache: str | None = None  # the rembg mask cache every workspace on a machine shares
+    publish: bool = True         # send the experiment back (an upstream run sends only its cache)
 
     @property
     def command(self) -> list[str]:
@@ -76,23 +84,26 @@ def run_cell(job: CellJob) -> CellOutcome:
     root = Path(job.workspaces)
     clear_workspaces(root, job.name)
     ws = root / f"{job.name}-{uuid.uuid4().hex[:8]}"
-    env = cell_environment(job)
+    env = {**cell_environment(job), "DVC_SITE_CACHE_DIR": str(ws / SITE_CACHE)}
     log = ws.parent / f"{ws.name}.log"
-    started = time.time()
+    marks = [time.time()]   # start, first stage, stages done, end: where the cell's time went
     try:
         root.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as out:
-            code = (_prepare(job, ws, env, out) or _run(job.command, ws, env, out)
-                    or _run([sys.executable, "-m", "fashionbg.core.cache_check"], ws, env, out))
+            code = _prepare(job, ws, env, out)
+            marks.append(time.time())
+            code = code or _run(job.command, ws, env, out) or _run(
+                [sys.executable, "-m", "fashionbg.core.cache_check"], ws, env, out)
+            marks.append(time.time())
             if code == 0:
                 code = _publish(job, ws, env, out)
         tail = "".join(log.read_text(errors="replace").splitlines(True)[-LOG_TAIL:])
-        if lost := killed(code, tail):
-            raise WorkerLost(f"cell {job.name}: {lost}")
-        return CellOutcome(job.name, code == 0, tail, seen(env, started))
     finally:
         remove(ws)
         log.unlink(missing_ok=True)
+    if lost := killed(code, tail):
+        raise WorkerLost(f"cell {job.name}: {lost}")
+    return CellOutcome(job.name, code == 0, tail, seen(env, marks + [time.time()]))
 
 
 def killed(code: int, log: str) -> str | None:
@@ -112,11 +123,15 @@ def killed(code: int, log: str) -> str | None:
     return f"{who} was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
 
 
-def seen(env: dict[str, str], started: float) -> dict[str, str]:
+def seen(env: dict[str, str], marks: list[float]) -> dict[str, str]:
+    """Where the cell ran and when: its seconds before its first stage (clone, checkout), in
+    its stages (`dvc exp run`) and after them (publish, removing the workspace)."""
+    before, stages, after = (b - a for a, b in itertools.pairwise(marks))
     return {"host": os.uname().nodename, "pid": str(os.getpid()),
             "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES", ""),
             "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", ""),
-            "started": f"{started:.3f}", "ended": f"{time.time():.3f}"}
+            "started": f"{marks[0]:.3f}", "ended": f"{marks[-1]:.3f}",
+            "before_s": f"{before:.1f}", "stages_s": f"{stages:.1f}", "after_s": f"{after:.1f}"}
 
 
 def cell_environment(job: CellJob) -> dict[str, str]:
@@ -125,6 +140,8 @@ def cell_environment(job: CellJob) -> dict[str, str]:
     thread; two cells on two cores must not fight over them)."""
     env = {**os.environ, **job.env, "DVC_NO_ANALYTICS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if job.mask_cache:
+        env[MASK_CACHE_ENV] = job.mask_cache
     if job.threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(job.threads)
@@ -153,8 +170,9 @@ def _publish(job: CellJob, ws: Path, env: dict[str, str], out: IO[str]) -> int:
     `dvc exp push` sends. Its outputs are already in the shared cache on one machine; across
     machines they and the run cache go to the DVC remote first."""
     steps = [_dvc(ws, "push", "--run-cache", "--quiet")] if job.dvc_remote else []
-    steps.append(["git", "-C", str(ws), "push", "--quiet", job.repo,
-                  "refs/exps/*:refs/exps/*"])
+    if job.publish:
+        steps.append(["git", "-C", str(ws), "push", "--quiet", job.repo,
+                      "refs/exps/*:refs/exps/*"])
     for step in steps:
         if code := _run(step, ws, env, out):
             return code
