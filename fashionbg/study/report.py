@@ -87,26 +87,41 @@ class ClaimResult:
     claim: Claim
     effect: stats.Effect | None
     margin: float
-    p: float | None          # the claim's own test (see stats.primary_p)
-    adjusted: float | None   # Holm across the preset's claims
-    verdict: str
+    test: str                # the test that decides the verdict, or the claim's own one
+    p: float | None          # that test's p, unadjusted
+    adjusted: float | None   # the same, Holm-adjusted over every test of the preset's claims
+    verdict: str             # one of stats.VERDICTS
+
+
+# The test an inconclusive row shows: the one whose rejection would support the claim.
+OWN_TEST = {"positive": 1, "negative": 1, "not_positive": 0, "equivalent": 0}
+TOO_FEW = f"fewer than {stats.MIN_SEEDS} seeds: no verdict"
 
 
 def evaluate_claims(study: Study, preset: str, arms: dict[str, ArmResults],
                     gains: dict[str, stats.Effect]) -> list[ClaimResult]:
-    """Each claim of the preset's arms: its effect, test, Holm-adjusted p and verdict."""
+    """Each claim of the preset's arms: its effect, the tests that can decide it (Holm across
+    all of them, so every decisive test is inside the family-wise error rate) and its
+    verdict. A claim with fewer than stats.MIN_SEEDS seeds gets no tests and no verdict."""
     ran = set(study.presets[preset]["arms"])
     claims = [c for c in study.claims if {c.arm, c.baseline or c.arm} <= ran]
     effects = [claim_effect(c, arms, gains) for c in claims]
     margins = [study.margins[TASKS[study.arms[c.arm].task].key_metric] for c in claims]
-    ps = [None if e is None else stats.primary_p(e, c.expect, m)
-          for c, e, m in zip(claims, effects, margins)]
-    tested = [i for i, p in enumerate(ps) if p is not None]
-    adjusted: list[float | None] = [None] * len(claims)
-    for i, p in zip(tested, stats.holm([p for p in ps if p is not None], study.alpha)):
-        adjusted[i] = p
-    return [ClaimResult(c, e, m, p, a, stats.verdict(e, c.expect, m, a, study.alpha))
-            for c, e, m, p, a in zip(claims, effects, margins, ps, adjusted)]
+    tests = [stats.claim_tests(e, c.expect, m)
+             if e is not None and e.seeds >= stats.MIN_SEEDS else []
+             for c, e, m in zip(claims, effects, margins)]
+    flat = stats.holm([t.p for ts in tests for t in ts], study.alpha)
+    out, start = [], 0
+    for c, e, m, ts in zip(claims, effects, margins, tests):
+        adjusted, start = flat[start:start + len(ts)], start + len(ts)
+        if not ts:
+            out.append(ClaimResult(c, e, m, "not run" if e is None else TOO_FEW, None, None,
+                                   stats.INCONCLUSIVE))
+            continue
+        verdict, i = stats.decide(ts, adjusted, study.alpha)
+        i = OWN_TEST[c.expect] if i is None else i
+        out.append(ClaimResult(c, e, m, ts[i].name, ts[i].p, adjusted[i], verdict))
+    return out
 
 
 def fmt(value: float | None, signed: bool = False) -> str:
@@ -137,8 +152,9 @@ def fmt_count(n: int | None) -> str:
 
 def arm_table(arms: dict[str, ArmResults], gains: dict[str, stats.Effect], study: Study
               ) -> list[str]:
-    lines = ["| arm | task: metric | seeds | original | rembg | rembg − original [95 % CI] | "
-             "p | P(rembg > original) over seeds [95 % CI] | original-trained on rembg | "
+    lines = ["| arm | task: metric | seeds | original [95 % CI] | rembg [95 % CI] | "
+             "rembg − original [95 % CI] | p, unadjusted | seeds where rembg > original: "
+             "exact sign test p, unadjusted | original-trained on rembg | "
              "rembg-trained on original |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name in study.arms:
@@ -146,47 +162,70 @@ def arm_table(arms: dict[str, ArmResults], gains: dict[str, stats.Effect], study
             continue
         a, effect = arms[name], gains[name]
         metric = TASKS[a.arm.task].key_metric
-        improvement = stats.probability_of_improvement(a.scores["rembg"], a.scores["original"])
+        wins = stats.paired_wins(a.scores["rembg"], a.scores["original"])
+        levels = [fmt_interval(stats.score_interval(variant_level(a, v)))
+                  for v in ("original", "rembg")]
         lines.append(
             f"| `{name}`: {a.arm.about} | {a.arm.task}: {metric} | {len(a.seeds)} | "
-            f"{fmt_interval(stats.mean_interval(a.scores['original']))} | "
-            f"{fmt_interval(stats.mean_interval(a.scores['rembg']))} | "
+            f"{levels[0]} | {levels[1]} | "
             f"**{fmt_interval(effect.interval, True)}** | {fmt_p(effect.p)} | "
-            f"{fmt_interval(improvement)} | "
+            f"{wins.wins} of {wins.seeds}: {fmt_p(wins.p)} | "
             f"{fmt_mean(a.cross['original'])} | {fmt_mean(a.cross['rembg'])} |")
     return lines
 
 
-TESTS_SHOWN = {"positive": "δ ≠ 0", "negative": "δ ≠ 0", "not_positive": "non-superiority δ < +Δ",
-               "equivalent": "TOST −Δ < δ < +Δ"}
+def variant_level(a: ArmResults, variant: str) -> stats.Effect:
+    """A variant's score over seeds and test images where per-image results pair them, else
+    over seeds: the footing its arm's difference stands on."""
+    if a.per_image is not None:
+        return stats.level(a.per_image[variant])
+    return stats.seed_level(a.scores[variant])
+
+
+RATIO_METRICS = ("miou", "mask_ap")   # ratios of sums over images, not means of per-image terms
+MIN_RATIO_IMAGES = 100                 # the fewest test images their plan extrapolates down to
 
 
 def claim_table(claims: list[ClaimResult], study: Study) -> list[str]:
     target = study.target_effect
     lines = ["| claim of the paper | measured as | expect | difference [95 % CI] | "
-             "90 % CI | test: p (Holm) | verdict | detectable (80 % power) | "
-             f"for ±{target:g}: seeds / test images |",
+             "90 % CI | deciding test: p unadjusted (Holm) | verdict | detectable "
+             f"({study.power:.0%} power) | for ±{target:g}: seeds at these test images / test "
+             "images at these seeds |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in claims:
         claim, effect = r.claim, r.effect
         measured = (f"gain of `{claim.arm}`" if claim.test == "gain"
                     else f"gain of `{claim.arm}` − gain of `{claim.baseline}`")
         expect = f"{claim.expect.replace('_', ' ')}, Δ {r.margin:g}"
+        test = r.test if r.p is None else f"{r.test}: {fmt_p(r.p)} ({fmt_p(r.adjusted)})"
         if effect is None:
-            lines.append(f"| {claim.claim} | {measured} | {expect} | not run | – | – | "
-                         "inconclusive | – | – |")
+            lines.append(f"| {claim.claim} | {measured} | {expect} | not run | – | {test} | "
+                         f"**{r.verdict}** | – | – |")
             continue
-        mde = stats.detectable(effect, study.alpha, study.power)
-        seeds = stats.seeds_needed(effect, target, study.alpha, study.power)
-        images = stats.images_needed(effect, target, study.alpha, study.power)
         lines.append(
             f"| {claim.claim} | {measured} | {expect} | {fmt_interval(effect.interval, True)} | "
-            f"{fmt_interval(effect.interval_at(1 - 2 * study.alpha), True)} | "
-            f"{TESTS_SHOWN[claim.expect]}: {fmt_p(r.p)} ({fmt_p(r.adjusted)}) | "
-            f"**{r.verdict}** | {fmt(mde)} | "
-            f"{fmt_count(seeds) if seeds or effect.se is None else '> 100,000'} / "
-            f"{fmt_count(images) if images or effect.images == 0 else 'no number'} |")
+            f"{fmt_interval(effect.interval_at(1 - 2 * study.alpha), True)} | {test} | "
+            f"**{r.verdict}** | {fmt(stats.detectable(effect, study.alpha, study.power))} | "
+            f"{plan(effect, study, TASKS[study.arms[claim.arm].task].key_metric)} |")
     return lines
+
+
+def plan(effect: stats.Effect, study: Study, metric: str) -> str:
+    """Seeds needed at this test set, and test images needed at these seeds, for the target
+    effect; ratio metrics are not extrapolated below MIN_RATIO_IMAGES."""
+    target, alpha, power = study.target_effect, study.alpha, study.power
+    seeds = stats.seeds_needed(effect, target, alpha, power)
+    least = MIN_RATIO_IMAGES if metric in RATIO_METRICS else 2
+    images = stats.images_needed(effect, target, alpha, power, least)
+    seeds_text = ("not reachable with this test set" if seeds == stats.UNREACHABLE
+                  else f"> {stats.MAX_PLAN:,}" if seeds is None and effect.se is not None
+                  else fmt_count(seeds))
+    images_text = ("no number" if images is None and effect.images and effect.se is not None
+                   else fmt_count(images))
+    if images == least and least > 2:
+        images_text = f"≤ {least} (not extrapolated below)"
+    return f"{seeds_text} / {images_text}"
 
 
 def methods(study: Study, preset: str) -> str:
