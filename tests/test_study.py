@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from scipy.stats import nct
+from scipy.stats import nct, ttest_rel
 from scipy.stats import t as t_dist
-from scipy.stats import ttest_rel
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
@@ -16,7 +15,7 @@ from fashionbg.core.errors import UserError
 from fashionbg.segment.metrics import ConfusionMatrix
 from fashionbg.study import stats
 from fashionbg.study.definition import load_study, locate
-from fashionbg.study.report import arm_gain, build_report, group, update_readme
+from fashionbg.study.report import arm_gain, build_report, evaluate_claims, group, update_readme
 from fashionbg.study.results import CellResult
 from fashionbg.study.runner import override, parse_shard
 
@@ -449,6 +448,31 @@ def test_report_on_synthetic_results_gives_the_known_verdicts(tmp_path, monkeypa
     assert update_readme(block, tmp_path / "README.md")
     readme = (tmp_path / "README.md").read_text()
     assert "old" not in readme and "helps shallow nets" in readme
+
+
+def test_report_rows_print_the_deciding_test_and_refuse_a_verdict_below_three_seeds(
+        tmp_path, monkeypatch):
+    """Each row names the test that decides it with its raw and Holm-adjusted p (Holm over
+    the two tests of each of the three claims); with two seeds every row says why it has no
+    verdict; raw p-values elsewhere are marked unadjusted."""
+    (tmp_path / "study.yaml").write_text(SYNTHETIC_STUDY)
+    study = load_study(tmp_path / "study.yaml")
+    monkeypatch.chdir(tmp_path)
+    claims = evaluate_claims(study, "s", group(synthetic_results(study)),
+                             {n: arm_gain(a) for n, a in group(synthetic_results(study)).items()})
+    every = [t.p for r in claims for t in stats.claim_tests(r.effect, r.claim.expect, 0.02)]
+    assert [r.adjusted for r in claims] == [stats.holm(every, 0.05)[i] for i in (1, 3, 4)]
+    block = build_report(study, "s", synthetic_results(study), 0, "make study PRESET=s")
+    assert f"δ ≠ 0: {claims[0].p:.2g} ({claims[0].adjusted:.2g}) | **supported**" in block
+    assert "p, unadjusted" in block and "exact sign test p, unadjusted" in block
+    (tmp_path / "study.yaml").write_text(SYNTHETIC_STUDY.replace("seeds: [0, 1, 2]",
+                                                                 "seeds: [0, 1]"))
+    two = load_study(tmp_path / "study.yaml")
+    block = build_report(two, "s", synthetic_results(two), 0, "make study PRESET=s")
+    rows = [line for line in block.splitlines() if line.startswith("| helps") or
+            line.startswith("| not with") or line.startswith("| instance not")]
+    assert len(rows) == 3 and all("| fewer than 3 seeds: no verdict | **inconclusive** |" in r
+                                  for r in rows), rows
 
 
 def test_a_cell_missing_from_the_queue_for_a_moment_is_still_pending():

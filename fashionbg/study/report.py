@@ -190,8 +190,8 @@ def claim_table(claims: list[ClaimResult], study: Study) -> list[str]:
     target = study.target_effect
     lines = ["| claim of the paper | measured as | expect | difference [95 % CI] | "
              "90 % CI | deciding test: p unadjusted (Holm) | verdict | detectable "
-             f"({study.power:.0%} power) | for ±{target:g}: seeds at these test images / test "
-             "images at these seeds |",
+             f"({study.power * 100:g} % power) | for ±{target:g}: seeds at these test images "
+             "(cells) / test images at these seeds |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in claims:
         claim, effect = r.claim, r.effect
@@ -207,19 +207,27 @@ def claim_table(claims: list[ClaimResult], study: Study) -> list[str]:
             f"| {claim.claim} | {measured} | {expect} | {fmt_interval(effect.interval, True)} | "
             f"{fmt_interval(effect.interval_at(1 - 2 * study.alpha), True)} | {test} | "
             f"**{r.verdict}** | {fmt(stats.detectable(effect, study.alpha, study.power))} | "
-            f"{plan(effect, study, TASKS[study.arms[claim.arm].task].key_metric)} |")
+            f"{plan(effect, study, TASKS[study.arms[claim.arm].task].key_metric, claim)} |")
     return lines
 
 
-def plan(effect: stats.Effect, study: Study, metric: str) -> str:
-    """Seeds needed at this test set, and test images needed at these seeds, for the target
-    effect; ratio metrics are not extrapolated below MIN_RATIO_IMAGES."""
+def cells_per_seed(claim: Claim) -> int:
+    """Cells one more seed costs a claim: original and rembg of its arm (and its baseline)."""
+    return 2 if claim.test == "gain" else 4
+
+
+def plan(effect: stats.Effect, study: Study, metric: str, claim: Claim) -> str:
+    """Seeds needed at this test set with the cells they cost (a cell's time hardly depends on
+    its test images, so the full test set and the fewest seeds is the cheapest design), and
+    test images needed at these seeds, for the target effect; ratio metrics are not
+    extrapolated below MIN_RATIO_IMAGES."""
     target, alpha, power = study.target_effect, study.alpha, study.power
     seeds = stats.seeds_needed(effect, target, alpha, power)
     least = MIN_RATIO_IMAGES if metric in RATIO_METRICS else 2
     images = stats.images_needed(effect, target, alpha, power, least)
     seeds_text = ("not reachable with this test set" if seeds == stats.UNREACHABLE
                   else f"> {stats.MAX_PLAN:,}" if seeds is None and effect.se is not None
+                  else f"{seeds:,} ({seeds * cells_per_seed(claim):,} cells)" if seeds
                   else fmt_count(seeds))
     images_text = ("no number" if images is None and effect.images and effect.se is not None
                    else fmt_count(images))
