@@ -471,8 +471,9 @@ def test_report_rows_print_the_deciding_test_and_refuse_a_verdict_below_three_se
     block = build_report(two, "s", synthetic_results(two), 0, "make study PRESET=s")
     rows = [line for line in block.splitlines() if line.startswith("| helps") or
             line.startswith("| not with") or line.startswith("| instance not")]
-    assert len(rows) == 3 and all("| fewer than 3 seeds: no verdict | **inconclusive** |" in r
+    assert len(rows) == 3 and all("(fewer than 3 seeds: no verdict) | **inconclusive** |" in r
                                   for r in rows), rows
+    assert "| δ ≠ 0: " in rows[0]   # the claim's own test, its p unadjusted
 
 
 def test_a_cell_missing_from_the_queue_for_a_moment_is_still_pending():

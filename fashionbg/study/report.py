@@ -114,8 +114,11 @@ def evaluate_claims(study: Study, preset: str, arms: dict[str, ArmResults],
     out, start = [], 0
     for c, e, m, ts in zip(claims, effects, margins, tests):
         adjusted, start = flat[start:start + len(ts)], start + len(ts)
-        if not ts:
-            out.append(ClaimResult(c, e, m, "not run" if e is None else TOO_FEW, None, None,
+        if not ts:   # not run, or too few seeds: the claim's own test, unadjusted, if any
+            own = [] if e is None else stats.claim_tests(e, c.expect, m)
+            shown = own[OWN_TEST[c.expect]] if own else None
+            out.append(ClaimResult(c, e, m, shown.name if shown else "not run" if e is None
+                                   else TOO_FEW, shown.p if shown else None, None,
                                    stats.INCONCLUSIVE))
             continue
         verdict, i = stats.decide(ts, adjusted, study.alpha)
@@ -198,7 +201,8 @@ def claim_table(claims: list[ClaimResult], study: Study) -> list[str]:
         measured = (f"gain of `{claim.arm}`" if claim.test == "gain"
                     else f"gain of `{claim.arm}` − gain of `{claim.baseline}`")
         expect = f"{claim.expect.replace('_', ' ')}, Δ {r.margin:g}"
-        test = r.test if r.p is None else f"{r.test}: {fmt_p(r.p)} ({fmt_p(r.adjusted)})"
+        test = (r.test if r.p is None else f"{r.test}: {fmt_p(r.p)} ({TOO_FEW})"
+                if r.adjusted is None else f"{r.test}: {fmt_p(r.p)} ({fmt_p(r.adjusted)})")
         if effect is None:
             lines.append(f"| {claim.claim} | {measured} | {expect} | not run | – | {test} | "
                          f"**{r.verdict}** | – | – |")
