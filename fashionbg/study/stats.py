@@ -391,16 +391,17 @@ UNREACHABLE = -1   # seeds_needed: no number of seeds is enough at this many tes
 
 
 def seeds_needed(found: Effect, target: float, alpha: float, power: float) -> int | None:
-    """Seeds (at this many test images) for power `power` at |δ| = target; UNREACHABLE where
-    even infinitely many seeds are not enough (the test images' own variance is too large);
-    None if more than MAX_PLAN or not known."""
+    """Seeds (at this many test images, never fewer than MIN_SEEDS: no verdict below) for
+    power `power` at |δ| = target; UNREACHABLE where even infinitely many seeds are not
+    enough (the test images' own variance is too large); None if more than MAX_PLAN or not
+    known."""
     if found.se is None:
         return None
     images = max(found.images, 1)
     se, df = _planned_se(found, np.inf, images)
     if found.images and se > 0 and power_at(target, se, df, alpha) < power:
         return UNREACHABLE
-    return _search(lambda s: _planned_se(found, s, images), target, alpha, power, 2)
+    return _search(lambda s: _planned_se(found, s, images), target, alpha, power, MIN_SEEDS)
 
 
 def images_needed(found: Effect, target: float, alpha: float, power: float, least: int = 2
