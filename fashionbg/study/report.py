@@ -5,6 +5,7 @@ claims are about, a verdict per claim and how much the models rely on the backgr
 the README's results section."""
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -37,6 +38,18 @@ class ArmResults:
     cross: dict[str, list[float | None]]    # trained on variant → score on the other variant
     per_image: dict[str, Any] | None        # variant → stats.stack of the seeds' results
 
+    @functools.cached_property
+    def resampled(self) -> dict[str, np.ndarray] | None:
+        """variant → stats.resampled scores, computed once for the gain and both variants'
+        intervals (recomputing mask AP by pycocotools is the slow part of a report)."""
+        if self.per_image is None:
+            return None
+        return {v: stats.resampled(x) for v, x in self.per_image.items()}
+
+    @property
+    def images(self) -> int:
+        return 0 if self.per_image is None else stats.image_count(self.per_image["original"])
+
 
 def group(results: list[CellResult]) -> dict[str, ArmResults]:
     """Per arm, the seeds with both variants, paired by seed and by test image."""
@@ -62,8 +75,8 @@ def group(results: list[CellResult]) -> dict[str, ArmResults]:
 
 
 def arm_gain(a: ArmResults) -> stats.Effect:
-    if a.per_image is not None:
-        return stats.gain(a.per_image["rembg"], a.per_image["original"])
+    if a.resampled is not None:
+        return stats.effect(a.resampled["rembg"] - a.resampled["original"], a.images)
     return stats.seed_gain(a.scores["rembg"], a.scores["original"])
 
 
@@ -180,8 +193,8 @@ def arm_table(arms: dict[str, ArmResults], gains: dict[str, stats.Effect], study
 def variant_level(a: ArmResults, variant: str) -> stats.Effect:
     """A variant's score over seeds and test images where per-image results pair them, else
     over seeds: the footing its arm's difference stands on."""
-    if a.per_image is not None:
-        return stats.level(a.per_image[variant])
+    if a.resampled is not None:
+        return stats.effect(a.resampled[variant], a.images)
     return stats.seed_level(a.scores[variant])
 
 

@@ -174,8 +174,7 @@ def stack(per_seed: list[Any]) -> Any:
 
 def score(per_image: Any) -> float:
     """The task metric on all test images, averaged over seeds."""
-    images = len(per_image[0]) if isinstance(per_image, np.ndarray) else per_image[0].images
-    return float(seed_scores(per_image, np.ones((1, images))).mean())
+    return float(seed_scores(per_image, np.ones((1, image_count(per_image)))).mean())
 
 
 def _iou(terms: np.ndarray) -> np.ndarray:
@@ -203,25 +202,30 @@ def effect(differences: np.ndarray, images: int) -> Effect:
     return Effect(float(per_seed.mean()), seeds, images, spread, joint, residual)
 
 
+def resampled(per_image: Any, resamples: int = RESAMPLES) -> np.ndarray:
+    """(seeds, 1 + resamples): each seed's metric on all test images, then on the bootstrap
+    resamples every variant shares."""
+    return seed_scores(per_image, image_weights(image_count(per_image), resamples))
+
+
 def gain(rembg: Any, original: Any, resamples: int = RESAMPLES) -> Effect:
     """rembg − original of one arm, from per-image results of the same seeds and images."""
-    images = _images(original)
-    weights = image_weights(images, resamples)
-    return effect(seed_scores(rembg, weights) - seed_scores(original, weights), images)
+    return effect(resampled(rembg, resamples) - resampled(original, resamples),
+                  image_count(original))
 
 
 def interaction(arm: tuple[Any, Any], base: tuple[Any, Any], resamples: int = RESAMPLES
                 ) -> Effect:
     """gain(arm) − gain(base) on the same test images, seeds paired by position."""
     seeds = min(len(arm[0]), len(base[0]))
-    images = _images(arm[0])
+    images = image_count(arm[0])
     weights = image_weights(images, resamples)
     rembg_a, original_a, rembg_b, original_b = (seed_scores(x[:seeds], weights)
                                                 for x in (*arm, *base))
     return replace(effect(rembg_a - original_a - rembg_b + original_b, images), bound=2.0)
 
 
-def _images(per_image: Any) -> int:
+def image_count(per_image: Any) -> int:
     return per_image.shape[1] if isinstance(per_image, np.ndarray) else per_image[0].images
 
 
@@ -247,13 +251,6 @@ def holm(pvalues: Sequence[float], alpha: float) -> list[float]:
     if not pvalues:
         return []
     return [float(p) for p in multipletests(list(pvalues), alpha=alpha, method="holm")[1]]
-
-
-def level(per_image: Any, resamples: int = RESAMPLES) -> Effect:
-    """One variant's score over seeds and test images, on the same footing as a difference
-    (the same crossed model and bootstrap)."""
-    images = _images(per_image)
-    return effect(seed_scores(per_image, image_weights(images, resamples)), images)
 
 
 def seed_level(scores: list[float]) -> Effect:
