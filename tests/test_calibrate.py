@@ -6,29 +6,67 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fashionbg.study.calibrate import REGIMES, calibrate, table
-from fashionbg.study.definition import load_study
+import numpy as np
+import pytest
+
+from fashionbg.study.calibrate import (
+    REGIMES,
+    calibrate,
+    calibration_study,
+    false_verdict,
+    shift_for,
+    simulate,
+    table,
+)
+from fashionbg.study.definition import Claim, load_study
+from fashionbg.study.report import ClaimResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_calibration_covers_and_controls_its_error_rates():
     study = load_study(ROOT / "study.yaml")
-    rows = calibrate(20, study)
-    assert [r.regime for r in rows] == list(REGIMES)
+    rows = calibrate(20, study, designs=((3, 96), (2, 96)), metrics=("top1",))
+    assert [(r.design, r.regime) for r in rows] == [(d, g) for d in ((3, 96), (2, 96))
+                                                    for g in REGIMES]
     for r in rows:
         assert r.studies == 60
-        assert 0.88 <= r.coverage <= 0.995, table(rows, study)
-        assert r.fwer <= 0.2 and r.false_equivalence <= 0.15, table(rows, study)
-        assert 0 <= r.power <= 1
-    assert calibrate(20, study) == rows    # seeded: the same figures every run
+        assert 0.88 <= r.coverage.rate <= (0.995 if r.design[0] == 3 else 1), table(rows, study)
+        assert max(f.rate for f in r.fwer.values()) <= 0.2, table(rows, study)
+        assert r.false_minimal.rate <= 0.15, table(rows, study)
+        assert 0 <= r.power.rate <= 1
+    assert all(r.power.rate == 0 for r in rows if r.design[0] == 2)   # no verdict below 3
+    assert calibrate(20, study, designs=((3, 96), (2, 96)), metrics=("top1",)) == rows  # seeded
+    printed = table(rows, study)
+    assert "| top1 | 3 | 96 | seeds vary more than images | 60 |" in printed
+    assert " ± " in printed   # Monte-Carlo errors
 
 
-def test_calibrate_command_prints_the_table_and_refuses_a_bad_count():
-    run = subprocess.run([sys.executable, "-m", "fashionbg.study", "calibrate", "--studies",
-                          "10"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr
-    assert "| seeds vary more than images | 30 |" in run.stdout
+@pytest.mark.parametrize("expect, verdict, truth, false", [
+    ("positive", "minimal", 0.022, True), ("positive", "minimal", 0.0, False),
+    ("positive", "supported", 0.0, True), ("positive", "refuted", 0.05, True),
+    ("negative", "supported", -0.01, False), ("not_positive", "supported", 0.022, True),
+    ("not_positive", "refuted", 0.02, True), ("equivalent", "supported", -0.022, True),
+    ("equivalent", "refuted", 0.01, True), ("equivalent", "inconclusive", 0.5, False),
+])
+def test_false_verdicts_are_those_the_truth_contradicts(expect, verdict, truth, false):
+    claim = Claim("c", "c", "gain", "a", None, expect)
+    assert false_verdict(ClaimResult(claim, None, 0.02, "", None, None, verdict), truth) == false
+
+
+def test_simulated_miou_has_the_population_difference_it_was_given():
+    """The shift of the pixels' success probability solved for a true mIoU difference gives
+    that difference on a large simulated test set (one model per variant, no model spread)."""
+    study = calibration_study(load_study(ROOT / "study.yaml"), 1, "miou")
+    rng = np.random.default_rng(0)
+    cells = simulate(study, dict.fromkeys(study.arms, 0.05), 0.0, 20_000, rng, "miou")
+    score = {(r.cell.arm.name, r.cell.variant): r.score for r in cells}
+    assert score[("base", "rembg")] - score[("base", "original")] == pytest.approx(0.05,
+                                                                                   abs=0.005)
+    assert shift_for("miou", 0.05, 0.08) > 0.05 == shift_for("top1", 0.05, 0.08)
+
+
+def test_calibrate_command_refuses_a_bad_count():
     bad = subprocess.run([sys.executable, "-m", "fashionbg.study", "calibrate", "--studies",
                           "3"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

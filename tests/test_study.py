@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from scipy.stats import nct, ttest_rel
 from scipy.stats import t as t_dist
-from scipy.stats import ttest_rel
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
@@ -15,7 +15,7 @@ from fashionbg.core.errors import UserError
 from fashionbg.segment.metrics import ConfusionMatrix
 from fashionbg.study import stats
 from fashionbg.study.definition import load_study, locate
-from fashionbg.study.report import arm_gain, build_report, group, update_readme
+from fashionbg.study.report import arm_gain, build_report, evaluate_claims, group, update_readme
 from fashionbg.study.results import CellResult
 from fashionbg.study.runner import override, parse_shard
 
@@ -35,7 +35,10 @@ def test_repository_study_is_valid_and_its_cells_unique():
     backgrounds = study.cells("backgrounds")
     assert {c.variant for c in backgrounds} == {"original", "rembg", "oracle", "mixed_rand"}
     instance = [c for c in quick if c.arm.task == "instance"]
-    assert {c.seed for c in instance} == {0, 1} and instance[0].params["segment.epochs"] == 6
+    assert {c.seed for c in instance} == {0, 1, 2} and instance[0].params["segment.epochs"] == 6
+    for preset in ("quick", "paper"):   # enough seeds for a verdict on every claim's arm
+        seeds = {a: {c.seed for c in study.cells(preset) if c.arm.name == a} for a in claimed}
+        assert min(map(len, seeds.values())) >= stats.MIN_SEEDS, (preset, seeds)
     assert instance[0].stage == "evaluate_segmenter"
 
 
@@ -105,13 +108,23 @@ def test_data_said_once_reaches_every_cell_that_reads_it_and_not_the_name(tmp_pa
         locate(study.cells("quick"), {"fashionpedia": "/data/fp"}, {})
 
 
-def test_t_interval_matches_scipy_reference():
-    # mean 2, standard error 1/sqrt(3), t(0.975, 2 df) = 4.302653
-    interval = stats.mean_interval([1.0, 2.0, 3.0])
-    assert interval.estimate == 2.0
-    assert interval.low == pytest.approx(-0.484138, abs=1e-5)
-    assert interval.high == pytest.approx(4.484138, abs=1e-5)
-    assert stats.mean_interval([0.5]).low is None
+def test_score_interval_stays_inside_the_bounds_and_is_the_t_interval_on_the_logit_scale():
+    # mean 0.5 at the logit's centre: se 0.1/sqrt(3) → logit se 0.2309, t(0.975, 2) = 4.302653
+    found = stats.seed_level([0.4, 0.5, 0.6])
+    interval = stats.score_interval(found)
+    half = t_dist.ppf(0.975, 2) * found.se / 0.25
+    assert interval.low == pytest.approx(1 / (1 + np.exp(half)))
+    assert interval.high == pytest.approx(1 / (1 + np.exp(-half)))
+    near_zero = stats.score_interval(stats.seed_level([0.0, 0.05, 0.3]))   # t: −0.27
+    assert 0 < near_zero.low < near_zero.estimate < near_zero.high < 1
+    assert stats.score_interval(stats.seed_level([0.5])).low is None
+
+
+def test_gain_intervals_are_cut_at_the_most_a_score_difference_can_be():
+    wide = stats.seed_gain([1.0, 0.2, 1.0], [0.0, 0.0, 0.0])
+    assert wide.interval.high == 1.0 and wide.interval.low > -1.0
+    assert stats.seed_interaction(([1.0, 0.0, 1.0], [0.0] * 3), ([0.0] * 3, [1.0, 0.0, 1.0])
+                                  ).interval.high <= 2.0
 
 
 def test_seed_t_test_matches_known_p_value():
@@ -158,32 +171,51 @@ def test_two_level_standard_error_of_known_variance_components():
     noise = stats.gain(*coins)
     assert noise.residual == pytest.approx(2 * 0.25 / 6000, rel=0.15)
     assert noise.image_var < 0.2 * noise.residual
-    # the seeds' spread (2 degrees of freedom) carries the uncertainty: t on about 2 df
+    # the seeds' spread (2 degrees of freedom) carries the uncertainty: t on about 2 df, even
+    # where it is below the residual term by chance (only below 3 seeds is it lifted)
+    assert noise.spread < noise.residual
     assert noise.se ** 2 == pytest.approx(noise.spread, rel=0.2)
     assert noise.df == pytest.approx(2, rel=0.1)
 
 
-def test_probability_of_improvement_counts_seed_pairs_ties_half():
-    found = stats.probability_of_improvement([3.0, 4.0, 5.0], [1.0, 2.0, 3.0])
-    assert found.estimate == pytest.approx(8.5 / 9)
-    assert found.low <= found.estimate <= found.high <= 1
-    assert stats.probability_of_improvement([1.0, 1.0], [1.0, 1.0]).estimate == 0.5
-    assert stats.probability_of_improvement([0.5], [0.4]).low is None
+def test_rembg_wins_are_counted_within_seeds_with_the_exact_sign_test():
+    three = stats.paired_wins([0.6, 0.7, 0.8], [0.5, 0.5, 0.5])
+    assert (three.wins, three.seeds, three.p) == (3, 3, pytest.approx(0.25))   # 2 of 2^3 signs
+    assert stats.paired_wins([0.5, 0.6, 0.4], [0.5, 0.5, 0.5]).p == pytest.approx(1.0)
+    assert stats.paired_wins([0.5], [0.5]).p is None   # only ties: no test
 
 
-def test_detectable_effect_and_sizes_needed_are_the_t_power_formula():
+def test_power_and_detectable_effect_are_the_noncentral_t():
     found = stats.seed_gain([0.50, 0.55, 0.45, 0.52, 0.48], [0.5] * 5)
-    multiple = t_dist.ppf(0.975, 4) + t_dist.ppf(0.8, 4)
-    assert stats.detectable(found, 0.05, 0.8) == pytest.approx(multiple * found.se)
-    sd = found.se * np.sqrt(5)
+    se, df = found.se, 4
+    critical = t_dist.ppf(0.975, df)
+
+    def power(delta):   # scipy's noncentral t, both tails
+        return nct.sf(critical, df, delta / se) + nct.cdf(-critical, df, delta / se)
+
+    mde = stats.detectable(found, 0.05, 0.8)
+    assert power(mde) == pytest.approx(0.8, abs=1e-9)
+    assert mde > (critical + t_dist.ppf(0.8, df)) * se   # the central-t shortcut is too small
+    sd = se * np.sqrt(5)
     needed = stats.seeds_needed(found, 0.01, 0.05, 0.8)
 
     def power_ok(seeds):
-        return (t_dist.ppf(0.975, seeds - 1) + t_dist.ppf(0.8, seeds - 1)) * sd / np.sqrt(
-            seeds) <= 0.01
+        c = t_dist.ppf(0.975, seeds - 1)
+        shift = 0.01 / (sd / np.sqrt(seeds))
+        return nct.sf(c, seeds - 1, shift) + nct.cdf(-c, seeds - 1, shift) >= 0.8
 
     assert power_ok(needed) and not power_ok(needed - 1)
     assert stats.images_needed(found, 0.01, 0.05, 0.8) is None   # no per-image results
+
+
+def test_a_target_the_test_images_alone_cannot_reach_is_said_so():
+    """Images that vary a lot: even infinitely many seeds leave σ²_image/N."""
+    rng = np.random.default_rng(0)
+    rembg = rng.normal(0, 0.01, 3)[:, None] + rng.normal(0, 1.0, 50)[None, :]
+    found = stats.gain(rembg, np.zeros_like(rembg))
+    assert stats.seeds_needed(found, 0.05, 0.05, 0.8) == stats.UNREACHABLE
+    assert stats.images_needed(found, 0.05, 0.05, 0.8) > 50
+    assert stats.images_needed(found, 10.0, 0.05, 0.8, least=100) == 100   # never below
 
 
 def test_resampled_miou_is_the_reported_miou():
@@ -223,35 +255,60 @@ def known(estimate, se):
     return stats.Effect(estimate, 10_000, 0, se ** 2, 0.0, 0.0)   # spread only
 
 
-@pytest.mark.parametrize("estimate, expect, verdict", [
-    (0.05, "positive", "supported"),           # z = 5
-    (-0.05, "positive", "reversed"),
-    (0.0, "positive", "not supported"),        # upper 90 % bound 0.0165 < 0.02
-    (0.015, "positive", "inconclusive"),
-    (-0.05, "negative", "supported"),
-    (0.05, "negative", "reversed"),
-    (0.0, "negative", "not supported"),
-    (0.0, "not_positive", "supported"),        # 90 % CI below +Δ
-    (-0.08, "not_positive", "supported"),
-    (0.06, "not_positive", "not supported"),   # lower bound above +Δ
-    (0.02, "not_positive", "inconclusive"),
-    (0.0, "equivalent", "supported"),
-    (-0.06, "equivalent", "not supported"),
-    (0.012, "equivalent", "inconclusive"),
+@pytest.mark.parametrize("estimate, se, expect, verdict, test", [
+    (0.05, 0.01, "positive", "supported", "δ ≠ 0"),           # z = 5
+    (-0.05, 0.01, "positive", "refuted", "δ ≠ 0"),
+    (0.0, 0.01, "positive", "minimal", "TOST −Δ < δ < +Δ"),     # 90 % CI ±0.0165 inside ±Δ
+    (0.008, 0.002, "positive", "minimal", "TOST −Δ < δ < +Δ"),  # a gain, shown below +Δ
+    (0.015, 0.01, "positive", "inconclusive", None),
+    (-0.05, 0.01, "negative", "supported", "δ ≠ 0"),
+    (0.05, 0.01, "negative", "refuted", "δ ≠ 0"),
+    (0.0, 0.01, "negative", "minimal", "TOST −Δ < δ < +Δ"),
+    (0.0, 0.01, "not_positive", "supported", "non-superiority δ < +Δ"),
+    (-0.08, 0.01, "not_positive", "supported", "non-superiority δ < +Δ"),
+    (0.06, 0.01, "not_positive", "refuted", "δ > +Δ"),         # lower bound above +Δ
+    (0.02, 0.01, "not_positive", "inconclusive", None),
+    (0.0, 0.01, "equivalent", "supported", "TOST −Δ < δ < +Δ"),
+    (-0.06, 0.01, "equivalent", "refuted", "|δ| > Δ"),
+    (0.012, 0.01, "equivalent", "inconclusive", None),
 ])
-def test_verdicts(estimate, expect, verdict):
-    found = known(estimate, 0.01)
-    p = stats.primary_p(found, expect, 0.02)
-    assert stats.verdict(found, expect, 0.02, p, 0.05) == verdict
-    assert stats.verdict(None, expect, 0.02, None, 0.05) == "inconclusive"
+def test_verdicts(estimate, se, expect, verdict, test):
+    tests = stats.claim_tests(known(estimate, se), expect, 0.02)
+    decided, which = stats.decide(tests, [t.p for t in tests], 0.05)
+    assert decided == verdict
+    assert (None if which is None else tests[which].name) == test
+    assert stats.claim_tests(stats.seed_gain([0.5], [0.4]), expect, 0.02) == []   # one seed
 
 
-def test_holm_adjusted_p_decides_the_verdict():
-    found = known(0.0215, 0.01)    # two-sided p 0.032: supported alone, not among four
-    p = stats.primary_p(found, "positive", 0.02)
-    assert stats.verdict(found, "positive", 0.02, p, 0.05) == "supported"
-    adjusted = stats.holm([p, 0.5, 0.6, 0.7], 0.05)[0]
-    assert stats.verdict(found, "positive", 0.02, adjusted, 0.05) == "inconclusive"
+def test_verdict_words_are_distinct():
+    """No verdict contains another ("not supported" contained "supported")."""
+    assert len(set(stats.VERDICTS)) == 4
+    assert not [(a, b) for a in stats.VERDICTS for b in stats.VERDICTS if a != b and a in b]
+
+
+def test_holm_over_every_decisive_test_decides_the_verdict():
+    found = known(0.025, 0.01)    # two-sided p 0.012: supported among its own 2 tests, not 8
+    tests = stats.claim_tests(found, "positive", 0.02)
+    ps = [t.p for t in tests]
+    assert stats.decide(tests, stats.holm(ps, 0.05), 0.05)[0] == "supported"
+    assert stats.decide(tests, stats.holm(ps + [0.5] * 6, 0.05)[:2], 0.05)[0] == "inconclusive"
+
+
+def test_two_seeds_that_agree_by_chance_give_a_p_that_does_not_depend_on_the_resamples():
+    """/work/shared/fixtures/two-seeds-agree.npz in miniature: two seeds whose differences
+    agree far more closely than the per-image noise allows. Their spread is lifted to the
+    residual term (the seed component floored at zero) and df is at least S − 1."""
+    rng = np.random.default_rng(5)
+    original = rng.random((1, 300)).repeat(2, axis=0)
+    noise = rng.normal(0, 0.15, (2, 300))
+    noise[1] += noise[0].mean() - noise[1].mean()   # the seeds' mean differences agree
+    rembg = original + 0.04 + noise
+    found = {b: stats.gain(rembg, original, b) for b in (2000, 20000)}
+    assert found[2000].spread < 1e-12 < found[2000].residual
+    assert found[2000].df >= 1 and found[20000].df >= 1
+    assert found[2000].p == pytest.approx(found[20000].p, rel=0.05)
+    assert found[2000].p > 0.05     # two seeds, one degree of freedom: no strong claim
+    assert abs(found[20000].interval.high) < 1
 
 
 SYNTHETIC_STUDY = """
@@ -391,6 +448,32 @@ def test_report_on_synthetic_results_gives_the_known_verdicts(tmp_path, monkeypa
     assert update_readme(block, tmp_path / "README.md")
     readme = (tmp_path / "README.md").read_text()
     assert "old" not in readme and "helps shallow nets" in readme
+
+
+def test_report_rows_print_the_deciding_test_and_refuse_a_verdict_below_three_seeds(
+        tmp_path, monkeypatch):
+    """Each row names the test that decides it with its raw and Holm-adjusted p (Holm over
+    the two tests of each of the three claims); with two seeds every row says why it has no
+    verdict; raw p-values elsewhere are marked unadjusted."""
+    (tmp_path / "study.yaml").write_text(SYNTHETIC_STUDY)
+    study = load_study(tmp_path / "study.yaml")
+    monkeypatch.chdir(tmp_path)
+    claims = evaluate_claims(study, "s", group(synthetic_results(study)),
+                             {n: arm_gain(a) for n, a in group(synthetic_results(study)).items()})
+    every = [t.p for r in claims for t in stats.claim_tests(r.effect, r.claim.expect, 0.02)]
+    assert [r.adjusted for r in claims] == [stats.holm(every, 0.05)[i] for i in (1, 3, 4)]
+    block = build_report(study, "s", synthetic_results(study), 0, "make study PRESET=s")
+    assert f"δ ≠ 0: {claims[0].p:.2g} ({claims[0].adjusted:.2g}) | **supported**" in block
+    assert "p, unadjusted" in block and "exact sign test p, unadjusted" in block
+    (tmp_path / "study.yaml").write_text(SYNTHETIC_STUDY.replace("seeds: [0, 1, 2]",
+                                                                 "seeds: [0, 1]"))
+    two = load_study(tmp_path / "study.yaml")
+    block = build_report(two, "s", synthetic_results(two), 0, "make study PRESET=s")
+    rows = [line for line in block.splitlines() if line.startswith("| helps") or
+            line.startswith("| not with") or line.startswith("| instance not")]
+    assert len(rows) == 3 and all("(fewer than 3 seeds: no verdict) | **inconclusive** |" in r
+                                  for r in rows), rows
+    assert "| δ ≠ 0: " in rows[0]   # the claim's own test, its p unadjusted
 
 
 def test_a_cell_missing_from_the_queue_for_a_moment_is_still_pending():

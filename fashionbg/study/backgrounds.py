@@ -85,7 +85,7 @@ def fmt_effect(effect: stats.Effect | None) -> str:
     i = effect.interval
     if i.low is None:
         return f"{i.estimate:+.3f} (one seed)"
-    p = "" if effect.p is None else f", p {effect.p:.2g}"
+    p = "" if effect.p is None else f", p {effect.p:.2g} unadjusted"
     return f"{i.estimate:+.3f} [{i.low:+.3f}, {i.high:+.3f}]{p}"
 
 
@@ -219,7 +219,7 @@ def _score_on(cells: Cells, tested_on: str) -> str:
     seeds; "–" where they were not tested on it."""
     scores = [score for r in cells.values()
               if (score := r.by_test.get(tested_on)) is not None]
-    return _interval(stats.mean_interval(scores)) if scores else "–"
+    return _interval(stats.score_interval(stats.seed_level(scores))) if scores else "–"
 
 
 def _interval(i: stats.Interval) -> str:

@@ -5,6 +5,7 @@ claims are about, a verdict per claim and how much the models rely on the backgr
 the README's results section."""
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,18 @@ class ArmResults:
     cross: dict[str, list[float | None]]    # trained on variant → score on the other variant
     per_image: dict[str, Any] | None        # variant → stats.stack of the seeds' results
 
+    @functools.cached_property
+    def resampled(self) -> dict[str, np.ndarray] | None:
+        """variant → stats.resampled scores, computed once for the gain and both variants'
+        intervals (recomputing mask AP by pycocotools is the slow part of a report)."""
+        if self.per_image is None:
+            return None
+        return {v: stats.resampled(x) for v, x in self.per_image.items()}
+
+    @property
+    def images(self) -> int:
+        return 0 if self.per_image is None else stats.image_count(self.per_image["original"])
+
 
 def group(results: list[CellResult]) -> dict[str, ArmResults]:
     """Per arm, the seeds with both variants, paired by seed and by test image."""
@@ -62,8 +75,8 @@ def group(results: list[CellResult]) -> dict[str, ArmResults]:
 
 
 def arm_gain(a: ArmResults) -> stats.Effect:
-    if a.per_image is not None:
-        return stats.gain(a.per_image["rembg"], a.per_image["original"])
+    if a.resampled is not None:
+        return stats.effect(a.resampled["rembg"] - a.resampled["original"], a.images)
     return stats.seed_gain(a.scores["rembg"], a.scores["original"])
 
 
@@ -87,26 +100,44 @@ class ClaimResult:
     claim: Claim
     effect: stats.Effect | None
     margin: float
-    p: float | None          # the claim's own test (see stats.primary_p)
-    adjusted: float | None   # Holm across the preset's claims
-    verdict: str
+    test: str                # the test that decides the verdict, or the claim's own one
+    p: float | None          # that test's p, unadjusted
+    adjusted: float | None   # the same, Holm-adjusted over every test of the preset's claims
+    verdict: str             # one of stats.VERDICTS
+
+
+# The test an inconclusive row shows: the one whose rejection would support the claim.
+OWN_TEST = {"positive": 1, "negative": 1, "not_positive": 0, "equivalent": 0}
+TOO_FEW = f"fewer than {stats.MIN_SEEDS} seeds: no verdict"
 
 
 def evaluate_claims(study: Study, preset: str, arms: dict[str, ArmResults],
                     gains: dict[str, stats.Effect]) -> list[ClaimResult]:
-    """Each claim of the preset's arms: its effect, test, Holm-adjusted p and verdict."""
+    """Each claim of the preset's arms: its effect, the tests that can decide it (Holm across
+    all of them, so every decisive test is inside the family-wise error rate) and its
+    verdict. A claim with fewer than stats.MIN_SEEDS seeds gets no tests and no verdict."""
     ran = set(study.presets[preset]["arms"])
     claims = [c for c in study.claims if {c.arm, c.baseline or c.arm} <= ran]
     effects = [claim_effect(c, arms, gains) for c in claims]
     margins = [study.margins[TASKS[study.arms[c.arm].task].key_metric] for c in claims]
-    ps = [None if e is None else stats.primary_p(e, c.expect, m)
-          for c, e, m in zip(claims, effects, margins)]
-    tested = [i for i, p in enumerate(ps) if p is not None]
-    adjusted: list[float | None] = [None] * len(claims)
-    for i, p in zip(tested, stats.holm([p for p in ps if p is not None], study.alpha)):
-        adjusted[i] = p
-    return [ClaimResult(c, e, m, p, a, stats.verdict(e, c.expect, m, a, study.alpha))
-            for c, e, m, p, a in zip(claims, effects, margins, ps, adjusted)]
+    tests = [stats.claim_tests(e, c.expect, m)
+             if e is not None and e.seeds >= stats.MIN_SEEDS else []
+             for c, e, m in zip(claims, effects, margins)]
+    flat = stats.holm([t.p for ts in tests for t in ts], study.alpha)
+    out, start = [], 0
+    for c, e, m, ts in zip(claims, effects, margins, tests):
+        adjusted, start = flat[start:start + len(ts)], start + len(ts)
+        if not ts:   # not run, or too few seeds: the claim's own test, unadjusted, if any
+            own = [] if e is None else stats.claim_tests(e, c.expect, m)
+            shown = own[OWN_TEST[c.expect]] if own else None
+            out.append(ClaimResult(c, e, m, shown.name if shown else "not run" if e is None
+                                   else TOO_FEW, shown.p if shown else None, None,
+                                   stats.INCONCLUSIVE))
+            continue
+        verdict, i = stats.decide(ts, adjusted, study.alpha)
+        i = OWN_TEST[c.expect] if i is None else i
+        out.append(ClaimResult(c, e, m, ts[i].name, ts[i].p, adjusted[i], verdict))
+    return out
 
 
 def fmt(value: float | None, signed: bool = False) -> str:
@@ -137,8 +168,9 @@ def fmt_count(n: int | None) -> str:
 
 def arm_table(arms: dict[str, ArmResults], gains: dict[str, stats.Effect], study: Study
               ) -> list[str]:
-    lines = ["| arm | task: metric | seeds | original | rembg | rembg − original [95 % CI] | "
-             "p | P(rembg > original) over seeds [95 % CI] | original-trained on rembg | "
+    lines = ["| arm | task: metric | seeds | original [95 % CI] | rembg [95 % CI] | "
+             "rembg − original [95 % CI] | p, unadjusted | seeds where rembg > original: "
+             "exact sign test p, unadjusted | original-trained on rembg | "
              "rembg-trained on original |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name in study.arms:
@@ -146,47 +178,79 @@ def arm_table(arms: dict[str, ArmResults], gains: dict[str, stats.Effect], study
             continue
         a, effect = arms[name], gains[name]
         metric = TASKS[a.arm.task].key_metric
-        improvement = stats.probability_of_improvement(a.scores["rembg"], a.scores["original"])
+        wins = stats.paired_wins(a.scores["rembg"], a.scores["original"])
+        levels = [fmt_interval(stats.score_interval(variant_level(a, v)))
+                  for v in ("original", "rembg")]
         lines.append(
             f"| `{name}`: {text(a.arm.about)} | {a.arm.task}: {metric} | {len(a.seeds)} | "
-            f"{fmt_interval(stats.mean_interval(a.scores['original']))} | "
-            f"{fmt_interval(stats.mean_interval(a.scores['rembg']))} | "
+            f"{levels[0]} | {levels[1]} | "
             f"**{fmt_interval(effect.interval, True)}** | {fmt_p(effect.p)} | "
-            f"{fmt_interval(improvement)} | "
+            f"{wins.wins} of {wins.seeds}: {fmt_p(wins.p)} | "
             f"{fmt_mean(a.cross['original'])} | {fmt_mean(a.cross['rembg'])} |")
     return lines
 
 
-TESTS_SHOWN = {"positive": "δ ≠ 0", "negative": "δ ≠ 0", "not_positive": "non-superiority δ < +Δ",
-               "equivalent": "TOST −Δ < δ < +Δ"}
+def variant_level(a: ArmResults, variant: str) -> stats.Effect:
+    """A variant's score over seeds and test images where per-image results pair them, else
+    over seeds: the footing its arm's difference stands on."""
+    if a.resampled is not None:
+        return stats.effect(a.resampled[variant], a.images)
+    return stats.seed_level(a.scores[variant])
+
+
+RATIO_METRICS = ("miou", "mask_ap")   # ratios of sums over images, not means of per-image terms
+MIN_RATIO_IMAGES = 100                 # the fewest test images their plan extrapolates down to
 
 
 def claim_table(claims: list[ClaimResult], study: Study) -> list[str]:
     target = study.target_effect
     lines = ["| claim of the paper | measured as | expect | difference [95 % CI] | "
-             "90 % CI | test: p (Holm) | verdict | detectable (80 % power) | "
-             f"for ±{target:g}: seeds / test images |",
+             "90 % CI | deciding test: p unadjusted (Holm) | verdict | detectable "
+             f"({study.power * 100:g} % power) | for ±{target:g}: seeds at these test images "
+             "(cells) / test images at these seeds |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in claims:
         claim, effect = r.claim, r.effect
         measured = (f"gain of `{claim.arm}`" if claim.test == "gain"
                     else f"gain of `{claim.arm}` − gain of `{claim.baseline}`")
         expect = f"{claim.expect.replace('_', ' ')}, Δ {r.margin:g}"
+        test = (r.test if r.p is None else f"{r.test}: {fmt_p(r.p)} ({TOO_FEW})"
+                if r.adjusted is None else f"{r.test}: {fmt_p(r.p)} ({fmt_p(r.adjusted)})")
         if effect is None:
-            lines.append(f"| {claim.claim} | {measured} | {expect} | not run | – | – | "
-                         "inconclusive | – | – |")
+            lines.append(f"| {claim.claim} | {measured} | {expect} | not run | – | {test} | "
+                         f"**{r.verdict}** | – | – |")
             continue
-        mde = stats.detectable(effect, study.alpha, study.power)
-        seeds = stats.seeds_needed(effect, target, study.alpha, study.power)
-        images = stats.images_needed(effect, target, study.alpha, study.power)
         lines.append(
             f"| {claim.claim} | {measured} | {expect} | {fmt_interval(effect.interval, True)} | "
-            f"{fmt_interval(effect.interval_at(1 - 2 * study.alpha), True)} | "
-            f"{TESTS_SHOWN[claim.expect]}: {fmt_p(r.p)} ({fmt_p(r.adjusted)}) | "
-            f"**{r.verdict}** | {fmt(mde)} | "
-            f"{fmt_count(seeds) if seeds or effect.se is None else '> 100,000'} / "
-            f"{fmt_count(images) if images or effect.images == 0 else 'no number'} |")
+            f"{fmt_interval(effect.interval_at(1 - 2 * study.alpha), True)} | {test} | "
+            f"**{r.verdict}** | {fmt(stats.detectable(effect, study.alpha, study.power))} | "
+            f"{plan(effect, study, TASKS[study.arms[claim.arm].task].key_metric, claim)} |")
     return lines
+
+
+def cells_per_seed(claim: Claim) -> int:
+    """Cells one more seed costs a claim: original and rembg of its arm (and its baseline)."""
+    return 2 if claim.test == "gain" else 4
+
+
+def plan(effect: stats.Effect, study: Study, metric: str, claim: Claim) -> str:
+    """Seeds needed at this test set with the cells they cost (a cell's time hardly depends on
+    its test images, so the full test set and the fewest seeds is the cheapest design), and
+    test images needed at these seeds, for the target effect; ratio metrics are not
+    extrapolated below MIN_RATIO_IMAGES."""
+    target, alpha, power = study.target_effect, study.alpha, study.power
+    seeds = stats.seeds_needed(effect, target, alpha, power)
+    least = MIN_RATIO_IMAGES if metric in RATIO_METRICS else 2
+    images = stats.images_needed(effect, target, alpha, power, least)
+    seeds_text = ("not reachable with this test set" if seeds == stats.UNREACHABLE
+                  else f"> {stats.MAX_PLAN:,}" if seeds is None and effect.se is not None
+                  else f"{seeds:,} ({seeds * cells_per_seed(claim):,} cells)" if seeds
+                  else fmt_count(seeds))
+    images_text = ("no number" if images is None and effect.images and effect.se is not None
+                   else fmt_count(images))
+    if images == least and least > 2:
+        images_text = f"≤ {least} (not extrapolated below)"
+    return f"{seeds_text} / {images_text}"
 
 
 def methods(study: Study, preset: str) -> str:
@@ -206,26 +270,38 @@ def methods(study: Study, preset: str) -> str:
         "sources of variation, in the crossed model difference = δ + seed + image + residual: "
         "the spread over seeds (Student t) and a bootstrap over test images "
         f"({stats.RESAMPLES} resamples, the same images for every seed and variant, the metric "
-        "recomputed on each), the residual counted once; degrees of freedom by Satterthwaite "
-        "(about seeds − 1 where the models vary most). A Wilcoxon test over images would treat "
-        "the trained models as fixed, and on 0/1 correctness degenerates into a sign test; a "
-        "percentile bootstrap over 2-5 seeds cannot reach its nominal coverage. "
-        "Each claim has one test: *positive* / *negative* a two-sided t-test of δ = 0, the sign "
-        "of the estimate saying supported or reversed; *not positive* (a minimal or negative "
-        "effect: deep networks, segmentation) the non-superiority test of δ ≥ +Δ, i.e. the 90 % "
-        "CI below +Δ; *equivalent* TOST, the 90 % CI inside ±Δ. The 'does not combine' "
-        "claims are interactions expected negative: removal helps less with batch norm, "
-        "augmentation or pretraining than without. Verdicts use the Holm-adjusted p "
-        "(statsmodels); *not supported* means a one-sided level-α test puts the effect on the "
-        "wrong side of the margin (a gain or loss smaller than Δ, or a 'minimal' effect above "
-        "+Δ); otherwise *inconclusive*. P(rembg > original): the share of (rembg seed, "
-        "original seed) pairs where rembg scores higher, ties half (rliable's probability of "
-        "improvement), with a bootstrap over each variant's seeds. Detectable: the |δ| the "
-        f"two-sided test finds with power {study.power:g}; seeds / test images: how many the "
-        f"test needs for ±{study.target_effect:g} keeping the other count ('no number': the "
-        "seeds' variance alone is too large). `python -m fashionbg.study calibrate` checks "
-        "the coverage, error rates and power of this procedure on simulated studies. "
-        f"{split}Per-variant columns: mean [95 % t-interval] over seeds.")
+        "recomputed on each), the residual counted once; degrees of freedom by Satterthwaite, "
+        f"never below seeds − 1. Below {stats.MIN_SEEDS} seeds no verdict is given (and the "
+        "seeds' spread is not allowed below the residual term it holds). Intervals of a "
+        "difference are cut at the most a difference of scores can be; per-variant scores "
+        "have the same standard error (seeds and test images) with the t-interval taken on "
+        "the logit scale, so it stays inside [0, 1]. "
+        "**Verdicts**, each decided by one test (its raw and Holm-adjusted p in the row; "
+        "Holm (statsmodels) runs over every test that can decide any claim of the preset, two "
+        "per claim, so every verdict is inside the family-wise error rate; a test decides "
+        "when its Holm-adjusted p is below α, so a 90 % CI, which is unadjusted, on the "
+        "right side of a margin is not enough on its own): "
+        "*supported* — the claim's own test rejects (positive / negative: the two-sided t-test "
+        "of δ = 0 with the estimate on the expected side; not positive: non-superiority, "
+        "H0 δ ≥ +Δ; equivalent: TOST, H0 |δ| ≥ Δ); "
+        "*refuted* — the opposite is shown (positive / negative: the same two-sided test with "
+        "the estimate on the other side; not positive: H0 δ ≤ +Δ; "
+        "equivalent: |δ| > Δ, the smaller one-sided p doubled); *minimal* — a positive or "
+        "negative claim whose effect TOST shows within ±Δ (checked first: a gain shown smaller "
+        "than Δ is no support); *inconclusive* — no test rejects at its Holm-adjusted p (the "
+        "row then shows the claim's own test). The 'does not combine' claims are interactions "
+        "expected negative: removal helps less with batch norm, augmentation or pretraining "
+        "than without. Seeds where rembg > original: the seeds whose rembg model beats the "
+        "original model of the same seed, with the exact sign-flip test over those pairs "
+        "(binomial, ties left out; 3 of 3 gives p 0.25). The p-values of the arm and "
+        "background tables are unadjusted. Detectable: the |δ| the two-sided test finds with "
+        f"power {study.power:g} (noncentral t); for ±{study.target_effect:g}: the seeds "
+        "needed at this test set ('not reachable with this test set' where the test images' "
+        "own variance is too large for any number of seeds), and the test images needed at "
+        "these seeds ('no number' where the seeds' variance alone is too large; mIoU and "
+        f"mask AP are not extrapolated below {MIN_RATIO_IMAGES} images). "
+        "`python -m fashionbg.study calibrate` checks the coverage, error rates and power of "
+        f"this procedure on simulated studies. {split}")
 
 
 def forest_plot(rows: list[tuple[str, stats.Interval]], path: Path) -> None:
