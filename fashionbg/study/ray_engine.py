@@ -222,15 +222,16 @@ def refuse_infeasible(needs: dict[str, dict[str, float]], nodes: list[dict[str, 
     most = {key: max((n.get(key, 0) for n in nodes), default=0) for key in ("GPU", "CPU")}
     fixes = []
     if need.get("num_gpus", 0) > most["GPU"]:
-        fixes.append(f"train.nproc to at most {most['GPU']:g}")
+        fixes.append(f"train.nproc to at most {most['GPU']:g} (study.yaml or params.yaml)")
     if need["num_cpus"] > most["CPU"]:
         fixes.append(f"CPUS_PER_CELL (--cpus-per-cell) to at most {most['CPU']:g}"
-                     if cpus_per_cell > most["CPU"] else f"train.nproc to at most {most['CPU']:g}")
+                     if cpus_per_cell > most["CPU"]
+                     else f"train.nproc to at most {most['CPU']:g} (study.yaml or params.yaml)")
     more = f" and {len(misfits) - 1} more" if len(misfits) > 1 else ""
     raise UserError(f"cell {misfits[0]}{more} asks Ray for {_amounts(need)} but no node of the "
                     f"cluster has that (the most on one node: {most['GPU']:g} GPU, "
                     f"{most['CPU']:g} CPU), so it would wait forever; set "
-                    + " and ".join(fixes) + " (study.yaml or params.yaml), or add a bigger node")
+                    + " and ".join(fixes) + ", or add a bigger node")
 
 
 def _fits(need: dict[str, float], node: dict[str, float]) -> bool:
