@@ -145,7 +145,7 @@ def test_cells_run_two_at_a_time_on_their_own_gpus_and_report_as_the_queue(tmp_p
     run(["git", "clone", "-q", str(project), str(queued)], tmp_path)
     run(["dvc", "cache", "dir", "--local", str(project / ".dvc/cache")], queued)
     run(["dvc", "checkout", "--quiet"], queued)
-    out = study(queued, "run")
+    out = study(queued, "run", "--engine", "queue")
     assert "[4/4] done, 0 failed" in out
 
     out = study(project, "run", "--engine", "ray", address=cluster)
