@@ -2,6 +2,7 @@
 a real second process), choosing an engine, the command that re-runs a cell, clearing what
 a killed cell left behind (a real process working in a stale workspace), refusing a cell that no
 node can hold, and giving up on a RAY_ADDRESS where nothing answers."""
+import os
 import shlex
 import socket
 import subprocess
@@ -46,7 +47,7 @@ def test_a_second_study_refuses_in_one_line_naming_the_holder(tmp_path):
         proc.kill()
         proc.wait()
     with study_lock(lock):          # a killed holder leaves no stale lock
-        assert lock.read_text() == f"{__import__('os').getpid()}\n"
+        assert lock.read_text() == f"{os.getpid()}\n"
     assert not lock.exists()
 
 
@@ -141,3 +142,34 @@ def test_a_ray_address_where_nothing_answers_fails_in_one_line_within_the_timeou
     assert time.monotonic() - start < 3
     with pytest.raises(UserError, match="is not allowed; expected host:port"):
         reachable("6379")
+
+
+JOIN = """
+import sys
+from fashionbg.core.errors import UserError
+from fashionbg.study import ray_engine
+ray_engine.JOIN_SECONDS = 3
+try:
+    with ray_engine.ray_cluster():
+        pass
+except UserError as err:
+    print(err)
+    sys.exit(2)
+"""
+
+
+def test_an_address_that_accepts_but_is_no_ray_head_fails_within_the_join_timeout():
+    with socket.socket() as listener:    # answers TCP (the probe passes), never speaks Ray
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        start = time.monotonic()
+        result = subprocess.run([sys.executable, "-c", JOIN], capture_output=True, text=True,
+                                env={**os.environ, "RAY_ADDRESS": address},
+                                timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout.strip() == (f"RAY_ADDRESS = '{address}': no Ray cluster answered there "
+                                     "within 3 s; check the head's address and port (`ray "
+                                     "status` on the head), or unset RAY_ADDRESS to run on this "
+                                     "machine")
+    assert time.monotonic() - start < 90     # 3 s, and Python and Ray starting and stopping

@@ -111,13 +111,13 @@ def run(args: argparse.Namespace, cells: list[Cell], params: dict) -> None:
         todo = cells_to_run(parse_shard(args.shard).take(cells))
         if not todo:
             return
-        with engine:
-            todo = longest_first(todo, preflight(todo, params, engine.capacity(todo)))
-            try:
+        try:
+            with engine:   # Ray: connected (or started) until the cells are done
+                todo = longest_first(todo, preflight(todo, params, engine.capacity(todo)))
                 _, failed = engine.run(todo)
-            except KeyboardInterrupt:
-                print("interrupted; queued cells stopped, re-run to resume", file=sys.stderr)
-                sys.exit(INTERRUPTED)
+        except KeyboardInterrupt:
+            print("interrupted; queued cells stopped, re-run to resume", file=sys.stderr)
+            sys.exit(INTERRUPTED)
     if failed:
         log.warning("%d cells failed; the report uses the others", len(failed))
 

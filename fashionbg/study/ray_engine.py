@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -43,7 +44,8 @@ LOGS = STUDY_CACHE / "logs"
 # Unix socket paths are limited to 107 bytes; Ray puts its sockets this deep in its temp dir
 # (session_<date>_<time>_<pid>/sockets/plasma_store).
 RAY_SOCKET_DEPTH = 64
-CONNECT_SECONDS = 10      # how long joining RAY_ADDRESS may take before the study gives up
+CONNECT_SECONDS = 10      # how long RAY_ADDRESS may take to accept a connection
+JOIN_SECONDS = 60         # and Ray to join the cluster there, before the study gives up
 WATCH_SECONDS = 10        # how often a running study looks at the cluster's nodes and memory
 MEMORY_WARNING = 90       # % of this machine's memory in use that the study warns about
 RAY_MEMORY_LIMIT = 95     # % at which Ray's memory monitor kills workers (its default)
@@ -321,7 +323,7 @@ def ray_cluster() -> Iterator[Any]:
         reachable(address)
     try:
         if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            join(ray, address)
         else:
             assert temp is not None  # set above wherever there is no address
             temp.mkdir(parents=True, exist_ok=True)
@@ -353,6 +355,32 @@ def reachable(address: str, seconds: float = CONNECT_SECONDS) -> None:
         raise UserError(f"RAY_ADDRESS = {address!r}: nothing answered at {host}:{port} within "
                         f"{seconds:g} s ({err.strerror or err}); start the cluster there with "
                         "`ray start --head`, or unset RAY_ADDRESS to run on this machine") from None
+
+
+def join(ray: Any, address: str, seconds: float | None = None) -> None:
+    """ray.init for RAY_ADDRESS, given up after `seconds` (JOIN_SECONDS): where something answers
+    that is not a Ray head, Ray retries for ever. The attempt runs in a daemon thread, which
+    goes with the process when the study refuses."""
+    seconds = JOIN_SECONDS if seconds is None else seconds
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except BaseException as err:   # handed to the caller's thread
+            outcome.append(err)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=connect, name="ray-join", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        raise UserError(f"RAY_ADDRESS = {address!r}: no Ray cluster answered there within "
+                        f"{seconds:g} s; check the head's address and port (`ray status` on the "
+                        "head), or unset RAY_ADDRESS to run on this machine")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def local_token() -> None:
