@@ -29,8 +29,8 @@ QUEUE = Capacity(1, "queue slot", {})
 def run_preflight(*data: str) -> subprocess.CompletedProcess:
     args = [a for d in data for a in ("--data", d)]
     return subprocess.run([sys.executable, "-m", "fashionbg.study", "preflight", "--preset",
-                           "paper", "--smoke", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+                           "paper", "--smoke", "--engine", "queue", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
 
 
 def error_lines(stderr: str) -> list[str]:
