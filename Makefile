@@ -17,9 +17,10 @@ FASHIONPEDIA ?=
 FASHIONSTYLE14_SHA256 ?=
 FASHIONPEDIA_SHA256 ?=
 SMOKE ?=
-# Where the cells run: queue (DVC's queue, one at a time) or ray (every device of this machine,
-# or of the cluster at RAY_ADDRESS); across machines, the remotes workers clone from and push to.
-ENGINE ?= queue
+# Where the cells run: queue (DVC's queue, one at a time), ray (every device of this machine, or
+# of the cluster at RAY_ADDRESS) or auto (ray where there is more than one GPU, or more than one
+# core and no GPU; else queue); across machines, the remotes workers clone from and push to.
+ENGINE ?= auto
 GIT_REMOTE ?=
 DVC_REMOTE ?=
 CPUS_PER_CELL ?= 1

@@ -16,8 +16,8 @@ from fashionbg.study.definition import load_study
 
 def make_study(project: Path, fs14: Path, fp: Path) -> str:
     venv = Path(sys.executable).parent.parent
-    return run(["make", "--no-print-directory", "study", f"VENV={venv}", "PRESET=paper",
-                "SMOKE=1", f"FASHIONSTYLE14={fs14}", f"FASHIONPEDIA={fp}"], project)
+    return run(["make", "--no-print-directory", "study", f"VENV={venv}", "ENGINE=queue",
+                "PRESET=paper", "SMOKE=1", f"FASHIONSTYLE14={fs14}", f"FASHIONPEDIA={fp}"], project)
 
 
 def stage_runs(project: Path, names: list[str], stage: str) -> int:

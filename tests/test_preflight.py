@@ -1,7 +1,9 @@
 """The study's pre-flight refuses, one line per problem and before anything starts: a dataset
 that is missing or not in its layout, too little disk for the caches, and devices or ONNX Runtime
-providers the params ask for but this machine lacks."""
+providers the params ask for but this machine lacks. Its timing runs in a child process, and its
+time per cell is the timed seconds per image scaled by the cell's images, epochs and devices."""
 import copy
+import os
 import subprocess
 import sys
 from collections import namedtuple
@@ -14,18 +16,21 @@ from helpers_archives import fashionpedia_folder, fashionstyle14_zip
 
 from fashionbg.core.errors import UserError
 from fashionbg.study import preflight as preflight_module
+from fashionbg.study import timing
 from fashionbg.study.definition import load_study, locate
-from fashionbg.study.preflight import preflight
+from fashionbg.study.preflight import cell_params, preflight
+from fashionbg.study.schedule import Capacity
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+QUEUE = Capacity(1, "queue slot", {})
 
 
 def run_preflight(*data: str) -> subprocess.CompletedProcess:
     args = [a for d in data for a in ("--data", d)]
     return subprocess.run([sys.executable, "-m", "fashionbg.study", "preflight", "--preset",
-                           "paper", "--smoke", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+                           "paper", "--smoke", "--engine", "queue", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -60,7 +65,7 @@ def test_too_little_disk_is_refused_before_anything_runs(monkeypatch, capsys):
                         lambda path: usage(10 << 20, 9 << 20, 1 << 20))
     monkeypatch.chdir(ROOT)
     with pytest.raises(UserError, match="nothing was started"):
-        preflight(quick_cells(PARAMS), PARAMS)
+        preflight(quick_cells(PARAMS), PARAMS, QUEUE)
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and lines[0].startswith("error: disk: about ")
     assert "1.0 MiB free" in lines[0] and "dvc cache dir" in lines[0]
@@ -76,7 +81,7 @@ def test_devices_and_providers_asked_for_but_missing(monkeypatch, capsys):
     params["classify"]["device"] = "cuda"
     monkeypatch.chdir(ROOT)
     with pytest.raises(UserError, match="2 problem"):
-        preflight(quick_cells(params), params)
+        preflight(quick_cells(params), params, QUEUE)
     lines = error_lines(capsys.readouterr().err)
     assert any("background.device = cuda but onnxruntime has no CUDA provider" in line
                for line in lines)
@@ -94,7 +99,7 @@ def test_instance_classes_the_dataset_lacks_are_named_before_training(tmp_path, 
              if c.arm.task == "instance" else c for c in cells]
     monkeypatch.chdir(ROOT)
     with pytest.raises(UserError, match="1 problem"):
-        preflight(cells, PARAMS)
+        preflight(cells, PARAMS, QUEUE)
     (line,) = error_lines(capsys.readouterr().err)
     assert "segment.instance_classes names top, bag, which fashionpedia does not have" in line
     assert "dress" in line and "'all'" in line
@@ -170,3 +175,29 @@ def test_annotations_nested_too_deeply_are_one_line_from_the_command_line(tmp_pa
     result = run_preflight(f"fashionstyle14={fs14}", f"fashionpedia={fp}")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert any("nested too deeply" in line for line in error_lines(result.stderr))
+
+
+def test_the_timing_runs_in_a_child_that_takes_its_device_state_with_it():
+    import torch
+
+    cell = next(c for c in quick_cells(PARAMS) if c.arm.name == "shallow")
+    merged = {cell.name: cell_params(PARAMS, cell.overrides)}
+    timings = timing.measure_apart([cell], merged, [], {})
+    (timed,) = timings.models.values()
+    assert isinstance(timed, timing.ModelTiming) and timed.train_s > 0 and timed.eval_s > 0
+    assert timings.pid != os.getpid()          # timed elsewhere ...
+    assert not torch.cuda.is_initialized()     # ... so this process never touched CUDA
+
+
+def test_a_cells_time_is_its_images_epochs_and_devices_at_the_timed_rates():
+    cell = next(c for c in quick_cells(PARAMS) if c.arm.name == "shallow")
+    p = cell_params(PARAMS, {**cell.overrides, "train.nproc": 2, "classify.epochs": 10})
+    timed = timing.ModelTiming(train_s=0.01, eval_s=0.005, batch=16, how="cuda, bf16 autocast",
+                               checkpoint_bytes=1000)
+    timings = timing.Timings({timing._model_key("classify", p): timed}, {}, 1, "")
+    found = timing.estimate(cell, p, timings, images=100)
+    # 10 epochs x (60 training images x 0.01 s / 2 GPUs + 20 validation images x 0.005 s)
+    # + 20 test images x 0.005 s + the cell's fixed overhead
+    assert isinstance(found, timing.CellEstimate)
+    assert found.seconds == pytest.approx(10 * (0.3 + 0.1) + 0.1 + timing.CELL_OVERHEAD_S)
+    assert found.output_bytes == 1000 + timing.OUTPUT_BYTES

@@ -10,7 +10,9 @@ TINY_PRESET = {"about": "two arms on a tiny demo", "seeds": [0, 1], "params": {}
 
 
 def study(project, *args: str) -> str:
-    return run([sys.executable, "-m", "fashionbg.study", *args, "--preset", "tiny"], project)
+    engine = ["--engine", "queue"] if args[0] == "run" else []
+    return run([sys.executable, "-m", "fashionbg.study", *args, *engine, "--preset", "tiny"],
+               project)
 
 
 def set_seeds(project, seeds: list[int]) -> None:

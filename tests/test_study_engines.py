@@ -1,10 +1,13 @@
 """The parts of the study's engines that need no cluster: the one-study-at-a-time lock (held by
 a real second process), choosing an engine, the command that re-runs a cell, clearing what
 a killed cell left behind (a real process working in a stale workspace), a stage killed by a
-signal, one queue worker, which cells share an upstream run, and the summary of where the
-cells' time went."""
+signal, one queue worker, which cells share an upstream run, the summary of where the cells'
+time went, refusing a cell that no node can hold, and giving up on a RAY_ADDRESS where nothing
+answers."""
+import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -13,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from fashionbg.core.errors import UserError
-from fashionbg.study.engines import EngineOptions, make_engine, study_lock
-from fashionbg.study.ray_engine import time_summary
+from fashionbg.study.engines import EngineOptions, auto_engine, make_engine, study_lock
+from fashionbg.study.ray_engine import (CONNECT_SECONDS, ray_cluster, reachable, refuse_infeasible,
+                                        time_summary)
 from fashionbg.study.upstream import upstream_jobs, upstream_params
 from fashionbg.study.workspace import CellJob, clear_workspaces
 
@@ -50,12 +54,13 @@ def test_a_second_study_refuses_in_one_line_naming_the_holder(tmp_path):
         proc.kill()
         proc.wait()
     with study_lock(lock):          # a killed holder leaves no stale lock
-        assert lock.read_text() == f"{__import__('os').getpid()}\n"
+        assert lock.read_text() == f"{os.getpid()}\n"
     assert not lock.exists()
 
 
 def test_an_unknown_engine_or_remotes_without_ray_are_refused():
-    with pytest.raises(UserError, match="ENGINE = 'spark' is not allowed; expected queue or ray"):
+    with pytest.raises(UserError, match="ENGINE = 'spark' is not allowed; expected auto, queue "
+                                        "or ray"):
         make_engine("spark", EngineOptions())
     with pytest.raises(UserError, match="--git-remote / --dvc-remote need --engine ray"):
         make_engine("queue", EngineOptions(git_remote="/srv/git/fashionbg.git"))
@@ -208,3 +213,85 @@ def test_the_time_summary_says_where_the_cells_time_went():
         "2 cells in 40 s: 4 s before their stages (clone, checkout), 20 s in them, 2 s after "
         "(publish); GPUs busy in stages 25% of the time")
     assert time_summary(seen, 10.0, {"CPU": 2}).endswith("CPUs busy in stages 100% of the time")
+
+
+def test_auto_takes_ray_wherever_there_is_more_than_one_device(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert auto_engine(gpus=8, cores=16) == "ray"
+    assert auto_engine(gpus=1, cores=16) == "queue"    # one GPU: one cell at a time anyway
+    assert auto_engine(gpus=0, cores=2) == "ray"       # a cell per core
+    assert auto_engine(gpus=0, cores=1) == "queue"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert auto_engine(gpus=0, cores=1) == "ray"       # a cluster was named
+
+
+def test_a_cell_no_node_can_hold_is_refused_with_what_to_change():
+    nodes = [{"GPU": 2.0, "CPU": 2.0}, {"CPU": 1.0}]
+    fits = {"a": {"num_gpus": 2, "num_cpus": 1}, "b": {"num_gpus": 0, "num_cpus": 2}}
+    refuse_infeasible(fits, nodes, cpus_per_cell=1)
+    with pytest.raises(UserError) as err:
+        refuse_infeasible({**fits, "c": {"num_gpus": 4, "num_cpus": 1},
+                           "d": {"num_gpus": 4, "num_cpus": 1}}, nodes, cpus_per_cell=1)
+    assert str(err.value) == (
+        "cell c and 1 more asks Ray for 4 GPU, 1 CPU but no node of the cluster has that (the "
+        "most on one node: 2 GPU, 2 CPU), so it would wait forever; set train.nproc to at most 2 "
+        "(study.yaml or params.yaml), or add a bigger node")
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match=r"asks Ray for 999 CPU .* set CPUS_PER_CELL "
+                                        r"\(--cpus-per-cell\) to at most 2, or add"):
+        refuse_infeasible({"e": {"num_cpus": 999}}, nodes, cpus_per_cell=999)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]      # closed again when the test connects
+
+
+def test_a_ray_address_where_nothing_answers_fails_in_one_line_within_the_timeout(monkeypatch):
+    address = f"127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    start = time.monotonic()
+    with pytest.raises(UserError) as err, ray_cluster():
+        pass
+    assert time.monotonic() - start < CONNECT_SECONDS
+    message = str(err.value)
+    assert message.startswith(f"RAY_ADDRESS = '{address}': nothing answered at {address} within "
+                              f"{CONNECT_SECONDS} s") and "\n" not in message
+    start = time.monotonic()      # an address that drops packets: the timeout itself
+    with pytest.raises(UserError, match=r"nothing answered at 192\.0\.2\.1:6379 within 1 s"):
+        reachable("192.0.2.1:6379", seconds=1)
+    assert time.monotonic() - start < 3
+    with pytest.raises(UserError, match="is not allowed; expected host:port"):
+        reachable("6379")
+
+
+JOIN = """
+import sys
+from fashionbg.core.errors import UserError
+from fashionbg.study import ray_engine
+ray_engine.JOIN_SECONDS = 3
+try:
+    with ray_engine.ray_cluster():
+        pass
+except UserError as err:
+    print(err)
+    sys.exit(2)
+"""
+
+
+def test_an_address_that_accepts_but_is_no_ray_head_fails_within_the_join_timeout():
+    with socket.socket() as listener:    # answers TCP (the probe passes), never speaks Ray
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        start = time.monotonic()
+        result = subprocess.run([sys.executable, "-c", JOIN], capture_output=True, text=True,
+                                env={**os.environ, "RAY_ADDRESS": address},
+                                timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout.strip() == (f"RAY_ADDRESS = '{address}': no Ray cluster answered there "
+                                     "within 3 s; check the head's address and port (`ray "
+                                     "status` on the head), or unset RAY_ADDRESS to run on this "
+                                     "machine")
+    assert time.monotonic() - start < 90     # 3 s, and Python and Ray starting and stopping

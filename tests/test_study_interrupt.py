@@ -37,7 +37,8 @@ def test_ctrl_c_during_a_study_run_stops_its_cells(tmp_path):
     (project / "study.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
     run(["git", "commit", "-qam", "tiny preset"], project)
 
-    proc = subprocess.Popen([sys.executable, "-m", "fashionbg.study", "run", "--preset", "tiny"],
+    proc = subprocess.Popen([sys.executable, "-m", "fashionbg.study", "run", "--preset", "tiny",
+                             "--engine", "queue"],
                             cwd=project, env=project_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             preexec_fn=default_sigint)

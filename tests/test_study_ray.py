@@ -1,9 +1,10 @@
 """The study on a real Ray cluster: a head declared with 2 GPUs and a second node, started by the
 test with `ray start` (their own temp dir and ports) and stopped after. Tiny studies run through
 `python -m fashionbg.study run --engine ray`: two cells at a time, each on its own
-CUDA_VISIBLE_DEVICES, with the same report as DVC's queue; a cell whose process is SIGKILLed is
-run again; a second study in the same project refuses in one line; two clones, a bare Git
-remote and a local DVC remote stand for two machines and a third that reports."""
+CUDA_VISIBLE_DEVICES, with the same report as DVC's queue; cells no node can hold are refused
+before anything runs; a cell whose process is SIGKILLed is run again; a second study in the
+same project refuses in one line; two clones, a bare Git remote and a local DVC remote stand
+for two machines and a third that reports."""
 import os
 import re
 import secrets
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -133,7 +135,7 @@ def test_cells_run_two_at_a_time_on_their_own_gpus_and_report_as_the_queue(tmp_p
     run(["git", "clone", "-q", str(project), str(queued)], tmp_path)
     run(["dvc", "cache", "dir", "--local", str(project / ".dvc/cache")], queued)
     run(["dvc", "checkout", "--quiet"], queued)
-    out = study(queued, "run")
+    out = study(queued, "run", "--engine", "queue")
     assert "[4/4] done, 0 failed" in out
 
     out = study(project, "run", "--engine", "ray", address=cluster)
@@ -157,6 +159,34 @@ def test_cells_run_two_at_a_time_on_their_own_gpus_and_report_as_the_queue(tmp_p
                                                        address=cluster)
 
     assert claim_rows(study(project, "report")) == claim_rows(study(queued, "report"))
+
+
+@pytest.mark.timeout(600)
+def test_a_cell_no_node_can_hold_is_refused_before_anything_runs(tmp_path, cluster):
+    project = tiny_project(tmp_path / "project")
+    tiny_preset(project, [0])
+    definition = yaml.safe_load((project / "study.yaml").read_text())
+    definition["presets"]["wide"] = {"about": "4 GPUs a cell", "seeds": [0],
+                                     "params": {"train.nproc": 4}, "arms": {"shallow": {}}}
+    (project / "study.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
+    run(["git", "commit", "-qam", "tiny and wide presets"], project)
+    env = {**project_env(), "RAY_ADDRESS": cluster, **TOKEN}
+    for preset, extra, asks in (("wide", [], "4 GPU, 1 CPU"),     # the head has 2 GPUs
+                                ("tiny", ["--cpus-per-cell", "999"], "1 GPU, 999 CPU")):
+        start = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "fashionbg.study", "run", "--preset",
+                                 preset, "--engine", "ray", *extra], cwd=project, env=env,
+                                capture_output=True, text=True, timeout=120)
+        seconds = time.monotonic() - start
+        assert result.returncode == 2, result.stdout + result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"asks Ray for {asks} but no node of the cluster has that" in errors[0]
+        assert "pre-flight" not in result.stderr + result.stdout   # refused before it
+        assert seconds < 60, seconds
+        print(f"refused in {seconds:.1f} s: {errors[0]}")
+    assert not run(["dvc", "exp", "list", "--name-only"], project).strip()
+    assert not list((project / ".cache/study/workspaces").glob("*"))
 
 
 @pytest.mark.timeout(1800)

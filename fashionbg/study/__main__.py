@@ -13,6 +13,7 @@ import sys
 from fashionbg.core.cli import INTERRUPTED, stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import load_params
+from fashionbg.study import schedule
 from fashionbg.study.calibrate import calibrate, table
 from fashionbg.study.definition import SMOKE_SUFFIX, Cell, Study, load_study, locate
 from fashionbg.study.engines import EngineOptions, fetch_experiments, make_engine, study_lock
@@ -37,9 +38,11 @@ def arguments() -> argparse.Namespace:
                              "e.g. fashionstyle14=~/data/FashionStyle14_v1.zip")
     parser.add_argument("--sha256", action="append", default=[], metavar="SOURCE=HEX",
                         help="the sha256 of that archive or download")
-    parser.add_argument("--engine", default="queue",
+    parser.add_argument("--engine", default="auto",
                         help="queue: DVC's experiment queue, one cell at a time; ray: every "
-                             "device of this machine or of the cluster at RAY_ADDRESS")
+                             "device of this machine or of the cluster at RAY_ADDRESS; auto: "
+                             "ray where there is more than one GPU (or, without one, more "
+                             "than one core) or a RAY_ADDRESS, else queue")
     parser.add_argument("--git-remote", default="", metavar="URL",
                         help="ray across machines: the Git remote workers clone and push to")
     parser.add_argument("--dvc-remote", default="", metavar="URL",
@@ -97,18 +100,21 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
 
 
 def run(args: argparse.Namespace, cells: list[Cell], params: dict) -> None:
-    """The cells of this shard that have no experiment yet, on the chosen engine, one study at
-    a time in a project."""
+    """The cells of this shard that have no experiment yet, longest first, on the chosen engine
+    (checked against its devices, then the pre-flight, before anything is queued), one study
+    at a time in a project."""
     options = engine_options(args)
     engine = make_engine(args.engine, options)
     with study_lock():
         if options.git_remote:
             fetch_experiments(options.git_remote)
         todo = cells_to_run(parse_shard(args.shard).take(cells))
-        if todo:    # checked before anything is queued
-            preflight(todo, params)
+        if not todo:
+            return
         try:
-            _, failed = engine.run(todo)
+            with engine:   # Ray: connected (or started) until the cells are done
+                todo = longest_first(todo, preflight(todo, params, engine.capacity(todo)))
+                _, failed = engine.run(todo)
         except KeyboardInterrupt:
             print("interrupted; queued cells stopped, re-run to resume", file=sys.stderr)
             sys.exit(INTERRUPTED)
@@ -123,6 +129,13 @@ def shortlist(names: list[str], shown: int = 3) -> str:
                                        else "")
 
 
+def longest_first(cells: list[Cell], seconds: dict[str, float]) -> list[Cell]:
+    """The cells the pre-flight timed, longest first, then those it could not time."""
+    by_name = {c.name: c for c in cells}
+    return [by_name[n] for n in schedule.longest_first(seconds)] + [
+        c for c in cells if c.name not in seconds]
+
+
 @stage_main
 def main() -> None:
     args = arguments()
@@ -134,7 +147,8 @@ def main() -> None:
     preset = preset_name(study, args.preset, args.smoke)
     cells = cells_of(args, study, preset)
     if args.command == "preflight":
-        preflight(cells, params)
+        with make_engine(args.engine, engine_options(args)) as engine:
+            preflight(cells, params, engine.capacity(cells))
         return
     if args.command == "run":
         run(args, cells, params)

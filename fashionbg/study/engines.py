@@ -1,7 +1,8 @@
 """Where the study's cells run. One interface, two engines: DVC's own experiment queue (one
-cell at a time, the default on a laptop) and Ray (every device of a machine or a cluster). Both
-take the cells still to run and return the (done, failed) names; both run each cell as the
-same DVC experiment, so the report reads the same refs whichever engine ran them.
+cell at a time) and Ray (every device of a machine or a cluster); `auto`, the default, takes Ray
+wherever it has more than one device to fill. Both take the cells still to run, in the order
+given, and return the (done, failed) names; both run each cell as the same DVC experiment, so
+the report reads the same refs whichever engine ran them.
 """
 from __future__ import annotations
 
@@ -12,16 +13,29 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from types import TracebackType
+from typing import Any, Protocol
 
 from fashionbg.core.errors import UserError
+from fashionbg.core.params import load_params
 from fashionbg.study.definition import Cell
+from fashionbg.study.schedule import Capacity
 
 STUDY_CACHE = Path(".cache/study")
 LOCK = STUDY_CACHE / "lock"
 
 
 class Engine(Protocol):
+    """Used as `with engine:` around everything the study does with it (Ray stays connected)."""
+
+    def __enter__(self) -> Engine: ...
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None,
+                 trace: TracebackType | None) -> None: ...
+
+    def capacity(self, todo: Sequence[Cell]) -> Capacity:
+        """The devices the cells will share; UserError for a cell that can never run."""
+
     def run(self, todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
         """Run the cells; (done, failed) names. Ctrl-C stops them and KeyboardInterrupt goes on."""
 
@@ -42,20 +56,58 @@ class QueueEngine:
             raise UserError("--git-remote / --dvc-remote need --engine ray (ENGINE=ray); the "
                             "queue runs every cell on this machine")
 
+    def __enter__(self) -> QueueEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def capacity(self, todo: Sequence[Cell]) -> Capacity:
+        """One cell at a time, on this machine: its GPUs bound a cell's train.nproc."""
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        params = load_params()
+        for cell in todo:
+            if gpus and nproc(cell, params) > gpus:
+                raise UserError(f"cell {cell.name}: train.nproc = {nproc(cell, params)} but "
+                                f"{gpus} GPU(s) are visible; set train.nproc to at most {gpus}")
+        return Capacity(1, "queue slot", {})
+
     def run(self, todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
         from fashionbg.study.runner import run_cells
 
         return run_cells(todo)
 
 
+def nproc(cell: Cell, params: dict[str, Any]) -> int:
+    """The training processes (GPUs) a cell asks for."""
+    return int(cell.params.get("train.nproc", params["train"]["nproc"]))
+
+
 def make_engine(name: str, options: EngineOptions) -> Engine:
+    if name == "auto":
+        name = auto_engine()
     if name == "queue":
         return QueueEngine(options)
     if name == "ray":   # Ray is imported only when it is asked for
         from fashionbg.study.ray_engine import RayEngine
 
         return RayEngine(options)
-    raise UserError(f"ENGINE = {name!r} is not allowed; expected queue or ray")
+    raise UserError(f"ENGINE = {name!r} is not allowed; expected auto, queue or ray")
+
+
+def auto_engine(gpus: int | None = None, cores: int | None = None) -> str:
+    """ray where there are several devices to keep busy (a cluster at RAY_ADDRESS, more than one
+    GPU, or more than one core on a machine without a GPU), else queue (one GPU, one core)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return "ray"
+    if gpus is None:
+        import torch  # counts the cards without creating a CUDA context
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    return "ray" if gpus > 1 or (gpus == 0 and cores > 1) else "queue"
 
 
 @contextmanager

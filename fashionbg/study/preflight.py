@@ -3,8 +3,9 @@
 Every cell's params go through the readers its stages use; each dataset is found, opened and
 counted; the weights are checked; free disk is set against the caches the preset will build;
 free memory, the devices and ONNX Runtime providers the params ask for, and the versions in use
-are shown; a short timing of each distinct model gives a time per cell. Each problem is one line
-saying what to do, and nothing starts while there is one.
+are shown; a short timing of each distinct model (in a child process) gives a time per cell,
+and the cells spread longest first over the devices the engine will use give the wall time. Each
+problem is one line saying what to do, and nothing starts while there is one.
 """
 from __future__ import annotations
 
@@ -29,13 +30,11 @@ from fashionbg.segment.params import read_segment
 from fashionbg.sources.registry import read_source
 from fashionbg.study import datasets, timing
 from fashionbg.study.definition import Cell
+from fashionbg.study.schedule import Capacity, makespan, most_at_once
 
 log = logging.getLogger("preflight")
 GiB = 1 << 30
 MIN_MEMORY = 2 * GiB          # below this, a cell's loaders and model may not fit
-# data/raw, data/rembg and data/prepared live in the workspace and in DVC's cache, and the
-# running cell's experiment workspace checks them out once more.
-COPIES = 3
 
 
 @dataclass(frozen=True)
@@ -45,31 +44,49 @@ class Dataset:
     params: dict[str, Any]       # the params of its first cell (what every cell shares upstream)
 
 
-def preflight(cells: list[Cell], params: dict[str, Any]) -> None:
-    """Check everything the cells need; UserError (after one line per problem) if anything is
-    missing, nothing having been started."""
+def preflight(cells: list[Cell], params: dict[str, Any], capacity: Capacity) -> dict[str, float]:
+    """Check everything the cells need, for an engine that spreads them over `capacity`; the
+    seconds each cell is expected to take (those that can be estimated). UserError (after one
+    line per problem) if anything is missing, nothing having been started."""
     merged = {c.name: cell_params(params, c.overrides) for c in cells}
     problems = _params_problems(cells, merged)
     if problems:   # the checks below read the params the readers have not accepted
         _report(problems)
-    need, images_of, sets = 0, {}, _datasets(cells, merged)
+    caches, images_of, sets = 0, {}, _datasets(cells, merged)
     for ds in sets:
-        caches, images_of[ds.source] = _dataset(ds, merged, problems)
-        need += caches
+        size, images_of[ds.source] = _dataset(ds, merged, problems)
+        caches += size
     paths.PREFLIGHT_SCRATCH.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.PREFLIGHT_SCRATCH) as fetched:
         homes = _weights(cells, merged, problems, Path(fetched))
-        _disk(need, problems)
         _memory(problems)
-        _devices(merged.values(), problems)
-        lines = timing.removal_estimates(
-            [(d.source, d.params["background"], images_of[d.source]) for d in sets], homes)
-        lines += timing.estimates(cells, merged, images_of)
+        timings = timing.measure_apart(cells, merged,
+                                       [(d.source, d.params["background"]) for d in sets], homes)
+        _devices(merged.values(), timings.gpu_names, problems)
+    lines = timing.removal_lines([(d.source, images_of[d.source]) for d in sets], timings)
+    found = {c.name: timing.estimate(c, merged[c.name], timings,
+                                     images_of[str(merged[c.name]["data"]["source"])])
+             for c in cells}
+    lines += [e if isinstance(e, str) else e.line for e in found.values()]
+    estimates = {n: e for n, e in found.items() if isinstance(e, timing.CellEstimate)}
+    seconds = {n: e.seconds for n, e in estimates.items()}
+    lines.append(_wall_time(seconds, capacity, len(cells)))
     for line in lines:
         log.info(line)
+    _disk(caches, [e.output_bytes for e in estimates.values()],
+          most_at_once(list(estimates), capacity), problems)
     if problems:
         _report(problems)
     log.info("pre-flight passed for %d cells", len(cells))
+    return seconds
+
+
+def _wall_time(seconds: dict[str, float], capacity: Capacity, cells: int) -> str:
+    unknown = f"; {cells - len(seconds)} cells of unknown time not counted" if len(
+        seconds) < cells else ""
+    return (f"time: about {timing.human(makespan(seconds, capacity))} on {capacity.describe()}, "
+            f"longest cells first ({timing.human(sum(seconds.values()))} of cells one after "
+            f"another{unknown})")
 
 
 def _report(problems: list[str]) -> None:
@@ -139,11 +156,11 @@ def _dataset(ds: Dataset, merged: dict[str, dict[str, Any]], problems: list[str]
         return 0, None
     prepared = images * h * w * (3 * variants + 1)
     masks = images * datasets.MASK_BYTES
-    total = COPIES * ((found.raw_bytes or 0) + masks + prepared)
+    total = (found.raw_bytes or 0) + masks + prepared
     log.info("%s: %d images; caches about %s (raw %s + masks %s + %d variants at %dx%d %s, "
-             "x%d for the workspace, DVC's cache and a running cell)", ds.source, images,
+             "once in DVC's cache, which the cells' workspaces link)", ds.source, images,
              _size(total), "unknown until downloaded" if found.raw_bytes is None
-             else _size(found.raw_bytes), _size(masks), variants, h, w, _size(prepared), COPIES)
+             else _size(found.raw_bytes), _size(masks), variants, h, w, _size(prepared))
     return total, images
 
 
@@ -202,14 +219,20 @@ def _pretrained_lite0(p: dict[str, Any], task: str) -> bool:
     return backbone == "efficientnet_lite0" and bool(p["segment"]["pretrained"])
 
 
-def _disk(need: int, problems: list[str]) -> None:
+def _disk(caches: int, outputs: list[int], at_once: int, problems: list[str]) -> None:
+    """The datasets' caches once, every cell's outputs (kept in DVC's cache), and the outputs of
+    the cells running at once once more (in their workspaces until each finishes)."""
+    running = sum(sorted(outputs, reverse=True)[:at_once])
+    need = caches + sum(outputs) + running
     free = shutil.disk_usage(Path.cwd()).free
-    log.info("disk: %s free here, the preset needs about %s", _size(free), _size(need))
+    log.info("disk: %s free here, the preset needs about %s (caches %s + %d cells' outputs %s "
+             "+ %d running at once %s)", _size(free), _size(need), _size(caches), len(outputs),
+             _size(sum(outputs)), at_once, _size(running))
     if need > free:
-        problems.append(f"disk: about {_size(need)} needed for the caches but "
+        problems.append(f"disk: about {_size(need)} needed for the caches and outputs but "
                         f"{_size(free)} free at {Path.cwd()}; free space, move the "
-                        "project, point DVC's cache elsewhere (dvc cache dir <path>) or let it "
-                        "link instead of copy (dvc config cache.type hardlink,symlink)")
+                        "project, point DVC's cache elsewhere (dvc cache dir <path>) or run "
+                        "fewer cells at once")
 
 
 def _size(n: float) -> str:
@@ -227,7 +250,9 @@ def _memory(problems: list[str]) -> None:
                         "the batch sizes")
 
 
-def _devices(all_params: Any, problems: list[str]) -> None:
+def _devices(all_params: Any, names: str, problems: list[str]) -> None:
+    """The devices the params ask for against this machine's; `names`: its GPUs' names, as
+    the timing's child process found them (asking here would initialise CUDA in the driver)."""
     import onnxruntime as ort
     import torch
 
@@ -236,19 +261,13 @@ def _devices(all_params: Any, problems: list[str]) -> None:
         for key in ("classify.device", "segment.device", "evaluate.device", "background.device"):
             section, name = key.split(".")
             asked[(key, p[section][name])] += 1
-        asked[("train.nproc", p["train"]["nproc"])] += 1
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     cuda = (f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, NCCL "
             + ".".join(map(str, torch.cuda.nccl.version())) if gpus else "no CUDA device")
-    names = ", ".join(torch.cuda.get_device_name(i) for i in range(gpus))
     log.info("torch %s (%s)%s; onnxruntime %s providers %s", torch.__version__, cuda,
              f": {names}" if names else "", ort.__version__, ort.get_available_providers())
     for (key, value), n in sorted(asked.items(), key=str):
-        if key == "train.nproc":
-            if isinstance(value, int) and value > 1 and gpus and value > gpus:
-                problems.append(f"train.nproc = {value} but {gpus} GPU(s) are visible; set "
-                                f"train.nproc to at most {gpus}")
-        elif value == "cuda" and key == "background.device":
+        if value == "cuda" and key == "background.device":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 problems.append("background.device = cuda but onnxruntime has no CUDA "
                                 "provider; install onnxruntime-gpu in place of onnxruntime, "

@@ -17,11 +17,13 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,10 @@ from fashionbg.core import paths
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import load_params
 from fashionbg.study.definition import Cell
-from fashionbg.study.engines import STUDY_CACHE, EngineOptions, fetch_experiments, output
+from fashionbg.study.engines import STUDY_CACHE, EngineOptions, fetch_experiments, nproc, output
 from fashionbg.study.progress import Progress
 from fashionbg.study.runner import NEUTRAL_IDENTITY, identity_of, override
+from fashionbg.study.schedule import Capacity
 from fashionbg.study.upstream import run_upstreams
 from fashionbg.study.workspace import CellJob, CellOutcome, WorkerLost, clear_workspaces, run_cell
 
@@ -43,6 +46,11 @@ LOGS = STUDY_CACHE / "logs"
 # Unix socket paths are limited to 107 bytes; Ray puts its sockets this deep in its temp dir
 # (session_<date>_<time>_<pid>/sockets/plasma_store).
 RAY_SOCKET_DEPTH = 64
+CONNECT_SECONDS = 10      # how long RAY_ADDRESS may take to accept a connection
+JOIN_SECONDS = 60         # and Ray to join the cluster there, before the study gives up
+WATCH_SECONDS = 10        # how often a running study looks at the cluster's nodes and memory
+MEMORY_WARNING = 90       # % of this machine's memory in use that the study warns about
+RAY_MEMORY_LIMIT = 95     # % at which Ray's memory monitor kills workers (its default)
 
 
 class Board:
@@ -80,35 +88,64 @@ def cell_task(job: CellJob, board: Any) -> CellOutcome:
 
 
 class RayEngine:
+    """Connected to its cluster from `with` to the end of the study, so that the cells are checked
+    against the nodes they will run on before the pre-flight and before anything runs."""
+
     def __init__(self, options: EngineOptions) -> None:
         self.options = options   # checked where the command line is read (engine_options)
         self.params = load_params()
         self.started = time.time()
         self.seen: list[dict[str, str]] = []   # of every finished cell, for the time summary
+        self._cluster: ExitStack | None = None
+        self.ray: Any = None
+
+    def __enter__(self) -> RayEngine:
+        self._cluster = ExitStack()
+        self.ray = self._cluster.enter_context(ray_cluster())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cluster is not None:
+            self._cluster.close()
+
+    def capacity(self, todo: Sequence[Cell]) -> Capacity:
+        """The cluster's GPUs (or cores, on a cluster without GPUs) that the cells share; a cell
+        no single node can hold is refused here, before anything runs (Ray would keep it
+        pending forever)."""
+        self.check_machines(self.ray)
+        nodes = [n["Resources"] for n in self.ray.nodes() if n["Alive"]]
+        gpus = sum(n.get("GPU", 0) for n in nodes)
+        needs = {cell.name: self.resources(cell, gpus) for cell in todo}
+        refuse_infeasible(needs, nodes, self.options.cpus_per_cell)
+        if gpus:
+            return Capacity(int(gpus), "GPU", {n: int(r["num_gpus"]) for n, r in needs.items()})
+        cores = int(sum(n.get("CPU", 0) for n in nodes))
+        return Capacity(cores, "core", {n: int(r["num_cpus"]) for n, r in needs.items()})
 
     def run(self, todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
+        """Submitted in the order given (the study's: longest first); Ray starts each cell as
+        soon as a node has its resources."""
         if not todo:
             return [], []
         commit = study_commit()
-        with ray_cluster() as ray:
-            self.check_machines(ray)
-            gpus = ray.cluster_resources().get("GPU", 0)
-            board = ray.remote(num_cpus=0)(Board).remote()
-            task = ray.remote(max_retries=ATTEMPTS - 1, retry_exceptions=[WorkerLost])(cell_task)
-            self.upstreams(ray, task, board, todo, commit, gpus)
-            refs = {}
-            for cell in todo:
-                need = self.resources(cell, gpus)
-                job = self.job(cell, commit, threads=int(need["num_cpus"]))
-                refs[task.options(**need).remote(job, board)] = job
-            log.info("%d cells on Ray: %s", len(todo), _describe(ray.cluster_resources()))
-            try:
-                return self._wait(ray, refs, board)
-            except KeyboardInterrupt:
-                _cancel(ray, list(refs))
-                raise
-            finally:
-                clear_workspaces(WORKSPACES)
+        ray = self.ray
+        gpus = ray.cluster_resources().get("GPU", 0)
+        board = ray.remote(num_cpus=0)(Board).remote()
+        task = ray.remote(max_retries=ATTEMPTS - 1, retry_exceptions=[WorkerLost])(cell_task)
+        self.upstreams(ray, task, board, todo, commit, gpus)
+        refs = {}
+        for cell in todo:
+            need = self.resources(cell, gpus)
+            job = self.job(cell, commit, threads=int(need["num_cpus"]))
+            refs[task.options(**need).remote(job, board)] = (job, need)
+        log.info("%d cells on Ray: %s", len(todo), _describe(ray.cluster_resources()))
+        try:
+            return self._wait(ray, refs, board)
+        except KeyboardInterrupt:
+            _cancel(ray, list(refs))
+            raise
+        finally:
+            clear_workspaces(WORKSPACES)
 
     def check_machines(self, ray: Any) -> None:
         """Workers on other machines cannot clone this project's folder nor share its cache."""
@@ -119,10 +156,10 @@ class RayEngine:
                             "can clone the study and share its outputs")
 
     def resources(self, cell: Cell, gpus: float) -> dict[str, float]:
-        nproc = int(cell.params.get("train.nproc", self.params["train"]["nproc"]))
+        processes = nproc(cell, self.params)
         if gpus:
-            return {"num_gpus": nproc, "num_cpus": self.options.cpus_per_cell}
-        return {"num_cpus": max(nproc, self.options.cpus_per_cell)}
+            return {"num_gpus": processes, "num_cpus": self.options.cpus_per_cell}
+        return {"num_cpus": max(processes, self.options.cpus_per_cell)}
 
     def job(self, cell: Cell, commit: str, threads: int) -> CellJob:
         remote = self.options.git_remote
@@ -155,18 +192,23 @@ class RayEngine:
         cells = [self.job(c, commit, threads=self.options.cpus_per_cell) for c in todo]
         run_upstreams(cells, run, LOGS / "upstream")
 
-    def _wait(self, ray: Any, refs: dict[Any, CellJob], board: Any) -> tuple[list[str], list[str]]:
+    def _wait(self, ray: Any, refs: dict[Any, tuple[CellJob, dict[str, float]]], board: Any
+              ) -> tuple[list[str], list[str]]:
         done: list[str] = []
         failed: list[str] = []
         pending = list(refs)
+        watch = Watch(ray)
         with Progress(len(refs)) as progress:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1, timeout=2)
                 for ref in ready:
-                    ok = self._finished(ray, ref, refs[ref], board)
-                    (done if ok else failed).append(refs[ref].name)
+                    ok = self._finished(ray, ref, refs[ref][0], board)
+                    (done if ok else failed).append(refs[ref][0].name)
                     log.info("[%d/%d] done, %d failed", len(done), len(refs), len(failed))
-                progress.update(len(done) + len(failed), ray.get(board.running.remote()))
+                running = ray.get(board.running.remote())
+                progress.update(len(done) + len(failed), running)
+                watch.poll({refs[r][0].name: refs[r][1] for r in pending
+                            if refs[r][0].name not in running})
         log.info(time_summary(self.seen, time.time() - self.started, ray.cluster_resources()))
         if self.options.git_remote:   # the experiments the workers pushed, for the report here
             fetch_experiments(self.options.git_remote)
@@ -197,6 +239,89 @@ class RayEngine:
         log.error("cell %s failed: %s (full log: %s; re-run: %s)", job.name,
                   " | ".join(tail) or "no log", path, job.rerun)
         return False
+
+
+RESOURCE_NAMES = {"num_gpus": "GPU", "num_cpus": "CPU"}
+
+
+def refuse_infeasible(needs: dict[str, dict[str, float]], nodes: list[dict[str, float]],
+                      cpus_per_cell: int) -> None:
+    """One line for the cells that no node can hold: what they ask, the most any node has,
+    and what to change."""
+    misfits = [name for name, need in needs.items() if not any(_fits(need, n) for n in nodes)]
+    if not misfits:
+        return
+    need = needs[misfits[0]]
+    most = {key: max((n.get(key, 0) for n in nodes), default=0) for key in ("GPU", "CPU")}
+    fixes = []
+    if need.get("num_gpus", 0) > most["GPU"]:
+        fixes.append(f"train.nproc to at most {most['GPU']:g} (study.yaml or params.yaml)")
+    if need["num_cpus"] > most["CPU"]:
+        fixes.append(f"CPUS_PER_CELL (--cpus-per-cell) to at most {most['CPU']:g}"
+                     if cpus_per_cell > most["CPU"]
+                     else f"train.nproc to at most {most['CPU']:g} (study.yaml or params.yaml)")
+    more = f" and {len(misfits) - 1} more" if len(misfits) > 1 else ""
+    raise UserError(f"cell {misfits[0]}{more} asks Ray for {_amounts(need)} but no node of the "
+                    f"cluster has that (the most on one node: {most['GPU']:g} GPU, "
+                    f"{most['CPU']:g} CPU), so it would wait forever; set "
+                    + " and ".join(fixes) + ", or add a bigger node")
+
+
+def _fits(need: dict[str, float], node: dict[str, float]) -> bool:
+    return all(node.get(RESOURCE_NAMES[key], 0) >= amount for key, amount in need.items())
+
+
+def _amounts(need: dict[str, float]) -> str:
+    return ", ".join(f"{amount:g} {RESOURCE_NAMES[key]}" for key, amount in need.items())
+
+
+class Watch:
+    """What Ray would say about a running study but does not print to it (log_to_driver is off
+    so that the cells' output stays in their own logs): a node lost or joined, a waiting cell
+    that no node alive can hold any more, memory pressure here. One line each, when it
+    happens."""
+
+    def __init__(self, ray: Any) -> None:
+        self.ray = ray
+        self.nodes = self._alive()
+        self.stuck: set[str] = set()
+        self.pressed = False
+        self.next = time.monotonic() + WATCH_SECONDS
+
+    def _alive(self) -> dict[str, dict[str, Any]]:
+        return {n["NodeID"]: n for n in self.ray.nodes() if n["Alive"]}
+
+    def poll(self, waiting: dict[str, dict[str, float]]) -> None:
+        """Every WATCH_SECONDS: `waiting` is each cell not started yet, with what it asks."""
+        if time.monotonic() < self.next:
+            return
+        self.next = time.monotonic() + WATCH_SECONDS
+        alive = self._alive()
+        for node in self.nodes.keys() - alive.keys():
+            log.warning("Ray: node %s (%s, %s) lost; the cells it ran run again elsewhere "
+                        "(at most %d attempts)", node[:6], self.nodes[node]["NodeManagerAddress"],
+                        _describe(self.nodes[node]["Resources"]), ATTEMPTS)
+        for node in alive.keys() - self.nodes.keys():
+            log.info("Ray: node %s (%s, %s) joined", node[:6], alive[node]["NodeManagerAddress"],
+                     _describe(alive[node]["Resources"]))
+        self.nodes = alive
+        for name, need in waiting.items():
+            if name not in self.stuck and not any(_fits(need, n["Resources"])
+                                                  for n in alive.values()):
+                self.stuck.add(name)
+                log.warning("Ray: cell %s asks for %s, which no node alive has; it waits until "
+                            "such a node joins (Ctrl-C stops the study)", name, _amounts(need))
+        self._memory()
+
+    def _memory(self) -> None:
+        import psutil
+
+        used = psutil.virtual_memory().percent
+        if used >= MEMORY_WARNING and not self.pressed:
+            log.warning("Ray: memory %.0f %% used on this machine; Ray kills a cell's worker "
+                        "above %.0f %% (its cell then runs again): lower the batch sizes or run "
+                        "fewer cells at once", used, RAY_MEMORY_LIMIT)
+        self.pressed = used >= MEMORY_WARNING
 
 
 def _cancel(ray: Any, refs: list[Any]) -> None:
@@ -242,9 +367,11 @@ def ray_cluster() -> Iterator[Any]:
         local_token()   # before Ray is imported: it reads its settings then
     import ray
 
+    if address:
+        reachable(address)
     try:
         if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            join(ray, address)
         else:
             assert temp is not None  # set above wherever there is no address
             temp.mkdir(parents=True, exist_ok=True)
@@ -259,6 +386,49 @@ def ray_cluster() -> Iterator[Any]:
         ray.shutdown()
         if temp and not temp.is_relative_to(Path.cwd()):   # nothing left outside the project
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def reachable(address: str, seconds: float = CONNECT_SECONDS) -> None:
+    """RAY_ADDRESS answers within `seconds`: Ray itself retries an address where nothing
+    listens for ever."""
+    if address in ("auto", "local"):   # Ray's own lookups, which fail at once
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UserError(f"RAY_ADDRESS = {address!r} is not allowed; expected host:port (the "
+                        "head's GCS address, e.g. 10.0.0.5:6379), ray://host:port or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+    except OSError as err:
+        raise UserError(f"RAY_ADDRESS = {address!r}: nothing answered at {host}:{port} within "
+                        f"{seconds:g} s ({err.strerror or err}); start the cluster there with "
+                        "`ray start --head`, or unset RAY_ADDRESS to run on this machine") from None
+
+
+def join(ray: Any, address: str, seconds: float | None = None) -> None:
+    """ray.init for RAY_ADDRESS, given up after `seconds` (JOIN_SECONDS): where something answers
+    that is not a Ray head, Ray retries for ever. The attempt runs in a daemon thread, which
+    goes with the process when the study refuses."""
+    seconds = JOIN_SECONDS if seconds is None else seconds
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except BaseException as err:   # handed to the caller's thread
+            outcome.append(err)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=connect, name="ray-join", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        raise UserError(f"RAY_ADDRESS = {address!r}: no Ray cluster answered there within "
+                        f"{seconds:g} s; check the head's address and port (`ray status` on the "
+                        "head), or unset RAY_ADDRESS to run on this machine")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def local_token() -> None:

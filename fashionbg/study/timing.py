@@ -1,10 +1,17 @@
 """A time per cell for the pre-flight, from a short timing: each distinct model of the preset
-takes a few training steps on random pixels at its image size and batch size (capped), on the
-device its params ask for; the time per image is scaled to the cell's images and epochs."""
+takes a few training steps on random pixels the way its cells train it (image size, per-device
+batch, precision, memory format; the batch capped on the CPU for memory) and a few validation
+batches, on the device its params ask for; the seconds per image are scaled to the cell's
+images, epochs and processes. The timing runs in a child process (`measure_apart`), so the
+process that drives the study for hours holds no GPU memory nor CUDA context afterwards."""
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,8 @@ from fashionbg.classify.models import build_classifier
 from fashionbg.classify.params import read_classify
 from fashionbg.core.errors import UserError
 from fashionbg.nn.device import resolve_device
+from fashionbg.nn.engine import amp_dtype, autocast, grad_scaler, precision_name
+from fashionbg.nn.params import read_train
 from fashionbg.segment.models import build_instance, build_semantic
 from fashionbg.segment.params import read_segment
 from fashionbg.study.definition import Cell
@@ -26,43 +35,104 @@ from fashionbg.study.definition import Cell
 TIMED_STEPS = 2
 TIMED_PHOTOS = 3
 PHOTO = (600, 400, 3)      # a typical fashion photo (FashionStyle14's and Fashionpedia's sizes)
-MAX_BATCH = 4              # images per timed step: enough to amortise a step's overhead
-VALIDATION = 1.3           # an epoch's validation pass on top of its training pass
-CELL_OVERHEAD_S = 30.0     # a cell's DVC workspace, imports and evaluation, measured on the demo
+CPU_BATCH = 8              # the most images a timed step takes on the CPU (memory, time)
+CELL_OVERHEAD_S = 30.0     # a cell's DVC workspace, imports and plots, measured on the demo
+OUTPUT_BYTES = 64 << 20    # a cell's outputs besides its checkpoint: dvclive, plots, metrics
 
 
-def estimates(cells: list[Cell], merged: dict[str, dict[str, Any]],
-              images_of: dict[str, int | None]) -> list[str]:
-    """One line per cell: its time, from its model's seconds per training image; `images_of`
-    is the photos each source will give (None: unknown)."""
-    lines: list[str] = []
-    seen: dict[tuple, float | None] = {}   # model key → seconds per image (None: not measured)
-    total_s = 0.0
-    for cell in cells:
-        p = merged[cell.name]
-        key = _model_key(cell.arm.task, p)
-        if key not in seen:
-            try:
-                seen[key] = _seconds_per_image(cell.arm.task, p)
-            except UserError as err:   # e.g. a device this machine lacks: said above
-                seen[key] = None
-                lines.append(f"time: {cell.arm.name} not measured: {err}")
-        seconds = seen[key]
-        if seconds is None:
+@dataclass(frozen=True)
+class ModelTiming:
+    train_s: float          # seconds per training image on one device
+    eval_s: float           # seconds per validation or test image
+    batch: int              # images per timed step (the per-device batch, capped on the CPU)
+    how: str                # device and precision, as the time line says them
+    checkpoint_bytes: int   # the model's weights as the cell saves them
+
+
+@dataclass(frozen=True)
+class Timings:
+    models: dict[tuple, ModelTiming | str]     # model key → its timing, or why it has none
+    removal: dict[str, tuple[float, str] | str]  # source → (s per photo, device), or why not
+    pid: int                                   # the process that timed them
+    gpu_names: str                             # the GPUs that process saw, by name
+
+
+@dataclass(frozen=True)
+class CellEstimate:
+    seconds: float
+    output_bytes: int
+    line: str
+
+
+def measure_apart(cells: list[Cell], merged: dict[str, dict[str, Any]],
+                  removals: list[tuple[str, dict[str, Any]]], homes: dict[str, Path]) -> Timings:
+    """`measure` in a child process (spawned: nothing of this process's state, a CUDA context
+    least of all, is inherited, and whatever the timing allocates goes with the child)."""
+    models = {_model_key(c.arm.task, merged[c.name]): (c.arm.task, merged[c.name]) for c in cells}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as child:
+        return child.submit(measure, models, removals, homes).result()
+
+
+def measure(models: dict[tuple, tuple[str, dict[str, Any]]],
+            removals: list[tuple[str, dict[str, Any]]], homes: dict[str, Path]) -> Timings:
+    """Time each distinct model (key → task and params) and each dataset's background removal
+    (source and its `background` params)."""
+    timed: dict[tuple, ModelTiming | str] = {}
+    for key, (task, p) in models.items():
+        try:
+            timed[key] = _time_model(task, p)
+        except UserError as err:   # e.g. a device this machine lacks: said by the pre-flight
+            timed[key] = str(err)
+    removal: dict[str, tuple[float, str] | str] = {}
+    for source, background in removals:
+        model = background["model"]
+        if model not in homes:
+            removal[source] = "weights unknown"
             continue
-        images = images_of.get(p["data"]["source"])
-        epochs = p["classify" if cell.arm.task == "classify" else "segment"]["epochs"]
-        if images is None:
-            lines.append(f"time: {cell.name}: {seconds:.3f} s per training image "
-                         "(dataset size unknown)")
+        try:
+            removal[source] = _seconds_per_photo(model, homes[model], background["device"])
+        except UserError as err:   # a provider this machine lacks: said by the pre-flight
+            removal[source] = str(err)
+    names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    return Timings(timed, removal, os.getpid(), names)
+
+
+def estimate(cell: Cell, p: dict[str, Any], timings: Timings, images: int | None
+             ) -> CellEstimate | str:
+    """The cell's time and outputs, from its model's timing and its dataset's `images`; a line
+    saying why not where either is unknown."""
+    timed = timings.models[_model_key(cell.arm.task, p)]
+    if isinstance(timed, str):
+        return f"time: {cell.arm.name} not measured: {timed}"
+    if images is None:
+        return (f"time: {cell.name}: {timed.train_s:.3f} s per training image "
+                "(dataset size unknown)")
+    epochs = p["classify" if cell.arm.task == "classify" else "segment"]["epochs"]
+    nproc = read_train(p).nproc
+    shares = [float(x) for x in p["data"]["split"]]
+    train, val, test = (math.ceil(images * share) for share in shares)
+    per_epoch = timed.train_s * train / nproc + timed.eval_s * val   # validation on rank 0
+    seconds = epochs * per_epoch + timed.eval_s * test + CELL_OVERHEAD_S
+    line = (f"time: {cell.name}: about {human(seconds)} ({epochs} epochs x ({train} training "
+            f"images at {timed.train_s:.4f} s / {nproc} device(s) + {val} validation images at "
+            f"{timed.eval_s:.4f} s) + test; timed at batch {timed.batch}, {timed.how})")
+    return CellEstimate(seconds, timed.checkpoint_bytes + OUTPUT_BYTES, line)
+
+
+def removal_lines(sets: list[tuple[str, int | None]], timings: Timings) -> list[str]:
+    """Per dataset: background removal's time, once for every cell."""
+    lines = []
+    for source, images in sets:
+        timed = timings.removal.get(source, "not timed")
+        if isinstance(timed, str) or images is None:
+            why = timed if isinstance(timed, str) else "dataset size unknown"
+            lines.append(f"time: background removal of {source} not estimated ({why})")
             continue
-        train = math.ceil(images * _train_share(p))
-        total = seconds * train * epochs * VALIDATION + CELL_OVERHEAD_S
-        total_s += total
-        lines.append(f"time: {cell.name}: about {_human(total)} ({train} training images x "
-                     f"{epochs} epochs at {seconds:.3f} s per image)")
-    lines.append(f"time: about {_human(total_s)} for the {len(cells)} cells one after another "
-                 "(cells of unknown size not counted)")
+        seconds, device = timed
+        lines.append(f"time: background removal of {source}, once for every cell: about "
+                     f"{human(seconds * images)} ({images} photos at {seconds:.3f} s each "
+                     f"on {device}, one per call)")
     return lines
 
 
@@ -70,29 +140,6 @@ def estimates(cells: list[Cell], merged: dict[str, dict[str, Any]],
 SHAPE_KEYS = {"classify": ("arch", "batchnorm", "batch_size", "device"),
               "segment": ("task", "arch", "encoder", "decoder_width", "instance_backbone",
                           "batch_size", "device")}
-
-
-def removal_estimates(datasets: list[tuple[str, dict[str, Any], int | None]],
-                      homes: dict[str, Path]) -> list[str]:
-    """Per dataset: background removal's time, from a few photos through rembg on the device
-    `background.device` picks (rembg resizes every photo to its own input size, so random
-    photos of a typical size stand for the dataset)."""
-    lines = []
-    for source, background, images in datasets:
-        model = background["model"]
-        if model not in homes or images is None:
-            lines.append(f"time: background removal of {source} not estimated (weights or "
-                         "dataset size unknown)")
-            continue
-        try:
-            seconds, device = _seconds_per_photo(model, homes[model], background["device"])
-        except UserError as err:   # a provider this machine lacks: said above
-            lines.append(f"time: background removal of {source} not measured: {err}")
-            continue
-        lines.append(f"time: background removal of {source}, once for every cell: about "
-                     f"{_human(seconds * images)} ({images} photos at {seconds:.3f} s each "
-                     f"on {device}, one per call)")
-    return lines
 
 
 def _seconds_per_photo(model: str, home: Path, device: str) -> tuple[float, str]:
@@ -107,67 +154,92 @@ def _seconds_per_photo(model: str, home: Path, device: str) -> tuple[float, str]
 
 def _model_key(task: str, p: dict[str, Any]) -> tuple:
     section = "classify" if task == "classify" else "segment"
+    train = p["train"]
     return (task, tuple(str(p[section][k]) for k in SHAPE_KEYS[section]),
-            tuple(p["data"]["image_size"]))
+            tuple(p["data"]["image_size"]), str(train["precision"]), bool(train["channels_last"]),
+            int(train["nproc"]))
 
 
-def _seconds_per_image(task: str, p: dict[str, Any]) -> float:
+def _time_model(task: str, p: dict[str, Any]) -> ModelTiming:
+    """Seconds per image of a few training steps and validation batches, as the cell runs them
+    (after one warm-up step of each: allocations, kernel choice)."""
+    h, w = p["data"]["image_size"]
+    train = read_train(p)
+    start = 0.0
+    model, loss, device, batch = _model_and_loss(task, p)
+    batch = max(1, batch // train.nproc)     # each process's share, as the stage splits it
+    batch = min(batch, CPU_BATCH) if device.type == "cpu" else batch
+    dtype = amp_dtype(device, train.precision)
+    model.to(device, memory_format=train.memory_format).train()  # type: ignore[call-overload]
+    optimizer = torch.optim.AdamW(model.parameters())
+    scaler = grad_scaler(device, dtype)
+    images = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8,
+                           device=device).contiguous(memory_format=train.memory_format)
+    for step in range(TIMED_STEPS + 1):
+        if step == 1:
+            start = _now(device)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, dtype):
+            value = loss(images)
+        scaler.scale(value).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    train_s = (_now(device) - start) / (TIMED_STEPS * len(images))
+    model.eval()   # validation batches are the training batch's size
+    with torch.inference_mode(), autocast(device, dtype):
+        for step in range(TIMED_STEPS + 1):
+            if step == 1:
+                start = _now(device)
+            model(list(images) if task == "instance" else images)
+    eval_s = (_now(device) - start) / (TIMED_STEPS * len(images))
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return ModelTiming(train_s, eval_s, len(images), f"{device.type}, {precision_name(dtype)}"
+                       + (", channels-last" if train.channels_last else ""), weights)
+
+
+def _model_and_loss(task: str, p: dict[str, Any]) -> tuple[nn.Module, Any, torch.device, int]:
+    """The cell's model, untrained, with a loss on constant targets; its device and batch."""
     h, w = p["data"]["image_size"]
     model: nn.Module
     if task == "classify":
         classify = read_classify(p)
         device = resolve_device(classify.device, "classify.device")
         model = build_classifier(classify, 14, load_weights=False)
-        batch = min(classify.batch_size, MAX_BATCH)
 
         def loss(images: torch.Tensor) -> torch.Tensor:
             target = torch.zeros(len(images), dtype=torch.long, device=device)
             return F.cross_entropy(model(images), target)
-    else:
-        segment = read_segment(p)
-        device = resolve_device(segment.device, "segment.device")
-        batch = min(segment.batch_size, MAX_BATCH)
-        if task == "semantic":
-            model = build_semantic(segment, 28, load_weights=False)
+        return model, loss, device, classify.batch_size
+    segment = read_segment(p)
+    device = resolve_device(segment.device, "segment.device")
+    if task == "semantic":
+        model = build_semantic(segment, 28, load_weights=False)
 
-            def loss(images: torch.Tensor) -> torch.Tensor:
-                out = model(images)
-                return F.cross_entropy(out, torch.zeros(out.shape[:1] + out.shape[2:],
-                                                        dtype=torch.long, device=device))
-        else:
-            model = build_instance(segment, 28, (h, w), load_weights=False)
-            box = torch.tensor([[w / 4, h / 8, 3 * w / 4, 7 * h / 8]], device=device)
-            mask = torch.zeros(1, h, w, dtype=torch.uint8, device=device)
-            mask[:, h // 8:7 * h // 8, w // 4:3 * w // 4] = 1
-            target = {"boxes": box, "labels": torch.ones(1, dtype=torch.long, device=device),
-                      "masks": mask}
+        def semantic_loss(images: torch.Tensor) -> torch.Tensor:
+            out = model(images)
+            return F.cross_entropy(out.float(), torch.zeros(out.shape[:1] + out.shape[2:],
+                                                            dtype=torch.long, device=device))
+        return model, semantic_loss, device, segment.batch_size
+    model = build_instance(segment, 28, (h, w), load_weights=False)
+    box = torch.tensor([[w / 4, h / 8, 3 * w / 4, 7 * h / 8]], device=device)
+    mask = torch.zeros(1, h, w, dtype=torch.uint8, device=device)
+    mask[:, h // 8:7 * h // 8, w // 4:3 * w // 4] = 1
+    target = {"boxes": box, "labels": torch.ones(1, dtype=torch.long, device=device),
+              "masks": mask}
 
-            def loss(images: torch.Tensor) -> torch.Tensor:
-                return sum(model(list(images), [target] * len(images)).values())
-    model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters())
-    images = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8, device=device)
-    for step in range(TIMED_STEPS + 1):   # the first step warms up (allocations, kernels)
-        if step == 1:
-            _sync(device)
-            start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss(images).backward()
-        optimizer.step()
-    _sync(device)
-    return (time.perf_counter() - start) / (TIMED_STEPS * batch)
+    def instance_loss(images: torch.Tensor) -> torch.Tensor:
+        return sum(model(list(images), [target] * len(images)).values())
+    return model, instance_loss, device, segment.batch_size
 
 
-def _sync(device: torch.device) -> None:
+def _now(device: torch.device) -> float:
+    """The clock, once the device has finished what it was given."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
-def _train_share(p: dict[str, Any]) -> float:
-    return float(p["data"]["split"][0])
-
-
-def _human(seconds: float) -> str:
+def human(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
