@@ -12,6 +12,7 @@ from skimage import data as skdata
 from fashionbg.background.composite import composite
 from fashionbg.background.params import SOD_MODELS, parse_fill, read_background
 from fashionbg.background.sod import (
+    Batched,
     MaskCache,
     SodOptions,
     batched_model,
@@ -22,7 +23,7 @@ from fashionbg.background.sod import (
     resolve_batch,
 )
 from fashionbg.background.weights import MODELS, md5sum
-from fashionbg.background.workers import mask_iou
+from fashionbg.background.workers import mask_iou, u2net_input
 from fashionbg.contracts.masks import alpha_path
 from fashionbg.contracts.raw import RawWriter, read_index
 from fashionbg.core.errors import ParamError, UserError
@@ -259,3 +260,27 @@ def test_worker_pipeline_writes_the_serial_paths_masks_byte_for_byte(tmp_path, u
         assert written == png.getvalue(), row.path
         digest = hashlib.sha256((tmp_path / "raw" / row.path).read_bytes()).hexdigest()
         assert cache.path(digest).read_bytes() == written
+
+
+class RecordingModel:
+    """An onnxruntime session that records which outputs each run fetches."""
+
+    def __init__(self, inner):
+        self.inner, self.fetched = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run(self, names, feed):
+        self.fetched.append(names)
+        return self.inner.run(names, feed)
+
+
+def test_inference_fetches_only_u2nets_first_output(u2netp_session):
+    inner = u2netp_session.inner_session
+    assert len(inner.get_outputs()) == 7               # the saliency map and six side outputs
+    model = RecordingModel(inner)
+    tensor = u2net_input(Image.fromarray(skdata.astronaut()))
+    pred = Batched(model, 1).predict(tensor)
+    assert model.fetched == [[inner.get_outputs()[0].name]]
+    assert np.array_equal(pred, inner.run(None, {inner.get_inputs()[0].name: tensor})[0][:, 0])
