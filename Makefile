@@ -31,11 +31,23 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 setup: $(VENV)/.installed charts
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-gpu.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(if $(GPU_VENV),$(PY) -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu && \
+		$(PY) -m pip install --quiet -r requirements-gpu.txt)
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
+
+# A GPU machine: the same venv with ONNX Runtime's CUDA build (requirements-gpu.txt) in place of
+# the CPU one, for good: the mark $(VENV)/.gpu makes every later setup swap it in again.
+.PHONY: setup-gpu
+GPU_VENV = $(wildcard $(VENV)/.gpu)
+setup-gpu:
+	python3 -m venv $(VENV)
+	touch $(VENV)/.gpu
+	rm -f $(VENV)/.installed
+	$(MAKE) --no-print-directory setup
 
 # vega, vega-lite and vega-embed for the offline HTML of `dvc plots` (.dvc/plots_offline.html):
 # the only part that needs Node.js, so without npm the pipeline and its tests still run.

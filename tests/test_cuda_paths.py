@@ -7,8 +7,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,6 +36,7 @@ from fashionbg.nn.engine import (
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 BF16, FP16 = torch.bfloat16, torch.float16
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("precision, device, bf16_supported, expected", [
@@ -284,3 +287,28 @@ def test_no_preload_without_the_cuda_provider(monkeypatch, u2netp_home):
 
     monkeypatch.setattr(ort, "preload_dlls", lambda *a, **k: pytest.fail("preloaded"))
     assert sod.session_device(sod.make_session("u2netp", u2netp_home, "cpu")) == "cpu"
+
+
+def setup_commands(venv: Path) -> list[str]:
+    """What `make` would run to set `venv` up (make -n: nothing runs)."""
+    result = subprocess.run(["make", "-n", f"VENV={venv}", f"{venv}/.installed"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, check=True)
+    return result.stdout.splitlines()
+
+
+def test_a_gpu_venv_keeps_onnxruntime_gpu_through_every_later_setup(tmp_path):
+    """`make setup-gpu` marks the venv; every setup of a marked venv installs requirements.txt
+    (whose rembg[cpu] brings the CPU build back) and then swaps the CUDA build in, pinned with
+    its CUDA and cuDNN wheels; an unmarked venv stays CPU."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    cpu = setup_commands(venv)
+    assert not any("requirements-gpu.txt" in c or "uninstall" in c for c in cpu)
+    (venv / ".gpu").touch()
+    gpu = setup_commands(venv)
+    base = next(i for i, c in enumerate(gpu) if "-r requirements.txt" in c)
+    swap = next(i for i, c in enumerate(gpu) if "-r requirements-gpu.txt" in c)
+    assert base < swap and "uninstall --quiet -y onnxruntime onnxruntime-gpu" in gpu[swap]
+    pins = [x for x in (ROOT / "requirements-gpu.txt").read_text().splitlines()
+            if x and not x.startswith("#")]
+    assert pins == [f"onnxruntime-gpu[cuda,cudnn]=={pins[0].split('==')[1]}"]
