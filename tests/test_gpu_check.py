@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+from fashionbg.core.nvidia import nvidia_devices
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_check  # noqa: E402
 from gpu_check import (  # noqa: E402
+    Devices,
+    device_row,
     EvalTolerance,
     MaskTolerance,
     Row,
@@ -28,6 +32,7 @@ from gpu_check import (  # noqa: E402
 )
 
 
+@pytest.mark.skipif(bool(nvidia_devices()), reason="the driver lists NVIDIA GPUs here")
 def test_without_cuda_it_prints_one_line_and_exits_0():
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([sys.executable, "benchmarks/gpu_check.py"], cwd=ROOT, env=env,
@@ -113,3 +118,34 @@ def test_fp16_is_forced_and_checked_in_the_stage_log_and_bf16_only_where_support
     assert variants["fp16 + loss scaling"].expect == "precision: fp16 autocast with loss scaling"
     assert variants["bf16 autocast"].train == {"precision": "bf16"}
     assert "bf16 autocast" not in {v.label for v in gpu_check.training_variants(bf16=False)}
+
+
+H100 = ["GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"]
+
+
+@pytest.mark.parametrize("seen, expect, result, says", [
+    (Devices([], 0, False), None, "pass", "driver lists 0 NVIDIA GPU(s)"),
+    (Devices(H100, 1, True), 1, "pass", "torch uses 1"),
+    (Devices(H100, 0, True), None, "fail", "cannot use them: a CPU build, or a driver too old"),
+    (Devices(H100, 1, False), None, "fail", "ONNX Runtime has no CUDA provider"),
+    (Devices(H100 * 2, 2, True), 4, "fail", "expected 4 GPU(s)"),
+    (Devices([], 0, False), 1, "fail", "expected 1 GPU(s)"),
+])
+def test_the_devices_row_fails_on_gpus_the_libraries_cannot_use(seen, expect, result, says):
+    row = device_row(seen, expect)
+    assert row.result == result and says in row.note, row
+
+
+def test_nvidia_gpus_torch_cannot_use_fail_the_check_instead_of_skipping_it(monkeypatch,
+                                                                            capsys):
+    monkeypatch.setattr(gpu_check, "seen_devices", lambda: Devices(H100, 0, False))
+    assert gpu_check.main([]) == 1
+    out = capsys.readouterr().out
+    assert "| devices | fail |" in out and out.rstrip().endswith("FAILED")
+
+
+def test_expect_gpus_fails_on_a_machine_with_fewer(monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check, "seen_devices", lambda: Devices([], 0, False))
+    assert gpu_check.main(["--expect-gpus", "1"]) == 1
+    assert "expected 1 GPU(s)" in capsys.readouterr().out
+    assert gpu_check.main([]) == 0
