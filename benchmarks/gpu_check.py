@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -487,6 +488,73 @@ def training_rows(rows: list[Row], root: Path, device: str, gpus: int, bf16: boo
     rows.append(guarded(label, lambda: train_row(label, project, "train_segmenter")))
 
 
+# --- logits: the same seeded weights on the device and on the CPU -------------------------
+
+# How far fp32 logits on CUDA may be from the CPU's for one seeded model and batch, as a share
+# of the largest CPU logit: cuDNN picks other kernels and convolutions use TF32 by default
+# (10-bit mantissa, ~1e-3 relative error per layer), so 1 % leaves room for depth, not for a bug.
+LOGITS_RELATIVE = 0.01
+LOGIT_SIZE = (64, 48)
+
+
+def seeded_models() -> dict[str, tuple[torch.nn.Module, Callable]]:
+    """The classifier, the semantic and the instance segmenter of write_project's params,
+    each built from seed 0, with the function that gives its logits for a uint8 batch."""
+    from test_segment_train import SEGMENT
+
+    from fashionbg.classify.models import build_classifier
+    from fashionbg.classify.params import read_classify
+    from fashionbg.segment.models import build_instance, build_semantic
+    from fashionbg.segment.params import read_segment
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["classify"].update(arch="resnet18", pretrained=False)
+    params["segment"] = {**params["segment"], **SEGMENT}
+    classify, segment = read_classify(params), read_segment(params)
+    torch.manual_seed(0)
+    return {"classifier": (build_classifier(classify, 2, False), lambda m, x: m(x)),
+            "semantic": (build_semantic(segment, 4, False), lambda m, x: m(x)),
+            "instance": (build_instance(segment, 3, LOGIT_SIZE, False), box_logits)}
+
+
+def box_logits(model: Any, images: torch.Tensor) -> torch.Tensor:
+    """Mask R-CNN's box-head class logits and box regressions for two fixed boxes per image
+    (its detections would depend on score thresholds)."""
+    heads = model.roi_heads
+    batch, _ = model.transform([image.float() for image in images])
+    features = model.backbone(batch.tensors)
+    h, w = LOGIT_SIZE
+    boxes = torch.tensor([[0, 0, w, h], [w / 4, h / 4, 3 * w / 4, 3 * h / 4]],
+                         device=images.device)
+    pooled = heads.box_roi_pool(features, [boxes] * len(images), batch.image_sizes)
+    scores, regression = heads.box_predictor(heads.box_head(pooled))
+    return torch.cat([scores, regression], dim=1)
+
+
+def logits_difference(there: torch.Tensor, cpu: torch.Tensor) -> float:
+    """max |there - cpu| as a share of the largest CPU logit (inf where shapes differ)."""
+    if there.shape != cpu.shape:
+        return float("inf")
+    return float((there - cpu).abs().max() / cpu.abs().max().clamp_min(1e-12))
+
+
+def logits_row(device: str) -> Row:
+    """Each seeded model's fp32 logits on `device` against the CPU's, one fixed batch."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, *LOGIT_SIZE), dtype=torch.uint8, generator=generator)
+    notes, ok = [], True
+    for name, (model, logits) in seeded_models().items():
+        model.eval()
+        with torch.no_grad():
+            cpu = logits(model, images).float()
+            there = logits(model.to(device), images.to(device)).float().cpu()
+        worst = logits_difference(there, cpu)
+        ok &= worst <= LOGITS_RELATIVE
+        notes.append(f"{name} {worst:.1e}")
+    return Row(f"logits on {device} vs cpu, seeded models", verdict(ok), None,
+               f"max |diff| / max |cpu logit| (<= {LOGITS_RELATIVE}): " + ", ".join(notes))
+
+
 def native_bf16() -> bool:
     """bf16 where the card computes it natively (Ampere and later), not emulated (V100, T4)."""
     # the integrator may point this at fashionbg.nn's bf16 chooser
@@ -519,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             rows.extend(background_rows(Path(tmp) / "sod", device,
                                         SOD if cuda else SOD_REHEARSAL))
+            rows.append(guarded(f"logits on {device} vs cpu", lambda: logits_row(device)))
             training_rows(rows, Path(tmp), device, seen.torch_gpus, bf16)
     if not bf16:
         rows.append(Row("bf16 autocast", "skipped", None, "this GPU has no native bf16: auto "

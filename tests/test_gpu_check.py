@@ -149,3 +149,29 @@ def test_expect_gpus_fails_on_a_machine_with_fewer(monkeypatch, capsys):
     assert gpu_check.main(["--expect-gpus", "1"]) == 1
     assert "expected 1 GPU(s)" in capsys.readouterr().out
     assert gpu_check.main([]) == 0
+
+
+def test_logits_may_differ_by_1_percent_of_the_largest():
+    cpu = torch.tensor([[10.0, -2.0], [0.5, 3.0]])
+    assert gpu_check.logits_difference(cpu + 0.05, cpu) == pytest.approx(0.005, rel=1e-4)
+    assert gpu_check.logits_difference(cpu + 0.2, cpu) > gpu_check.LOGITS_RELATIVE
+    assert gpu_check.logits_difference(cpu[:1], cpu) == float("inf")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_rehearsal_runs_every_row_on_the_cpu_and_passes(u2netp_home):
+    """`--rehearse`: the same rows on the CPU (the CPU provider against itself, CPU autocast,
+    DDP on 2 gloo processes), so the script itself is tested where no GPU is."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--rehearse"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    rows = [x for x in result.stdout.splitlines() if x.startswith("| ") and "---" not in x]
+    paths = [x.split(" | ")[0][2:] for x in rows[1:]]
+    for expected in ("devices", "remove_background stage on cpu",
+                     "rembg on cpu, batch 2 vs 1 per call", "logits on cpu vs cpu, seeded models",
+                     "train_classifier, DDP 2 processes (gloo)", "evaluate_segmenter, cpu vs cpu",
+                     "train_segmenter (instance), auto precision"):
+        assert expected in paths, result.stdout
+    assert result.stdout.rstrip().endswith("all passed")
