@@ -555,6 +555,41 @@ def logits_row(device: str) -> Row:
                f"max |diff| / max |cpu logit| (<= {LOGITS_RELATIVE}): " + ", ".join(notes))
 
 
+# --- the training loop against compute alone ------------------------------------------------
+
+LOOP_GOAL = 0.9      # the engine's epoch over its DataLoader, against steps over staged batches
+
+
+def loop_row(root: Path, device: str, images: int) -> Row:
+    """benchmarks/bench_train_input.py's comparison for the classifier and the semantic
+    segmenter (params.yaml's models and batch sizes): images/s of the training loop against
+    the same model stepping over batches already augmented and on the device. The goal holds
+    on CUDA; the rehearsal only reports."""
+    from bench_train_input import (
+        CLASSIFY_SIZE,
+        SEGMENT_SIZE,
+        classify_workload,
+        compare,
+        segment_workload,
+        synthetic_cache,
+    )
+
+    from fashionbg.core.params import load_params
+    from fashionbg.nn.device import seed_everything
+
+    params = load_params(ROOT / "params.yaml")
+    ratios, notes = [], []
+    for build, size in ((classify_workload, CLASSIFY_SIZE), (segment_workload, SEGMENT_SIZE)):
+        data = synthetic_cache(root / f"{size[0]}x{size[1]}", images, size)
+        work = build(params, data, torch.device(device), False, seed_everything(0))
+        loop, compute = compare(work, torch.device(device), 1)
+        ratios.append(loop / compute)
+        notes.append(f"{work.name} {loop:.1f} vs {compute:.1f} images/s ({loop / compute:.2f}x)")
+    ok = device != "cuda" or min(ratios) >= LOOP_GOAL
+    return Row(f"training loop vs compute alone on {device}", verdict(ok), None,
+               "; ".join(notes) + f" (goal >= {LOOP_GOAL} on CUDA)")
+
+
 def native_bf16() -> bool:
     """bf16 where the card computes it natively (Ampere and later), not emulated (V100, T4)."""
     # the integrator may point this at fashionbg.nn's bf16 chooser
@@ -588,6 +623,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(background_rows(Path(tmp) / "sod", device,
                                         SOD if cuda else SOD_REHEARSAL))
             rows.append(guarded(f"logits on {device} vs cpu", lambda: logits_row(device)))
+            images = 256 if cuda else 16
+            rows.append(guarded(f"training loop vs compute alone on {device}",
+                                lambda: loop_row(Path(tmp) / "loop", device, images)))
             training_rows(rows, Path(tmp), device, seen.torch_gpus, bf16)
     if not bf16:
         rows.append(Row("bf16 autocast", "skipped", None, "this GPU has no native bf16: auto "
