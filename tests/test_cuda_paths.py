@@ -217,7 +217,7 @@ def test_provider_fallback_says_why_and_how_to_fix(monkeypatch, caplog, shadowed
     both = {"onnxruntime", "onnxruntime-gpu"}
     monkeypatch.setattr(sod, "installed_runtimes",
                         lambda: both if shadowed else {"onnxruntime"})
-    fix = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+    fix = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install -r requirements-gpu.txt"
     with pytest.raises(UserError) as err:
         sod.providers("cuda")
     assert "\n" not in str(err.value) and (fix in str(err.value)) == shadowed

@@ -79,7 +79,7 @@ def preload_cuda_libraries() -> str:
 GPU_RUNTIME, CPU_RUNTIME = "onnxruntime-gpu", "onnxruntime"
 SHADOWED = (f"both {CPU_RUNTIME} and {GPU_RUNTIME} are installed and share one module, so the "
             f"CPU package hides the CUDA provider; fix: pip uninstall -y {CPU_RUNTIME} "
-            f"{GPU_RUNTIME} && pip install {GPU_RUNTIME}")
+            f"{GPU_RUNTIME} && pip install -r requirements-gpu.txt (or make setup-gpu)")
 
 
 def installed_runtimes() -> set[str]:
@@ -107,8 +107,8 @@ def providers(device: str) -> list[str]:
     if device == "cuda":
         raise UserError("background.device = cuda, but this onnxruntime has no CUDA provider: "
                         + (SHADOWED if shadowed else
-                           f"install {GPU_RUNTIME} in place of {CPU_RUNTIME} "
-                           "(docs/gpus-and-clusters.md: Real data on a GPU machine)")
+                           f"install {GPU_RUNTIME} in place of {CPU_RUNTIME} with make "
+                           "setup-gpu (docs/gpus-and-clusters.md: Real data on a GPU machine)")
                         + "; or set background.device: cpu")
     if device == "auto":
         gpus = nvidia_devices()
