@@ -552,7 +552,7 @@ def logits_row(device: str) -> Row:
         ok &= worst <= LOGITS_RELATIVE
         notes.append(f"{name} {worst:.1e}")
     return Row(f"logits on {device} vs cpu, seeded models", verdict(ok), None,
-               f"max |diff| / max |cpu logit| (<= {LOGITS_RELATIVE}): " + ", ".join(notes))
+               f"max abs diff / max abs cpu logit (<= {LOGITS_RELATIVE}): " + ", ".join(notes))
 
 
 # --- the training loop against compute alone ------------------------------------------------
