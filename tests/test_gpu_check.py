@@ -175,3 +175,10 @@ def test_the_rehearsal_runs_every_row_on_the_cpu_and_passes(u2netp_home):
                      "train_segmenter (instance), auto precision"):
         assert expected in paths, result.stdout
     assert result.stdout.rstrip().endswith("all passed")
+
+
+def test_bf16_rows_only_where_the_card_has_native_bf16(monkeypatch):
+    """A V100 or T4 emulates bf16, which torch counts as support unless told not to."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation)
+    assert not gpu_check.native_bf16()
