@@ -171,6 +171,7 @@ def test_the_rehearsal_runs_every_row_on_the_cpu_and_passes(u2netp_home):
     paths = [x.split(" | ")[0][2:] for x in rows[1:]]
     for expected in ("devices", "remove_background stage on cpu",
                      "rembg on cpu, batch 2 vs 1 per call", "logits on cpu vs cpu, seeded models",
+                     "training loop vs compute alone on cpu",
                      "train_classifier, DDP 2 processes (gloo)", "evaluate_segmenter, cpu vs cpu",
                      "train_segmenter (instance), auto precision"):
         assert expected in paths, result.stdout
