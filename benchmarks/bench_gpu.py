@@ -26,7 +26,7 @@ import torch
 import yaml
 from bench_rembg import photos
 from bench_train_input import synthetic_cache
-from gpu_check import SOD_BATCH, removal_rate, run_stage, stage_summary
+from gpu_check import SOD, removal_rate, run_stage, stage_summary
 
 from fashionbg.core.errors import UserError
 
@@ -69,10 +69,10 @@ def background_rows(root: Path, sizes: Sizes) -> None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         why = "no CUDA provider (install onnxruntime-gpu)"
         row("background removal, cuda provider", None, why)
-        row(f"background removal, cuda, batch {SOD_BATCH}", None, why)
+        row(f"background removal, cuda, batch {SOD.batch}", None, why)
         return
-    for batch in (1, SOD_BATCH):
-        label = "cuda provider" if batch == 1 else f"cuda, batch {SOD_BATCH}"
+    for batch in (1, SOD.batch):
+        label = "cuda provider" if batch == 1 else f"cuda, batch {SOD.batch}"
         try:
             cuda = rate("cuda", batch)
         except UserError as err:     # the provider is installed but its libraries do not load

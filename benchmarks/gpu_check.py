@@ -1,21 +1,26 @@
 """GPU acceptance in one command: every CUDA path runs once on small data and is checked,
-in one table (path | result | images/s | note); exit code 1 if any row fails.
+each row printed as it finishes (path | result | images/s | note); exit code 1 if any row fails.
 
-    python benchmarks/gpu_check.py                  (or: make gpu-check; at most ~8 minutes)
+    python benchmarks/gpu_check.py [--expect-gpus N] [--rehearse]   (or: make gpu-check)
 
-Rows: rembg on ONNX Runtime's CUDA provider, one photo a call and a batch of 8, with masks
-compared to the CPU provider's (MASKS); both training stages (classifier, semantic segmenter)
-with bf16 autocast, fp16 autocast with loss scaling (forced through train.precision, and
-checked in the stage's own log), channels_last and train.augment_on: device; the instance
-segmenter once; DDP with NCCL over every visible GPU (skipped on one GPU); and each evaluation
-stage on CUDA against the same checkpoint evaluated on the CPU (CLASSIFY_EVAL, SEGMENT_EVAL).
-Training and evaluation rows run the stages themselves in temporary projects over synthetic
-figures, as `dvc repro` would (run_stage starts them; they launch their own DDP processes).
+Rows: the devices (the driver's NVIDIA GPUs, as `nvidia-smi -L` or /proc/driver/nvidia list
+them, against what torch and ONNX Runtime can use, and --expect-gpus); the remove_background
+stage run as users run it (a subprocess: so libraries that only load where torch was imported
+first would show), its log saying the session ran on CUDA, its masks against the CPU
+provider's (MASKS); rembg's throughput at 8 photos a call against one, every ONNX session's
+provider checked; both training stages (classifier, semantic segmenter) with bf16 autocast
+(only where the card has it natively), fp16 autocast with loss scaling (forced through
+train.precision, and checked in the stage's own log), channels_last and train.augment_on:
+device; the instance segmenter once; DDP with NCCL over every visible GPU (skipped on one GPU;
+NCCL's own log must show it ran); and each evaluation stage on CUDA against the same checkpoint
+evaluated on the CPU (CLASSIFY_EVAL, SEGMENT_EVAL). Training and evaluation rows run the stages
+themselves in temporary projects over synthetic figures, as `dvc repro` would (run_stage starts
+them; they launch their own DDP processes).
 
-Without CUDA it prints one line and exits 0. --rehearse runs the same rows on the CPU instead
-(CPU autocast, DDP on 2 gloo processes, the CPU provider against itself), to try this script
-without a GPU: slow on 2 cores, and it proves nothing about CUDA. On a GPU the table is also
-written to reports/gpu_check.md.
+Without CUDA and without NVIDIA devices it prints one line and exits 0; with NVIDIA devices that
+torch or ONNX Runtime cannot use it fails. --rehearse runs the same rows on the CPU instead (CPU
+autocast, DDP on 2 gloo processes, the CPU provider against itself), to try this script without
+a GPU: it proves nothing about CUDA. On a GPU the table is also written to reports/gpu_check.md.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,9 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "tests"))     # test_segment_train's synthetic figures
 REPORT = ROOT / "reports" / "gpu_check.md"
 NO_CUDA = ("no CUDA device: gpu-check has nothing to run; run `make gpu-check` on a machine "
-           "with an NVIDIA GPU and onnxruntime-gpu (docs/gpus-and-clusters.md: GPU acceptance)")
+           "with an NVIDIA GPU after `make setup-gpu` (docs/gpus-and-clusters.md: GPU acceptance)")
 STAGE_TIMEOUT = 240          # seconds for one stage run; the whole check stays under 8 minutes
-SOD_PHOTOS, SOD_HEIGHT, SOD_BATCH = 8, 512, 8
 
 
 @dataclass(frozen=True)
@@ -52,13 +57,63 @@ class Row:
     note: str = ""
 
 
+HEADER = ["| path | result | images/s | note |", "|---|---|---:|---|"]
+
+
+def table_line(r: Row) -> str:
+    rate = f"{r.rate:.1f}" if r.rate is not None else "n/a"
+    return f"| {r.path} | {r.result} | {rate} | {r.note.replace('|', '/')} |"
+
+
 def table(rows: list[Row]) -> str:
     """The one table: path | result | images/s | note, as Markdown (reads as plain text)."""
-    lines = ["| path | result | images/s | note |", "|---|---|---:|---|"]
-    for r in rows:
-        rate = f"{r.rate:.1f}" if r.rate is not None else "n/a"
-        lines.append(f"| {r.path} | {r.result} | {rate} | {r.note.replace('|', '/')} |")
-    return "\n".join(lines)
+    return "\n".join([*HEADER, *map(table_line, rows)])
+
+
+class Printed(list):
+    """The rows so far; each printed as it is added, so a long check shows its progress."""
+
+    def append(self, row: Row) -> None:
+        print(table_line(row), flush=True)
+        super().append(row)
+
+    def extend(self, rows) -> None:     # type: ignore[override]
+        for row in rows:
+            self.append(row)
+
+
+# --- devices -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Devices:
+    nvidia: list[str]            # what the driver lists
+    torch_gpus: int              # what torch can use
+    onnx_cuda: bool              # whether ONNX Runtime has its CUDA provider
+
+
+def seen_devices() -> Devices:
+    import onnxruntime as ort
+
+    from fashionbg.core.nvidia import nvidia_devices
+
+    return Devices(nvidia_devices(), torch.cuda.device_count() if torch.cuda.is_available()
+                   else 0, "CUDAExecutionProvider" in ort.get_available_providers())
+
+
+def device_row(seen: Devices, expect: int | None) -> Row:
+    """Fails where the driver lists GPUs that torch or ONNX Runtime cannot use (a driver too
+    old for torch's CUDA, a CPU build), or fewer GPUs than expected."""
+    problems = []
+    if seen.nvidia and seen.torch_gpus == 0:
+        problems.append(f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use "
+                        "them: a CPU build, or a driver too old for its CUDA")
+    if seen.nvidia and not seen.onnx_cuda:
+        problems.append("ONNX Runtime has no CUDA provider (run make setup-gpu)")
+    if expect is not None and seen.torch_gpus < expect:
+        problems.append(f"expected {expect} GPU(s)")
+    note = (f"driver lists {len(seen.nvidia)} NVIDIA GPU(s), torch uses {seen.torch_gpus}, "
+            f"ONNX Runtime CUDA provider {'present' if seen.onnx_cuda else 'absent'}")
+    return Row("devices", verdict(not problems), None, "; ".join([note, *problems]))
 
 
 def exit_code(rows: list[Row]) -> int:
@@ -107,20 +162,23 @@ def masks_agree(pairs: list[tuple[np.ndarray, np.ndarray]], tol: MaskTolerance =
 
 def removal_rate(rows: list, root: Path, out: Path, device: str, batch: int) -> float:
     """Masks of `rows` (raw photos under root/raw) into `out` with the stage's own loop, on
-    `device`'s provider, `batch` photos a call; images/s after a one-photo warm-up."""
+    `device`'s provider, `batch` photos a call; images/s after a warm-up at that batch size
+    (cuDNN picks its kernels per input shape). Raises if an ONNX session is not on `device`."""
     from fashionbg.background.sod import (
         SodOptions,
         batched_model,
         make_session,
         remove_backgrounds,
     )
-    from fashionbg.background.weights import ensure_model
-    from fashionbg.core import paths
 
-    home = ensure_model("u2netp", ROOT / paths.SOD_HOME).parent
+    home = sod_home()
     session = make_session("u2netp", home, device)
     batched = batched_model(session, "u2netp", home, batch)
-    remove_backgrounds(rows[:1], root / "raw", root / "warm", session, SodOptions(),
+    wanted = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+    for name, inner in (("rembg's", session.inner_session), ("the batched", batched.inner)):
+        if inner.get_providers()[0] != wanted:
+            raise RuntimeError(f"{name} ONNX session runs on {inner.get_providers()[0]}")
+    remove_backgrounds(rows[:batch], root / "raw", root / "warm", session, SodOptions(),
                        batched=batched)
     start = time.perf_counter()
     report = remove_backgrounds(rows, root / "raw", out, session, SodOptions(), batched=batched)
@@ -129,33 +187,85 @@ def removal_rate(rows: list, root: Path, out: Path, device: str, batch: int) -> 
     return len(rows) / (time.perf_counter() - start)
 
 
-def background_rows(root: Path, device: str) -> list[Row]:
-    from bench_rembg import photos
+def sod_home() -> Path:
+    from fashionbg.background.weights import ensure_model
+    from fashionbg.core import paths
+
+    return ensure_model("u2netp", ROOT / paths.SOD_HOME).parent
+
+
+@dataclass(frozen=True)
+class SodSizes:
+    photos: int
+    height: int
+    batch: int
+
+
+SOD = SodSizes(photos=16, height=512, batch=8)
+SOD_REHEARSAL = SodSizes(photos=4, height=128, batch=2)
+
+
+def masks_of(rows: list, out: Path) -> list[np.ndarray]:
     from PIL import Image
 
     from fashionbg.contracts.masks import alpha_path
 
-    rows = photos(root, SOD_PHOTOS, SOD_HEIGHT)
+    return [np.asarray(Image.open(out / alpha_path(r.path))) for r in rows]
 
-    def masks(out: Path) -> list[np.ndarray]:
-        return [np.asarray(Image.open(out / alpha_path(r.path))) for r in rows]
 
+def background_rows(root: Path, device: str, sizes: SodSizes) -> list[Row]:
+    """The stage in a subprocess, then the batched loop against one photo a call."""
+    from bench_rembg import photos
+
+    rows = photos(root, sizes.photos, sizes.height)
+    stage_label = f"remove_background stage on {device}"
+    rate_label = f"rembg on {device}, batch {sizes.batch} vs 1 per call"
     try:
         removal_rate(rows, root, root / "reference", "cpu", 1)
     except Exception as err:   # e.g. no weights and no registry to fetch them from
-        return [Row(f"rembg, {device} provider, batch {b}", "fail", None,
-                    f"cpu reference failed: {err}"[:150]) for b in (1, SOD_BATCH)]
-    reference, results = masks(root / "reference"), []
-    for batch in (1, SOD_BATCH):
-        label, out = f"rembg, {device} provider, batch {batch}", root / f"{device}{batch}"
-        try:
-            rate = removal_rate(rows, root, out, device, batch)
-        except Exception as err:   # the provider is missing or its libraries do not load
-            results.append(Row(label, "fail", None, str(err).splitlines()[0][:150]))
-            continue
-        ok, note = masks_agree(list(zip(masks(out), reference)))
-        results.append(Row(label, verdict(ok), rate, f"{len(rows)} photos, {note}"))
-    return results
+        return [Row(label, "fail", None, f"cpu reference failed: {err}"[:150])
+                for label in (stage_label, rate_label)]
+    reference = masks_of(rows, root / "reference")
+    results = [guarded(stage_label, lambda: stage_sod_row(stage_label, root, rows, device,
+                                                          reference))]
+    try:
+        one, many = (removal_rate(rows, root, root / f"{device}{b}", device, b)
+                     for b in (1, sizes.batch))
+    except Exception as err:   # the provider is missing or its libraries do not load
+        return [*results, Row(rate_label, "fail", None, str(err).splitlines()[0][:150])]
+    ok, note = masks_agree([*zip(masks_of(rows, root / f"{device}1"), reference),
+                            *zip(masks_of(rows, root / f"{device}{sizes.batch}"), reference)])
+    return [*results, Row(rate_label, verdict(ok), many,
+                          f"{many / one:.2f}x one per call ({one:.1f} images/s); {note}")]
+
+
+def stage_sod_row(label: str, root: Path, rows: list, device: str,
+                  reference: list[np.ndarray]) -> Row:
+    """`python -m stages.remove_background` on the photos with background.device `device`
+    (batch auto): its log must say it ran there, its masks must match the CPU's."""
+    from fashionbg.core import paths
+
+    project = root / "stage"
+    (project / "data").mkdir(parents=True)
+    (project / paths.RAW).symlink_to(root / "raw")
+    (project / paths.SOD_HOME).parent.mkdir(parents=True)
+    (project / paths.SOD_HOME).symlink_to(sod_home())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["background"].update(device=device, batch_size="auto")
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    start = time.perf_counter()
+    try:
+        result = run_stage(project, "remove_background")
+    except subprocess.TimeoutExpired:
+        return Row(label, "fail", None, f"timed out after {STAGE_TIMEOUT} s")
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        return Row(label, "fail", None, last_line(result.stderr))
+    ran = f"on {device}, {8 if device == 'cuda' else 1} photo(s) per call"
+    if ran not in result.stderr:
+        return Row(label, "fail", None, f"its log lacks {ran!r}: {last_line(result.stderr)}")
+    ok, note = masks_agree(list(zip(masks_of(rows, project / paths.REMBG), reference)))
+    return Row(label, verdict(ok), None, f"{ran}; {note}; {seconds:.0f} s with start-up")
 
 
 # --- training and evaluation ---------------------------------------------------------------
@@ -165,8 +275,8 @@ def run_stage(project: Path, stage: str, timeout: float | None = STAGE_TIMEOUT
     """Run `python -m stages.<stage>` in `project` as users do: the stage starts as many DDP
     processes as the project's train.nproc."""
     return subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=project,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          text=True, timeout=timeout)
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "NCCL_DEBUG": "INFO"},
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def stage_summary(project: Path, stage: str) -> dict:
@@ -234,9 +344,9 @@ def train_row(label: str, project: Path, stage: str, nproc: int = 1, expect: str
         result = run_stage(project, stage)
     except subprocess.TimeoutExpired:
         return Row(label, "fail", None, f"timed out after {STAGE_TIMEOUT} s")
-    log = result.stderr
+    log = result.stdout + result.stderr
     if result.returncode != 0:
-        return Row(label, "fail", None, last_line(log))
+        return Row(label, "fail", None, last_line(result.stderr))
     summary = stage_summary(project, stage)
     loss = summary.get("train", {}).get("loss")
     problems = [p for p, bad in ((f"log lacks {expect!r}", expect and expect not in log),
@@ -347,10 +457,10 @@ def guarded(label: str, make: Callable[[], Row]) -> Row:
         return Row(label, "fail", None, f"{type(err).__name__}: {err}"[:150])
 
 
-def training_rows(root: Path, device: str, gpus: int, bf16: bool) -> list[Row]:
+def training_rows(rows: list[Row], root: Path, device: str, gpus: int, bf16: bool) -> None:
+    """The training and evaluation rows, appended to `rows` as each finishes."""
     ddp = gpus if device == "cuda" else 2      # the rehearsal's DDP: 2 gloo processes
     processes = max(ddp, 1)
-    rows = []
     for stage, (evaluate, agree) in STAGES.items():
         checkpoint = None
         for v in training_variants(bf16):
@@ -366,7 +476,9 @@ def training_rows(root: Path, device: str, gpus: int, bf16: bool) -> list[Row]:
             project = write_project(root / stage / "ddp", device, processes,
                                     train={"nproc": ddp})
             label = f"{stage}, DDP {ddp} processes ({backend})"
-            rows.append(guarded(label, lambda: train_row(label, project, stage, ddp)))
+            # NCCL's own log (NCCL_DEBUG=INFO) shows that NCCL, not another backend, ran
+            nccl = "NCCL INFO" if device == "cuda" else ""
+            rows.append(guarded(label, lambda: train_row(label, project, stage, ddp, nccl)))
         label = f"{evaluate}, {device} vs cpu"
         rows.append(guarded(label, lambda: eval_row(label, checkpoint, evaluate, device, agree))
                     if checkpoint else
@@ -374,33 +486,156 @@ def training_rows(root: Path, device: str, gpus: int, bf16: bool) -> list[Row]:
     project = write_project(root / "instance", device, processes, "instance")
     label = "train_segmenter (instance), auto precision"
     rows.append(guarded(label, lambda: train_row(label, project, "train_segmenter")))
-    return rows
+
+
+# --- logits: the same seeded weights on the device and on the CPU -------------------------
+
+# How far fp32 logits on CUDA may be from the CPU's for one seeded model and batch, as a share
+# of the largest CPU logit: cuDNN picks other kernels and convolutions use TF32 by default
+# (10-bit mantissa, ~1e-3 relative error per layer), so 1 % leaves room for depth, not for a bug.
+LOGITS_RELATIVE = 0.01
+LOGIT_SIZE = (64, 48)
+
+
+def seeded_models() -> dict[str, tuple[torch.nn.Module, Callable]]:
+    """The classifier, the semantic and the instance segmenter of write_project's params,
+    each built from seed 0, with the function that gives its logits for a uint8 batch."""
+    from test_segment_train import SEGMENT
+
+    from fashionbg.classify.models import build_classifier
+    from fashionbg.classify.params import read_classify
+    from fashionbg.segment.models import build_instance, build_semantic
+    from fashionbg.segment.params import read_segment
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["classify"].update(arch="resnet18", pretrained=False)
+    params["segment"] = {**params["segment"], **SEGMENT}
+    classify, segment = read_classify(params), read_segment(params)
+    torch.manual_seed(0)
+    return {"classifier": (build_classifier(classify, 2, False), lambda m, x: m(x)),
+            "semantic": (build_semantic(segment, 4, False), lambda m, x: m(x)),
+            "instance": (build_instance(segment, 3, LOGIT_SIZE, False), box_logits)}
+
+
+def box_logits(model: Any, images: torch.Tensor) -> torch.Tensor:
+    """Mask R-CNN's box-head class logits and box regressions for two fixed boxes per image
+    (its detections would depend on score thresholds)."""
+    heads = model.roi_heads
+    batch, _ = model.transform([image.float() for image in images])
+    features = model.backbone(batch.tensors)
+    h, w = LOGIT_SIZE
+    boxes = torch.tensor([[0, 0, w, h], [w / 4, h / 4, 3 * w / 4, 3 * h / 4]],
+                         device=images.device)
+    pooled = heads.box_roi_pool(features, [boxes] * len(images), batch.image_sizes)
+    scores, regression = heads.box_predictor(heads.box_head(pooled))
+    return torch.cat([scores, regression], dim=1)
+
+
+def logits_difference(there: torch.Tensor, cpu: torch.Tensor) -> float:
+    """max |there - cpu| as a share of the largest CPU logit (inf where shapes differ)."""
+    if there.shape != cpu.shape:
+        return float("inf")
+    return float((there - cpu).abs().max() / cpu.abs().max().clamp_min(1e-12))
+
+
+def logits_row(device: str) -> Row:
+    """Each seeded model's fp32 logits on `device` against the CPU's, one fixed batch."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, *LOGIT_SIZE), dtype=torch.uint8, generator=generator)
+    notes, ok = [], True
+    for name, (model, logits) in seeded_models().items():
+        model.eval()
+        with torch.no_grad():
+            cpu = logits(model, images).float()
+            there = logits(model.to(device), images.to(device)).float().cpu()
+        worst = logits_difference(there, cpu)
+        ok &= worst <= LOGITS_RELATIVE
+        notes.append(f"{name} {worst:.1e}")
+    return Row(f"logits on {device} vs cpu, seeded models", verdict(ok), None,
+               f"max abs diff / max abs cpu logit (<= {LOGITS_RELATIVE}): " + ", ".join(notes))
+
+
+# --- the training loop against compute alone ------------------------------------------------
+
+LOOP_GOAL = 0.9      # the engine's epoch over its DataLoader, against steps over staged batches
+
+
+def loop_row(root: Path, device: str, images: int) -> Row:
+    """benchmarks/bench_train_input.py's comparison for the classifier and the semantic
+    segmenter (params.yaml's models and batch sizes): images/s of the training loop against
+    the same model stepping over batches already augmented and on the device. The goal holds
+    on CUDA; the rehearsal only reports."""
+    from bench_train_input import (
+        CLASSIFY_SIZE,
+        SEGMENT_SIZE,
+        classify_workload,
+        compare,
+        segment_workload,
+        synthetic_cache,
+    )
+
+    from fashionbg.core.params import load_params
+    from fashionbg.nn.device import seed_everything
+
+    params = load_params(ROOT / "params.yaml")
+    ratios, notes = [], []
+    # the rehearsal: the classifier only (the segmenter at its size takes minutes on a CPU)
+    tasks = [(classify_workload, CLASSIFY_SIZE)]
+    tasks += [(segment_workload, SEGMENT_SIZE)] if device == "cuda" else []
+    for build, size in tasks:
+        data = synthetic_cache(root / f"{size[0]}x{size[1]}", images, size)
+        work = build(params, data, torch.device(device), False, seed_everything(0))
+        loop, compute = compare(work, torch.device(device), 1)
+        ratios.append(loop / compute)
+        notes.append(f"{work.name} {loop:.1f} vs {compute:.1f} images/s ({loop / compute:.2f}x)")
+    ok = device != "cuda" or min(ratios) >= LOOP_GOAL
+    return Row(f"training loop vs compute alone on {device}", verdict(ok), None,
+               "; ".join(notes) + f" (goal >= {LOOP_GOAL} on CUDA)")
+
+
+def native_bf16() -> bool:
+    """bf16 where the card computes it natively (Ampere and later), not emulated (V100, T4)."""
+    # the integrator may point this at fashionbg.nn's bf16 chooser
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rehearse", action="store_true",
                         help="run the rows on the CPU (no GPU needed; checks this script only)")
+    parser.add_argument("--expect-gpus", type=int, default=None, metavar="N",
+                        help="fail unless torch can use at least N GPUs")
     args = parser.parse_args(argv)
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.rehearse:
+    seen = seen_devices()
+    cuda = seen.torch_gpus > 0
+    if not (cuda or seen.nvidia or args.rehearse or args.expect_gpus):
         print(NO_CUDA)
         return 0
     device = "cuda" if cuda else "cpu"
-    gpus = torch.cuda.device_count() if cuda else 0
-    bf16 = torch.cuda.is_bf16_supported() if cuda else True     # CPU autocast has bf16
-    title = (f"gpu-check: {gpus} x {torch.cuda.get_device_name()}" if cuda
-             else "gpu-check REHEARSAL on the CPU (proves nothing about CUDA)")
-    title += f"; torch {torch.__version__}; {os.cpu_count()} CPU cores"
+    bf16 = native_bf16() if cuda else True     # CPU autocast has bf16
+    title = (f"gpu-check: {seen.torch_gpus} x {torch.cuda.get_device_name()}" if cuda
+             else "gpu-check REHEARSAL on the CPU (proves nothing about CUDA)"
+             if args.rehearse else "gpu-check: no GPU torch can use")
+    print(f"{title}; torch {torch.__version__}; {os.cpu_count()} CPU cores", flush=True)
+    print("\n".join(HEADER), flush=True)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = background_rows(Path(tmp) / "sod", device)
-        rows += training_rows(Path(tmp), device, gpus, bf16)
+    rows = Printed()
+    rows.append(device_row(seen, args.expect_gpus))
+    if cuda or args.rehearse:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.extend(background_rows(Path(tmp) / "sod", device,
+                                        SOD if cuda else SOD_REHEARSAL))
+            rows.append(guarded(f"logits on {device} vs cpu", lambda: logits_row(device)))
+            images = 256 if cuda else 8
+            rows.append(guarded(f"training loop vs compute alone on {device}",
+                                lambda: loop_row(Path(tmp) / "loop", device, images)))
+            training_rows(rows, Path(tmp), device, seen.torch_gpus, bf16)
     if not bf16:
-        rows.append(Row("bf16 autocast", "skipped", None, "this GPU has no bf16: auto is fp16"))
+        rows.append(Row("bf16 autocast", "skipped", None, "this GPU has no native bf16: auto "
+                                                          "is fp16"))
     text = (f"{title}; {time.perf_counter() - start:.0f} s\n\n{table(rows)}\n\n"
             f"{'FAILED' if exit_code(rows) else 'all passed'}")
-    print(text)
+    print(f"\n{time.perf_counter() - start:.0f} s; {'FAILED' if exit_code(rows) else 'all passed'}")
     if cuda:
         REPORT.parent.mkdir(parents=True, exist_ok=True)
         REPORT.write_text(text + "\n")

@@ -11,11 +11,11 @@ from fashionbg.background.sod import (
     batched_model,
     cache_key,
     make_session,
-    mask_cache_root,
     remove_backgrounds,
     resolve_batch,
     session_device,
 )
+from fashionbg.background.workers import mask_cache_root
 from fashionbg.contracts.masks import FAILURE_COLUMNS, FAILURES
 from fashionbg.contracts.raw import read_index
 from fashionbg.core import paths

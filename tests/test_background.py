@@ -1,3 +1,5 @@
+import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -10,20 +12,22 @@ from skimage import data as skdata
 from fashionbg.background.composite import composite
 from fashionbg.background.params import SOD_MODELS, parse_fill, read_background
 from fashionbg.background.sod import (
+    Batched,
     MaskCache,
     SodOptions,
     batched_model,
     cache_key,
-    mask_iou,
     predict_alpha,
     providers,
     remove_backgrounds,
     resolve_batch,
 )
 from fashionbg.background.weights import MODELS, md5sum
+from fashionbg.background.workers import mask_iou, u2net_input
 from fashionbg.contracts.masks import alpha_path
 from fashionbg.contracts.raw import RawWriter, read_index
 from fashionbg.core.errors import ParamError, UserError
+from fashionbg.ingest.hygiene import open_rgb
 
 
 def test_weights_are_the_real_u2netp(u2netp_home):
@@ -136,7 +140,11 @@ def test_parse_fill_rejects_non_colours(value):
 
 
 class Unusable:
-    """A session that fails if it is ever asked for a mask."""
+    """A session whose model fails if it is ever asked for a mask."""
+
+    @property
+    def inner_session(self):
+        return self
 
     def __getattr__(self, name):
         raise AssertionError("the mask should have come from the cache")
@@ -229,3 +237,50 @@ def test_batch_size_auto_and_cache_keys():
                                          "post_process_mask": False, "fill": "black",
                                          "person_fill": "tile", "device": "cpu",
                                          "batch_size": 4}})
+
+
+@pytest.mark.parametrize("options", [SodOptions(), SodOptions(post_process_mask=True),
+                                     SodOptions(alpha_matting=True)])
+def test_worker_pipeline_writes_the_serial_paths_masks_byte_for_byte(tmp_path, u2netp_home,
+                                                                     u2netp_session, options):
+    """The masks the workers finish are the bytes rembg's own remove() gives, one photo after
+    the other, encoded once: the same file in the output and in the cache."""
+    rows = real_photos(tmp_path)
+    if options.alpha_matting:      # matting is slow: one small photo
+        rows = rows[1:2]
+    cache = MaskCache(tmp_path / "cache", cache_key("u2netp", options, "cpu"))
+    report = remove_backgrounds(rows, tmp_path / "raw", tmp_path / "out", u2netp_session,
+                                options, cache, processes=2)
+    assert (report.images, report.computed, report.failures) == (len(rows), len(rows), [])
+    for row in rows:
+        serial = predict_alpha(open_rgb(tmp_path / "raw" / row.path), u2netp_session, options)
+        png = io.BytesIO()
+        Image.fromarray(serial, mode="L").save(png, format="PNG")
+        written = (tmp_path / "out" / alpha_path(row.path)).read_bytes()
+        assert written == png.getvalue(), row.path
+        digest = hashlib.sha256((tmp_path / "raw" / row.path).read_bytes()).hexdigest()
+        assert cache.path(digest).read_bytes() == written
+
+
+class RecordingModel:
+    """An onnxruntime session that records which outputs each run fetches."""
+
+    def __init__(self, inner):
+        self.inner, self.fetched = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run(self, names, feed):
+        self.fetched.append(names)
+        return self.inner.run(names, feed)
+
+
+def test_inference_fetches_only_u2nets_first_output(u2netp_session):
+    inner = u2netp_session.inner_session
+    assert len(inner.get_outputs()) == 7               # the saliency map and six side outputs
+    model = RecordingModel(inner)
+    tensor = u2net_input(Image.fromarray(skdata.astronaut()))
+    pred = Batched(model, 1).predict(tensor)
+    assert model.fetched == [[inner.get_outputs()[0].name]]
+    assert np.array_equal(pred, inner.run(None, {inner.get_inputs()[0].name: tensor})[0][:, 0])

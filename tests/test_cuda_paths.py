@@ -7,8 +7,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,6 +36,7 @@ from fashionbg.nn.engine import (
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 BF16, FP16 = torch.bfloat16, torch.float16
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("precision, device, bf16_supported, expected", [
@@ -210,10 +213,11 @@ def test_provider_fallback_says_why_and_how_to_fix(monkeypatch, caplog, shadowed
     import onnxruntime as ort
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(sod, "nvidia_devices", lambda: [])
     both = {"onnxruntime", "onnxruntime-gpu"}
     monkeypatch.setattr(sod, "installed_runtimes",
                         lambda: both if shadowed else {"onnxruntime"})
-    fix = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+    fix = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install -r requirements-gpu.txt"
     with pytest.raises(UserError) as err:
         sod.providers("cuda")
     assert "\n" not in str(err.value) and (fix in str(err.value)) == shadowed
@@ -221,21 +225,90 @@ def test_provider_fallback_says_why_and_how_to_fix(monkeypatch, caplog, shadowed
         assert sod.providers("auto") == ["CPUExecutionProvider"]
     assert "no CUDA provider, so backgrounds are removed on the CPU" in caplog.text
     assert (fix in caplog.text) == shadowed
+    assert caplog.records[-1].levelname == "INFO"      # no GPU here: the usual case
 
 
-def test_installed_runtimes_sees_this_venvs_cpu_package():
-    assert sod.installed_runtimes() == {"onnxruntime"}
+def test_provider_fallback_is_a_warning_where_the_driver_lists_gpus(monkeypatch, caplog):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(sod, "nvidia_devices", lambda: ["GPU 0: NVIDIA H100 (UUID: x)"])
+    monkeypatch.setattr(sod, "installed_runtimes", lambda: {"onnxruntime"})
+    with caplog.at_level(logging.INFO, logger=sod.__name__):
+        assert sod.providers("auto") == ["CPUExecutionProvider"]
+    record = caplog.records[-1]
+    assert record.levelname == "WARNING" and "driver lists 1 NVIDIA GPU(s)" in record.message
+    assert "make setup-gpu" in record.message
 
 
-def test_a_cuda_provider_that_does_not_load_is_an_error_or_a_logged_fallback(
+def test_installed_runtimes_is_one_onnxruntime_build():
+    """The CPU build (make setup) or the CUDA one (make setup-gpu), never both."""
+    assert sod.installed_runtimes() in ({"onnxruntime"}, {"onnxruntime-gpu"})
+
+
+def test_a_cuda_provider_that_does_not_load_is_an_error_or_a_warning_naming_why(
         monkeypatch, caplog, u2netp_home):
     """The provider is listed but cannot start (here: a CPU build asked for CUDA), as when
-    CUDA or cuDNN libraries are missing: `cuda` stops, `auto` says it runs on the CPU."""
+    CUDA or cuDNN libraries are missing: the nvidia-* wheels' libraries are preloaded first
+    (the stage never imports torch, which would load them), then `cuda` stops and `auto`
+    warns with what failed to load."""
+    import onnxruntime as ort
+    from rembg.sessions.base import BaseSession
+
+    calls = []
+
+    def preload(*args, **kwargs):
+        calls.append("preload")
+        print("Failed to load libcudnn.so.9: cannot open shared object file")
+
+    monkeypatch.setattr(ort, "preload_dlls", preload)
+    real_init = BaseSession.__init__
+
+    def recording_init(self, *args, **kwargs):
+        calls.append("session")
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(BaseSession, "__init__", recording_init)
     monkeypatch.setattr(sod, "providers",
                         lambda device: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    with pytest.raises(UserError, match="could not load its CUDA provider"):
+    with pytest.raises(UserError, match=r"could not load its CUDA provider .*libcudnn\.so\.9"):
         sod.make_session("u2netp", u2netp_home, "cuda")
+    assert calls == ["preload", "session"]
     with caplog.at_level(logging.WARNING, logger=sod.__name__):
         session = sod.make_session("u2netp", u2netp_home, "auto")
     assert sod.session_device(session) == "cpu"
-    assert "removing backgrounds on the CPU" in caplog.text
+    record = caplog.records[-1]
+    assert record.levelname == "WARNING" and "libcudnn.so.9" in record.message
+    assert "removing backgrounds on the CPU" in record.message
+
+
+def test_no_preload_without_the_cuda_provider(monkeypatch, u2netp_home):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "preload_dlls", lambda *a, **k: pytest.fail("preloaded"))
+    assert sod.session_device(sod.make_session("u2netp", u2netp_home, "cpu")) == "cpu"
+
+
+def setup_commands(venv: Path) -> list[str]:
+    """What `make` would run to set `venv` up (make -n: nothing runs)."""
+    result = subprocess.run(["make", "-n", f"VENV={venv}", f"{venv}/.installed"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, check=True)
+    return result.stdout.splitlines()
+
+
+def test_a_gpu_venv_keeps_onnxruntime_gpu_through_every_later_setup(tmp_path):
+    """`make setup-gpu` marks the venv; every setup of a marked venv installs requirements.txt
+    (whose rembg[cpu] brings the CPU build back) and then swaps the CUDA build in, pinned with
+    its CUDA and cuDNN wheels; an unmarked venv stays CPU."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    cpu = setup_commands(venv)
+    assert not any("requirements-gpu.txt" in c or "uninstall" in c for c in cpu)
+    (venv / ".gpu").touch()
+    gpu = setup_commands(venv)
+    base = next(i for i, c in enumerate(gpu) if "-r requirements.txt" in c)
+    swap = next(i for i, c in enumerate(gpu) if "-r requirements-gpu.txt" in c)
+    assert base < swap and "uninstall --quiet -y onnxruntime onnxruntime-gpu" in gpu[swap]
+    pins = [x for x in (ROOT / "requirements-gpu.txt").read_text().splitlines()
+            if x and not x.startswith("#")]
+    assert pins == [f"onnxruntime-gpu[cuda,cudnn]=={pins[0].split('==')[1]}"]

@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+from fashionbg.core.nvidia import nvidia_devices
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_check  # noqa: E402
 from gpu_check import (  # noqa: E402
+    Devices,
+    device_row,
     EvalTolerance,
     MaskTolerance,
     Row,
@@ -28,6 +32,7 @@ from gpu_check import (  # noqa: E402
 )
 
 
+@pytest.mark.skipif(bool(nvidia_devices()), reason="the driver lists NVIDIA GPUs here")
 def test_without_cuda_it_prints_one_line_and_exits_0():
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([sys.executable, "benchmarks/gpu_check.py"], cwd=ROOT, env=env,
@@ -113,3 +118,68 @@ def test_fp16_is_forced_and_checked_in_the_stage_log_and_bf16_only_where_support
     assert variants["fp16 + loss scaling"].expect == "precision: fp16 autocast with loss scaling"
     assert variants["bf16 autocast"].train == {"precision": "bf16"}
     assert "bf16 autocast" not in {v.label for v in gpu_check.training_variants(bf16=False)}
+
+
+H100 = ["GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"]
+
+
+@pytest.mark.parametrize("seen, expect, result, says", [
+    (Devices([], 0, False), None, "pass", "driver lists 0 NVIDIA GPU(s)"),
+    (Devices(H100, 1, True), 1, "pass", "torch uses 1"),
+    (Devices(H100, 0, True), None, "fail", "cannot use them: a CPU build, or a driver too old"),
+    (Devices(H100, 1, False), None, "fail", "ONNX Runtime has no CUDA provider"),
+    (Devices(H100 * 2, 2, True), 4, "fail", "expected 4 GPU(s)"),
+    (Devices([], 0, False), 1, "fail", "expected 1 GPU(s)"),
+])
+def test_the_devices_row_fails_on_gpus_the_libraries_cannot_use(seen, expect, result, says):
+    row = device_row(seen, expect)
+    assert row.result == result and says in row.note, row
+
+
+def test_nvidia_gpus_torch_cannot_use_fail_the_check_instead_of_skipping_it(monkeypatch,
+                                                                            capsys):
+    monkeypatch.setattr(gpu_check, "seen_devices", lambda: Devices(H100, 0, False))
+    assert gpu_check.main([]) == 1
+    out = capsys.readouterr().out
+    assert "| devices | fail |" in out and out.rstrip().endswith("FAILED")
+
+
+def test_expect_gpus_fails_on_a_machine_with_fewer(monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check, "seen_devices", lambda: Devices([], 0, False))
+    assert gpu_check.main(["--expect-gpus", "1"]) == 1
+    assert "expected 1 GPU(s)" in capsys.readouterr().out
+    assert gpu_check.main([]) == 0
+
+
+def test_logits_may_differ_by_1_percent_of_the_largest():
+    cpu = torch.tensor([[10.0, -2.0], [0.5, 3.0]])
+    assert gpu_check.logits_difference(cpu + 0.05, cpu) == pytest.approx(0.005, rel=1e-4)
+    assert gpu_check.logits_difference(cpu + 0.2, cpu) > gpu_check.LOGITS_RELATIVE
+    assert gpu_check.logits_difference(cpu[:1], cpu) == float("inf")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_rehearsal_runs_every_row_on_the_cpu_and_passes(u2netp_home):
+    """`--rehearse`: the same rows on the CPU (the CPU provider against itself, CPU autocast,
+    DDP on 2 gloo processes), so the script itself is tested where no GPU is."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--rehearse"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    rows = [x for x in result.stdout.splitlines() if x.startswith("| ") and "---" not in x]
+    paths = [x.split(" | ")[0][2:] for x in rows[1:]]
+    for expected in ("devices", "remove_background stage on cpu",
+                     "rembg on cpu, batch 2 vs 1 per call", "logits on cpu vs cpu, seeded models",
+                     "training loop vs compute alone on cpu",
+                     "train_classifier, DDP 2 processes (gloo)", "evaluate_segmenter, cpu vs cpu",
+                     "train_segmenter (instance), auto precision"):
+        assert expected in paths, result.stdout
+    assert result.stdout.rstrip().endswith("all passed")
+
+
+def test_bf16_rows_only_where_the_card_has_native_bf16(monkeypatch):
+    """A V100 or T4 emulates bf16, which torch counts as support unless told not to."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation)
+    assert not gpu_check.native_bf16()

@@ -26,7 +26,7 @@ from typing import IO
 
 import psutil
 
-from fashionbg.background.sod import MASK_CACHE_ENV
+from fashionbg.background.workers import MASK_CACHE_ENV
 
 LOG_TAIL = 500          # lines of a cell's log that travel back to the study
 # How DVC reports a stage that died by a signal (it then fails itself, with a code of its own):
