@@ -278,6 +278,10 @@ def primary_p(found: Effect, expect: str, margin: float) -> float | None:
     return found.tost_p(-margin, margin)
 
 
+# Every word verdict() returns (the report prints one per claim; tests read this set).
+VERDICTS = frozenset({"supported", "reversed", "not supported", "inconclusive"})
+
+
 def verdict(found: Effect | None, expect: str, margin: float, adjusted: float | None,
             alpha: float) -> str:
     """supported / reversed from the Holm-adjusted p of the claim's test; "not supported" where
