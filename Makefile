@@ -55,8 +55,9 @@ browser:
 repro: setup
 	dvc repro
 
+# Two workers (one per core on CI), the long end-to-end tests in two groups (tests/conftest.py).
 test: setup browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 # The inner loop: every test that runs no stage, DVC, torchrun, Ray or U²-Net in a subprocess
 # (tests/conftest.py marks those slow).

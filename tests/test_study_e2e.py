@@ -3,7 +3,7 @@ import sys
 
 import pytest
 import yaml
-from helpers_project import copy_project, run, shrink_params
+from helpers_project import copy_baseline, run
 
 from fashionbg.study.stats import VERDICTS
 
@@ -36,18 +36,11 @@ def set_seeds(project, seeds: list[int]) -> None:
 
 
 @pytest.mark.timeout(1500)
-def test_tiny_study_through_the_queue(tmp_path):
-    project = tmp_path / "project"
-    copy_project(project)
-    shrink_params(project / "params.yaml")
+def test_tiny_study_through_the_queue(tmp_path, tiny_baseline):
+    project = copy_baseline(tiny_baseline, tmp_path / "project")
     set_seeds(project, [0, 1])
     (project / "README.md").write_text("<!-- study:begin -->\n<!-- study:end -->\n")
-    run(["git", "init", "-q"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "tiny study"], project)
-    run(["dvc", "repro"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "baseline run"], project)
+    run(["git", "commit", "-qam", "tiny study"], project)
 
     first = study(project, "run")
     assert "8 cells: 0 already run, 8 to run" in first and "[8/8] done, 0 failed" in first

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from helpers_project import default_sigint, project_env, run, tiny_project
+from helpers_project import copy_baseline, default_sigint, project_env, run
 from helpers_ray import cell_logs, training_cell
 
 from fashionbg.study.ray_engine import ray_temp_dir
@@ -93,14 +93,11 @@ def tiny_preset(project: Path, seeds: list[int]) -> None:
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory) -> Path:
-    """A tiny project, its pipeline run once and committed: every test starts from a copy."""
-    project = tiny_project(tmp_path_factory.mktemp("baseline") / "project")
+def baseline(tmp_path_factory, tiny_baseline) -> Path:
+    """The tests' tiny baseline with a `tiny` preset: every test starts from a copy."""
+    project = copy_baseline(tiny_baseline, tmp_path_factory.mktemp("baseline") / "project")
     tiny_preset(project, [0])
     run(["git", "commit", "-qam", "tiny preset"], project)
-    run(["dvc", "repro"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "baseline run"], project)
     return project
 
 
