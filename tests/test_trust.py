@@ -5,18 +5,20 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from helpers_project import shrink_params
+from test_properties import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def stage(project: Path, name: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=project,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          text=True, timeout=120)
+def stage(project: Path, name: str) -> SimpleNamespace:
+    """The stage run in this process (test_properties.run_stage): its exit code and stderr."""
+    returncode, stderr = run_stage(project, name)
+    return SimpleNamespace(returncode=returncode, stderr=stderr)
 
 
 @pytest.mark.parametrize("row, expected", [
@@ -159,6 +161,7 @@ def read_only_mounts_work() -> bool:
         [*READ_ONLY, "/tmp", "true"], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not read_only_mounts_work(),
                     reason="this kernel or container forbids user and mount namespaces")
 def test_a_read_only_folder_is_one_line_and_left_as_it_was(tmp_path):
