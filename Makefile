@@ -80,13 +80,14 @@ repro: setup
 	dvc repro
 	$(PY) -m fashionbg.core.cache_check
 
+# Two workers (one per core on CI), the long end-to-end tests in two groups (tests/conftest.py).
 test: setup browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 # The inner loop: every test that runs no stage, DVC, torchrun, Ray or U²-Net in a subprocess
-# (tests/conftest.py marks those slow).
+# (tests/conftest.py marks those slow), on two workers.
 test-quick: $(VENV)/.installed
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n 2 -m "not slow"
 
 # On a GPU machine: the tests that need CUDA (pytest.ini's gpu marker; skipped without it).
 test-gpu: $(VENV)/.installed

@@ -1,7 +1,9 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -24,13 +26,47 @@ def u2netp_session(u2netp_home):
     return make_session("u2netp", u2netp_home)
 
 
-# `make test-quick` (the inner loop) deselects these: each runs stages, DVC, torchrun, Ray or
-# the real U²-Net in subprocesses, minutes in all on 2 cores. `make test` runs everything.
-SLOW_MODULES = {"test_augment_on_device", "test_bench_gpu", "test_distributed", "test_faults",
-                "test_launch", "test_paper_smoke", "test_pipeline_e2e", "test_readme",
-                "test_stage_params", "test_study_e2e", "test_study_interrupt", "test_study_ray",
+@pytest.fixture(scope="session")
+def tiny_baseline(tmp_path_factory) -> Path:
+    """One tiny project (helpers_project.tiny_project) after `dvc repro`, committed, built once
+    per test run and shared by every pytest-xdist worker (a lock in the run's common temp
+    folder); the first repro's output is in its `repro.log`. Tests never change it: they read
+    it or work on a copy (helpers_project.copy_baseline)."""
+    from helpers_project import run, tiny_project
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent                  # one folder above every worker's own
+    project = shared / "tiny-baseline" / "project"
+    with FileLock(shared / "tiny-baseline.lock"):
+        if not (project.parent / "repro.log").exists():
+            shutil.rmtree(project.parent, ignore_errors=True)   # a build that failed
+            project.mkdir(parents=True)
+            tiny_project(project)
+            log = run(["dvc", "repro"], project)
+            run(["git", "add", "-A"], project)
+            run(["git", "commit", "-qm", "baseline run"], project)
+            (project.parent / "repro.log").write_text(log)
+    return project
+
+
+# `make test-quick` (the inner loop) deselects the tests marked slow: those that run stages,
+# DVC, torchrun, Ray or the real U²-Net (in subprocesses, or the real weights in this one),
+# minutes in all on 2 cores. `make test` runs everything. A module whose every test is slow is
+# listed here; a module that mixes marks its slow tests with @pytest.mark.slow; a test that
+# uses one of SLOW_FIXTURES (the real U²-Net, the tiny baseline) is slow wherever it is.
+SLOW_MODULES = {"test_bench_gpu", "test_distributed", "test_faults", "test_paper_smoke",
+                "test_pipeline_e2e", "test_study_e2e", "test_study_interrupt", "test_study_ray",
                 "test_study_upstream"}
-SLOW_FIXTURES = {"u2netp_session"}
+SLOW_FIXTURES = {"u2netp_session", "u2netp_home", "tiny_baseline"}
+# `make test` runs on 2 pytest-xdist workers (--dist loadgroup). The long end-to-end modules
+# form two groups of about equal CPU time (docs/testing.md), so each worker runs one while the
+# other tests fill in; a module with a module-scoped fixture (test_readme, test_study_ray) must
+# stay in one group, or each worker would build that fixture.
+GROUPS = {"e2e-a": {"test_paper_smoke", "test_study_e2e", "test_distributed"},
+          "e2e-b": {"test_study_ray", "test_readme", "test_pipeline_e2e", "test_faults",
+                    "test_study_interrupt"},
+          "e2e-c": {"test_study_upstream", "test_gpu_check"}}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,3 +75,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if (module in SLOW_MODULES or "end_to_end" in item.name
                 or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))):
             item.add_marker(pytest.mark.slow)
+        group = next((name for name, modules in GROUPS.items() if module in modules), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))

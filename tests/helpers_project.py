@@ -73,6 +73,12 @@ def tiny_project(project: Path) -> Path:
     return project
 
 
+def copy_baseline(baseline: Path, target: Path) -> Path:
+    """A copy of conftest's tiny_baseline (git repo, DVC cache and outputs) to change freely."""
+    shutil.copytree(baseline, target, symlinks=True)
+    return target
+
+
 def default_sigint() -> None:
     """preexec_fn for a child a test interrupts: a shell starts background jobs with SIGINT
     ignored, children inherit it, and Python then installs no KeyboardInterrupt handler; a

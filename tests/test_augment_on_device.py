@@ -63,6 +63,7 @@ def test_segmentation_pairs_move_image_and_mask_together():
     assert agree > 0.97, agree
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("stage, model", [("train_classifier", "models/classifier.pt"),
                                           ("train_segmenter", "models/segmenter.pt")])

@@ -5,7 +5,6 @@ single-process one, and the launcher leaves no scratch behind (in the project or
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -60,6 +60,7 @@ def assert_left_nothing(project: Path, tmp: Path) -> None:
     assert not [p for p in project.rglob("*") if ".partial-" in p.name]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("how", ["python", "dvc"])
 @pytest.mark.parametrize("stage, changes, shown", BAD)
@@ -98,6 +99,7 @@ FAILURES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("kind", sorted(FAILURES))
 def test_a_failure_on_rank_1_only_is_named_in_one_line(tmp_path, kind):
@@ -118,6 +120,7 @@ def test_a_failure_on_rank_1_only_is_named_in_one_line(tmp_path, kind):
     assert_left_nothing(project, tmp_path / "tmp")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_ctrl_c_is_one_line_and_stops_every_worker(tmp_path, nproc):
@@ -150,6 +153,7 @@ def test_ctrl_c_is_one_line_and_stops_every_worker(tmp_path, nproc):
     assert_left_nothing(project, tmp_path / "tmp")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ranks_die_with_a_killed_launcher_and_write_nothing_after(tmp_path):
     """SIGKILL to the stage alone (the OOM killer, a scheduler): its two ranks and their loaders

@@ -76,12 +76,48 @@ def run_stage(root: Path, name: str) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-def assert_clean_outcome(code: int, err: str) -> None:
+def assert_clean_outcome(code: int, err: str, root: Path, stage: str) -> None:
+    """Exit 2 with one line, or exit 0 with outputs the next stage can read."""
     event(f"exit {code}: " + (err.strip().splitlines() or [""])[-1][7:40])
     assert code in (0, 2), err
     if code == 2:
         errors = [line for line in err.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and err.strip().endswith(errors[0]), err
+    else:
+        assert_written(root, stage)
+
+
+def assert_written(root: Path, stage: str) -> None:
+    """What a stage that exited 0 wrote: for download, an index whose every row names a
+    decodable image (and mask) inside data/raw, a known split and a declared label; for
+    remove_background, an alpha for every index image that is not listed as failed; for
+    prepare, a cache with one row per index row (an empty index is refused there, not by
+    remove_background: it has nothing to do). Other stages never succeed on no data."""
+    from PIL import Image
+
+    from fashionbg.contracts.masks import alpha_path, read_failures
+    from fashionbg.contracts.prepared import load_prepared
+    from fashionbg.contracts.raw import read_classes, read_index
+
+    raw = root / "data" / "raw"
+    rows = read_index(raw)
+    assert stage in ("download", "remove_background", "prepare"), stage
+    assert rows or stage == "remove_background"
+    if stage == "download":
+        labels = read_classes(raw)["labels"]
+        for row in rows:
+            assert row.split in ("train", "val", "test") and row.label in labels, row
+            for rel in filter(None, (row.path, row.mask)):
+                path = (raw / rel).resolve()
+                assert path.is_relative_to(raw.resolve()), row
+                with Image.open(path) as image:
+                    image.load()
+    elif stage == "remove_background":
+        failed = read_failures(root / "data" / "rembg")
+        for row in rows:
+            assert row.path in failed or (root / "data/rembg" / alpha_path(row.path)).is_file()
+    else:
+        assert len(load_prepared(root / "data/prepared/original").labels) == len(rows)
 
 
 @SETTINGS
@@ -100,7 +136,7 @@ def test_generated_params(stage: str, path: tuple[str, ...], change: Any) -> Non
         node[path[-1]] = change
     with project() as root:
         (root / "params.yaml").write_text(yaml.safe_dump(params))
-        assert_clean_outcome(*run_stage(root, stage))
+        assert_clean_outcome(*run_stage(root, stage), root, stage)
 
 
 index_cells = st.one_of(st.sampled_from(["images/a.jpg", "masks/a.png", "train", "test", "x",
@@ -135,7 +171,7 @@ def test_malformed_index(u2netp_home: Path, header: list[str], rows: list[list[s
         (raw / "classes.json").write_text('{"labels": ["x"], "mask_classes": []}')
         (root / "data" / "rembg").mkdir()
         (root / "data" / "rembg" / "failures.csv").write_text("path,reason\n")
-        assert_clean_outcome(*run_stage(root, stage))
+        assert_clean_outcome(*run_stage(root, stage), root, stage)
 
 
 coco_values = st.recursive(
@@ -171,7 +207,7 @@ def test_malformed_coco_annotations(coco: dict[str, Any]) -> None:
         params = copy.deepcopy(BASE)
         params["data"].update(source="coco", path=str(data))
         (root / "params.yaml").write_text(yaml.safe_dump(params))
-        assert_clean_outcome(*run_stage(root, "download"))
+        assert_clean_outcome(*run_stage(root, "download"), root, "download")
 
 
 list_lines = st.lists(st.one_of(st.sampled_from(["a/a0.jpg", "b/b0.jpg", "../a/a0.jpg",
@@ -194,4 +230,4 @@ def test_generated_split_lists(lists: dict[str, list[str]]) -> None:
         params = copy.deepcopy(BASE)
         params["data"].update(source="folder", path=str(photos), max_bad_fraction=1.0)
         (root / "params.yaml").write_text(yaml.safe_dump(params))
-        assert_clean_outcome(*run_stage(root, "download"))
+        assert_clean_outcome(*run_stage(root, "download"), root, "download")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_project import ROOT, project_env, run, tiny_project
+from helpers_project import ROOT, copy_baseline, project_env, run
 from PIL import Image
 
 BLOCK = re.compile(r"<!-- readme-commands:begin -->\s*```bash\n(.*?)```\s*"
@@ -26,9 +26,10 @@ def readme_commands() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def readme_run(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """A tiny project after every README command, and what each printed on stdout."""
-    project = tiny_project(tmp_path_factory.mktemp("readme") / "project")
+def readme_run(tmp_path_factory, tiny_baseline) -> tuple[Path, dict[str, str]]:
+    """The tests' tiny baseline after every README command, and what each printed on stdout
+    (the `original` experiment finds every stage in the baseline's cache)."""
+    project = copy_baseline(tiny_baseline, tmp_path_factory.mktemp("readme") / "project")
     # What `make setup` installs there: the vega packages the offline plots page loads.
     (project / "node_modules").symlink_to(ROOT / "node_modules")
     printed = {}
@@ -92,8 +93,13 @@ def browser() -> str:
     return found[0]
 
 
+# The browser runs in a network namespace of its own (`unshare -rn`: a loopback that is down
+# and no other interface), so a chart that needs the network cannot draw.
+OFFLINE = ["unshare", "-rn"]
+
+
 def headless(page: Path, *args: str) -> str:
-    result = subprocess.run([browser(), "--headless", "--no-sandbox", "--disable-gpu",
+    result = subprocess.run([*OFFLINE, browser(), "--headless", "--no-sandbox", "--disable-gpu",
                              "--virtual-time-budget=20000", *args, page.as_uri()],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_properties import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -70,18 +71,35 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("stage, key, value, allowed", CASES)
-def test_bad_param_stops_stage_cleanly(tmp_path, stage, key, value, allowed):
+# Each case runs in this process (torch imported once, not once per case); the first case of
+# each stage also as users start it, `python -m stages.<name>`, in a subprocess (slow).
+BY_ENTRY_POINT = {stage: (stage, key, value, allowed) for stage, key, value, allowed
+                  in reversed(CASES)}
+
+
+def refusal(project: Path, stage: str, entry_point: bool) -> tuple[int, str]:
+    """(exit code, stderr) of the stage in `project`, in a subprocess or in this process."""
+    if not entry_point:
+        return run_stage(project, stage)
+    result = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=project,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                            text=True, timeout=300)
+    return result.returncode, result.stderr
+
+
+@pytest.mark.parametrize("stage, key, value, allowed, entry_point", [
+    *(pytest.param(*case, False, id=f"{case[0]}-{case[1]}-{case[2]!r}") for case in CASES),
+    *(pytest.param(*case, True, id=f"{case[0]}-python-m", marks=pytest.mark.slow)
+      for case in BY_ENTRY_POINT.values())])
+def test_bad_param_stops_stage_cleanly(tmp_path, stage, key, value, allowed, entry_point):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value(key, value)))
     sentinel = tmp_path / "data" / "raw" / "index.csv"
     sentinel.parent.mkdir(parents=True)
     sentinel.write_text("untouched")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    assert f"{key} = {value!r}" in result.stderr and allowed in result.stderr, result.stderr
+    code, stderr = refusal(tmp_path, stage, entry_point)
+    assert code == 2, stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert f"{key} = {value!r}" in stderr and allowed in stderr, stderr
     assert sentinel.read_text() == "untouched"
     # nothing but matplotlib's font cache in the project's ignored .cache/ (never in HOME)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".cache") == ["data",
@@ -91,23 +109,19 @@ def test_bad_param_stops_stage_cleanly(tmp_path, stage, key, value, allowed):
 def test_broken_yaml_names_line_and_column(tmp_path):
     text = (ROOT / "params.yaml").read_text().replace("epochs: 15", "epochs: [15", 1)
     (tmp_path / "params.yaml").write_text(text)
-    result = subprocess.run([sys.executable, "-m", "stages.train_classifier"], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    code, stderr = run_stage(tmp_path, "train_classifier")
+    assert code == 2 and "Traceback" not in stderr, stderr
     line = text.splitlines().index(next(l for l in text.splitlines() if "epochs: [15" in l))
-    assert "params.yaml is not valid YAML at line" in result.stderr
-    assert str(line + 2) in result.stderr or str(line + 1) in result.stderr
+    assert "params.yaml is not valid YAML at line" in stderr
+    assert str(line + 2) in stderr or str(line + 1) in stderr
 
 
 def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
     text = (ROOT / "params.yaml").read_text().replace("  fill: black",
                                                       "  fill: white\n  fill: black", 1)
     (tmp_path / "params.yaml").write_text(text)
-    result = subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                            text=True, timeout=120)
+    code, stderr = run_stage(tmp_path, "prepare")
     line = next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith("  fill: black"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert code == 2 and "Traceback" not in stderr, stderr
     assert f"params.yaml is not valid YAML at line {line}, column 3: duplicate key 'fill'" \
-        in result.stderr
+        in stderr

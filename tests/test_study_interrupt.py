@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from helpers_project import ROOT, default_sigint, project_env, run, tiny_project
+from helpers_project import default_sigint, project_env, run, tiny_project
 
 
 def ours(project: Path) -> list[psutil.Process]:
@@ -26,11 +26,11 @@ def ours(project: Path) -> list[psutil.Process]:
 
 
 @pytest.mark.timeout(900)
-def test_ctrl_c_during_a_study_run_stops_its_cells(tmp_path):
+def test_ctrl_c_during_a_study_run_stops_its_cells(tmp_path, u2netp_home):
     project = tiny_project(tmp_path / "project")
     weights = project / "models/rembg"
     weights.mkdir(parents=True)
-    shutil.copy2(ROOT / "models/rembg/u2netp.onnx", weights)   # for the pre-flight
+    shutil.copy2(u2netp_home / "u2netp.onnx", weights)   # for the pre-flight
     definition = yaml.safe_load((project / "study.yaml").read_text())
     definition["presets"]["tiny"] = {"about": "one arm", "seeds": [0, 1],
                                      "arms": {"shallow": {}}}

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers_project import default_sigint, project_env, run, tiny_project
+import yaml
+from helpers_project import copy_baseline, default_sigint, project_env, run, tiny_project
 from helpers_ray import UPSTREAM, cell_logs, stage_runs, tiny_preset, training_cell
 
 from fashionbg.study.ray_engine import ray_temp_dir
@@ -85,14 +86,11 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory) -> Path:
-    """A tiny project, its pipeline run once and committed: every test starts from a copy."""
-    project = tiny_project(tmp_path_factory.mktemp("baseline") / "project")
+def baseline(tmp_path_factory, tiny_baseline) -> Path:
+    """The tests' tiny baseline with a `tiny` preset: every test starts from a copy."""
+    project = copy_baseline(tiny_baseline, tmp_path_factory.mktemp("baseline") / "project")
     tiny_preset(project, [0])
     run(["git", "commit", "-qam", "tiny preset"], project)
-    run(["dvc", "repro"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "baseline run"], project)
     return project
 
 

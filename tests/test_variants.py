@@ -4,13 +4,9 @@ rules, the BG-gap, and the silhouette check: whether the shape of the removed pe
 back from only_bg."""
 from pathlib import Path
 
-import shutil
-import sys
-
 import numpy as np
 import pytest
 import yaml
-from helpers_project import copy_project, run, shrink_params
 from scipy import ndimage, stats
 
 from fashionbg.background.composite import composite
@@ -321,19 +317,12 @@ def test_the_silhouette_of_the_person_is_readable_from_telea_only(how):
     assert DEFAULT_PERSON_FILL == "tile"
 
 
-@pytest.mark.timeout(900)
-def test_prepare_builds_every_variant_on_the_rows_splits_and_truth_of_the_photos(tmp_path,
-                                                                                u2netp_home):
-    """The real stages on the tiny demo (real rembg): every variant of params.yaml holds the
-    original's rows, splits, labels and masks; mixed_next takes the next class of the same
-    split; no_fg is black over the true person; only_bg is no photo's own copy."""
-    project = tmp_path / "project"
-    copy_project(project)
-    shrink_params(project / "params.yaml")
-    shutil.copytree(u2netp_home, project / "models" / "rembg")
-    for stage in ("download", "remove_background", "prepare"):
-        run([sys.executable, "-m", f"stages.{stage}"], project)
-    built = load_variants(project / "data" / "prepared")      # checks rows and truth alike
+def test_prepare_builds_every_variant_on_the_rows_splits_and_truth_of_the_photos(tiny_baseline):
+    """The real stages on the tiny demo (real rembg; the tests' shared baseline): every variant
+    of params.yaml holds the original's rows, splits, labels and masks; mixed_next takes the
+    next class of the same split; no_fg is black over the true person; only_bg is no photo's
+    own copy."""
+    built = load_variants(tiny_baseline / "data" / "prepared")   # checks rows and truth alike
     assert tuple(built) == VARIANTS
     original = built["original"]
     for name, cache in built.items():
