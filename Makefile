@@ -30,7 +30,7 @@ BASE ?= HEAD
 # Each is made a plain string first, since make expands what it exports: a `$(shell …)` in a
 # value stays text.
 PASSED := PRESET SHARD SMOKE FASHIONSTYLE14 FASHIONPEDIA FASHIONSTYLE14_SHA256 \
-	FASHIONPEDIA_SHA256 ENGINE GIT_REMOTE DVC_REMOTE CPUS_PER_CELL BASE
+	FASHIONPEDIA_SHA256 ENGINE GIT_REMOTE DVC_REMOTE CPUS_PER_CELL BASE EXPECT_GPUS
 $(foreach name,$(PASSED),$(eval override $(name) := $$(value $(name))))
 export $(PASSED)
 STUDY_ARGS = --preset="$$PRESET" $(if $(SMOKE),--smoke) \
@@ -115,7 +115,7 @@ bench-gpu: setup
 # the CPU, throughput ratios from the same run; one row printed as each finishes, exit 1 on a
 # failure. Without CUDA or NVIDIA devices it says so in one line and exits 0.
 gpu-check: setup
-	$(PY) benchmarks/gpu_check.py $(if $(EXPECT_GPUS),--expect-gpus '$(EXPECT_GPUS)')
+	$(PY) benchmarks/gpu_check.py $(if $(EXPECT_GPUS),--expect-gpus="$$EXPECT_GPUS")
 
 # The study of study.yaml on ENGINE (after the pre-flight), then its
 # report (reports/study.md, or the preset's own).
@@ -126,7 +126,8 @@ study: $(VENV)/.installed
 
 # The study's pre-flight alone: data, weights, disk, memory, devices, a time per cell.
 preflight: $(VENV)/.installed
-	$(PY) -m fashionbg.study preflight $(STUDY_ARGS)
+	$(PY) -m fashionbg.study preflight $(STUDY_ARGS) --engine="$$ENGINE" \
+		--cpus-per-cell="$$CPUS_PER_CELL"
 
 # Markdown for a pull request (CI writes it to the job summary): the headline metrics of the
 # `original` experiment against BASE, then `original` against `rembg` (the README's commands
