@@ -29,6 +29,7 @@ from fashionbg.nn.engine import (
     cpu_state,
     fit,
     grad_scaler,
+    native_bf16,
     precision_name,
 )
 
@@ -49,7 +50,7 @@ def test_autocast_dtype_chooser(precision, device, bf16_supported, expected):
 
 
 def test_chooser_refuses_bf16_on_a_card_without_it_and_unknown_names():
-    with pytest.raises(ParamError, match="train.precision = 'bf16'.*no bf16 support"):
+    with pytest.raises(ParamError, match="train.precision = 'bf16'.*no native bf16 support"):
         choose_amp_dtype("bf16", "cuda", False)
     with pytest.raises(ParamError, match="one of auto, bf16, fp16, fp32"):
         choose_amp_dtype("fp8", "cuda", True)
@@ -59,8 +60,23 @@ def test_amp_dtype_asks_the_card(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert amp_dtype(CUDA) == FP16 and precision_name(FP16) == "fp16 autocast with loss scaling"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert native_bf16(CUDA) and not native_bf16(CPU)
     assert amp_dtype(CUDA) == BF16 and amp_dtype(CUDA, "fp16") == FP16
     assert amp_dtype(CPU) is None and precision_name(None) == "fp32"
+
+
+def emulating_card(including_emulation: bool = True) -> bool:
+    """torch.cuda.is_bf16_supported on a V100 or T4: bf16 tensors work, emulated."""
+    return including_emulation
+
+
+def test_emulated_bf16_is_not_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulating_card)
+    assert not native_bf16(CUDA)
+    assert amp_dtype(CUDA) == FP16                  # auto: fp16 with loss scaling
+    with pytest.raises(ParamError) as err:          # forced: one line, before any training
+        amp_dtype(CUDA, "bf16")
+    assert "\n" not in str(err.value) and "emulate" in str(err.value)
 
 
 def test_loss_scaling_only_for_fp16():

@@ -34,11 +34,18 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively (CUDA compute capability 8.0 or later).
+    torch's own check counts emulation as support by default, and emulated bf16 (V100, T4)
+    is several times slower than fp16 there."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def choose_amp_dtype(precision: str, device_type: str, bf16_supported: bool) -> torch.dtype | None:
     """The autocast dtype for `train.precision` (None = float32, no autocast). `auto`: bf16
-    where the card supports it (no loss scaling needed), else fp16 (with loss scaling); float32
-    on the CPU. A forced bf16 or fp16 holds on any device (CPU autocast has both), except bf16
-    on a card without it, which is a parameter error."""
+    where the card computes in it natively (no loss scaling needed), else fp16 (with loss
+    scaling); float32 on the CPU. A forced bf16 or fp16 holds on any device (CPU autocast has
+    both), except bf16 on a card without native bf16, which is a parameter error."""
     if precision not in PRECISIONS:
         raise ParamError("train.precision", precision, "one of " + ", ".join(PRECISIONS))
     if precision == "auto":
@@ -47,14 +54,14 @@ def choose_amp_dtype(precision: str, device_type: str, bf16_supported: bool) -> 
         return torch.bfloat16 if bf16_supported else torch.float16
     if precision == "bf16" and device_type == "cuda" and not bf16_supported:
         raise ParamError("train.precision", precision,
-                         "auto, fp16 or fp32: this GPU has no bf16 support")
+                         "auto, fp16 or fp32: this GPU has no native bf16 support "
+                         "(torch would emulate it, slower than fp16)")
     return DTYPES[precision]
 
 
 def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """choose_amp_dtype for this machine's `device`."""
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return choose_amp_dtype(precision, device.type, bf16)
+    return choose_amp_dtype(precision, device.type, native_bf16(device))
 
 
 def autocast(device: torch.device, dtype: torch.dtype | str | None = "auto") -> torch.autocast:
