@@ -101,6 +101,35 @@ def test_a_few_epochs_reduce_the_loss(task: str) -> None:
     assert losses[-1] < 0.75 * losses[0], losses
 
 
+def instance_model() -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """The instance task's Mask R-CNN (untrained) and two of its training images."""
+    data = prepared(4)
+    task = make_task(read_segment({"segment": {**SEGMENT, "task": "instance"}}), data,
+                     Path("no-raw-dir"))
+    torch.manual_seed(0)
+    images = [torch.from_numpy(data.images[i]).permute(2, 0, 1) for i in range(2)]
+    return task.build_model(load_weights=False), images
+
+
+def test_boxes_are_decoded_in_float32_under_bf16_autocast() -> None:
+    """torchvision's decoding casts anchors and proposals to the regression's dtype, bf16 under
+    autocast; Mask R-CNN's proposals and detections must stay float32."""
+    model, images = instance_model()
+    proposals: list[torch.Tensor] = []
+    model.roi_heads.register_forward_pre_hook(lambda _, args: proposals.extend(args[1]))
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        outputs = model(images)
+    assert proposals and {p.dtype for p in proposals} == {torch.float32}
+    assert {o["boxes"].dtype for o in outputs} == {torch.float32}
+    # a box near 500 px decodes exactly, as it would not in bf16 (steps of 2 px there)
+    box = torch.tensor([[101.0, 203.0, 301.0, 501.0]])
+    for coder in (model.rpn.box_coder, model.roi_heads.box_coder):
+        with torch.autocast("cpu", torch.bfloat16):
+            decoded = coder.decode(torch.zeros(1, 4, dtype=torch.bfloat16), [box])
+        assert decoded.dtype == torch.float32 and torch.equal(decoded.reshape(1, 4), box)
+
+
 def test_training_repeats_exactly_with_the_seed() -> None:
     assert train_losses("semantic", 2, "standard") == train_losses("semantic", 2, "standard")
 
