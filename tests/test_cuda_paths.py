@@ -18,8 +18,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from fashionbg.background import sod
+from fashionbg.classify.engine import validator
 from fashionbg.core.errors import ParamError, UserError
 from fashionbg.nn import distributed, engine
+from fashionbg.nn.checkpoint import Checkpoint
 from fashionbg.nn.data import LoaderOptions, make_loader, training_options
 from fashionbg.nn.device import seed_everything
 from fashionbg.nn.distributed import SINGLE, process_group, world_from_env
@@ -27,6 +29,7 @@ from fashionbg.nn.engine import (
     amp_dtype,
     choose_amp_dtype,
     cpu_state,
+    dtype_name,
     fit,
     grad_scaler,
     native_bf16,
@@ -77,6 +80,35 @@ def test_emulated_bf16_is_not_bf16(monkeypatch):
     with pytest.raises(ParamError) as err:          # forced: one line, before any training
         amp_dtype(CUDA, "bf16")
     assert "\n" not in str(err.value) and "emulate" in str(err.value)
+
+
+@pytest.mark.parametrize("trained, device, native, expected", [
+    ("fp32", CUDA, True, None),     # trained in float32: scored in float32, not auto's bf16
+    ("bf16", CUDA, True, BF16),
+    ("fp16", CUDA, True, FP16),
+    ("bf16", CUDA, False, None),    # no native bf16: float32, not fp16's narrower range
+    ("bf16", CPU, True, None),      # the CPU scores in float32
+])
+def test_evaluation_scores_in_the_precision_it_was_trained_in(monkeypatch, trained, device,
+                                                               native, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: native)
+    trained_model = Checkpoint(task="classify", variant="original", config={}, classes=[],
+                               image_size=[8, 8], epoch=1, precision=trained, model={})
+    assert trained_model.amp(device) == expected
+
+
+@pytest.mark.parametrize("amp", [BF16, None])
+def test_validation_runs_in_the_training_precision(amp):
+    seen = []
+    model = nn.Linear(2, 2)
+    model.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    loader = [(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))]
+    validator(loader, CPU, ["a", "b"], amp)(model)
+    assert seen == [amp or torch.float32]
+
+
+def test_training_records_its_precision():
+    assert [dtype_name(d) for d in (BF16, FP16, None)] == ["bf16", "fp16", "fp32"]
 
 
 def test_loss_scaling_only_for_fp16():

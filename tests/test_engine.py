@@ -99,7 +99,7 @@ def test_throughput_leaves_out_the_first_epoch():
 
 def checkpoint(task: str = "classify") -> Checkpoint:
     return Checkpoint(task=task, variant="rembg", config={"arch": "x", "lr": 0.1},
-                      classes=["a", "b"], image_size=[8, 6], epoch=3,
+                      classes=["a", "b"], image_size=[8, 6], epoch=3, precision="bf16",
                       model={"w": torch.arange(4.0)})
 
 
@@ -108,6 +108,7 @@ def test_checkpoint_round_trip_and_task_check(tmp_path):
     save_checkpoint(path, checkpoint())
     loaded = load_checkpoint(path, ("classify",))
     assert loaded.variant == "rembg" and loaded.epoch == 3 and loaded.classes == ["a", "b"]
+    assert loaded.precision == "bf16"
     assert torch.equal(loaded.model["w"], torch.arange(4.0))
     with pytest.raises(UserError, match="holds a 'classify' model"):
         load_checkpoint(path, ("semantic", "instance"))

@@ -170,6 +170,7 @@ def test_semantic_stages_end_to_end(tmp_path: Path) -> None:
     ok(run_stage(project, "train_segmenter"))
     checkpoint = load_checkpoint(project / "models/segmenter.pt", ("semantic",))
     assert checkpoint.config["arch"] == "unet" and checkpoint.variant == "original"
+    assert checkpoint.precision == "fp32"      # train.precision auto on the CPU
     live = json.loads((project / "dvclive/train_segmenter/metrics.json").read_text())
     assert live["train"]["loss"] > 0 and 0 <= live["val"]["miou"] <= 1
     curve = project / "dvclive/train_segmenter/plots/metrics/val/miou.tsv"

@@ -64,6 +64,21 @@ def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | No
     return choose_amp_dtype(precision, device.type, native_bf16(device))
 
 
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """The precision a checkpoint records: bf16, fp16 or fp32 (no autocast)."""
+    return next(name for name, value in DTYPES.items() if value == dtype)
+
+
+def evaluation_dtype(trained: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype that scores a model trained in `trained` (dtype_name) on `device`:
+    its training's on CUDA, so a model trained in float32 is scored in float32; float32 on the
+    CPU, where mixed precision saves nothing; and float32 for a bf16 model on a card without
+    native bf16 (fp16's range may overflow activations that bf16 kept)."""
+    if device.type != "cuda" or (trained == "bf16" and not native_bf16(device)):
+        return None
+    return DTYPES[trained]
+
+
 def autocast(device: torch.device, dtype: torch.dtype | str | None = "auto") -> torch.autocast:
     """Mixed precision in `dtype` (None: off), or by amp_dtype's auto choice by default."""
     if isinstance(dtype, str):

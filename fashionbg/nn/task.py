@@ -48,8 +48,10 @@ class Task(Protocol):
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer: ...
 
-    def validator(self, loader: DataLoader, device: torch.device) -> Validate:
-        """The validation metrics of the curves; the key metric selects the epoch kept."""
+    def validator(self, loader: DataLoader, device: torch.device, amp: torch.dtype | None
+                  ) -> Validate:
+        """The validation metrics of the curves, in the training's autocast `amp`; the key
+        metric selects the epoch kept."""
 
 
 def restore_model(task: Task, checkpoint: Checkpoint, device: torch.device

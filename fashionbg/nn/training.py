@@ -8,7 +8,7 @@ from fashionbg.core import paths
 from fashionbg.core.errors import UserError
 from fashionbg.nn.checkpoint import Checkpoint, save_checkpoint
 from fashionbg.nn.distributed import main_live
-from fashionbg.nn.engine import fit
+from fashionbg.nn.engine import dtype_name, fit
 from fashionbg.nn.launch import TrainingRun
 from fashionbg.nn.task import Task
 
@@ -43,7 +43,7 @@ def train_task(run: TrainingRun, task: Task, variant: str, config: TrainConfig) 
                                run.batch_size(config.batch_size, spec.batch_size_key),
                                run.generator, run.loader)
     validate = (task.validator(task.loader(task.dataset(images, val_rows), config.batch_size,
-                                           options=run.loader), run.device)
+                                           options=run.loader), run.device, run.amp)
                 if len(val_rows) and run.world.is_main else None)
     log.info("%s: %s on %s (%d train, %d val images of %s) on %s, %d process(es); classes: %s",
              spec.name, task.model_name, variant, len(train_rows), len(val_rows),
@@ -55,6 +55,7 @@ def train_task(run: TrainingRun, task: Task, variant: str, config: TrainConfig) 
     if run.world.is_main:
         save_checkpoint(spec.checkpoint, Checkpoint(
             task=spec.name, variant=variant, config=config.to_dict(), classes=task.class_names,
-            image_size=list(task.image_size), epoch=result.best_epoch, model=result.state))
+            image_size=list(task.image_size), epoch=result.best_epoch,
+            precision=dtype_name(run.amp), model=result.state))
         log.info("kept epoch %d (val %s %s); wrote %s", result.best_epoch, spec.key_metric,
                  result.best_score, spec.checkpoint)

@@ -39,19 +39,21 @@ def instance_step(model: nn.Module, images: list[torch.Tensor], targets: list[di
 
 
 @torch.inference_mode()
-def predict_semantic(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Class-id maps (N, H, W) for uint8 images (N, 3, H, W)."""
+def predict_semantic(model: nn.Module, images: torch.Tensor, device: torch.device,
+                     amp: torch.dtype | None = None) -> torch.Tensor:
+    """Class-id maps (N, H, W) for uint8 images (N, 3, H, W), under autocast in `amp`."""
     model.eval()
-    with autocast(device):
+    with autocast(device, amp):
         return model(images.to(device)).argmax(1).cpu()
 
 
 @torch.inference_mode()
-def predict_instances(model: nn.Module, images: list[torch.Tensor], device: torch.device
-                      ) -> list[dict[str, torch.Tensor]]:
-    """Mask R-CNN detections with masks thresholded at 0.5, on the CPU."""
+def predict_instances(model: nn.Module, images: list[torch.Tensor], device: torch.device,
+                      amp: torch.dtype | None = None) -> list[dict[str, torch.Tensor]]:
+    """Mask R-CNN detections with masks thresholded at 0.5, on the CPU; the model runs under
+    autocast in `amp`."""
     model.eval()
-    with autocast(device):
+    with autocast(device, amp):
         outputs = model([i.to(device) for i in images])
     return [{"boxes": o["boxes"].float().cpu(), "scores": o["scores"].float().cpu(),
              "labels": o["labels"].cpu(), "masks": o["masks"][:, 0].cpu() > 0.5}
@@ -59,12 +61,13 @@ def predict_instances(model: nn.Module, images: list[torch.Tensor], device: torc
 
 
 def evaluate_semantic(model: nn.Module, loader: DataLoader, device: torch.device,
-                      class_names: list[str], per_image: list | None = None) -> dict[str, Any]:
+                      class_names: list[str], per_image: list | None = None,
+                      amp: torch.dtype | None = None) -> dict[str, Any]:
     """Metrics over the loader; `per_image` (a list) receives each image's (intersection,
     union) per class, in loader order."""
     confusion = ConfusionMatrix(len(class_names), keep_images=per_image is not None)
     for images, masks in loader:
-        confusion.update(masks, predict_semantic(model, images, device))
+        confusion.update(masks, predict_semantic(model, images, device, amp))
     if per_image is not None:
         assert confusion.images is not None  # kept: keep_images is set when per_image is given
         per_image.extend(confusion.images)
@@ -72,13 +75,14 @@ def evaluate_semantic(model: nn.Module, loader: DataLoader, device: torch.device
 
 
 def evaluate_instances(model: nn.Module, loader: DataLoader, device: torch.device,
-                       class_names: list[str], per_image: list | None = None) -> dict[str, Any]:
+                       class_names: list[str], per_image: list | None = None,
+                       amp: torch.dtype | None = None) -> dict[str, Any]:
     """COCO AP over the loader; `per_image` (a list) receives each image's detections and
     ground truth as RLE (bounded memory), in loader order, so mask AP can be recomputed on
     resampled images."""
     metric = instance_metric()
     for images, targets in loader:
-        predictions = predict_instances(model, images, device)
+        predictions = predict_instances(model, images, device, amp)
         truth = [{"boxes": t["boxes"], "labels": t["labels"], "masks": t["masks"].bool()}
                  for t in targets]
         metric.update(predictions, truth)
