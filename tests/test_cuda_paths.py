@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -18,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from fashionbg.background import sod
-from fashionbg.classify.engine import validator
+from fashionbg.classify.engine import classify_step, validator
 from fashionbg.core.errors import ParamError, UserError
 from fashionbg.nn import distributed, engine
 from fashionbg.nn.checkpoint import Checkpoint
@@ -34,6 +35,8 @@ from fashionbg.nn.engine import (
     grad_scaler,
     native_bf16,
     precision_name,
+    train_one_epoch,
+    warmup_cosine,
 )
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -109,6 +112,57 @@ def test_validation_runs_in_the_training_precision(amp):
 
 def test_training_records_its_precision():
     assert [dtype_name(d) for d in (BF16, FP16, None)] == ["bf16", "fp16", "fp32"]
+
+
+# Tensor methods that read a value into Python: on CUDA each one waits for the device.
+READS = ("item", "tolist", "__bool__", "__float__", "__int__")
+
+
+def count_reads(monkeypatch) -> Counter:
+    """Count every read of a tensor's value into Python, and every GradScaler.get_scale."""
+    counts: Counter = Counter()
+
+    def counted(name, original):
+        def read(*args, **kwargs):
+            counts[name] += 1
+            return original(*args, **kwargs)
+        return read
+
+    for name in READS:
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch.amp.GradScaler, "get_scale",
+                        counted("get_scale", torch.amp.GradScaler.get_scale))
+    return counts
+
+
+def epoch_reads(monkeypatch, steps: int, amp: torch.dtype | None) -> Counter:
+    """The reads of one epoch of `steps` classifier steps in `amp`."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    batches = [(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])) for _ in range(steps)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = warmup_cosine(optimizer, steps)
+    counts = count_reads(monkeypatch)
+    stats = train_one_epoch(model, batches, classify_step, optimizer, scheduler,
+                            grad_scaler(CPU, amp), CPU, 1, amp)
+    monkeypatch.undo()
+    assert stats.images == 4 * steps and 0 <= stats.sums["top1"] <= stats.images
+    assert scheduler.last_epoch == steps          # the schedule followed every step
+    return counts
+
+
+@pytest.mark.parametrize("amp", [None, BF16])
+def test_the_training_step_does_not_wait_for_the_device(monkeypatch, amp):
+    """Loss, counts and the divergence check are read once an epoch, not once a step."""
+    assert epoch_reads(monkeypatch, 2, amp) == epoch_reads(monkeypatch, 2 * 3, amp)
+
+
+def test_loss_scaling_reads_only_the_scalers_own_inf_check(monkeypatch):
+    """fp16: GradScaler.step reads its inf check once a step (not avoidable with an unfused
+    optimizer); the engine adds no read of its own, and never asks for the scale."""
+    few, more = epoch_reads(monkeypatch, 2, FP16), epoch_reads(monkeypatch, 6, FP16)
+    assert few["get_scale"] == more["get_scale"] == 0
+    assert sum(more.values()) - sum(few.values()) == 4       # one read per extra step
 
 
 def test_loss_scaling_only_for_fp16():

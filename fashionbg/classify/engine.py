@@ -13,11 +13,11 @@ from fashionbg.nn.engine import Validate, autocast
 
 
 def classify_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                  device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy of one batch, and how many it got right (for train/top1)."""
+                  device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy of one batch, and how many it got right (for train/top1, on the device)."""
     targets = targets.to(device, non_blocking=True)
     logits = model(images.to(device, non_blocking=True))
-    correct = (logits.argmax(1) == targets).sum().item()
+    correct = (logits.argmax(1) == targets).sum()
     return F.cross_entropy(logits.float(), targets), {"top1": correct}
 
 

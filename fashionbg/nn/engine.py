@@ -25,12 +25,16 @@ from fashionbg.nn.distributed import SINGLE, World, all_sum, wait_for_main, wrap
 
 log = logging.getLogger(__name__)
 
-# (model, inputs, targets, device) -> (mean loss of the batch, counts to sum over the epoch)
-Step = Callable[[nn.Module, Any, Any, torch.device], tuple[torch.Tensor, dict[str, float]]]
+# (model, inputs, targets, device) -> (mean loss of the batch, counts to sum over the epoch);
+# counts are tensors on the device, summed there, so a step never waits for the GPU
+Step = Callable[[nn.Module, Any, Any, torch.device],
+                tuple[torch.Tensor, dict[str, torch.Tensor]]]
 Validate = Callable[[nn.Module], dict[str, float | None]]
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# Steps between the checks that the summed loss is finite: each check waits for the device.
+CHECK_EVERY = 50
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
@@ -134,30 +138,47 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, step: Step,
                     scaler: torch.amp.GradScaler, device: torch.device, epoch: int,
                     amp: torch.dtype | str | None = "auto") -> EpochStats:
     """One pass over `loader` with autocast in `amp` (see `autocast`), stepping the schedule
-    once per batch. `scaler` must be grad_scaler(device, amp): enabled for fp16 only."""
+    with every step the optimizer takes. `scaler` must be grad_scaler(device, amp): enabled for
+    fp16 only.
+
+    The loss and the step's counts are summed on the device and read once at the end (and the
+    loss checked for divergence every CHECK_EVERY steps), so the host queues steps without
+    waiting for the device; with fp16 the scaler itself still reads its inf check per step."""
     model.train()
-    total, seen = 0.0, 0
-    sums: dict[str, float] = {}
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    seen = 0
+    sums: dict[str, torch.Tensor] = {}
+    # GradScaler skips the optimizer's step on inf/nan gradients: the schedule follows the
+    # steps taken, not the batches, without asking the scaler (get_scale waits for the device)
+    follow = optimizer.register_step_post_hook(lambda *_: scheduler.step())
     start = time.perf_counter()
-    for inputs, targets in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
-        with autocast(device, amp):
-            loss, counts = step(model, inputs, targets, device)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise UserError(f"training diverged at epoch {epoch} (loss {value}); "
-                            "try a lower learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scale = scaler.get_scale()              # 1.0 when loss scaling is off
-        scaler.step(optimizer)                  # unscales first; skipped on inf/nan gradients
-        scaler.update()
-        if scaler.get_scale() >= scale:         # a skipped step lowers the scale: the schedule
-            scheduler.step()                    # follows the optimizer's steps, not the batches
-        total += value * len(inputs)
-        seen += len(inputs)
-        for key, count in counts.items():
-            sums[key] = sums.get(key, 0.0) + count
-    return EpochStats(total / max(seen, 1), sums, seen, time.perf_counter() - start)
+    try:
+        for index, (inputs, targets) in enumerate(
+                tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None), start=1):
+            with autocast(device, amp):
+                loss, counts = step(model, inputs, targets, device)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)              # unscales first; skipped on inf/nan gradients
+            scaler.update()
+            total += loss.detach() * len(inputs)
+            seen += len(inputs)
+            for key, count in counts.items():
+                sums[key] = sums.get(key, 0) + count.detach()
+            if index % CHECK_EVERY == 0:
+                check_finite(total, seen, epoch)
+    finally:
+        follow.remove()
+    check_finite(total, seen, epoch)
+    return EpochStats(float(total) / max(seen, 1), {k: float(v) for k, v in sums.items()},
+                      seen, time.perf_counter() - start)
+
+
+def check_finite(total: torch.Tensor, seen: int, epoch: int) -> None:
+    """Stop a diverged run: a non-finite loss makes the summed loss non-finite for good."""
+    if not torch.isfinite(total):
+        raise UserError(f"training diverged at epoch {epoch} (loss {float(total) / max(seen, 1)}"
+                        "); try a lower learning rate")
 
 
 @dataclass

@@ -27,12 +27,12 @@ def semantic_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def semantic_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
-                  device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+                  device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return semantic_loss(model(images.to(device)), masks.to(device)), {}
 
 
 def instance_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict],
-                  device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+                  device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     losses = model([i.to(device) for i in images],
                    [{k: v.to(device) for k, v in t.items()} for t in targets])
     return sum(losses.values()), {}
