@@ -24,6 +24,7 @@ class ClassifyTask:
 
     spec = TASKS["classify"]
     min_train_images = 1
+    min_rank_batch = 1
 
     def __init__(self, config: ClassifyConfig, prepared: Prepared) -> None:
         labels = prepared.meta["labels"]

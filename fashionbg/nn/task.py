@@ -25,6 +25,7 @@ class Task(Protocol):
     class_names: list[str]
     image_size: tuple[int, int]    # height, width
     min_train_images: int
+    min_rank_batch: int            # images each training process needs per batch (batch norm)
 
     @property
     def model_name(self) -> str:

@@ -40,7 +40,8 @@ def train_task(run: TrainingRun, task: Task, variant: str, config: TrainConfig) 
     model = run.place(task.build_model(load_weights=True))
     loader_augment, step = task.training(config.augment, run.augment_on_device)
     train_loader = task.loader(task.dataset(images, train_rows, loader_augment),
-                               run.batch_size(config.batch_size, spec.batch_size_key),
+                               run.batch_size(config.batch_size, spec.batch_size_key,
+                                              task.min_rank_batch),
                                run.generator, run.loader)
     validate = (task.validator(task.loader(task.dataset(images, val_rows), config.batch_size,
                                            options=run.loader), run.device, run.amp)

@@ -44,6 +44,9 @@ class SemanticTask:
     spec = SPECS["semantic"]
     step: Step = staticmethod(semantic_step)
     min_train_images = 2
+    # every model's batch norm pools over a rank's images somewhere (DeepLabV3+'s ASPP branch
+    # has one value per channel and image): one image per process crashes it
+    min_rank_batch = 2
 
     def __init__(self, config: SegmentConfig, prepared: Prepared) -> None:
         if prepared.masks is None:
@@ -110,6 +113,7 @@ class InstanceTask:
     spec = SPECS["instance"]
     step: Step = staticmethod(instance_step)
     min_train_images = 2
+    min_rank_batch = 1     # its heads' batch norm normalises over the regions of the images
 
     def __init__(self, config: SegmentConfig, prepared: Prepared, raw_dir: Path) -> None:
         self.config, self.prepared = config, prepared
