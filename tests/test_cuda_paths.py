@@ -23,7 +23,12 @@ from fashionbg.classify.engine import classify_step, validator
 from fashionbg.core.errors import ParamError, UserError
 from fashionbg.nn import distributed, engine
 from fashionbg.nn.checkpoint import Checkpoint
-from fashionbg.nn.data import LoaderOptions, make_loader, training_options
+from fashionbg.nn.data import (
+    LoaderOptions,
+    make_loader,
+    training_options,
+    validation_options,
+)
 from fashionbg.nn.device import seed_everything
 from fashionbg.nn.distributed import SINGLE, process_group, world_from_env
 from fashionbg.nn.engine import (
@@ -244,6 +249,14 @@ class Draws(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return torch.rand(1)
+
+
+def test_only_the_training_loaders_workers_persist():
+    options = LoaderOptions(workers=2, pin_memory=False, world=SINGLE, shard_seed=0)
+    training = make_loader(Draws(), 2, torch.Generator(), options=options)
+    validation = make_loader(Draws(), 2, options=validation_options(options))
+    assert training.persistent_workers and not validation.persistent_workers
+    assert validation.num_workers == 2
 
 
 def test_loader_workers_draw_differently_and_repeat_with_the_seed():

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 from fashionbg.core import paths
 from fashionbg.core.errors import UserError
 from fashionbg.nn.checkpoint import Checkpoint, save_checkpoint
+from fashionbg.nn.data import validation_options
 from fashionbg.nn.distributed import main_live
 from fashionbg.nn.engine import dtype_name, fit
 from fashionbg.nn.launch import TrainingRun
@@ -44,7 +45,8 @@ def train_task(run: TrainingRun, task: Task, variant: str, config: TrainConfig) 
                                               task.min_rank_batch),
                                run.generator, run.loader)
     validate = (task.validator(task.loader(task.dataset(images, val_rows), config.batch_size,
-                                           options=run.loader), run.device, run.amp)
+                                           options=validation_options(run.loader)),
+                                run.device, run.amp)
                 if len(val_rows) and run.world.is_main else None)
     log.info("%s: %s on %s (%d train, %d val images of %s) on %s, %d process(es); classes: %s",
              spec.name, task.model_name, variant, len(train_rows), len(val_rows),
