@@ -271,6 +271,17 @@ def test_loader_workers_draw_differently_and_repeat_with_the_seed():
     assert epoch(1) == first and epoch(2) != first
 
 
+def test_cuda_runs_without_torchs_deterministic_mode():
+    """It would send torchvision's CUDA roi_align to a torch.compile'd fallback."""
+    try:
+        seed_everything(0, CUDA)
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        seed_everything(0)
+    assert torch.are_deterministic_algorithms_enabled()     # the CPU repeats exactly
+
+
 def test_seeding_makes_cublas_deterministic(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     seed_everything(0)

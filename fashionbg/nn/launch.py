@@ -94,7 +94,7 @@ def training_run(params: dict[str, Any], device: str, device_key: str, seed: int
     with process_group(world, resolve_device(device, device_key)) as rank_device:
         yield TrainingRun(world, rank_device,
                           training_options(train.workers, rank_device, world, seed),
-                          train.memory_format, seed_everything(seed + world.rank),
+                          train.memory_format, seed_everything(seed + world.rank, rank_device),
                           train.augment_on == "device",
                           amp_dtype(rank_device, train.precision))
 
