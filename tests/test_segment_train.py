@@ -254,3 +254,29 @@ def test_bad_params_stop_with_a_message_and_touch_nothing(
     assert result.returncode == 2, result.stderr[-3000:]
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert {rel: (project / rel).read_text() for rel in olds} == olds
+
+
+def test_instance_validation_costs_one_coco_run_and_copies_bool_masks(monkeypatch) -> None:
+    """Validation every epoch runs COCO's evaluation once (mask AP, no box or per-class AP),
+    the evaluation stage once per IoU type and class; masks reach the host thresholded."""
+    from pycocotools.cocoeval import COCOeval
+
+    data = prepared(4)
+    config = read_segment({"segment": {**SEGMENT, "task": "instance"}})
+    task = make_task(config, data, Path("no-raw-dir"))
+    torch.manual_seed(0)
+    model = task.build_model(load_weights=False)
+    loader = task.loader(task.dataset(data.images, np.arange(4)), 4)
+    runs, copied = [], []
+    evaluate, cpu_copy = COCOeval.evaluate, torch.Tensor.cpu
+    monkeypatch.setattr(COCOeval, "evaluate", lambda self: runs.append(1) or evaluate(self))
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: (
+        self.ndim == 3 and copied.append(self.dtype)) or cpu_copy(self, *a, **k))
+    cpu = torch.device("cpu")
+    score = task.validator(loader, cpu, None)(model)
+    assert set(score) == {"mask_ap"} and len(runs) == 1
+    assert copied and set(copied) == {torch.bool}      # (N, H, W) masks reach the host as bool
+    runs.clear()
+    scores = task.evaluate(model, loader, cpu)
+    assert len(runs) == 2 * (1 + len(task.class_names) - 1)   # box and mask AP, per class
+    assert scores["mask_ap"] == score["mask_ap"]

@@ -250,7 +250,9 @@ def fit(model: nn.Module, loader: DataLoader, step: Step, validate: Validate | N
             logged = {"train/loss": epoch_stats.loss,
                       **{f"train/{k}": v / max(epoch_stats.images, 1)
                          for k, v in epoch_stats.sums.items()}}
+            started = time.perf_counter()
             val = validate(model) if validate is not None else {}
+            validation_seconds = time.perf_counter() - started
             logged.update({f"val/{k}": v for k, v in val.items() if v is not None})
             for name, value in logged.items():
                 live.log_metric(name, round(float(value), 4))
@@ -258,9 +260,9 @@ def fit(model: nn.Module, loader: DataLoader, step: Step, validate: Validate | N
             if validate is None or (score is not None and
                                     (best_score is None or score > best_score)):
                 best_epoch, best_score, best_state = epoch, score, cpu_state(model)
-            log.info("epoch %d/%d: %s | %.1f images/s", epoch, epochs,
-                     " ".join(f"{k} {v:.4f}" for k, v in logged.items()),
-                     epoch_stats.images_per_second)
+            log.info("epoch %d/%d: %s | %.1f images/s | training %.1f s, validation %.1f s",
+                     epoch, epochs, " ".join(f"{k} {v:.4f}" for k, v in logged.items()),
+                     epoch_stats.images_per_second, epoch_stats.seconds, validation_seconds)
             live.next_step()
         wait_for_main(world)     # the other ranks wait here while rank 0 validates
     if not world.is_main:

@@ -32,6 +32,7 @@ from fashionbg.segment.engine import (
     evaluate_semantic,
     instance_step,
     semantic_step,
+    validate_instances,
 )
 from fashionbg.segment.instances import instance_targets
 from fashionbg.segment.models import build_instance, build_semantic
@@ -154,7 +155,9 @@ class InstanceTask:
 
     def validator(self, loader: DataLoader, device: torch.device, amp: torch.dtype | None
                   ) -> Validate:
-        return key_metric_validator(self, loader, device, amp)
+        """Mask AP alone (no box or per-class AP), so validating costs little per epoch."""
+        key = self.spec.key_metric
+        return lambda model: {key: validate_instances(model, loader, device, amp)}
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device,
                  per_image: list | None = None, amp: torch.dtype | None = None
@@ -194,7 +197,7 @@ def segment_optimizer(config: SegmentConfig, model: nn.Module) -> torch.optim.Op
     return torch.optim.AdamW(trainable, lr=config.task_lr, weight_decay=config.weight_decay)
 
 
-def key_metric_validator(task: Task, loader: DataLoader, device: torch.device,
+def key_metric_validator(task: SemanticTask, loader: DataLoader, device: torch.device,
                          amp: torch.dtype | None) -> Validate:
     """The task's key metric on the validation loader in the training's autocast `amp`, for the
     curves and model selection."""
