@@ -73,13 +73,13 @@ def _mean(values: torch.Tensor) -> float | None:
 
 
 def instance_metric(final: bool = True) -> MeanAveragePrecision:
-    """Box and mask AP with per-class mask AP for the evaluation stage (`final`); mask AP alone
-    for validation every epoch, where per-class AP would rerun COCO's evaluation once per class
-    and box AP once more. Scores what this process saw: under torchrun rank 0 validates alone,
-    so torchmetrics must not wait for the other ranks to sync."""
-    return MeanAveragePrecision(iou_type=("bbox", "segm") if final else "segm",
-                                class_metrics=final, backend="pycocotools",
-                                sync_on_compute=False)
+    """Box and mask AP, with per-class AP for the evaluation stage (`final`) only: validation
+    every epoch would rerun COCO's evaluation once per class. (Box AP stays in validation:
+    torchmetrics scores masks alone as -1, not 0, while the model detects nothing.) Scores what
+    this process saw: under torchrun rank 0 validates alone, so torchmetrics must not wait for
+    the other ranks to sync."""
+    return MeanAveragePrecision(iou_type=("bbox", "segm"), class_metrics=final,
+                                backend="pycocotools", sync_on_compute=False)
 
 
 def _ap(result: dict[str, torch.Tensor], key: str) -> float | None:
@@ -89,7 +89,7 @@ def _ap(result: dict[str, torch.Tensor], key: str) -> float | None:
 
 def validation_mask_ap(metric: MeanAveragePrecision) -> float | None:
     """Mask AP of an instance_metric(final=False)."""
-    return _ap(metric.compute(), "map")
+    return _ap(metric.compute(), "segm_map")
 
 
 def summarize_instances(metric: MeanAveragePrecision, class_names: list[str]) -> dict[str, Any]:

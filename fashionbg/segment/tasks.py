@@ -155,7 +155,7 @@ class InstanceTask:
 
     def validator(self, loader: DataLoader, device: torch.device, amp: torch.dtype | None
                   ) -> Validate:
-        """Mask AP alone (no box or per-class AP), so validating costs little per epoch."""
+        """Mask AP without per-class AP, so validating costs little per epoch."""
         key = self.spec.key_metric
         return lambda model: {key: validate_instances(model, loader, device, amp)}
 
