@@ -45,10 +45,11 @@ def main() -> None:
     caches = load_variants(paths.PREPARED, trained_on=variant)
     task = ClassifyTask(config, caches[variant])
     model, rows = restore_model(task, checkpoint, device)
+    amp = checkpoint.amp(device)      # the precision it was trained in, where this device has it
 
     def evaluate(tested_on: str) -> tuple[dict, torch.Tensor, torch.Tensor]:
         loader = task.loader(task.dataset(caches[tested_on].images, rows), settings.batch_size)
-        logits, targets = predict(model, loader, device)
+        logits, targets = predict(model, loader, device, amp)
         return classification_metrics(logits, targets, labels), logits, targets
 
     results = {tested_on: evaluate(tested_on) for tested_on in caches}

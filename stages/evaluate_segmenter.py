@@ -37,6 +37,7 @@ def main() -> None:
     caches = load_variants(paths.PREPARED, trained_on=variant)
     task = make_task(config, caches[variant], paths.RAW)
     model, rows = restore_model(task, checkpoint, device)
+    amp = checkpoint.amp(device)      # the precision it was trained in, where this device has it
 
     other, key = other_variant(variant), task.spec.key_metric
     scores, per_image, detections = {}, [], []
@@ -44,7 +45,7 @@ def main() -> None:
     for tested_on in caches:
         loader = task.loader(task.dataset(caches[tested_on].images, rows), settings.batch_size)
         images: list | None = [] if task.keeps_per_image(tested_on == variant) else None
-        scores[tested_on] = task.evaluate(model, loader, device, images)
+        scores[tested_on] = task.evaluate(model, loader, device, images, amp)
         if images is not None:
             csv_rows, records = task.predictions(test_paths, tested_on, images)
             per_image += csv_rows
@@ -61,7 +62,7 @@ def main() -> None:
     by_variant = {v: scores[v][key] for v in caches}
     model_name = task.model_name
     with atomic_dir(paths.SEGMENTATION_PLOTS) as tmp:
-        save_overlays(task, model, caches, rows[:settings.overlays], device, tmp / "overlays",
+        save_overlays(task, model, caches, rows[:settings.overlays], device, amp, tmp / "overlays",
                       f"{model_name} trained on {variant}", scores)
         write_json(tmp / "per_class.json", per_class_bars(
             {tested_on: scores[tested_on][task.spec.per_class_key]

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,18 +21,29 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from fashionbg.background import sod
+from fashionbg.classify.engine import classify_step, validator
 from fashionbg.core.errors import ParamError, UserError
 from fashionbg.nn import distributed, engine
-from fashionbg.nn.data import LoaderOptions, make_loader, training_options
+from fashionbg.nn.checkpoint import Checkpoint
+from fashionbg.nn.data import (
+    LoaderOptions,
+    make_loader,
+    training_options,
+    validation_options,
+)
 from fashionbg.nn.device import seed_everything
 from fashionbg.nn.distributed import SINGLE, process_group, world_from_env
 from fashionbg.nn.engine import (
     amp_dtype,
     choose_amp_dtype,
     cpu_state,
+    dtype_name,
     fit,
     grad_scaler,
+    native_bf16,
     precision_name,
+    train_one_epoch,
+    warmup_cosine,
 )
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -52,7 +64,7 @@ def test_autocast_dtype_chooser(precision, device, bf16_supported, expected):
 
 
 def test_chooser_refuses_bf16_on_a_card_without_it_and_unknown_names():
-    with pytest.raises(ParamError, match="train.precision = 'bf16'.*no bf16 support"):
+    with pytest.raises(ParamError, match="train.precision = 'bf16'.*no native bf16 support"):
         choose_amp_dtype("bf16", "cuda", False)
     with pytest.raises(ParamError, match="one of auto, bf16, fp16, fp32"):
         choose_amp_dtype("fp8", "cuda", True)
@@ -62,8 +74,103 @@ def test_amp_dtype_asks_the_card(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert amp_dtype(CUDA) == FP16 and precision_name(FP16) == "fp16 autocast with loss scaling"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert native_bf16(CUDA) and not native_bf16(CPU)
     assert amp_dtype(CUDA) == BF16 and amp_dtype(CUDA, "fp16") == FP16
     assert amp_dtype(CPU) is None and precision_name(None) == "fp32"
+
+
+def emulating_card(including_emulation: bool = True) -> bool:
+    """torch.cuda.is_bf16_supported on a V100 or T4: bf16 tensors work, emulated."""
+    return including_emulation
+
+
+def test_emulated_bf16_is_not_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulating_card)
+    assert not native_bf16(CUDA)
+    assert amp_dtype(CUDA) == FP16                  # auto: fp16 with loss scaling
+    with pytest.raises(ParamError) as err:          # forced: one line, before any training
+        amp_dtype(CUDA, "bf16")
+    assert "\n" not in str(err.value) and "emulate" in str(err.value)
+
+
+@pytest.mark.parametrize("trained, device, native, expected", [
+    ("fp32", CUDA, True, None),     # trained in float32: scored in float32, not auto's bf16
+    ("bf16", CUDA, True, BF16),
+    ("fp16", CUDA, True, FP16),
+    ("bf16", CUDA, False, None),    # no native bf16: float32, not fp16's narrower range
+    ("bf16", CPU, True, None),      # the CPU scores in float32
+])
+def test_evaluation_scores_in_the_precision_it_was_trained_in(monkeypatch, trained, device,
+                                                               native, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: native)
+    trained_model = Checkpoint(task="classify", variant="original", config={}, classes=[],
+                               image_size=[8, 8], epoch=1, precision=trained, model={})
+    assert trained_model.amp(device) == expected
+
+
+@pytest.mark.parametrize("amp", [BF16, None])
+def test_validation_runs_in_the_training_precision(amp):
+    seen = []
+    model = nn.Linear(2, 2)
+    model.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    loader = [(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))]
+    validator(loader, CPU, ["a", "b"], amp)(model)
+    assert seen == [amp or torch.float32]
+
+
+def test_training_records_its_precision():
+    assert [dtype_name(d) for d in (BF16, FP16, None)] == ["bf16", "fp16", "fp32"]
+
+
+# Tensor methods that read a value into Python: on CUDA each one waits for the device.
+READS = ("item", "tolist", "__bool__", "__float__", "__int__")
+
+
+def count_reads(monkeypatch) -> Counter:
+    """Count every read of a tensor's value into Python, and every GradScaler.get_scale."""
+    counts: Counter = Counter()
+
+    def counted(name, original):
+        def read(*args, **kwargs):
+            counts[name] += 1
+            return original(*args, **kwargs)
+        return read
+
+    for name in READS:
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch.amp.GradScaler, "get_scale",
+                        counted("get_scale", torch.amp.GradScaler.get_scale))
+    return counts
+
+
+def epoch_reads(monkeypatch, steps: int, amp: torch.dtype | None) -> Counter:
+    """The reads of one epoch of `steps` classifier steps in `amp`."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    batches = [(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])) for _ in range(steps)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = warmup_cosine(optimizer, steps)
+    counts = count_reads(monkeypatch)
+    stats = train_one_epoch(model, batches, classify_step, optimizer, scheduler,
+                            grad_scaler(CPU, amp), CPU, 1, amp)
+    monkeypatch.undo()
+    assert stats.images == 4 * steps and 0 <= stats.sums["top1"] <= stats.images
+    assert scheduler.last_epoch == steps          # the schedule followed every step
+    return counts
+
+
+@pytest.mark.parametrize("amp", [None, BF16])
+def test_the_training_step_does_not_wait_for_the_device(monkeypatch, amp):
+    """Loss, counts and the divergence check are read once an epoch, not once a step."""
+    assert epoch_reads(monkeypatch, 2, amp) == epoch_reads(monkeypatch, 2 * 3, amp)
+
+
+def test_loss_scaling_reads_only_the_scalers_own_inf_check(monkeypatch):
+    """fp16: GradScaler.step reads its inf check once a step (not avoidable with an unfused
+    optimizer); the engine adds no read of its own, and never asks for the scale."""
+    few, more = epoch_reads(monkeypatch, 2, FP16), epoch_reads(monkeypatch, 6, FP16)
+    assert few["get_scale"] == more["get_scale"] == 0
+    assert sum(more.values()) - sum(few.values()) == 4       # one read per extra step
 
 
 def test_loss_scaling_only_for_fp16():
@@ -147,6 +254,14 @@ class Draws(Dataset):
         return torch.rand(1)
 
 
+def test_only_the_training_loaders_workers_persist():
+    options = LoaderOptions(workers=2, pin_memory=False, world=SINGLE, shard_seed=0)
+    training = make_loader(Draws(), 2, torch.Generator(), options=options)
+    validation = make_loader(Draws(), 2, options=validation_options(options))
+    assert training.persistent_workers and not validation.persistent_workers
+    assert validation.num_workers == 2
+
+
 def test_loader_workers_draw_differently_and_repeat_with_the_seed():
     options = LoaderOptions(workers=2, pin_memory=False, world=SINGLE, shard_seed=0)
 
@@ -157,6 +272,17 @@ def test_loader_workers_draw_differently_and_repeat_with_the_seed():
     first = epoch(1)
     assert len(set(first)) == len(first)       # no two workers repeat each other's draws
     assert epoch(1) == first and epoch(2) != first
+
+
+def test_cuda_runs_without_torchs_deterministic_mode():
+    """It would send torchvision's CUDA roi_align to a torch.compile'd fallback."""
+    try:
+        seed_everything(0, CUDA)
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        seed_everything(0)
+    assert torch.are_deterministic_algorithms_enabled()     # the CPU repeats exactly
 
 
 def test_seeding_makes_cublas_deterministic(monkeypatch):

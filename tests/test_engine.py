@@ -4,6 +4,7 @@ import pickle
 
 import pytest
 import torch
+from test_segment_train import SEGMENT
 from torch import nn
 
 from fashionbg.core.errors import UserError
@@ -12,6 +13,9 @@ from fashionbg.nn.data import auto_workers
 from fashionbg.nn.distributed import SINGLE, World, per_rank_batch
 from fashionbg.nn.engine import EpochStats, fit, steady_throughput, warmup_cosine
 from fashionbg.nn.launch import training_run
+from fashionbg.segment.models import build_semantic
+from fashionbg.segment.params import read_segment
+from fashionbg.segment.tasks import InstanceTask, SemanticTask
 
 CPU = torch.device("cpu")
 
@@ -31,7 +35,7 @@ class FakeLive:
 
 
 def regression_step(model, inputs, targets, device):
-    return nn.functional.mse_loss(model(inputs), targets), {"seen": len(inputs)}
+    return nn.functional.mse_loss(model(inputs), targets), {"seen": torch.tensor(len(inputs))}
 
 
 def tiny_fit(scores: list[float | None] | None, epochs: int = 4):
@@ -99,7 +103,7 @@ def test_throughput_leaves_out_the_first_epoch():
 
 def checkpoint(task: str = "classify") -> Checkpoint:
     return Checkpoint(task=task, variant="rembg", config={"arch": "x", "lr": 0.1},
-                      classes=["a", "b"], image_size=[8, 6], epoch=3,
+                      classes=["a", "b"], image_size=[8, 6], epoch=3, precision="bf16",
                       model={"w": torch.arange(4.0)})
 
 
@@ -108,6 +112,7 @@ def test_checkpoint_round_trip_and_task_check(tmp_path):
     save_checkpoint(path, checkpoint())
     loaded = load_checkpoint(path, ("classify",))
     assert loaded.variant == "rembg" and loaded.epoch == 3 and loaded.classes == ["a", "b"]
+    assert loaded.precision == "bf16"
     assert torch.equal(loaded.model["w"], torch.arange(4.0))
     with pytest.raises(UserError, match="holds a 'classify' model"):
         load_checkpoint(path, ("semantic", "instance"))
@@ -167,3 +172,20 @@ def test_training_run_places_the_model_and_picks_loader_workers(monkeypatch):
     assert auto_workers(torch.device("cuda"), SINGLE) == 8
     with pytest.raises(UserError, match="divisible"):
         per_rank_batch(30, World(rank=0, size=4, local_rank=0), "classify.batch_size")
+
+
+def test_batch_norm_models_get_two_images_per_process():
+    """DeepLabV3+'s pooled branch has one value per channel and image: one image per process
+    crashes it, so semantic training refuses such a split before it starts (one line)."""
+    config = read_segment({"segment": {**SEGMENT, "arch": "deeplabv3plus"}})
+    model = build_semantic(config, 4, load_weights=False).train()
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        model(torch.zeros(1, 3, 64, 48, dtype=torch.uint8))
+    two = World(rank=0, size=2, local_rank=0)
+    assert SemanticTask.min_rank_batch == 2 and InstanceTask.min_rank_batch == 1
+    assert per_rank_batch(4, two, "segment.batch_size", SemanticTask.min_rank_batch) == 2
+    with pytest.raises(UserError) as err:
+        per_rank_batch(2, two, "segment.batch_size", SemanticTask.min_rank_batch)
+    assert "\n" not in str(err.value)
+    assert "raise segment.batch_size to 4 or lower train.nproc" in str(err.value)
+    assert per_rank_batch(2, two, "segment.batch_size", InstanceTask.min_rank_batch) == 1

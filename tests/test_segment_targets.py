@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from pycocotools import mask as mask_utils
 
 from fashionbg.contracts.prepared import Prepared
 from fashionbg.core.errors import ParamError
@@ -98,6 +99,25 @@ def test_coco_targets_rasterise_resize_and_match_rows(tmp_path: Path) -> None:
     assert none.shape == (0, 32, 24) and nothing.shape == (0,)
     only_shoes = CocoTargets(path, ["images/a.jpg"], (32, 24), ("shoe",), min_area=4)
     assert only_shoes(0)[1].tolist() == [1]
+
+
+def test_coco_targets_are_arrays_that_forked_workers_share(tmp_path: Path) -> None:
+    """No per-annotation Python objects: reading them in a forked loader worker would write
+    their reference counts and copy their pages into every worker."""
+    targets = CocoTargets(_coco(tmp_path / "instances.json"), ["images/b.jpg", "images/a.jpg"],
+                          (32, 24), None, min_area=4)
+    held = {name: value for name, value in vars(targets).items()
+            if name not in ("class_names", "size", "min_area")}
+    assert held and all(isinstance(value, np.ndarray) for value in held.values()), held
+    assert targets.labels.tolist() == [1, 2, 2]    # the crowd region is dropped when read
+    compressed = _coco(tmp_path / "compressed.json")
+    data = json.loads(compressed.read_text())
+    data["annotations"][1]["segmentation"] = {
+        "size": [64, 48], "counts": mask_utils.frPyObjects(
+            data["annotations"][1]["segmentation"], 64, 48)["counts"].decode()}
+    compressed.write_text(json.dumps(data))     # a compressed RLE string, as files also hold
+    again = CocoTargets(compressed, ["images/a.jpg"], (32, 24), None, min_area=4)
+    assert all(np.array_equal(a, b) for a, b in zip(again(0), targets(1)))
 
 
 def test_instance_targets_prefer_coco_json(tmp_path: Path) -> None:

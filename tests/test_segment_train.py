@@ -101,6 +101,35 @@ def test_a_few_epochs_reduce_the_loss(task: str) -> None:
     assert losses[-1] < 0.75 * losses[0], losses
 
 
+def instance_model() -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """The instance task's Mask R-CNN (untrained) and two of its training images."""
+    data = prepared(4)
+    task = make_task(read_segment({"segment": {**SEGMENT, "task": "instance"}}), data,
+                     Path("no-raw-dir"))
+    torch.manual_seed(0)
+    images = [torch.from_numpy(data.images[i]).permute(2, 0, 1) for i in range(2)]
+    return task.build_model(load_weights=False), images
+
+
+def test_boxes_are_decoded_in_float32_under_bf16_autocast() -> None:
+    """torchvision's decoding casts anchors and proposals to the regression's dtype, bf16 under
+    autocast; Mask R-CNN's proposals and detections must stay float32."""
+    model, images = instance_model()
+    proposals: list[torch.Tensor] = []
+    model.roi_heads.register_forward_pre_hook(lambda _, args: proposals.extend(args[1]))
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        outputs = model(images)
+    assert proposals and {p.dtype for p in proposals} == {torch.float32}
+    assert {o["boxes"].dtype for o in outputs} == {torch.float32}
+    # a box near 500 px decodes exactly, as it would not in bf16 (steps of 2 px there)
+    box = torch.tensor([[101.0, 203.0, 301.0, 501.0]])
+    for coder in (model.rpn.box_coder, model.roi_heads.box_coder):
+        with torch.autocast("cpu", torch.bfloat16):
+            decoded = coder.decode(torch.zeros(1, 4, dtype=torch.bfloat16), [box])
+        assert decoded.dtype == torch.float32 and torch.equal(decoded.reshape(1, 4), box)
+
+
 def test_training_repeats_exactly_with_the_seed() -> None:
     assert train_losses("semantic", 2, "standard") == train_losses("semantic", 2, "standard")
 
@@ -141,6 +170,7 @@ def test_semantic_stages_end_to_end(tmp_path: Path) -> None:
     ok(run_stage(project, "train_segmenter"))
     checkpoint = load_checkpoint(project / "models/segmenter.pt", ("semantic",))
     assert checkpoint.config["arch"] == "unet" and checkpoint.variant == "original"
+    assert checkpoint.precision == "fp32"      # train.precision auto on the CPU
     live = json.loads((project / "dvclive/train_segmenter/metrics.json").read_text())
     assert live["train"]["loss"] > 0 and 0 <= live["val"]["miou"] <= 1
     curve = project / "dvclive/train_segmenter/plots/metrics/val/miou.tsv"
@@ -224,3 +254,29 @@ def test_bad_params_stop_with_a_message_and_touch_nothing(
     assert result.returncode == 2, result.stderr[-3000:]
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert {rel: (project / rel).read_text() for rel in olds} == olds
+
+
+def test_instance_validation_costs_one_coco_run_and_copies_bool_masks(monkeypatch) -> None:
+    """Validation every epoch runs COCO's evaluation once per IoU type (no per-class AP), the
+    evaluation stage once per IoU type and class; masks reach the host thresholded."""
+    from pycocotools.cocoeval import COCOeval
+
+    data = prepared(4)
+    config = read_segment({"segment": {**SEGMENT, "task": "instance"}})
+    task = make_task(config, data, Path("no-raw-dir"))
+    torch.manual_seed(0)
+    model = task.build_model(load_weights=False)
+    loader = task.loader(task.dataset(data.images, np.arange(4)), 4)
+    runs, copied = [], []
+    evaluate, cpu_copy = COCOeval.evaluate, torch.Tensor.cpu
+    monkeypatch.setattr(COCOeval, "evaluate", lambda self: runs.append(1) or evaluate(self))
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: (
+        self.ndim == 3 and copied.append(self.dtype)) or cpu_copy(self, *a, **k))
+    cpu = torch.device("cpu")
+    score = task.validator(loader, cpu, None)(model)
+    assert set(score) == {"mask_ap"} and len(runs) == 2
+    assert copied and set(copied) == {torch.bool}      # (N, H, W) masks reach the host as bool
+    runs.clear()
+    scores = task.evaluate(model, loader, cpu)
+    assert len(runs) == 2 * (1 + len(task.class_names) - 1)   # box and mask AP, per class
+    assert scores["mask_ap"] == score["mask_ap"]

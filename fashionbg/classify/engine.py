@@ -13,11 +13,11 @@ from fashionbg.nn.engine import Validate, autocast
 
 
 def classify_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                  device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy of one batch, and how many it got right (for train/top1)."""
+                  device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy of one batch, and how many it got right (for train/top1, on the device)."""
     targets = targets.to(device, non_blocking=True)
     logits = model(images.to(device, non_blocking=True))
-    correct = (logits.argmax(1) == targets).sum().item()
+    correct = (logits.argmax(1) == targets).sum()
     return F.cross_entropy(logits.float(), targets), {"top1": correct}
 
 
@@ -29,23 +29,26 @@ def make_optimizer(config: ClassifyConfig, model: nn.Module) -> torch.optim.Opti
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits and targets for every batch, on the CPU."""
+def predict(model: nn.Module, loader: DataLoader, device: torch.device,
+            amp: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits and targets for every batch, on the CPU; the model runs under autocast
+    in `amp` (None: float32)."""
     model.eval()
     all_logits, all_targets = [], []
     for images, targets in loader:
-        with autocast(device):
+        with autocast(device, amp):
             logits = model(images.to(device, non_blocking=True))
         all_logits.append(logits.float().cpu())
         all_targets.append(targets)
     return torch.cat(all_logits), torch.cat(all_targets)
 
 
-def validator(loader: DataLoader, device: torch.device, labels: list[str]) -> Validate:
-    """Validation loss and top-1, for the training curves and model selection."""
+def validator(loader: DataLoader, device: torch.device, labels: list[str],
+              amp: torch.dtype | None) -> Validate:
+    """Validation loss and top-1 in the training's autocast `amp`, for the training curves and
+    model selection."""
     def validate(model: nn.Module) -> dict[str, float | None]:
-        metrics = classification_metrics(*predict(model, loader, device), labels)
+        metrics = classification_metrics(*predict(model, loader, device, amp), labels)
         return {"loss": metrics["loss"], "top1": metrics["top1"]}
 
     return validate

@@ -24,6 +24,7 @@ class ClassifyTask:
 
     spec = TASKS["classify"]
     min_train_images = 1
+    min_rank_batch = 1
 
     def __init__(self, config: ClassifyConfig, prepared: Prepared) -> None:
         labels = prepared.meta["labels"]
@@ -61,8 +62,9 @@ class ClassifyTask:
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return make_optimizer(self.config, model)
 
-    def validator(self, loader: DataLoader, device: torch.device) -> Validate:
-        return validator(loader, device, self.class_names)
+    def validator(self, loader: DataLoader, device: torch.device, amp: torch.dtype | None
+                  ) -> Validate:
+        return validator(loader, device, self.class_names, amp)
 
     def predictions(self, image_paths: list[str], tested_on: str, targets: torch.Tensor,
                     logits: torch.Tensor) -> list[tuple]:

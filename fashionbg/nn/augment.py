@@ -34,7 +34,7 @@ def augment_batch(transform: SampleTransform, inputs: torch.Tensor, targets: tor
 def augmented_step(step: Step, transform: SampleTransform) -> Step:
     """`step` preceded by the batch's augmentation on the training device."""
     def augmented(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                  device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+                  device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, enabled=False):   # mixed precision is the model's only

@@ -17,6 +17,7 @@ from torch import nn
 
 from fashionbg.core.errors import UserError
 from fashionbg.core.io import atomic_file
+from fashionbg.nn.engine import DTYPES, evaluation_dtype
 
 T = TypeVar("T")
 
@@ -29,6 +30,7 @@ class Checkpoint:
     classes: list[str]            # output classes, in order
     image_size: list[int]         # [height, width] it was trained at
     epoch: int                    # the epoch kept by the model-selection rule
+    precision: str                # the autocast it trained in: bf16 | fp16 | fp32 (none)
     model: dict[str, torch.Tensor]
 
     def rebuild(self, factory: Callable[[dict[str, Any]], T]) -> T:
@@ -38,6 +40,10 @@ class Checkpoint:
         except (TypeError, ValueError) as err:
             raise UserError(f"a {self.task} checkpoint holds settings this version cannot "
                             f"rebuild a model from ({err}); train it again") from err
+
+    def amp(self, device: torch.device) -> torch.dtype | None:
+        """The autocast dtype evaluation scores it in on `device` (engine.evaluation_dtype)."""
+        return evaluation_dtype(self.precision, device)
 
     def load_into(self, model: nn.Module) -> nn.Module:
         """`model` with the checkpoint's weights, which must fit it exactly."""
@@ -70,6 +76,9 @@ def load_checkpoint(path: Path, tasks: tuple[str, ...]) -> Checkpoint:
     if not isinstance(state, dict) or sorted(state) != sorted(names):
         raise UserError(f"{path} does not hold the keys {', '.join(names)}; train it again")
     checkpoint = Checkpoint(**state)
+    if checkpoint.precision not in DTYPES:
+        raise UserError(f"{path} records the precision {checkpoint.precision!r}, not one of "
+                        f"{', '.join(DTYPES)}; train it again")
     if checkpoint.task not in tasks:
         raise UserError(f"{path} holds a {checkpoint.task!r} model, expected "
                         + " or ".join(map(repr, tasks)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sized
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import torch
@@ -23,6 +23,13 @@ class LoaderOptions:
     pin_memory: bool
     world: World
     shard_seed: int         # the shuffling seed every rank shares (DistributedSampler)
+    persistent: bool = True     # workers live from one epoch to the next
+
+
+def validation_options(training: LoaderOptions) -> LoaderOptions:
+    """The validation loader's: workers only while it validates, so a rank does not keep a
+    second set alive (with their prefetched batches) beside the training loader's."""
+    return replace(training, persistent=False)
 
 
 IN_PROCESS = LoaderOptions(workers=0, pin_memory=False, world=SINGLE, shard_seed=0)
@@ -66,6 +73,6 @@ def make_loader(dataset: Dataset, batch_size: int, generator: torch.Generator | 
                       sampler=sampler, generator=generator,
                       drop_last=training and rows > batch_size, collate_fn=collate,
                       num_workers=workers, pin_memory=options.pin_memory,
-                      persistent_workers=workers > 0,
+                      persistent_workers=workers > 0 and options.persistent,
                       multiprocessing_context="fork" if workers and sys.platform == "linux"
                       else None)

@@ -23,14 +23,19 @@ def resolve_device(name: str, key: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed every RNG the training code touches and make kernels deterministic where they can
-    be. cuBLAS is deterministic only with a fixed workspace, read when its first handle is made
-    (so before any CUDA matmul); without it every matmul warns under deterministic mode."""
+def seed_everything(seed: int, device: torch.device | None = None) -> torch.Generator:
+    """Seed every RNG the training code touches and make kernels deterministic where that
+    costs little. On the CPU (the default) torch's deterministic mode: a run repeats exactly.
+    On CUDA only cuDNN's deterministic convolutions (and a fixed cuBLAS workspace, read when its
+    first handle is made): torch's deterministic mode would send torchvision's roi_align to a
+    pure-Python fallback that torch.compile builds in every process, slower and still not
+    repeatable (its backward and the decoders' upsampling add in an unordered way on a GPU)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    cuda = device is not None and device.type == "cuda"
+    torch.use_deterministic_algorithms(not cuda, warn_only=True)
+    torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     return torch.Generator().manual_seed(seed)

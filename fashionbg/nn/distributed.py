@@ -90,13 +90,20 @@ def wait_for_main(world: World) -> None:
         tdist.barrier(group=_main_wait[-1] if _main_wait else None)
 
 
-def per_rank_batch(batch_size: int, world: World, key: str) -> int:
+def per_rank_batch(batch_size: int, world: World, key: str, min_images: int = 1) -> int:
     """Each rank's share of the batch, so the effective batch (and the schedule's steps per
-    epoch) are those of one process."""
+    epoch) are those of one process; at least `min_images` (2 where batch norm normalises over
+    the images of a rank's batch: one image crashes DeepLabV3+'s pooled branch)."""
     if batch_size % world.size:
         raise UserError(f"{key} = {batch_size} must be divisible by the number of training "
                         f"processes ({world.size}, train.nproc)")
-    return batch_size // world.size
+    share = batch_size // world.size
+    if share < min_images:
+        raise UserError(f"{key} = {batch_size} gives each of the {world.size} training processes "
+                        f"(train.nproc) {share} image(s) per batch, and this model's batch norm "
+                        f"needs {min_images}: raise {key} to {min_images * world.size} or lower "
+                        "train.nproc")
+    return share
 
 
 def wrap(model: nn.Module, world: World, device: torch.device) -> nn.Module:

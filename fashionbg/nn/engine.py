@@ -25,20 +25,31 @@ from fashionbg.nn.distributed import SINGLE, World, all_sum, wait_for_main, wrap
 
 log = logging.getLogger(__name__)
 
-# (model, inputs, targets, device) -> (mean loss of the batch, counts to sum over the epoch)
-Step = Callable[[nn.Module, Any, Any, torch.device], tuple[torch.Tensor, dict[str, float]]]
+# (model, inputs, targets, device) -> (mean loss of the batch, counts to sum over the epoch);
+# counts are tensors on the device, summed there, so a step never waits for the GPU
+Step = Callable[[nn.Module, Any, Any, torch.device],
+                tuple[torch.Tensor, dict[str, torch.Tensor]]]
 Validate = Callable[[nn.Module], dict[str, float | None]]
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# Steps between the checks that the summed loss is finite: each check waits for the device.
+CHECK_EVERY = 50
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively (CUDA compute capability 8.0 or later).
+    torch's own check counts emulation as support by default, and emulated bf16 (V100, T4)
+    is several times slower than fp16 there."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def choose_amp_dtype(precision: str, device_type: str, bf16_supported: bool) -> torch.dtype | None:
     """The autocast dtype for `train.precision` (None = float32, no autocast). `auto`: bf16
-    where the card supports it (no loss scaling needed), else fp16 (with loss scaling); float32
-    on the CPU. A forced bf16 or fp16 holds on any device (CPU autocast has both), except bf16
-    on a card without it, which is a parameter error."""
+    where the card computes in it natively (no loss scaling needed), else fp16 (with loss
+    scaling); float32 on the CPU. A forced bf16 or fp16 holds on any device (CPU autocast has
+    both), except bf16 on a card without native bf16, which is a parameter error."""
     if precision not in PRECISIONS:
         raise ParamError("train.precision", precision, "one of " + ", ".join(PRECISIONS))
     if precision == "auto":
@@ -47,14 +58,29 @@ def choose_amp_dtype(precision: str, device_type: str, bf16_supported: bool) -> 
         return torch.bfloat16 if bf16_supported else torch.float16
     if precision == "bf16" and device_type == "cuda" and not bf16_supported:
         raise ParamError("train.precision", precision,
-                         "auto, fp16 or fp32: this GPU has no bf16 support")
+                         "auto, fp16 or fp32: this GPU has no native bf16 support "
+                         "(torch would emulate it, slower than fp16)")
     return DTYPES[precision]
 
 
 def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """choose_amp_dtype for this machine's `device`."""
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return choose_amp_dtype(precision, device.type, bf16)
+    return choose_amp_dtype(precision, device.type, native_bf16(device))
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """The precision a checkpoint records: bf16, fp16 or fp32 (no autocast)."""
+    return next(name for name, value in DTYPES.items() if value == dtype)
+
+
+def evaluation_dtype(trained: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype that scores a model trained in `trained` (dtype_name) on `device`:
+    its training's on CUDA, so a model trained in float32 is scored in float32; float32 on the
+    CPU, where mixed precision saves nothing; and float32 for a bf16 model on a card without
+    native bf16 (fp16's range may overflow activations that bf16 kept)."""
+    if device.type != "cuda" or (trained == "bf16" and not native_bf16(device)):
+        return None
+    return DTYPES[trained]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | str | None = "auto") -> torch.autocast:
@@ -112,30 +138,47 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, step: Step,
                     scaler: torch.amp.GradScaler, device: torch.device, epoch: int,
                     amp: torch.dtype | str | None = "auto") -> EpochStats:
     """One pass over `loader` with autocast in `amp` (see `autocast`), stepping the schedule
-    once per batch. `scaler` must be grad_scaler(device, amp): enabled for fp16 only."""
+    with every step the optimizer takes. `scaler` must be grad_scaler(device, amp): enabled for
+    fp16 only.
+
+    The loss and the step's counts are summed on the device and read once at the end (and the
+    loss checked for divergence every CHECK_EVERY steps), so the host queues steps without
+    waiting for the device; with fp16 the scaler itself still reads its inf check per step."""
     model.train()
-    total, seen = 0.0, 0
-    sums: dict[str, float] = {}
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    seen = 0
+    sums: dict[str, torch.Tensor] = {}
+    # GradScaler skips the optimizer's step on inf/nan gradients: the schedule follows the
+    # steps taken, not the batches, without asking the scaler (get_scale waits for the device)
+    follow = optimizer.register_step_post_hook(lambda *_: scheduler.step())
     start = time.perf_counter()
-    for inputs, targets in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
-        with autocast(device, amp):
-            loss, counts = step(model, inputs, targets, device)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise UserError(f"training diverged at epoch {epoch} (loss {value}); "
-                            "try a lower learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scale = scaler.get_scale()              # 1.0 when loss scaling is off
-        scaler.step(optimizer)                  # unscales first; skipped on inf/nan gradients
-        scaler.update()
-        if scaler.get_scale() >= scale:         # a skipped step lowers the scale: the schedule
-            scheduler.step()                    # follows the optimizer's steps, not the batches
-        total += value * len(inputs)
-        seen += len(inputs)
-        for key, count in counts.items():
-            sums[key] = sums.get(key, 0.0) + count
-    return EpochStats(total / max(seen, 1), sums, seen, time.perf_counter() - start)
+    try:
+        for index, (inputs, targets) in enumerate(
+                tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None), start=1):
+            with autocast(device, amp):
+                loss, counts = step(model, inputs, targets, device)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)              # unscales first; skipped on inf/nan gradients
+            scaler.update()
+            total += loss.detach() * len(inputs)
+            seen += len(inputs)
+            for key, count in counts.items():
+                sums[key] = sums.get(key, 0) + count.detach()
+            if index % CHECK_EVERY == 0:
+                check_finite(total, seen, epoch)
+    finally:
+        follow.remove()
+    check_finite(total, seen, epoch)
+    return EpochStats(float(total) / max(seen, 1), {k: float(v) for k, v in sums.items()},
+                      seen, time.perf_counter() - start)
+
+
+def check_finite(total: torch.Tensor, seen: int, epoch: int) -> None:
+    """Stop a diverged run: a non-finite loss makes the summed loss non-finite for good."""
+    if not torch.isfinite(total):
+        raise UserError(f"training diverged at epoch {epoch} (loss {float(total) / max(seen, 1)}"
+                        "); try a lower learning rate")
 
 
 @dataclass
@@ -207,7 +250,9 @@ def fit(model: nn.Module, loader: DataLoader, step: Step, validate: Validate | N
             logged = {"train/loss": epoch_stats.loss,
                       **{f"train/{k}": v / max(epoch_stats.images, 1)
                          for k, v in epoch_stats.sums.items()}}
+            started = time.perf_counter()
             val = validate(model) if validate is not None else {}
+            validation_seconds = time.perf_counter() - started
             logged.update({f"val/{k}": v for k, v in val.items() if v is not None})
             for name, value in logged.items():
                 live.log_metric(name, round(float(value), 4))
@@ -215,9 +260,9 @@ def fit(model: nn.Module, loader: DataLoader, step: Step, validate: Validate | N
             if validate is None or (score is not None and
                                     (best_score is None or score > best_score)):
                 best_epoch, best_score, best_state = epoch, score, cpu_state(model)
-            log.info("epoch %d/%d: %s | %.1f images/s", epoch, epochs,
-                     " ".join(f"{k} {v:.4f}" for k, v in logged.items()),
-                     epoch_stats.images_per_second)
+            log.info("epoch %d/%d: %s | %.1f images/s | training %.1f s, validation %.1f s",
+                     epoch, epochs, " ".join(f"{k} {v:.4f}" for k, v in logged.items()),
+                     epoch_stats.images_per_second, epoch_stats.seconds, validation_seconds)
             live.next_step()
         wait_for_main(world)     # the other ranks wait here while rank 0 validates
     if not world.is_main:

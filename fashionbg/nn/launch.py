@@ -63,9 +63,9 @@ class TrainingRun:
     augment_on_device: bool         # train.augment_on: device
     amp: torch.dtype | None         # train.precision on this device: autocast dtype, None = fp32
 
-    def batch_size(self, batch_size: int, key: str) -> int:
-        """This process's share of the task's batch size."""
-        return per_rank_batch(batch_size, self.world, key)
+    def batch_size(self, batch_size: int, key: str, min_images: int = 1) -> int:
+        """This process's share of the task's batch size (at least `min_images`)."""
+        return per_rank_batch(batch_size, self.world, key, min_images)
 
     def place(self, model: nn.Module) -> nn.Module:
         # Module.to takes device and memory_format together; no overload of its stub does
@@ -102,7 +102,7 @@ def training_run(params: dict[str, Any], device: str, device_key: str, seed: int
     with process_group(world, resolve_device(device, device_key)) as rank_device:
         yield TrainingRun(world, rank_device,
                           training_options(train.workers, rank_device, world, seed),
-                          train.memory_format, seed_everything(seed + world.rank),
+                          train.memory_format, seed_everything(seed + world.rank, rank_device),
                           train.augment_on == "device",
                           amp_dtype(rank_device, train.precision))
 

@@ -25,6 +25,7 @@ class Task(Protocol):
     class_names: list[str]
     image_size: tuple[int, int]    # height, width
     min_train_images: int
+    min_rank_batch: int            # images each training process needs per batch (batch norm)
 
     @property
     def model_name(self) -> str:
@@ -48,8 +49,10 @@ class Task(Protocol):
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer: ...
 
-    def validator(self, loader: DataLoader, device: torch.device) -> Validate:
-        """The validation metrics of the curves; the key metric selects the epoch kept."""
+    def validator(self, loader: DataLoader, device: torch.device, amp: torch.dtype | None
+                  ) -> Validate:
+        """The validation metrics of the curves, in the training's autocast `amp`; the key
+        metric selects the epoch kept."""
 
 
 def restore_model(task: Task, checkpoint: Checkpoint, device: torch.device

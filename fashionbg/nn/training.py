@@ -7,8 +7,9 @@ from typing import Any, Protocol
 from fashionbg.core import paths
 from fashionbg.core.errors import UserError
 from fashionbg.nn.checkpoint import Checkpoint, save_checkpoint
+from fashionbg.nn.data import validation_options
 from fashionbg.nn.distributed import main_live
-from fashionbg.nn.engine import fit
+from fashionbg.nn.engine import dtype_name, fit
 from fashionbg.nn.launch import TrainingRun
 from fashionbg.nn.task import Task
 
@@ -40,10 +41,12 @@ def train_task(run: TrainingRun, task: Task, variant: str, config: TrainConfig) 
     model = run.place(task.build_model(load_weights=True))
     loader_augment, step = task.training(config.augment, run.augment_on_device)
     train_loader = task.loader(task.dataset(images, train_rows, loader_augment),
-                               run.batch_size(config.batch_size, spec.batch_size_key),
+                               run.batch_size(config.batch_size, spec.batch_size_key,
+                                              task.min_rank_batch),
                                run.generator, run.loader)
     validate = (task.validator(task.loader(task.dataset(images, val_rows), config.batch_size,
-                                           options=run.loader), run.device)
+                                           options=validation_options(run.loader)),
+                                run.device, run.amp)
                 if len(val_rows) and run.world.is_main else None)
     log.info("%s: %s on %s (%d train, %d val images of %s) on %s, %d process(es); classes: %s",
              spec.name, task.model_name, variant, len(train_rows), len(val_rows),
@@ -55,6 +58,7 @@ def train_task(run: TrainingRun, task: Task, variant: str, config: TrainConfig) 
     if run.world.is_main:
         save_checkpoint(spec.checkpoint, Checkpoint(
             task=spec.name, variant=variant, config=config.to_dict(), classes=task.class_names,
-            image_size=list(task.image_size), epoch=result.best_epoch, model=result.state))
+            image_size=list(task.image_size), epoch=result.best_epoch,
+            precision=dtype_name(run.amp), model=result.state))
         log.info("kept epoch %d (val %s %s); wrote %s", result.best_epoch, spec.key_metric,
                  result.best_score, spec.checkpoint)

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from scipy import ndimage
 
@@ -77,46 +78,69 @@ class ComponentTargets:
 
 
 class CocoTargets:
+    """Instances of COCO annotations, held as numpy arrays: each kept annotation's compressed
+    RLE in one byte buffer, its label, and each row's range of annotations. Forked loader
+    workers read these pages without writing to them, whereas pycocotools' dicts and polygon
+    lists would be copied into every worker as reading them updates their reference counts."""
+
     source = "coco"
 
     def __init__(self, path: Path, row_paths: list[str], size: tuple[int, int],
                  wanted: tuple[str, ...] | None, min_area: int) -> None:
         try:
             with contextlib.redirect_stdout(io.StringIO()):   # pycocotools prints progress
-                self.coco = COCO(str(path))
+                coco = COCO(str(path))
         except (OSError, ValueError, KeyError, TypeError, AssertionError) as err:
             raise UserError(f"{path} is not a readable COCO annotation file: {err}") from err
-        categories = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
+        categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
         names = [c["name"] for c in categories]
         self.class_names = select_instance_classes(wanted, names)
-        self.label_of = {c["id"]: self.class_names.index(c["name"]) + 1
-                         for c in categories if c["name"] in self.class_names}
-        by_file = {image["file_name"]: image["id"] for image in self.coco.dataset["images"]}
-        self.image_ids = [by_file.get(p) for p in row_paths]
-        if row_paths and all(i is None for i in self.image_ids):
+        label_of = {c["id"]: self.class_names.index(c["name"]) + 1
+                    for c in categories if c["name"] in self.class_names}
+        by_file = {image["file_name"]: image["id"] for image in coco.dataset["images"]}
+        image_ids = [by_file.get(p) for p in row_paths]
+        if row_paths and all(i is None for i in image_ids):
             raise UserError(f"no image in {path} has a file_name matching the prepared rows "
                             f"(e.g. {row_paths[0]!r})")
+        self.covered = np.array([i is not None for i in image_ids], bool)
+        self.full_size = np.zeros((len(row_paths), 2), np.int64)    # the photo's height, width
+        counts: list[bytes] = []
+        labels: list[int] = []
+        starts = [0]
+        for row, image_id in enumerate(image_ids):
+            if image_id is not None:
+                image = coco.imgs[image_id]
+                self.full_size[row] = image["height"], image["width"]
+                for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id],
+                                                        catIds=list(label_of))):
+                    if ann.get("iscrowd", 0):   # crowd regions are "ignore" areas, not objects
+                        continue
+                    rle = coco.annToRLE(ann)["counts"]    # str where the file had one
+                    counts.append(rle.encode() if isinstance(rle, str) else rle)
+                    labels.append(label_of[ann["category_id"]])
+            starts.append(len(labels))
+        self.row_start = np.asarray(starts, np.int64)
+        self.labels = np.asarray(labels, np.int64)
+        self.rle_start = np.cumsum([0, *map(len, counts)], dtype=np.int64)
+        self.rles = np.frombuffer(b"".join(counts), np.uint8)
         self.size = size
         self.min_area = min_area
 
     def has_truth(self, row: int) -> bool:
-        return self.image_ids[row] is not None
+        return bool(self.covered[row])
 
     def __call__(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         height, width = self.size
         found: list[np.ndarray] = []
         labels: list[int] = []
-        image_id = self.image_ids[row]
-        if image_id is not None:
-            ann_ids = self.coco.getAnnIds(imgIds=[image_id], catIds=list(self.label_of))
-            for ann in self.coco.loadAnns(ann_ids):
-                if ann.get("iscrowd", 0):   # crowd regions are "ignore" areas, not objects
-                    continue
-                full = Image.fromarray(self.coco.annToMask(ann) * 255)
-                small = np.asarray(full.resize((width, height), Image.Resampling.NEAREST)) > 127
-                if small.sum() >= self.min_area:
-                    found.append(small)
-                    labels.append(self.label_of[ann["category_id"]])
+        full_size = self.full_size[row].tolist()
+        for ann in range(self.row_start[row], self.row_start[row + 1]):
+            counts = self.rles[self.rle_start[ann]:self.rle_start[ann + 1]].tobytes()
+            full = Image.fromarray(mask_utils.decode({"size": full_size, "counts": counts}) * 255)
+            small = np.asarray(full.resize((width, height), Image.Resampling.NEAREST)) > 127
+            if small.sum() >= self.min_area:
+                found.append(small)
+                labels.append(int(self.labels[ann]))
         if not found:
             return np.zeros((0, height, width), bool), np.zeros(0, np.int64)
         return np.stack(found), np.asarray(labels, np.int64)

@@ -72,20 +72,33 @@ def _mean(values: torch.Tensor) -> float | None:
     return _num(values.mean()) if len(values) else None
 
 
-def instance_metric() -> MeanAveragePrecision:
-    """Scores what this process saw: under torchrun rank 0 validates alone, so torchmetrics
-    must not wait for the other ranks to sync."""
-    return MeanAveragePrecision(iou_type=("bbox", "segm"), class_metrics=True,
+def instance_metric(final: bool = True) -> MeanAveragePrecision:
+    """Box and mask AP, with per-class AP for the evaluation stage (`final`) only: validation
+    every epoch would rerun COCO's evaluation once per class. (Box AP stays in validation:
+    torchmetrics scores masks alone as -1, not 0, while the model detects nothing.) Scores what
+    this process saw: under torchrun rank 0 validates alone, so torchmetrics must not wait for
+    the other ranks to sync."""
+    return MeanAveragePrecision(iou_type=("bbox", "segm"), class_metrics=final,
                                 backend="pycocotools", sync_on_compute=False)
 
 
+def _ap(result: dict[str, torch.Tensor], key: str) -> float | None:
+    value = float(result[key])
+    return None if value < 0 else round(value, 6)
+
+
+def validation_mask_ap(metric: MeanAveragePrecision) -> float | None:
+    """Mask AP of an instance_metric(final=False)."""
+    return _ap(metric.compute(), "segm_map")
+
+
 def summarize_instances(metric: MeanAveragePrecision, class_names: list[str]) -> dict[str, Any]:
-    """COCO AP figures; -1 (torchmetrics' "no ground truth") becomes None."""
+    """COCO AP figures of an instance_metric(); -1 (torchmetrics' "no ground truth") becomes
+    None."""
     result = metric.compute()
 
     def value(key: str) -> float | None:
-        v = float(result[key])
-        return None if v < 0 else round(v, 6)
+        return _ap(result, key)
 
     per_class: dict[str, float | None] = {name: None for name in class_names}
     classes = result["classes"].flatten().tolist()

@@ -21,6 +21,7 @@ from timm.layers import freeze_batch_norm_2d
 from timm.models import FeatureInfo
 from torch import nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
@@ -197,9 +198,26 @@ BACKBONES: dict[str, Callable[[bool, bool], nn.Module]] = {
 }
 
 
+class Float32BoxCoder(BoxCoder):
+    """torchvision's box coder, decoding in float32 whatever autocast made of the regression:
+    its decode casts the reference boxes (anchors, proposals) to the regression's dtype, and
+    bf16 keeps 8 significant bits, so a coordinate near 500 px moves by up to 2 px."""
+
+    def decode_single(self, rel_codes: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(rel_codes.device.type, enabled=False):
+            return super().decode_single(rel_codes.float(), boxes.float())
+
+
 class Uint8MaskRCNN(MaskRCNN):
     """Mask R-CNN fed uint8 images like every other model: its transform normalises float
-    images with image_mean/std, given here on the 0..255 scale."""
+    images with image_mean/std, given here on the 0..255 scale. Proposals and detections are
+    decoded in float32 under mixed precision (Float32BoxCoder)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for stage in (self.rpn, self.roi_heads):
+            coder = stage.box_coder
+            stage.box_coder = Float32BoxCoder(coder.weights, coder.bbox_xform_clip)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> Any:
         return super().forward([image.float() for image in images], targets)

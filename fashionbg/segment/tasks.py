@@ -32,6 +32,7 @@ from fashionbg.segment.engine import (
     evaluate_semantic,
     instance_step,
     semantic_step,
+    validate_instances,
 )
 from fashionbg.segment.instances import instance_targets
 from fashionbg.segment.models import build_instance, build_semantic
@@ -44,6 +45,9 @@ class SemanticTask:
     spec = SPECS["semantic"]
     step: Step = staticmethod(semantic_step)
     min_train_images = 2
+    # every model's batch norm pools over a rank's images somewhere (DeepLabV3+'s ASPP branch
+    # has one value per channel and image): one image per process crashes it
+    min_rank_batch = 2
 
     def __init__(self, config: SegmentConfig, prepared: Prepared) -> None:
         if prepared.masks is None:
@@ -81,12 +85,14 @@ class SemanticTask:
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return segment_optimizer(self.config, model)
 
-    def validator(self, loader: DataLoader, device: torch.device) -> Validate:
-        return key_metric_validator(self, loader, device)
+    def validator(self, loader: DataLoader, device: torch.device, amp: torch.dtype | None
+                  ) -> Validate:
+        return key_metric_validator(self, loader, device, amp)
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device,
-                 per_image: list | None = None) -> dict[str, Any]:
-        return evaluate_semantic(model, loader, device, self.class_names, per_image)
+                 per_image: list | None = None, amp: torch.dtype | None = None
+                 ) -> dict[str, Any]:
+        return evaluate_semantic(model, loader, device, self.class_names, per_image, amp)
 
     def keeps_per_image(self, own_images: bool) -> bool:
         """Whether the evaluation keeps per-image terms of these test images: the study
@@ -108,6 +114,7 @@ class InstanceTask:
     spec = SPECS["instance"]
     step: Step = staticmethod(instance_step)
     min_train_images = 2
+    min_rank_batch = 1     # its heads' batch norm normalises over the regions of the images
 
     def __init__(self, config: SegmentConfig, prepared: Prepared, raw_dir: Path) -> None:
         self.config, self.prepared = config, prepared
@@ -146,14 +153,18 @@ class InstanceTask:
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return segment_optimizer(self.config, model)
 
-    def validator(self, loader: DataLoader, device: torch.device) -> Validate:
-        return key_metric_validator(self, loader, device)
+    def validator(self, loader: DataLoader, device: torch.device, amp: torch.dtype | None
+                  ) -> Validate:
+        """Mask AP without per-class AP, so validating costs little per epoch."""
+        key = self.spec.key_metric
+        return lambda model: {key: validate_instances(model, loader, device, amp)}
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device,
-                 per_image: list | None = None) -> dict[str, Any]:
+                 per_image: list | None = None, amp: torch.dtype | None = None
+                 ) -> dict[str, Any]:
         """`per_image` receives each image's detections and ground truth (mask AP does not
         split into per-image terms, but can be recomputed on any set of images)."""
-        return evaluate_instances(model, loader, device, self.class_names[1:], per_image)
+        return evaluate_instances(model, loader, device, self.class_names[1:], per_image, amp)
 
     def keeps_per_image(self, own_images: bool) -> bool:
         """Detections of the model's own test images only: the study resamples those."""
@@ -186,11 +197,13 @@ def segment_optimizer(config: SegmentConfig, model: nn.Module) -> torch.optim.Op
     return torch.optim.AdamW(trainable, lr=config.task_lr, weight_decay=config.weight_decay)
 
 
-def key_metric_validator(task: Task, loader: DataLoader, device: torch.device) -> Validate:
-    """The task's key metric on the validation loader, for the curves and model selection."""
+def key_metric_validator(task: SemanticTask, loader: DataLoader, device: torch.device,
+                         amp: torch.dtype | None) -> Validate:
+    """The task's key metric on the validation loader in the training's autocast `amp`, for the
+    curves and model selection."""
     key = task.spec.key_metric
 
     def validate(model: nn.Module) -> dict[str, float | None]:
-        return {key: task.evaluate(model, loader, device)[key]}
+        return {key: task.evaluate(model, loader, device, amp=amp)[key]}
 
     return validate
