@@ -41,6 +41,8 @@ import numpy as np
 import torch
 import yaml
 
+from fashionbg.nn.engine import native_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "tests"))     # test_segment_train's synthetic figures
 REPORT = ROOT / "reports" / "gpu_check.md"
@@ -593,12 +595,6 @@ def loop_row(root: Path, device: str, images: int) -> Row:
                "; ".join(notes) + f" (goal >= {LOOP_GOAL} on CUDA)")
 
 
-def native_bf16() -> bool:
-    """bf16 where the card computes it natively (Ampere and later), not emulated (V100, T4)."""
-    # the integrator may point this at fashionbg.nn's bf16 chooser
-    return torch.cuda.is_bf16_supported(including_emulation=False)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rehearse", action="store_true",
@@ -612,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         print(NO_CUDA)
         return 0
     device = "cuda" if cuda else "cpu"
-    bf16 = native_bf16() if cuda else True     # CPU autocast has bf16
+    bf16 = native_bf16(torch.device("cuda")) if cuda else True     # CPU autocast has bf16
     title = (f"gpu-check: {seen.torch_gpus} x {torch.cuda.get_device_name()}" if cuda
              else "gpu-check REHEARSAL on the CPU (proves nothing about CUDA)"
              if args.rehearse else "gpu-check: no GPU torch can use")

@@ -182,4 +182,4 @@ def test_bf16_rows_only_where_the_card_has_native_bf16(monkeypatch):
     """A V100 or T4 emulates bf16, which torch counts as support unless told not to."""
     monkeypatch.setattr(torch.cuda, "is_bf16_supported",
                         lambda including_emulation=True: including_emulation)
-    assert not gpu_check.native_bf16()
+    assert not gpu_check.native_bf16(torch.device("cuda"))
