@@ -3,7 +3,9 @@ every case run in this process (no torch import per case): exit 2 with one `erro
 exit 0 only where the table allows it (bad files quarantined, the rest goes on), nothing
 written beside the project and no code run from the data. The cases the table runs under a
 file-size limit or on two processes need a subprocess of their own: test_trust and
-test_launch keep those promises."""
+test_launch keep those promises. The study commands and make targets of the table
+(bad_inputs.COMMANDS) are not stages: test_trust, test_study_inputs and test_preflight run
+them as users do."""
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +22,8 @@ SUBPROCESS_ONLY = set(bad_inputs.FILE_SIZE_LIMIT) | {
 # remove_background's cases load the real U²-Net weights: those are slow (tests/conftest.py).
 CASES = [pytest.param(name, stage, setup, id=f"{stage}: {name}",
                       marks=[pytest.mark.slow] if stage == "remove_background" else [])
-         for name, stage, setup in bad_inputs.CASES if name not in SUBPROCESS_ONLY]
+         for name, stage, setup in bad_inputs.CASES
+         if name not in SUBPROCESS_ONLY and stage not in bad_inputs.COMMANDS]
 
 
 @pytest.mark.parametrize("name, stage, setup", CASES)
