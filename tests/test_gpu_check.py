@@ -120,6 +120,24 @@ def test_fp16_is_forced_and_checked_in_the_stage_log_and_bf16_only_where_support
     assert "bf16 autocast" not in {v.label for v in gpu_check.training_variants(bf16=False)}
 
 
+def test_training_rows_fail_when_the_model_input_is_not_what_they_asked():
+    """The `model input` line the engine logs at the first batch, read against each row."""
+    line = "INFO fashionbg.nn.engine: model input: {} on cuda:0; augmentation standard {}\n"
+    last = gpu_check.asked_input({"channels_last": True}, "cuda")
+    on_device = gpu_check.asked_input({"augment_on": "device"}, "cuda")
+    assert gpu_check.input_problems(line.format("channels_last", "in the loader"), last) == []
+    assert gpu_check.input_problems(line.format("contiguous", "on cuda:0"), on_device) == []
+    assert gpu_check.input_problems(line.format("contiguous", "in the loader"), last) == [
+        "model input contiguous, not channels_last"]
+    assert gpu_check.input_problems(line.format("contiguous", "in the loader"), on_device) == [
+        "augmentation standard in the loader, not on cuda"]
+    assert gpu_check.input_problems(line.format("contiguous", "on cuda:0"),
+                                    gpu_check.ModelInput("cpu", augment="on cpu")) == [
+        "model input on cuda:0, not cpu", "augmentation standard on cuda:0, not on cpu"]
+    assert gpu_check.input_problems("precision: bf16 autocast on cuda", last) == [
+        "log lacks its 'model input' line"]
+
+
 H100 = ["GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"]
 
 
