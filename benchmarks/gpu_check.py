@@ -13,7 +13,9 @@ provider checked; both training stages (classifier, semantic segmenter) with bf1
 train.precision, and checked in the stage's own log), channels_last and train.augment_on:
 device (every training row reads the stage's `model input` line: the layout, device and place
 of augmentation its first batch really had); the instance segmenter once; DDP with NCCL over
-every visible GPU (skipped on one GPU; NCCL's own log must show it ran); and each evaluation
+every visible GPU (skipped on one GPU; NCCL's own log must show it ran), and for the classifier
+its rate against one process at the same batch per process (DDP_GOAL: at least 0.8 N on N
+GPUs; on the CPU rehearsal a figure only); and each evaluation
 stage on CUDA against the same checkpoint evaluated on the CPU (CLASSIFY_EVAL, SEGMENT_EVAL).
 Training and evaluation rows run the stages themselves in temporary projects over synthetic
 figures, as `dvc repro` would (run_stage starts them; they launch their own DDP processes).
@@ -290,14 +292,15 @@ def stage_summary(project: Path, stage: str) -> dict:
 
 
 def write_project(root: Path, device: str, processes: int, segment_task: str = "semantic",
-                  train: dict | None = None) -> Path:
-    """Synthetic figures with masks and two labels, original and rembg variants (train 8 per
-    DDP process, val 8, test 8), and params.yaml with small models on `device`."""
+                  train: dict | None = None, per_process: int = 8) -> Path:
+    """Synthetic figures with masks and two labels, original and rembg variants (train
+    `per_process` per DDP process, val 8, test 8), and params.yaml with small models on
+    `device`."""
     from test_segment_train import CLASSES, SEGMENT, figures
 
     from fashionbg.contracts.prepared import save_prepared
 
-    n_train = 8 * processes
+    n_train = per_process * processes
     count = n_train + 16
     images, masks, rembg = figures(count)
     splits = np.repeat([0, 1, 2], [n_train, 8, 8])
@@ -494,6 +497,22 @@ def guarded(label: str, make: Callable[[], Row]) -> Row:
         return Row(label, "fail", None, f"{type(err).__name__}: {err}"[:150])
 
 
+DDP_GOAL = 0.8       # DDP on N GPUs against one process, the same batch per process: >= 0.8 N
+DDP_IMAGES = 64      # classifier training images per process in both: 16 steps an epoch, a rate
+
+
+def ddp_speedup_row(label: str, ddp_row: Row, one: Row, device: str, ddp: int) -> Row:
+    """DDP's training rate against one process's (each with 4 images a step per process); a
+    verdict on CUDA only (the rehearsal's gloo processes share the CPU's cores)."""
+    if one.result != "pass" or not ddp_row.rate or not one.rate:
+        return Row(label, "fail", None, f"no rate: one process {one.result} ({one.note}), "
+                                        f"DDP {ddp_row.result}")
+    ratio = ddp_row.rate / one.rate
+    return Row(label, verdict(device != "cuda" or ratio >= DDP_GOAL * ddp), ddp_row.rate,
+               f"{ratio:.2f}x one process ({one.rate:.1f} images/s; goal >= "
+               f"{DDP_GOAL * ddp:.1f}x on CUDA)")
+
+
 def training_rows(rows: list[Row], root: Path, device: str, gpus: int, bf16: bool) -> None:
     """The training and evaluation rows, appended to `rows` as each finishes."""
     ddp = gpus if device == "cuda" else 2      # the rehearsal's DDP: 2 gloo processes
@@ -512,13 +531,21 @@ def training_rows(rows: list[Row], root: Path, device: str, gpus: int, bf16: boo
         if ddp < 2:
             rows.append(Row(f"{stage}, DDP ({backend})", "skipped", None, "skipped: 1 GPU"))
         else:
+            per_process = DDP_IMAGES if stage == "train_classifier" else 8
             project = write_project(root / stage / "ddp", device, processes,
-                                    train={"nproc": ddp})
+                                    train={"nproc": ddp}, per_process=per_process)
             label = f"{stage}, DDP {ddp} processes ({backend})"
             # NCCL's own log (NCCL_DEBUG=INFO) shows that NCCL, not another backend, ran
             nccl = "NCCL INFO" if device == "cuda" else ""
             rows.append(guarded(label, lambda: train_row(label, project, stage,
                                                          ModelInput(device), ddp, nccl)))
+            if stage == "train_classifier":
+                ddp_row = rows[-1]
+                one = write_project(root / stage / "one", device, 1, per_process=per_process)
+                label = f"{stage}, DDP {ddp} vs 1 process ({backend})"
+                rows.append(guarded(label, lambda: ddp_speedup_row(
+                    label, ddp_row, train_row(label, one, stage, ModelInput(device)), device,
+                    ddp)))
         label = f"{evaluate}, {device} vs cpu"
         rows.append(guarded(label, lambda: eval_row(label, checkpoint, evaluate, device, agree))
                     if checkpoint else
