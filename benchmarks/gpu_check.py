@@ -11,11 +11,14 @@ provider's (MASKS); rembg's throughput at 8 photos a call against one, every ONN
 provider checked; both training stages (classifier, semantic segmenter) with bf16 autocast
 (only where the card has it natively), fp16 autocast with loss scaling (forced through
 train.precision, and checked in the stage's own log), channels_last and train.augment_on:
-device; the instance segmenter once; DDP with NCCL over every visible GPU (skipped on one GPU;
-NCCL's own log must show it ran); and each evaluation stage on CUDA against the same checkpoint
-evaluated on the CPU (CLASSIFY_EVAL, SEGMENT_EVAL). Training and evaluation rows run the stages
-themselves in temporary projects over synthetic figures, as `dvc repro` would (run_stage starts
-them; they launch their own DDP processes).
+device (every training row reads the stage's `model input` line: the layout, device and place
+of augmentation its first batch really had); the instance segmenter once; DDP with NCCL over
+every visible GPU (skipped on one GPU; NCCL's own log must show it ran), and for the classifier
+its rate against one process at the same batch per process (DDP_GOAL: at least 0.8 N on N
+GPUs; on the CPU rehearsal a figure only); and each evaluation
+stage on CUDA against the same checkpoint evaluated on the CPU (CLASSIFY_EVAL, SEGMENT_EVAL).
+Training and evaluation rows run the stages themselves in temporary projects over synthetic
+figures, as `dvc repro` would (run_stage starts them; they launch their own DDP processes).
 
 Without CUDA and without NVIDIA devices it prints one line and exits 0; with NVIDIA devices that
 torch or ONNX Runtime cannot use it fails. --rehearse runs the same rows on the CPU instead (CPU
@@ -28,6 +31,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -288,14 +292,15 @@ def stage_summary(project: Path, stage: str) -> dict:
 
 
 def write_project(root: Path, device: str, processes: int, segment_task: str = "semantic",
-                  train: dict | None = None) -> Path:
-    """Synthetic figures with masks and two labels, original and rembg variants (train 8 per
-    DDP process, val 8, test 8), and params.yaml with small models on `device`."""
+                  train: dict | None = None, per_process: int = 8) -> Path:
+    """Synthetic figures with masks and two labels, original and rembg variants (train
+    `per_process` per DDP process, val 8, test 8), and params.yaml with small models on
+    `device`."""
     from test_segment_train import CLASSES, SEGMENT, figures
 
     from fashionbg.contracts.prepared import save_prepared
 
-    n_train = 8 * processes
+    n_train = per_process * processes
     count = n_train + 16
     images, masks, rembg = figures(count)
     splits = np.repeat([0, 1, 2], [n_train, 8, 8])
@@ -339,9 +344,42 @@ def training_variants(bf16: bool) -> list[Variant]:
     return rows
 
 
-def train_row(label: str, project: Path, stage: str, nproc: int = 1, expect: str = "") -> Row:
-    """Run a training stage and check it: exit 0, one kept epoch, a finite loss, and `expect`
-    in its log."""
+@dataclass(frozen=True)
+class ModelInput:
+    """What a training row asks of the batches its model receives, as the stage's `model
+    input` line (logged at the first batch) states them."""
+    device: str
+    layout: str = "contiguous"          # channels_last; list for Mask R-CNN (a list of images)
+    augment: str = "in the loader"      # "on <device>" with train.augment_on: device
+
+
+MODEL_INPUT = re.compile(r"model input: (\S+) on (\S+); augmentation (.+)")
+
+
+def asked_input(train: dict, device: str) -> ModelInput:
+    return ModelInput(device, "channels_last" if train.get("channels_last") else "contiguous",
+                      f"on {device}" if train.get("augment_on") == "device" else "in the loader")
+
+
+def input_problems(log: str, asked: ModelInput) -> list[str]:
+    """How the stage's `model input` line differs from what the row asked (cuda:1 is cuda)."""
+    seen = MODEL_INPUT.search(log)
+    if seen is None:
+        return ["log lacks its 'model input' line"]
+    layout, device, augment = seen.groups()
+    return [p for p, bad in ((f"model input {layout}, not {asked.layout}",
+                              layout != asked.layout),
+                             (f"model input on {device}, not {asked.device}",
+                              device.split(":")[0] != asked.device),
+                             (f"augmentation {augment}, not {asked.augment}",
+                              not augment.split(":")[0].endswith(asked.augment)))
+            if bad]
+
+
+def train_row(label: str, project: Path, stage: str, asked: ModelInput, nproc: int = 1,
+              expect: str = "") -> Row:
+    """Run a training stage and check it: exit 0, one kept epoch, a finite loss, `expect` in
+    its log, and its model input as `asked`."""
     try:
         result = run_stage(project, stage)
     except subprocess.TimeoutExpired:
@@ -357,7 +395,7 @@ def train_row(label: str, project: Path, stage: str, nproc: int = 1, expect: str
                                  (f"'kept epoch' logged {log.count('kept epoch')} times",
                                   log.count("kept epoch") != 1),
                                  (f"not {nproc} process(es)", f"{nproc} process(es)" not in log))
-                if bad]
+                if bad] + input_problems(log, asked)
     rate = summary.get("train_images_per_second")
     return Row(label, verdict(not problems), rate,
                "; ".join(problems) or f"train loss {loss:.3f}, {nproc} process(es)")
@@ -459,6 +497,22 @@ def guarded(label: str, make: Callable[[], Row]) -> Row:
         return Row(label, "fail", None, f"{type(err).__name__}: {err}"[:150])
 
 
+DDP_GOAL = 0.8       # DDP on N GPUs against one process, the same batch per process: >= 0.8 N
+DDP_IMAGES = 64      # classifier training images per process in both: 16 steps an epoch, a rate
+
+
+def ddp_speedup_row(label: str, ddp_row: Row, one: Row, device: str, ddp: int) -> Row:
+    """DDP's training rate against one process's (each with 4 images a step per process); a
+    verdict on CUDA only (the rehearsal's gloo processes share the CPU's cores)."""
+    if one.result != "pass" or not ddp_row.rate or not one.rate:
+        return Row(label, "fail", None, f"no rate: one process {one.result} ({one.note}), "
+                                        f"DDP {ddp_row.result}")
+    ratio = ddp_row.rate / one.rate
+    return Row(label, verdict(device != "cuda" or ratio >= DDP_GOAL * ddp), ddp_row.rate,
+               f"{ratio:.2f}x one process ({one.rate:.1f} images/s; goal >= "
+               f"{DDP_GOAL * ddp:.1f}x on CUDA)")
+
+
 def training_rows(rows: list[Row], root: Path, device: str, gpus: int, bf16: bool) -> None:
     """The training and evaluation rows, appended to `rows` as each finishes."""
     ddp = gpus if device == "cuda" else 2      # the rehearsal's DDP: 2 gloo processes
@@ -469,25 +523,37 @@ def training_rows(rows: list[Row], root: Path, device: str, gpus: int, bf16: boo
             project = write_project(root / stage / v.label.replace(" ", "_"), device, processes,
                                     train=v.train)
             label = f"{stage}, {v.label}"
-            rows.append(guarded(label, lambda: train_row(label, project, stage, 1, v.expect)))
+            asked = asked_input(v.train, device)
+            rows.append(guarded(label, lambda: train_row(label, project, stage, asked, 1,
+                                                         v.expect)))
             checkpoint = checkpoint or (project if rows[-1].result == "pass" else None)
         backend = "NCCL" if device == "cuda" else "gloo"
         if ddp < 2:
             rows.append(Row(f"{stage}, DDP ({backend})", "skipped", None, "skipped: 1 GPU"))
         else:
+            per_process = DDP_IMAGES if stage == "train_classifier" else 8
             project = write_project(root / stage / "ddp", device, processes,
-                                    train={"nproc": ddp})
+                                    train={"nproc": ddp}, per_process=per_process)
             label = f"{stage}, DDP {ddp} processes ({backend})"
             # NCCL's own log (NCCL_DEBUG=INFO) shows that NCCL, not another backend, ran
             nccl = "NCCL INFO" if device == "cuda" else ""
-            rows.append(guarded(label, lambda: train_row(label, project, stage, ddp, nccl)))
+            rows.append(guarded(label, lambda: train_row(label, project, stage,
+                                                         ModelInput(device), ddp, nccl)))
+            if stage == "train_classifier":
+                ddp_row = rows[-1]
+                one = write_project(root / stage / "one", device, 1, per_process=per_process)
+                label = f"{stage}, DDP {ddp} vs 1 process ({backend})"
+                rows.append(guarded(label, lambda: ddp_speedup_row(
+                    label, ddp_row, train_row(label, one, stage, ModelInput(device)), device,
+                    ddp)))
         label = f"{evaluate}, {device} vs cpu"
         rows.append(guarded(label, lambda: eval_row(label, checkpoint, evaluate, device, agree))
                     if checkpoint else
                     Row(label, "fail", None, "no checkpoint: every training row failed"))
     project = write_project(root / "instance", device, processes, "instance")
     label = "train_segmenter (instance), auto precision"
-    rows.append(guarded(label, lambda: train_row(label, project, "train_segmenter")))
+    rows.append(guarded(label, lambda: train_row(label, project, "train_segmenter",
+                                                 ModelInput(device, "list"))))
 
 
 # --- logits: the same seeded weights on the device and on the CPU -------------------------

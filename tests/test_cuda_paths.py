@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from fashionbg.background import sod
 from fashionbg.classify.engine import classify_step, validator
 from fashionbg.core.errors import ParamError, UserError
-from fashionbg.nn import distributed, engine
+from fashionbg.nn import device, distributed, engine
 from fashionbg.nn.checkpoint import Checkpoint
 from fashionbg.nn.data import (
     LoaderOptions,
@@ -365,6 +365,26 @@ def test_provider_fallback_is_a_warning_where_the_driver_lists_gpus(monkeypatch,
     record = caplog.records[-1]
     assert record.levelname == "WARNING" and "driver lists 1 NVIDIA GPU(s)" in record.message
     assert "make setup-gpu" in record.message
+
+
+@pytest.mark.parametrize("gpus, cuda_build, says", [
+    ([], "13.0", None),                                  # no GPU: the usual case, silent
+    (["GPU 0: NVIDIA H100 (UUID: x)"], None, "built without CUDA (a CPU wheel: make setup-gpu)"),
+    (["GPU 0: NVIDIA H100 (UUID: x)"], "13.0", "a driver older than CUDA 13.0 needs"),
+])
+def test_torch_auto_on_the_cpu_warns_where_the_driver_lists_gpus(monkeypatch, caplog, gpus,
+                                                                 cuda_build, says):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", cuda_build)
+    monkeypatch.setattr(device, "nvidia_devices", lambda: gpus)
+    with caplog.at_level(logging.INFO, logger=device.__name__):
+        assert device.resolve_device("auto", "classify.device") == torch.device("cpu")
+    if says is None:
+        assert not caplog.records
+        return
+    record, = caplog.records
+    assert record.levelname == "WARNING" and says in record.message
+    assert "classify.device = auto: the driver lists 1 NVIDIA GPU(s)" in record.message
 
 
 def test_installed_runtimes_is_one_onnxruntime_build():

@@ -1,4 +1,5 @@
 """The shared training engine, model-selection rule and checkpoint schema."""
+import logging
 import os
 import pickle
 
@@ -11,6 +12,7 @@ from fashionbg.core.errors import UserError
 from fashionbg.nn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fashionbg.nn.data import auto_workers
 from fashionbg.nn.distributed import SINGLE, World, per_rank_batch
+from fashionbg.nn import engine
 from fashionbg.nn.engine import EpochStats, fit, steady_throughput, warmup_cosine
 from fashionbg.nn.launch import training_run
 from fashionbg.segment.models import build_semantic
@@ -172,6 +174,28 @@ def test_training_run_places_the_model_and_picks_loader_workers(monkeypatch):
     assert auto_workers(torch.device("cuda"), SINGLE) == 8
     with pytest.raises(UserError, match="divisible"):
         per_rank_batch(30, World(rank=0, size=4, local_rank=0), "classify.batch_size")
+
+
+@pytest.mark.parametrize("channels_last, layout", [(True, "channels_last"),
+                                                    (False, "contiguous")])
+def test_the_model_gets_batches_in_its_layout_and_says_so_once(monkeypatch, caplog,
+                                                                channels_last, layout):
+    """What gpu_check reads: the layout the model really receives (a contiguous or a
+    channels-last batch comes in, as the loader or device augmentation makes it), its device,
+    and where augmentation ran, in one line at the first batch."""
+    params = {"train": {"nproc": 1, "workers": "auto", "channels_last": channels_last,
+                        "augment_on": "loader", "precision": "auto"}}
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with training_run(params, "cpu", "classify.device", 0) as run:
+        model = run.place(nn.Conv2d(3, 4, 3))
+    engine.log_first_input(model, "standard on cpu")
+    batch = torch.zeros(2, 3, 8, 6)     # first in the other layout than the model's
+    other = batch if channels_last else batch.contiguous(memory_format=torch.channels_last)
+    with caplog.at_level(logging.INFO, logger=engine.__name__):
+        model(other)
+        model(batch)
+    assert [r.message for r in caplog.records] == [
+        f"model input: {layout} on cpu; augmentation standard on cpu"]
 
 
 def test_batch_norm_models_get_two_images_per_process():

@@ -120,6 +120,37 @@ def test_fp16_is_forced_and_checked_in_the_stage_log_and_bf16_only_where_support
     assert "bf16 autocast" not in {v.label for v in gpu_check.training_variants(bf16=False)}
 
 
+def test_training_rows_fail_when_the_model_input_is_not_what_they_asked():
+    """The `model input` line the engine logs at the first batch, read against each row."""
+    line = "INFO fashionbg.nn.engine: model input: {} on cuda:0; augmentation standard {}\n"
+    last = gpu_check.asked_input({"channels_last": True}, "cuda")
+    on_device = gpu_check.asked_input({"augment_on": "device"}, "cuda")
+    assert gpu_check.input_problems(line.format("channels_last", "in the loader"), last) == []
+    assert gpu_check.input_problems(line.format("contiguous", "on cuda:0"), on_device) == []
+    assert gpu_check.input_problems(line.format("contiguous", "in the loader"), last) == [
+        "model input contiguous, not channels_last"]
+    assert gpu_check.input_problems(line.format("contiguous", "in the loader"), on_device) == [
+        "augmentation standard in the loader, not on cuda"]
+    assert gpu_check.input_problems(line.format("contiguous", "on cuda:0"),
+                                    gpu_check.ModelInput("cpu", augment="on cpu")) == [
+        "model input on cuda:0, not cpu", "augmentation standard on cuda:0, not on cpu"]
+    assert gpu_check.input_problems("precision: bf16 autocast on cuda", last) == [
+        "log lacks its 'model input' line"]
+
+
+def test_the_ddp_row_wants_0_8_n_times_one_process_on_cuda_only():
+    ddp = Row("ddp", "pass", 2.0 * 8 * 0.79)
+    one = Row("one", "pass", 2.0)
+    on_cuda = gpu_check.ddp_speedup_row("x", ddp, one, "cuda", 8)
+    assert (on_cuda.result, on_cuda.rate) == ("fail", ddp.rate)
+    assert on_cuda.note.startswith("6.32x one process (2.0 images/s; goal >= 6.4x on CUDA)")
+    assert gpu_check.ddp_speedup_row("x", Row("ddp", "pass", 2.0 * 8 * 0.81), one, "cuda",
+                                     8).result == "pass"
+    assert gpu_check.ddp_speedup_row("x", ddp, one, "cpu", 8).result == "pass"   # a figure
+    assert gpu_check.ddp_speedup_row("x", ddp, Row("one", "fail", None, "boom"), "cpu",
+                                     8).result == "fail"
+
+
 H100 = ["GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"]
 
 
@@ -172,7 +203,8 @@ def test_the_rehearsal_runs_every_row_on_the_cpu_and_passes(u2netp_home):
     for expected in ("devices", "remove_background stage on cpu",
                      "rembg on cpu, batch 2 vs 1 per call", "logits on cpu vs cpu, seeded models",
                      "training loop vs compute alone on cpu",
-                     "train_classifier, DDP 2 processes (gloo)", "evaluate_segmenter, cpu vs cpu",
+                     "train_classifier, DDP 2 processes (gloo)",
+                     "train_classifier, DDP 2 vs 1 process (gloo)", "evaluate_segmenter, cpu vs cpu",
                      "train_segmenter (instance), auto precision"):
         assert expected in paths, result.stdout
     assert result.stdout.rstrip().endswith("all passed")

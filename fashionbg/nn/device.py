@@ -1,6 +1,7 @@
 """Device choice and seeding shared by every stage that runs a network."""
 from __future__ import annotations
 
+import logging
 import os
 import random
 
@@ -8,6 +9,9 @@ import numpy as np
 import torch
 
 from fashionbg.core.errors import ParamError
+from fashionbg.core.nvidia import nvidia_devices
+
+log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -17,10 +21,27 @@ def resolve_device(name: str, key: str) -> torch.device:
     if name not in DEVICES:
         raise ParamError(key, name, "one of " + ", ".join(DEVICES))
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        warn_unused_gpus(key)
+        return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ParamError(key, name, "auto or cpu: this machine has no CUDA device")
     return torch.device(name)
+
+
+def warn_unused_gpus(key: str) -> None:
+    """`auto` on the CPU is the usual case, but not where the driver lists GPUs torch cannot
+    use: hours of training on the CPU would otherwise pass unnoticed."""
+    gpus = nvidia_devices()
+    if not gpus:
+        return
+    cuda = torch.version.cuda
+    why = ("this torch is built without CUDA (a CPU wheel: make setup-gpu)" if cuda is None else
+           f"this torch (CUDA {cuda}) finds no usable CUDA device: a driver older than "
+           f"CUDA {cuda} needs, or CUDA_VISIBLE_DEVICES hiding them")
+    log.warning("%s = auto: the driver lists %d NVIDIA GPU(s), but %s; running on the CPU",
+                key, len(gpus), why)
 
 
 def seed_everything(seed: int, device: torch.device | None = None) -> torch.Generator:

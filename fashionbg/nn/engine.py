@@ -106,6 +106,40 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return f"{name} autocast" + (" with loss scaling" if dtype == torch.float16 else "")
 
 
+def memory_format_name(x: torch.Tensor) -> str:
+    """The layout of a batch, as train.channels_last names them."""
+    if x.is_contiguous():
+        return "contiguous"
+    return "channels_last" if x.is_contiguous(memory_format=torch.channels_last) else "strided"
+
+
+def inputs_in(memory_format: torch.memory_format) -> Callable[[nn.Module, tuple], tuple | None]:
+    """A forward pre-hook giving the model its image batch in `memory_format`, the layout of
+    its weights: the loader collates contiguous batches (and device augmentation stacks
+    channels-last ones), which each convolution would otherwise convert itself."""
+    def convert(module: nn.Module, args: tuple) -> tuple | None:
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+            return (args[0].contiguous(memory_format=memory_format), *args[1:])
+        return None
+
+    return convert
+
+
+def log_first_input(model: nn.Module, augmentation: str) -> None:
+    """Say once, at the first batch, what the model really receives and where it was augmented:
+    the line gpu_check reads to see that channels_last and train.augment_on took effect."""
+    def first(module: nn.Module, args: tuple) -> None:
+        handle.remove()
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor):
+            layout, where = memory_format_name(x), str(x.device)
+        else:                           # Mask R-CNN takes a list of images
+            layout, where = "list", str(x[0].device) if x else "nowhere"
+        log.info("model input: %s on %s; augmentation %s", layout, where, augmentation)
+
+    handle = model.register_forward_pre_hook(first)
+
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int
                   ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over the first tenth (at most 100 steps), then cosine decay to zero;

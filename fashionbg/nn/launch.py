@@ -36,7 +36,7 @@ from fashionbg.core.errors import UserError
 from fashionbg.nn.data import LoaderOptions, training_options
 from fashionbg.nn.device import resolve_device, seed_everything
 from fashionbg.nn.distributed import World, per_rank_batch, process_group, world_from_env
-from fashionbg.nn.engine import amp_dtype
+from fashionbg.nn.engine import amp_dtype, inputs_in
 from fashionbg.nn.params import read_train
 
 # Set by torchrun and by our launcher in every worker: such a process is one rank of a job.
@@ -69,8 +69,10 @@ class TrainingRun:
 
     def place(self, model: nn.Module) -> nn.Module:
         # Module.to takes device and memory_format together; no overload of its stub does
-        return model.to(  # type: ignore[call-overload]
+        model = model.to(  # type: ignore[call-overload]
             self.device, memory_format=self.memory_format)
+        model.register_forward_pre_hook(inputs_in(self.memory_format))
+        return model
 
 
 def run_training(module: str, params: dict[str, Any], device: str, device_key: str, seed: int,

@@ -9,7 +9,7 @@ from fashionbg.core.errors import UserError
 from fashionbg.nn.checkpoint import Checkpoint, save_checkpoint
 from fashionbg.nn.data import validation_options
 from fashionbg.nn.distributed import main_live
-from fashionbg.nn.engine import dtype_name, fit
+from fashionbg.nn.engine import dtype_name, fit, log_first_input
 from fashionbg.nn.launch import TrainingRun
 from fashionbg.nn.task import Task
 
@@ -40,6 +40,10 @@ def train_task(run: TrainingRun, task: Task, variant: str, config: TrainConfig) 
     images = task.prepared.images
     model = run.place(task.build_model(load_weights=True))
     loader_augment, step = task.training(config.augment, run.augment_on_device)
+    if run.world.is_main:
+        log_first_input(model, "none" if config.augment == "none" else
+                        f"{config.augment} in the loader" if loader_augment != "none" else
+                        f"{config.augment} on {run.device}")
     train_loader = task.loader(task.dataset(images, train_rows, loader_augment),
                                run.batch_size(config.batch_size, spec.batch_size_key,
                                               task.min_rank_batch),
