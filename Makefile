@@ -78,7 +78,7 @@ browser:
 # DVC exits 0 when a folder output could not be copied into its cache (a full disk): checked.
 repro: setup
 	dvc repro
-	$(PY) -m fashionbg.core.cache_check
+	$(PY) -m fashionbg.study.cache_check
 
 # Two workers (one per core on CI), the long end-to-end tests in two groups (tests/conftest.py).
 test: setup browser

@@ -138,7 +138,7 @@ def test_a_stage_killed_by_a_signal_is_a_lost_worker_end_to_end(tmp_path, how, l
     else:
         outcome = run_cell(job)
         assert outcome.ok == (how == "ok"), outcome.log
-        assert ("exited with 3" if how == "exit 3" else "-m fashionbg.core.cache_check"
+        assert ("exited with 3" if how == "exit 3" else "-m fashionbg.study.cache_check"
                 ) in outcome.log, outcome.log
     assert not list((tmp_path / "ws").iterdir())
 
