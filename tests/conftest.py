@@ -56,8 +56,8 @@ def tiny_baseline(tmp_path_factory) -> Path:
 # listed here; a module that mixes marks its slow tests with @pytest.mark.slow; a test that
 # uses one of SLOW_FIXTURES (the real U²-Net, the tiny baseline) is slow wherever it is.
 SLOW_MODULES = {"test_bench_gpu", "test_distributed", "test_faults", "test_paper_smoke",
-                "test_pipeline_e2e", "test_study_e2e", "test_study_interrupt", "test_study_ray",
-                "test_study_upstream"}
+                "test_pipeline_e2e", "test_repro_e2e", "test_study_e2e", "test_study_interrupt",
+                "test_study_ray", "test_study_upstream"}
 SLOW_FIXTURES = {"u2netp_session", "u2netp_home", "tiny_baseline"}
 # `make test` runs on 2 pytest-xdist workers (--dist loadgroup). The long end-to-end modules
 # form two groups of about equal CPU time (docs/testing.md), so each worker runs one while the
@@ -66,7 +66,7 @@ SLOW_FIXTURES = {"u2netp_session", "u2netp_home", "tiny_baseline"}
 GROUPS = {"e2e-a": {"test_paper_smoke", "test_study_e2e", "test_distributed"},
           "e2e-b": {"test_study_ray", "test_readme", "test_pipeline_e2e", "test_faults",
                     "test_study_interrupt"},
-          "e2e-c": {"test_study_upstream", "test_gpu_check"}}
+          "e2e-c": {"test_study_upstream", "test_gpu_check", "test_repro_e2e"}}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -17,6 +17,7 @@ from fashionbg.background.sod import (
     SodOptions,
     batched_model,
     cache_key,
+    make_session,
     predict_alpha,
     providers,
     remove_backgrounds,
@@ -35,6 +36,23 @@ def test_weights_are_the_real_u2netp(u2netp_home):
     assert path.stat().st_size == 4_574_861
     assert md5sum(path) == MODELS["u2netp"].md5
     assert set(MODELS) == set(SOD_MODELS)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "byte_flipped"])
+def test_a_damaged_copy_of_the_weights_is_refused_in_one_line(tmp_path, u2netp_home, damage):
+    """A download cut short or a tampered file (same size, one byte changed) never reaches
+    onnxruntime: the session refuses it, naming the file and what to run."""
+    weights = bytearray((u2netp_home / "u2netp.onnx").read_bytes())
+    if damage == "truncated":
+        del weights[len(weights) // 2:]
+    else:
+        weights[len(weights) // 2] ^= 0xFF
+    (tmp_path / "u2netp.onnx").write_bytes(weights)
+    with pytest.raises(UserError) as refused:
+        make_session("u2netp", tmp_path)
+    message = str(refused.value)
+    assert "\n" not in message and str(tmp_path / "u2netp.onnx") in message
+    assert "not the expected" in message and "fetch_model" in message
 
 
 def test_u2netp_finds_the_astronaut(u2netp_session):

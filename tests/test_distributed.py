@@ -1,7 +1,16 @@
 """Both training stages with `train.nproc: 2` on the CPU (gloo), started as users start them
 (`dvc repro`, `python -m stages.<name>`): the stage launches two real worker processes, each
 rank trains its shard, rank 0 alone writes dvclive and a checkpoint that evaluates like a
-single-process one, and the launcher leaves no scratch behind (in the project or in TMPDIR)."""
+single-process one, and the launcher leaves no scratch behind (in the project or in TMPDIR).
+
+"Evaluates like" cannot mean equal weights: the two-process run shuffles with a
+DistributedSampler (not the single loader's generator) and normalises batch norm over each
+rank's half batch, so its weights differ from one process's by more than any useful tolerance.
+What both runs promise alike, and what is checked here for both: the checkpoint holds the
+weights of the epoch the model-selection rule picked on the WHOLE validation split, so scoring
+it again on that split in this process gives the best validation score dvclive logged (to its
+4 decimals). A rank 0 that validated its shard only, or saved another epoch's or rank's
+weights, fails it."""
 from __future__ import annotations
 
 import json
@@ -11,12 +20,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from helpers_project import copy_project, project_env
 from test_segment_train import CLASSES, SEGMENT, figures
 
-from fashionbg.contracts.prepared import save_prepared
-from fashionbg.nn.checkpoint import load_checkpoint
+from fashionbg.classify.params import ClassifyConfig
+from fashionbg.classify.task import ClassifyTask
+from fashionbg.contracts.prepared import load_prepared, save_prepared
+from fashionbg.nn.checkpoint import Checkpoint, load_checkpoint
+from fashionbg.nn.task import Task
+from fashionbg.segment.params import SegmentConfig
+from fashionbg.segment.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFY = {"arch": "shallow_cnn", "batchnorm": True, "pretrained": False, "augment": "standard",
@@ -75,6 +90,19 @@ def run(project: Path, *args: str, tmp: Path | None = None) -> subprocess.Comple
     return result
 
 
+def validation_score(project: Path, checkpoint: Checkpoint, key: str) -> float:
+    """The checkpoint's `key` on the whole validation split of project, scored in this process
+    by the validator the training uses."""
+    prepared = load_prepared(project / "data/prepared" / checkpoint.variant)
+    task: Task = (ClassifyTask(checkpoint.rebuild(ClassifyConfig.from_dict), prepared)
+                  if checkpoint.task == "classify" else
+                  make_task(checkpoint.rebuild(SegmentConfig.from_dict), prepared,
+                            project / "data/raw"))
+    model = checkpoint.load_into(task.build_model(load_weights=False))
+    loader = task.loader(task.dataset(prepared.images, task.rows("val")), 4)
+    return float(task.validator(loader, torch.device("cpu"), None)(model)[key])
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("task", sorted(CASES))
 def test_two_gloo_processes_train_a_checkpoint_that_evaluates_like_one(tmp_path, task):
@@ -104,6 +132,10 @@ def test_two_gloo_processes_train_a_checkpoint_that_evaluates_like_one(tmp_path,
     assert lives[0].keys() == lives[1].keys() and lives[1]["train"]["loss"] > 0
     curve = (ddp / f"dvclive/{stage}/plots/metrics/val/{key}.tsv").read_text().splitlines()
     assert len(curve) == 1 + CLASSIFY["epochs"]     # rank 0 alone logged, once per epoch
+    for live, checkpoint, project in zip(lives, (one, two), (single, ddp), strict=True):
+        assert live["best_epoch"] == checkpoint.epoch
+        assert validation_score(project, checkpoint, key) == \
+            pytest.approx(live[f"best_val_{key}"], abs=1e-4), project.name
 
     for project in (single, ddp):
         run(project, "-m", f"stages.{evaluate}")
