@@ -498,7 +498,7 @@ def guarded(label: str, make: Callable[[], Row]) -> Row:
 
 
 DDP_GOAL = 0.8       # DDP on N GPUs against one process, the same batch per process: >= 0.8 N
-DDP_IMAGES = 64      # classifier training images per process in both: 16 steps an epoch, a rate
+DDP_IMAGES = 32      # classifier training images per process in both: 8 steps an epoch, a rate
 
 
 def ddp_speedup_row(label: str, ddp_row: Row, one: Row, device: str, ddp: int) -> Row:
