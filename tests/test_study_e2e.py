@@ -52,7 +52,7 @@ def test_tiny_study_through_the_queue(tmp_path, tiny_baseline):
     claims = claim_rows(report)
     claim = claims["removal helps simple, shallow networks trained from scratch (up to +5 % top-1)"]
     assert claim["measured as"] == "gain of `shallow`"
-    assert claim["test: p (Holm)"].startswith("δ ≠ 0: ")      # its two-sided test, p (Holm)
+    assert claim["deciding test: p unadjusted (Holm)"].startswith("δ ≠ 0: ")      # its two-sided test, p (Holm)
     assert claim["verdict"].strip("*") in VERDICTS, claim["verdict"]   # one word of the set
     assert "gain of `shallow_bn` − gain of `shallow`" in report
     arm = next(line for line in report.splitlines() if line.startswith("| `shallow`"))
