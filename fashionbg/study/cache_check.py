@@ -14,9 +14,11 @@ from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
 
 
-def outputs_not_in_cache() -> list[str]:
-    """The outputs `dvc status` finds in the workspace but not in DVC's cache."""
-    result = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"],
+def outputs_not_in_cache(stages: list[str]) -> list[str]:
+    """The outputs `dvc status` finds in the workspace but not in DVC's cache, of `stages` and
+    the stages they depend on (what `dvc exp run <stage>` ran), or of every stage."""
+    targets = [*stages, "--with-deps"] if stages else []
+    result = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", *targets],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise UserError("dvc status failed after the run: "
@@ -30,7 +32,7 @@ def outputs_not_in_cache() -> list[str]:
 
 @stage_main
 def main() -> None:
-    missing = outputs_not_in_cache()
+    missing = outputs_not_in_cache(sys.argv[1:])
     if missing:
         raise UserError(f"{len(missing)} output(s) did not reach DVC's cache ("
                         + ", ".join(missing[:3]) + (", …" if len(missing) > 3 else "")

@@ -93,7 +93,7 @@ def run_cell(job: CellJob) -> CellOutcome:
             code = _prepare(job, ws, env, out)
             marks.append(time.time())
             code = code or _run(job.command, ws, env, out) or _run(
-                [sys.executable, "-m", "fashionbg.study.cache_check"], ws, env, out)
+                [sys.executable, "-m", "fashionbg.study.cache_check", job.stage], ws, env, out)
             marks.append(time.time())
             if code == 0:
                 code = _publish(job, ws, env, out)
