@@ -81,9 +81,10 @@ repro: setup
 	$(PY) -m fashionbg.study.cache_check
 
 # One process: on 2 cores, two pytest-xdist workers starved the end-to-end tests' stages past
-# their timeouts and made torch's socket paths under the workers' temp folders too long.
+# their timeouts and made torch's socket paths under the workers' temp folders too long. The 25
+# slowest tests close every run's output, so where CI's time goes is in its log.
 test: setup browser
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 # The inner loop: every test that runs no stage, DVC, torchrun, Ray or U²-Net in a subprocess
 # (tests/conftest.py marks those slow), on two workers.

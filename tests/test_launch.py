@@ -60,6 +60,21 @@ def assert_left_nothing(project: Path, tmp: Path) -> None:
     assert not [p for p in project.rglob("*") if ".partial-" in p.name]
 
 
+def start_training(project: Path, tmp: Path, log: Path, **popen: object) -> subprocess.Popen:
+    """train_classifier in a session of its own, its stderr in `log`, once its first epoch runs."""
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "stages.train_classifier"], cwd=project,
+                                env=stage_env(tmp), stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True, **popen)
+    deadline = time.monotonic() + 200
+    while "epoch 1/" not in log.read_text() and proc.poll() is None:
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(log.read_text())
+        time.sleep(0.2)
+    return proc
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("how", ["python", "dvc"])
@@ -128,16 +143,8 @@ def test_ctrl_c_is_one_line_and_stops_every_worker(tmp_path, nproc):
     project = make_project(tmp_path / "project", {"train.nproc": nproc, "train.workers": 1,
                                                   "classify.epochs": 500})
     log = tmp_path / "stderr.txt"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "stages.train_classifier"], cwd=project,
-                                env=stage_env(tmp_path / "tmp"), stdout=subprocess.DEVNULL,
-                                stderr=stderr, start_new_session=True,
-                                preexec_fn=default_sigint)
+    proc = start_training(project, tmp_path / "tmp", log, preexec_fn=default_sigint)
     try:
-        deadline = time.monotonic() + 200
-        while "epoch 1/" not in log.read_text() and proc.poll() is None:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
         children = psutil.Process(proc.pid).children(recursive=True)   # ranks, loaders
         assert children
         os.killpg(proc.pid, signal.SIGINT)
@@ -161,15 +168,8 @@ def test_ranks_die_with_a_killed_launcher_and_write_nothing_after(tmp_path):
     project = make_project(tmp_path / "project", {"train.nproc": 2, "train.workers": 1,
                                                   "classify.epochs": 500})
     log = tmp_path / "stderr.txt"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "stages.train_classifier"], cwd=project,
-                                env=stage_env(tmp_path / "tmp"), stdout=subprocess.DEVNULL,
-                                stderr=stderr, start_new_session=True)
+    proc = start_training(project, tmp_path / "tmp", log)
     try:
-        deadline = time.monotonic() + 200
-        while "epoch 1/" not in log.read_text() and proc.poll() is None:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
         children = psutil.Process(proc.pid).children(recursive=True)   # ranks, loaders
         assert len(children) >= 2
         proc.kill()
