@@ -295,3 +295,58 @@ def test_an_address_that_accepts_but_is_no_ray_head_fails_within_the_join_timeou
                                      "status` on the head), or unset RAY_ADDRESS to run on this "
                                      "machine")
     assert time.monotonic() - start < 90     # 3 s, and Python and Ray starting and stopping
+
+
+class Finishes:
+    """An engine whose cells end as it was told: what the real engines return after their
+    cells ran (their failure and loss handling is tested end to end above)."""
+
+    def __init__(self, failed: set[str]) -> None:
+        self.failed = failed
+
+    def __enter__(self) -> "Finishes":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def capacity(self, todo):
+        from fashionbg.study.schedule import Capacity
+
+        return Capacity(1, "queue slot", {})
+
+    def run(self, todo):
+        names = [c.name for c in todo]
+        return [n for n in names if n not in self.failed], [n for n in names if n in self.failed]
+
+
+@pytest.mark.parametrize("failed", [0, 1, 4])
+def test_study_run_exits_1_naming_the_cells_that_failed_or_were_lost(tmp_path, monkeypatch,
+                                                                     failed):
+    import argparse
+
+    import yaml
+
+    from fashionbg.study import __main__ as cli
+    from fashionbg.study.definition import load_study
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cells = load_study(ROOT / "study.yaml", params).cells("quick")[:5]
+    names = {c.name for c in cells[:failed]}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "make_engine", lambda name, options: Finishes(names))
+    monkeypatch.setattr(cli, "cells_to_run", lambda todo: list(todo))
+    monkeypatch.setattr(cli, "preflight", lambda todo, params, capacity: {})
+    args = argparse.Namespace(engine="queue", shard="1/1", git_remote="", dvc_remote="",
+                              cpus_per_cell="1")
+    if not failed:
+        cli.run(args, cells, params)
+        return
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(args, cells, params)
+    shown = ", ".join(c.name for c in cells[:min(failed, 3)]) + (" and 1 more" if failed == 4
+                                                                 else "")
+    assert exit_.value.code == (f"error: {failed} of 5 cells failed or were lost ({shown}; their "
+                                "logs are above); re-run to retry them, the finished ones are "
+                                "kept")   # a string: Python prints it and exits with 1
+    assert not (tmp_path / ".cache/study/lock").exists()
