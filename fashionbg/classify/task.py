@@ -49,7 +49,6 @@ class ClassifyTask:
                             augmentation(augment, self.image_size))
 
     def training(self, augment: str, on_device: bool) -> tuple[str, Step]:
-        # a v2 transform also takes (image, label) pairs, leaving the label as it is
         return place_named(augment, augmentation(augment, self.image_size), classify_step,
                            on_device)
 

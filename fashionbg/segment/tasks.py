@@ -4,7 +4,6 @@ and what each writes per image."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from fashionbg.nn.engine import Step, Validate
 from fashionbg.segment.data import (
     InstanceDataset,
     SemanticDataset,
-    augment_pair,
     collate_instances,
     paired_transform,
 )
@@ -73,9 +71,8 @@ class SemanticTask:
         return SemanticDataset(images, self.masks, rows, augment)
 
     def training(self, augment: str, on_device: bool) -> tuple[str, Step]:
-        transform = paired_transform(augment, self.image_size)
-        pair = None if transform is None else partial(augment_pair, transform)
-        return place_named(augment, pair, self.step, on_device)
+        return place_named(augment, paired_transform(augment, self.image_size), self.step,
+                           on_device, masks=True)
 
     def loader(self, dataset: Dataset, batch_size: int, generator: torch.Generator | None = None,
                options: LoaderOptions = IN_PROCESS) -> DataLoader:
