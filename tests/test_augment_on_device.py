@@ -12,11 +12,12 @@ import torch
 import yaml
 from scipy.stats import ks_2samp
 from test_distributed import run, write_project
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from fashionbg.classify.data import augmentation
-from fashionbg.nn.augment import BatchAugment, crop_boxes, crop_grid, resized_crop
+from fashionbg.nn.augment import BatchAugment, crop_boxes, crop_resize, resized_crop
 from fashionbg.nn.checkpoint import load_checkpoint
 from fashionbg.nn.device import seed_everything
 from fashionbg.segment.data import paired_transform
@@ -90,26 +91,29 @@ def test_crops_are_drawn_from_torchvisions_distribution():
 
 
 def test_a_crop_resamples_the_pixels_torchvision_would():
-    """Each sample's box, cut and resized by grid_sample, against v2's resized_crop of the same
-    box: within a grey level inside, half a pixel at the crop's edges."""
-    image = torch.randint(0, 256, (3, 64, 48), dtype=torch.uint8,
-                          generator=torch.Generator().manual_seed(2)).float()
-    images = image.expand(6, -1, -1, -1)
+    """Each sample's box, cut and resized in the batch, against v2's resized_crop of the same
+    box: the same pixels (float32 rounding apart) and the same mask ids."""
+    generator = torch.Generator().manual_seed(2)
+    image = torch.randint(0, 256, (3, 64, 48), generator=generator).float()
+    mask = torch.randint(0, 5, (64, 48), generator=generator)
     torch.manual_seed(3)
     boxes = crop_boxes(6, 64, 48, (0.3, 1.0), (0.6, 0.9), CPU)
-    ours = torch.nn.functional.grid_sample(images, crop_grid(boxes, 64, 48, (64, 48)),
-                                           "bilinear", "border", align_corners=False)
-    for box, out in zip(boxes.int().tolist(), ours):
+    ours, our_masks = crop_resize(image.expand(6, -1, -1, -1), mask.expand(6, -1, -1), boxes,
+                                  (64, 48))
+    assert our_masks is not None
+    for box, out, out_mask in zip(boxes.int().tolist(), ours, our_masks, strict=True):
         theirs = TF.resized_crop(image, *box, [64, 48], antialias=True)
-        assert (out - theirs)[:, 2:-2, 2:-2].abs().max() < 1e-3
+        assert (out - theirs).abs().max() < 1e-3
+        assert torch.equal(out_mask, TF.resized_crop(tv_tensors.Mask(mask), *box, [64, 48]))
 
 
 def test_a_mask_keeps_its_class_ids():
-    masks = torch.randint(0, 5, (4, 32, 24)).float()
+    masks = torch.randint(0, 5, (4, 32, 24))
     masks[:, :3] = 255                                  # IGNORE pixels stay IGNORE
     torch.manual_seed(0)
     _, out = resized_crop(v2.RandomResizedCrop(SIZE))(torch.zeros(4, 3, *SIZE), masks)
-    assert out is not None and set(out.unique().tolist()) <= {0, 1, 2, 3, 4, 255}
+    assert out is not None and out.dtype == masks.dtype
+    assert set(out.unique().tolist()) == {0, 1, 2, 3, 4, 255}
 
 
 @pytest.mark.slow

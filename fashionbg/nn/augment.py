@@ -5,15 +5,16 @@ torchvision's v2 transforms accept a whole batch but draw one set of parameters 
 and one flip for every image). Here each transform of the task's v2 Compose becomes one batched
 tensor operation whose per-sample parameters are drawn as tensors, from the distributions the
 loader's transform draws them from: a random resized crop (torchvision's ten tries, then its
-central fallback) resampled by one grid_sample, a flip by one `where`, colour jitter with
-per-sample factors and a per-sample order. A transform without a batched form (RandAugment)
-still runs per sample, in order. Parameters come from the generator of the batch's device
-(seeded by seed_everything), so runs repeat, and no parameter is read back to the host.
+central fallback) resampled one axis at a time by gathering each output's source pixels, a flip
+by one `where`, colour jitter with per-sample factors and a per-sample order. A transform
+without a batched form (RandAugment) still runs per sample, in order. Parameters come from the
+generator of the batch's device (seeded by seed_everything), so runs repeat, and no parameter
+is read back to the host.
 
-The outputs differ from the loader's by rounding only: the batch is computed in float32 and
-rounded to uint8 once (v2 truncates after each colour operation), a crop samples its border
-half-pixel from the neighbouring pixels instead of repeating its edge, and masks take the
-nearest pixel of the image's own sampling grid (v2's nearest resize floors, half a pixel off).
+The pixels are those v2 computes for the same parameters, but for rounding: the batch is
+computed in float32 and rounded to uint8 once (v2 truncates after each colour operation). A
+crop is only ever enlarged here (the crop sizes are the image's); shrinking would need v2's
+antialiasing, which this does not do.
 """
 from __future__ import annotations
 
@@ -21,14 +22,13 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from fashionbg.nn.engine import Step
 
-# (float32 images (N, C, H, W) in 0..255, class-id masks (N, H, W) as float32 or None) -> same
+# (float32 images (N, C, H, W) in 0..255, class-id masks (N, H, W) or None) -> the same
 BatchOp = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
 CROP_TRIES = 10                     # torchvision's RandomResizedCrop.get_params
 GREY = (0.2989, 0.587, 0.114)       # torchvision's rgb_to_grayscale weights
@@ -60,15 +60,47 @@ def crop_boxes(count: int, height: int, width: int, scale: tuple[float, float],
     return torch.stack([top, left, h, w], 1)
 
 
-def crop_grid(boxes: torch.Tensor, height: int, width: int, size: tuple[int, int]
-              ) -> torch.Tensor:
-    """grid_sample's grid that resizes each box (crop_boxes) of a height x width image to
-    `size`, sampling where F.interpolate (bilinear, align_corners=False) on the crop would."""
-    top, left, h, w = boxes.unbind(1)
-    theta = torch.zeros(len(boxes), 2, 3, device=boxes.device)
-    theta[:, 0, 0], theta[:, 0, 2] = w / width, (2 * left + w) / width - 1
-    theta[:, 1, 1], theta[:, 1, 2] = h / height, (2 * top + h) / height - 1
-    return F.affine_grid(theta, [len(boxes), 1, *size], align_corners=False)
+def _linear_taps(start: torch.Tensor, length: torch.Tensor, out: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Along one axis, per sample: the two source pixels and the weight of the second for each
+    of `out` outputs resizing pixels [start, start + length), as F.interpolate (bilinear,
+    align_corners=False) computes them on the crop."""
+    scale = (length / out)[:, None]
+    source = ((torch.arange(out, device=start.device) + 0.5) * scale - 0.5).clamp(min=0)
+    low = source.floor()
+    high = torch.minimum(low + 1, length[:, None] - 1)
+    return (start[:, None] + low).long(), (start[:, None] + high).long(), source - low
+
+
+def _nearest_taps(start: torch.Tensor, length: torch.Tensor, out: int) -> torch.Tensor:
+    """The source pixel of each of `out` outputs, as torch's `nearest` resize picks it."""
+    source = (torch.arange(out, device=start.device) * (length / out)[:, None]).floor()
+    return (start[:, None] + torch.minimum(source, length[:, None] - 1)).long()
+
+
+def _take(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """x's entries along `dim` at each sample's `index` (N, out)."""
+    view = [len(x)] + [1] * (x.dim() - 1)
+    view[dim] = index.shape[1]
+    shape = list(x.shape)
+    shape[dim] = index.shape[1]
+    return x.gather(dim, index.view(view).expand(shape))
+
+
+def crop_resize(images: torch.Tensor, masks: torch.Tensor | None, boxes: torch.Tensor,
+                size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each sample's box (crop_boxes) resized to `size`: bilinear for the float images
+    (N, C, H, W), nearest for the masks (N, H, W), one axis at a time by gathering each
+    output's source pixels (what v2's resized_crop computes, when it enlarges)."""
+    top, left, height, width = boxes.unbind(1)
+    low, high, weight = _linear_taps(top, height, size[0])
+    images = torch.lerp(_take(images, low, 2), _take(images, high, 2), weight[:, None, :, None])
+    low, high, weight = _linear_taps(left, width, size[1])
+    images = torch.lerp(_take(images, low, 3), _take(images, high, 3), weight[:, None, None, :])
+    if masks is not None:
+        masks = _take(_take(masks, _nearest_taps(top, height, size[0]), 1),
+                      _nearest_taps(left, width, size[1]), 2)
+    return images, masks
 
 
 def resized_crop(transform: v2.RandomResizedCrop) -> BatchOp:
@@ -77,13 +109,8 @@ def resized_crop(transform: v2.RandomResizedCrop) -> BatchOp:
     def apply(images: torch.Tensor, masks: torch.Tensor | None
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         count, _, height, width = images.shape
-        grid = crop_grid(crop_boxes(count, height, width, transform.scale, transform.ratio,
-                                    images.device), height, width, size)
-        images = F.grid_sample(images, grid, "bilinear", "border", align_corners=False)
-        if masks is not None:
-            masks = F.grid_sample(masks[:, None], grid, "nearest", "border",
-                                  align_corners=False)[:, 0]
-        return images, masks
+        return crop_resize(images, masks, crop_boxes(count, height, width, transform.scale,
+                                                     transform.ratio, images.device), size)
 
     return apply
 
@@ -105,36 +132,33 @@ def _grey(images: torch.Tensor) -> torch.Tensor:
     return (images * weights).sum(-3, keepdim=True)
 
 
-def _blend(images: torch.Tensor, other: torch.Tensor | float, factor: torch.Tensor
-           ) -> torch.Tensor:
-    return (factor * images + (1 - factor) * other).clamp(0, 255)
-
-
-# v2.ColorJitter's adjustments (on the image only); a factor of 1 leaves an image as it is
-JITTERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "brightness": lambda x, f: _blend(x, 0.0, f),
-    "contrast": lambda x, f: _blend(x, _grey(x).mean((-3, -2, -1), keepdim=True), f),
-    "saturation": lambda x, f: _blend(x, _grey(x), f),
-}
-
-
 def colour_jitter(transform: v2.ColorJitter) -> BatchOp:
+    """v2.ColorJitter's brightness, contrast and saturation (on the image only), each a blend
+    with black, the image's mean grey, or its grey image, by a factor drawn per sample."""
     if transform.hue is not None:
         raise ValueError("device augmentation has no batched hue jitter")
-    ranges = {name: getattr(transform, name) for name in JITTERS}
-    used = [(name, bounds) for name, bounds in ranges.items() if bounds is not None]
+    used = [(name, bounds) for name in ("brightness", "contrast", "saturation")
+            if (bounds := getattr(transform, name)) is not None]
 
     def apply(images: torch.Tensor, masks: torch.Tensor | None
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         count, device = len(images), images.device
-        factors = [torch.empty(count, 1, 1, 1, device=device).uniform_(*bounds)
-                   for _, bounds in used]
+        factors = torch.stack([torch.empty(count, device=device).uniform_(*bounds)
+                               for _, bounds in used], 1)
         # v2 applies its adjustments in a random order each call: here each sample its own
         order = torch.rand(count, len(used), device=device).argsort(1)
         for position in range(len(used)):
+            op = order[:, position]
+            grey = _grey(images)
+            other = torch.zeros_like(grey)          # brightness: a blend with black
             for index, (name, _) in enumerate(used):
-                chosen = order[:, position, None, None, None] == index
-                images = JITTERS[name](images, torch.where(chosen, factors[index], 1.0))
+                chosen = (op == index)[:, None, None, None]
+                if name == "contrast":
+                    other = torch.where(chosen, grey.mean((-3, -2, -1), keepdim=True), other)
+                elif name == "saturation":
+                    other = torch.where(chosen, grey, other)
+            factor = factors.gather(1, op[:, None])[:, :, None, None]
+            images = (factor * images + (1 - factor) * other).clamp(0, 255)
         return images, masks
 
     return apply
@@ -176,10 +200,10 @@ class BatchAugment:
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        x, m = images.float(), targets.float() if self.masks else None
+        x, m = images.float(), targets if self.masks else None
         for op in self.ops:
             x, m = op(x, m)
-        return _to_uint8(x), (targets if m is None else m.to(targets.dtype))
+        return _to_uint8(x), (targets if m is None else m)
 
 
 def augmented_step(step: Step, augment: BatchAugment) -> Step:
