@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from scipy.stats import ks_2samp
+from test_cuda_paths import count_reads
 from test_distributed import run, write_project
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -114,6 +115,19 @@ def test_a_mask_keeps_its_class_ids():
     _, out = resized_crop(v2.RandomResizedCrop(SIZE))(torch.zeros(4, 3, *SIZE), masks)
     assert out is not None and out.dtype == masks.dtype
     assert set(out.unique().tolist()) == {0, 1, 2, 3, 4, 255}
+
+
+def test_batched_augmentation_reads_no_value_back(monkeypatch):
+    """On CUDA each read of a tensor's value into Python waits for the device."""
+    images, labels = batch()
+    masks = (images[:, 0] > 127).long()
+    augments = [(BatchAugment(augmentation("standard", SIZE), masks=False), labels),
+                (BatchAugment(paired_transform("standard", SIZE), masks=True), masks)]
+    counts = count_reads(monkeypatch)
+    for augment, targets in augments:
+        augment(images, targets)
+    monkeypatch.undo()
+    assert not counts, counts
 
 
 @pytest.mark.slow

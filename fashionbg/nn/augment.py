@@ -128,8 +128,9 @@ def horizontal_flip(transform: v2.RandomHorizontalFlip) -> BatchOp:
 
 
 def _grey(images: torch.Tensor) -> torch.Tensor:
-    weights = torch.tensor(GREY, device=images.device)[:, None, None]
-    return (images * weights).sum(-3, keepdim=True)
+    # weights as Python numbers: a weight tensor copied to the GPU would wait for it each call
+    red, green, blue = images.split(1, dim=-3)
+    return GREY[0] * red + GREY[1] * green + GREY[2] * blue
 
 
 def colour_jitter(transform: v2.ColorJitter) -> BatchOp:
