@@ -311,6 +311,8 @@ def join_rank(rank: int, port: int, validation_seconds: float) -> None:
         mine = distributed.shard(torch.arange(5).numpy(), world)
         assert torch.equal(distributed.unshard(logits[mine], world), logits)
         assert torch.equal(distributed.unshard(targets[mine], world), targets)
+        alone = distributed.shard(torch.arange(1).numpy(), world)   # rank 1's shard is empty
+        assert torch.equal(distributed.unshard(logits[:1][alone], world), logits[:1])
         metric = score_images(mine)
         joined = join_ranks(metric, world).compute()["segm_map"]
         assert joined == score_images(range(5)).compute()["segm_map"], joined
