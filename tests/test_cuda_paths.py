@@ -1,6 +1,6 @@
 """The CUDA paths' classic failures, checked on the CPU where they can be: the autocast dtype
 chooser (bf16, else fp16 with loss scaling), GradScaler's use, weights kept in host memory,
-pinned memory and worker seeding, the other ranks waiting while rank 0 validates, and ONNX
+pinned memory and worker seeding, validation sharded over two ranks, and ONNX
 Runtime's provider choice (fallback lines, onnxruntime shadowing onnxruntime-gpu)."""
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from test_engine import FakeLive, regression_step
+from test_segment_metrics import square
 from torch import nn
 from torch.utils.data import Dataset
+from torchmetrics.detection import MeanAveragePrecision
 
 from fashionbg.background import sod
 from fashionbg.classify.engine import classify_step, validator
@@ -45,6 +47,8 @@ from fashionbg.nn.engine import (
     train_one_epoch,
     warmup_cosine,
 )
+from fashionbg.segment.instances import boxes_from_masks
+from fashionbg.segment.metrics import instance_metric, join_ranks
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 BF16, FP16 = torch.bfloat16, torch.float16
@@ -291,25 +295,57 @@ def test_seeding_makes_cublas_deterministic(monkeypatch):
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
 
 
-def slow_validation_rank(rank: int, port: int, validation_seconds: float) -> None:
-    """One of two gloo ranks whose collectives time out after 2 s (1 s fails on a loaded machine), while rank 0 validates for
-    longer: the other rank must wait for it, not fail inside the next epoch's all-reduce."""
+def join_rank(rank: int, port: int, validation_seconds: float) -> None:
+    """One of two gloo ranks whose collectives time out after 2 s (1 s fails on a loaded
+    machine). Each validates a shard of 5 images (3 and 2: no padding) and must get the whole
+    split's figures, as one process scores them; rank 0's shard validates for longer, which the
+    other rank must wait for (not fail inside the next epoch's all-reduce); and both must keep
+    the same epoch, validating with rank 0's batch norm statistics."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     distributed.COLLECTIVE_TIMEOUT = timedelta(seconds=2)
     world = world_from_env()
     with process_group(world, CPU) as device:
-        torch.manual_seed(0)
-        model = nn.Linear(2, 1)
-        batches = [(torch.randn(4, 2), torch.randn(4, 1)) for _ in range(2)]
+        torch.manual_seed(0)          # the same split on both ranks
+        logits, targets = torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0])
+        mine = distributed.shard(torch.arange(5).numpy(), world)
+        assert torch.equal(distributed.unshard(logits[mine], world), logits)
+        assert torch.equal(distributed.unshard(targets[mine], world), targets)
+        alone = distributed.shard(torch.arange(1).numpy(), world)   # rank 1's shard is empty
+        assert torch.equal(distributed.unshard(logits[:1][alone], world), logits[:1])
+        metric = score_images(mine)
+        joined = join_ranks(metric, world).compute()["segm_map"]
+        assert joined == score_images(range(5)).compute()["segm_map"], joined
+
+        torch.manual_seed(rank)       # each rank its own batches: its own batch norm statistics
+        model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        batches = [(torch.randn(4, 2), torch.randn(4, 2)) for _ in range(2)]
+        scores = iter([[1.0, 2.0], [2.0, 1.0]][rank])     # each rank would pick another epoch
 
         def validate(m):
-            time.sleep(validation_seconds)
-            return {"score": 1.0}
+            if world.is_main:
+                time.sleep(validation_seconds)
+            means = distributed.unshard([m[1].running_mean.clone()], world)
+            assert torch.equal(means[0], means[1])
+            return {"score": next(scores)}
 
-        fit(model, batches, regression_step, validate if world.is_main else None, "score",
-            torch.optim.SGD(model.parameters(), lr=0.1), 2, device,
-            FakeLive() if world.is_main else None, world)
+        result = fit(model, batches, regression_step, validate, "score",
+                     torch.optim.SGD(model.parameters(), lr=0.1), 2, device,
+                     FakeLive() if world.is_main else None, world)
+        assert (result.best_epoch, result.best_score) == (2, 2.0), (rank, result)
+
+
+def score_images(indices) -> MeanAveragePrecision:
+    """instance_metric(final=False) over the images `indices` of 5 (a detection each, shifted
+    by 0 to 4 pixels from its square of truth)."""
+    metric = instance_metric(final=False)
+    for i in indices:
+        truth, found = square(0), square(int(i))
+        metric.update([{"boxes": boxes_from_masks(found), "scores": torch.tensor([0.5 + i / 10]),
+                        "labels": torch.tensor([1]), "masks": found}],
+                      [{"boxes": boxes_from_masks(truth), "labels": torch.tensor([1]),
+                        "masks": truth}])
+    return metric
 
 
 def free_port() -> int:
@@ -319,9 +355,8 @@ def free_port() -> int:
 
 
 @pytest.mark.timeout(120)
-def test_other_ranks_wait_for_rank0_validation_past_the_collective_timeout():
-    mp.start_processes(slow_validation_rank, args=(free_port(), 5.0), nprocs=2,
-                       start_method="spawn")
+def test_ranks_validate_disjoint_shards_into_the_whole_splits_figures():
+    mp.start_processes(join_rank, args=(free_port(), 5.0), nprocs=2, start_method="spawn")
 
 
 def test_provider_choice_with_the_cuda_provider(monkeypatch):

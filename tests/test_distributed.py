@@ -1,7 +1,8 @@
 """Both training stages with `train.nproc: 2` on the CPU (gloo), started as users start them
 (`dvc repro`, `python -m stages.<name>`): the stage launches two real worker processes, each
-rank trains its shard, rank 0 alone writes dvclive and a checkpoint that evaluates like a
-single-process one, and the launcher leaves no scratch behind (in the project or in TMPDIR).
+rank trains its shard and validates a disjoint half of the validation split, rank 0 alone
+writes dvclive and a checkpoint that evaluates like a single-process one, and the launcher
+leaves no scratch behind (in the project or in TMPDIR).
 
 "Evaluates like" cannot mean equal weights: the two-process run shuffles with a
 DistributedSampler (not the single loader's generator) and normalises batch norm over each
@@ -9,13 +10,17 @@ rank's half batch, so its weights differ from one process's by more than any use
 What both runs promise alike, and what is checked here for both: the checkpoint holds the
 weights of the epoch the model-selection rule picked on the WHOLE validation split, so scoring
 it again on that split in this process gives the best validation score dvclive logged (to its
-4 decimals). A rank 0 that validated its shard only, or saved another epoch's or rank's
-weights, fails it."""
+4 decimals: the two-process score, combined from the ranks' halves, is the one-process score
+of the same weights on the same images, up to float rounding in batches of other sizes). A
+run that scored one rank's half only, validated with another rank's batch norm statistics, or
+saved another epoch's or rank's weights, fails it. Which rows each rank read, and the epoch
+each kept, are recorded by the processes themselves (tests/rank_probe)."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +50,8 @@ CASES = {"classify": ("train_classifier", "evaluate_classifier", "models/classif
                       "metrics/detail/segmentation.json", "mask_ap")}
 # How the two-process run is started: both ways a user does, without running every case twice.
 STARTED_BY = {"classify": "dvc", "semantic": "python", "instance": "dvc"}
+VAL_ROWS = set(range(12, 18))       # write_project's validation split, all with ground truth
+PROBE = Path(__file__).resolve().parent / "rank_probe"
 
 
 def write_project(root: Path, workers: int | str, segment_task: str = "semantic",
@@ -78,11 +85,15 @@ def dvc_project(root: Path, workers: int | str, segment_task: str, nproc: int) -
     return root
 
 
-def run(project: Path, *args: str, tmp: Path | None = None) -> subprocess.CompletedProcess:
-    """`python *args` (or `dvc *args` when args[0] is "dvc") in project; must succeed."""
+def run(project: Path, *args: str, tmp: Path | None = None, probe: Path | None = None
+        ) -> subprocess.CompletedProcess:
+    """`python *args` (or `dvc *args` when args[0] is "dvc") in project; must succeed. With
+    `probe`, a folder, the ranks record there what they read and kept (tests/rank_probe)."""
     env = {**project_env(), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     if tmp is not None:
         env["TMPDIR"] = str(tmp)
+    if probe is not None:
+        env.update(PYTHONPATH=f"{PROBE}:{ROOT}", RANK_PROBE=str(probe))
     command = list(args) if args[0] == "dvc" else [sys.executable, *args]
     result = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=400,
                             env=env)
@@ -103,20 +114,37 @@ def validation_score(project: Path, checkpoint: Checkpoint, key: str) -> float:
     return float(task.validator(loader, torch.device("cpu"), None)(model)[key])
 
 
+def probed(probe: Path) -> tuple[dict[str, Counter], dict[str, set[int]]]:
+    """What each rank (and its loader workers) recorded: the validation rows it read, with how
+    often, and the epochs it kept."""
+    rows: dict[str, Counter] = {}
+    kept: dict[str, set[int]] = {}
+    for path in probe.iterdir():
+        rank = path.name.split("-")[0]
+        for line in path.read_text().splitlines():
+            what, value = line.split()
+            if what == "kept":
+                kept.setdefault(rank, set()).add(int(value))
+            elif int(value) in VAL_ROWS:
+                rows.setdefault(rank, Counter())[int(value)] += 1
+    return rows, kept
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("task", sorted(CASES))
 def test_two_gloo_processes_train_a_checkpoint_that_evaluates_like_one(tmp_path, task):
     stage, evaluate, model_path, metrics_path, key = CASES[task]
     segment_task = "semantic" if task == "classify" else task
     single = write_project(tmp_path / "single", "auto", segment_task)
-    tmp = tmp_path / "tmp"              # where torch's launcher would leave torchelastic_*
+    tmp, probe = tmp_path / "tmp", tmp_path / "probe"  # tmp: where torchelastic_* would be left
     tmp.mkdir()
+    probe.mkdir()
     if STARTED_BY[task] == "dvc":
         ddp = dvc_project(tmp_path / "ddp", 1, segment_task, nproc=2)
-        result = run(ddp, "dvc", "repro", "-s", stage, tmp=tmp)
+        result = run(ddp, "dvc", "repro", "-s", stage, tmp=tmp, probe=probe)
     else:
         ddp = write_project(tmp_path / "ddp", 1, segment_task, nproc=2)
-        result = run(ddp, "-m", f"stages.{stage}", tmp=tmp)
+        result = run(ddp, "-m", f"stages.{stage}", tmp=tmp, probe=probe)
     run(single, "-m", f"stages.{stage}")
     log = result.stdout + result.stderr
     assert "on cpu, 2 process(es)" in log and log.count("kept epoch") == 1, log[-3000:]
@@ -136,6 +164,13 @@ def test_two_gloo_processes_train_a_checkpoint_that_evaluates_like_one(tmp_path,
         assert live["best_epoch"] == checkpoint.epoch
         assert validation_score(project, checkpoint, key) == \
             pytest.approx(live[f"best_val_{key}"], abs=1e-4), project.name
+    # each rank read a disjoint half of the validation images, each once an epoch, and both
+    # ranks kept the epoch the checkpoint holds
+    rows, kept = probed(probe)
+    assert sorted(rows) == ["0", "1"] and not rows["0"].keys() & rows["1"].keys(), rows
+    assert rows["0"].keys() | rows["1"].keys() == VAL_ROWS and len(rows["0"]) == 3, rows
+    assert set((rows["0"] + rows["1"]).values()) == {CLASSIFY["epochs"]}, rows
+    assert kept == {"0": {two.epoch}, "1": {two.epoch}}
 
     for project in (single, ddp):
         run(project, "-m", f"stages.{evaluate}")

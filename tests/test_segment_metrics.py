@@ -57,7 +57,7 @@ def test_confusion_matrix_accumulates_batches() -> None:
     assert result["per_class_iou"]["background"] == pytest.approx(16 / 24)
 
 
-def _square(shift: int) -> torch.Tensor:
+def square(shift: int) -> torch.Tensor:
     mask = torch.zeros(1, 32, 32, dtype=torch.bool)
     mask[0, 5:15, 5 + shift:15 + shift] = True
     return mask
@@ -65,7 +65,7 @@ def _square(shift: int) -> torch.Tensor:
 
 def _ap(prediction: torch.Tensor) -> dict:
     metric = instance_metric()
-    truth = _square(0)
+    truth = square(0)
     metric.update([{"boxes": boxes_from_masks(prediction), "scores": torch.tensor([0.9]),
                     "labels": torch.tensor([1]), "masks": prediction}],
                   [{"boxes": boxes_from_masks(truth), "labels": torch.tensor([1]),
@@ -74,7 +74,7 @@ def _ap(prediction: torch.Tensor) -> dict:
 
 
 def test_instance_ap_perfect_prediction() -> None:
-    result = _ap(_square(0))
+    result = _ap(square(0))
     for key in ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "box_ap75"):
         assert result[key] == pytest.approx(1.0)
     assert result["per_class_mask_ap"] == {"top": pytest.approx(1.0)}
@@ -83,7 +83,7 @@ def test_instance_ap_perfect_prediction() -> None:
 def test_instance_ap_partial_overlap() -> None:
     # Shifted by 2 of 10 columns: IoU = 80 / 120 = 0.667, a match at thresholds 0.50..0.65
     # only, so AP over 0.50:0.95 is 4 / 10.
-    result = _ap(_square(2))
+    result = _ap(square(2))
     for kind in ("mask", "box"):
         assert result[f"{kind}_ap"] == pytest.approx(0.4)
         assert result[f"{kind}_ap50"] == pytest.approx(1.0)

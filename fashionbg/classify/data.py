@@ -16,7 +16,7 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 
 def augmentation(name: str, size: tuple[int, int]) -> v2.Compose | None:
     """none; standard = random resized crop + flip; strong = standard + RandAugment. A v2
-    Compose: the dataset calls it on an image, the device step (nn.augment) on pairs."""
+    Compose: the dataset calls it on an image; on the device nn.augment batches it."""
     if name == "none":
         return None
     aspect = size[1] / size[0]

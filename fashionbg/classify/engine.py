@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from fashionbg.classify.metrics import classification_metrics
 from fashionbg.classify.params import ClassifyConfig
+from fashionbg.nn.distributed import SINGLE, World, unshard
 from fashionbg.nn.engine import Validate, autocast
 
 
@@ -32,7 +33,8 @@ def make_optimizer(config: ClassifyConfig, model: nn.Module) -> torch.optim.Opti
 def predict(model: nn.Module, loader: DataLoader, device: torch.device,
             amp: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 logits and targets for every batch, on the CPU; the model runs under autocast
-    in `amp` (None: float32)."""
+    in `amp` (None: float32). A loader without images (a rank's empty validation shard) gives
+    empty tensors."""
     model.eval()
     all_logits, all_targets = [], []
     for images, targets in loader:
@@ -40,15 +42,19 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device,
             logits = model(images.to(device, non_blocking=True))
         all_logits.append(logits.float().cpu())
         all_targets.append(targets)
+    if not all_logits:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64)
     return torch.cat(all_logits), torch.cat(all_targets)
 
 
 def validator(loader: DataLoader, device: torch.device, labels: list[str],
-              amp: torch.dtype | None) -> Validate:
+              amp: torch.dtype | None, world: World = SINGLE) -> Validate:
     """Validation loss and top-1 in the training's autocast `amp`, for the training curves and
-    model selection."""
+    model selection. Under torchrun `loader` holds this rank's shard (distributed.shard) and
+    every rank's logits are joined first, so the figures are the whole split's."""
     def validate(model: nn.Module) -> dict[str, float | None]:
-        metrics = classification_metrics(*predict(model, loader, device, amp), labels)
+        logits, targets = predict(model, loader, device, amp)
+        metrics = classification_metrics(unshard(logits, world), unshard(targets, world), labels)
         return {"loss": metrics["loss"], "top1": metrics["top1"]}
 
     return validate

@@ -16,6 +16,7 @@ from fashionbg.contracts.tasks import TASKS
 from fashionbg.core.errors import UserError
 from fashionbg.nn.augment import place_named
 from fashionbg.nn.data import IN_PROCESS, LoaderOptions, make_loader
+from fashionbg.nn.distributed import SINGLE, World
 from fashionbg.nn.engine import Step, Validate
 
 
@@ -48,7 +49,6 @@ class ClassifyTask:
                             augmentation(augment, self.image_size))
 
     def training(self, augment: str, on_device: bool) -> tuple[str, Step]:
-        # a v2 transform also takes (image, label) pairs, leaving the label as it is
         return place_named(augment, augmentation(augment, self.image_size), classify_step,
                            on_device)
 
@@ -62,9 +62,9 @@ class ClassifyTask:
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return make_optimizer(self.config, model)
 
-    def validator(self, loader: DataLoader, device: torch.device, amp: torch.dtype | None
-                  ) -> Validate:
-        return validator(loader, device, self.class_names, amp)
+    def validator(self, loader: DataLoader, device: torch.device, amp: torch.dtype | None,
+                  world: World = SINGLE) -> Validate:
+        return validator(loader, device, self.class_names, amp, world)
 
     def predictions(self, image_paths: list[str], tested_on: str, targets: torch.Tensor,
                     logits: torch.Tensor) -> list[tuple]:

@@ -3,9 +3,10 @@ on the CPU), or as one plain process, through the same calls.
 
 The launcher (fashionbg.nn.launch, or torchrun) sets RANK, LOCAL_RANK and WORLD_SIZE; without
 them (or with WORLD_SIZE 1) the stage runs single-process exactly as before. Each rank reads its
-shard of the training split (DistributedSampler), training sums are added up across ranks, and
-rank 0 alone validates (on the whole validation split, so the model-selection rule sees the
-same numbers as in one process), writes dvclive and saves the checkpoint.
+shard of the training split (DistributedSampler), training sums are added up across ranks, every
+rank validates a disjoint shard of the validation split and the metric state is combined over
+the ranks (so the model-selection rule sees the numbers one process would), and rank 0 alone
+writes dvclive and saves the checkpoint.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import nn
@@ -43,12 +45,15 @@ class World:
 SINGLE = World(rank=0, size=1, local_rank=0)
 
 # The job's own collectives keep the backend's timeout (None: NCCL's 10 minutes, gloo's 30),
-# which still catches a real hang. Rank 0 validates alone, on the whole split, while the other
-# ranks wait: they wait in a barrier of a separate gloo group whose timeout allows a long
-# validation, not inside the next epoch's all-reduce, where NCCL would time out and abort.
+# which still catches a real hang. Validation's collectives, and the wait for rank 0's logging,
+# go through a separate gloo group: its tensors live in host memory (where the metrics keep
+# their state, which NCCL cannot send), and its timeout allows a rank whose shard validates
+# slowly (instance shards differ in detections), where NCCL would time out and abort.
 COLLECTIVE_TIMEOUT: timedelta | None = None
-MAIN_WAIT_TIMEOUT = timedelta(hours=6)
-_main_wait: list[Any] = []      # that gloo group, while a job runs
+HOST_TIMEOUT = timedelta(hours=6)
+_host_group: list[Any] = []      # that gloo group, while a job runs
+
+Sharded = TypeVar("Sharded", torch.Tensor, list)
 
 
 def world_from_env() -> World:
@@ -76,18 +81,73 @@ def process_group(world: World, device: torch.device) -> Iterator[torch.device]:
     tdist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                              device_id=device if device.type == "cuda" else None,
                              timeout=COLLECTIVE_TIMEOUT)
-    _main_wait.append(tdist.new_group(backend="gloo", timeout=MAIN_WAIT_TIMEOUT))
+    _host_group.append(tdist.new_group(backend="gloo", timeout=HOST_TIMEOUT))
     yield device
     # Only after success: a failing rank is about to exit, and keeping its connections open
     # until then lets the launcher stop the peers before they fail on a closed connection.
-    _main_wait.clear()
+    _host_group.clear()
     tdist.destroy_process_group()
 
 
+def _host() -> Any:
+    return _host_group[-1] if _host_group else None
+
+
 def wait_for_main(world: World) -> None:
-    """Every rank waits here until rank 0 has validated and logged its epoch."""
+    """Every rank waits here until rank 0 has logged its epoch and kept its weights."""
     if world.distributed:
-        tdist.barrier(group=_main_wait[-1] if _main_wait else None)
+        tdist.barrier(group=_host())
+
+
+def shard(rows: np.ndarray, world: World) -> np.ndarray:
+    """This rank's part of the validation rows: every world.size-th row from its rank, so the
+    shards are disjoint and cover the split (DistributedSampler would repeat rows to even them
+    out, and the repeated images would count twice)."""
+    return rows[world.rank::world.size]
+
+
+def unshard(part: Sharded, world: World) -> Sharded:
+    """Every rank's `part` (a tensor or list with one entry per row of its shard()), joined on
+    every rank in the order of the rows before sharding. In host memory only (gloo)."""
+    if not world.distributed:
+        return part
+    parts: list[Sharded] = [part] * world.size
+    tdist.all_gather_object(parts, part, group=_host())
+    total = sum(len(p) for p in parts)
+    whole: Sharded
+    if isinstance(part, torch.Tensor):      # shaped like rank 0's, whose shard is the longest
+        whole = parts[0].new_empty((total, *parts[0].shape[1:]))
+    else:
+        whole = [None] * total
+    for rank, rows in enumerate(parts):
+        if len(rows):
+            whole[rank::world.size] = rows       # rank r's shard held rows r, r + size, ...
+    return whole
+
+
+def host_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """`tensor`, a CPU tensor, summed over every rank in place."""
+    if world.distributed:
+        tdist.all_reduce(tensor, group=_host())
+    return tensor
+
+
+def agree(value: Any, world: World) -> Any:
+    """Rank 0's `value` on every rank, so a decision taken from it is the same on all."""
+    if not world.distributed:
+        return value
+    box = [value]
+    tdist.broadcast_object_list(box, src=0, group=_host())
+    return box[0]
+
+
+def share_buffers(model: nn.Module, world: World) -> None:
+    """Rank 0's buffers (batch norm's running statistics) on every rank. DDP broadcasts them
+    before each training forward, but then each rank updates its own from its batch: after an
+    epoch they differ, and every rank must validate the model rank 0 keeps."""
+    if world.distributed:
+        for buffer in model.buffers():
+            tdist.broadcast(buffer, src=0)
 
 
 def per_rank_batch(batch_size: int, world: World, key: str, min_images: int = 1) -> int:

@@ -21,7 +21,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from fashionbg.core.errors import ParamError, UserError
-from fashionbg.nn.distributed import SINGLE, World, all_sum, wait_for_main, wrap
+from fashionbg.nn.distributed import (
+    SINGLE,
+    World,
+    agree,
+    all_sum,
+    share_buffers,
+    wait_for_main,
+    wrap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +265,11 @@ def fit(model: nn.Module, loader: DataLoader, step: Step, validate: Validate | N
     tie); without validation images, the last epoch. The test split never takes part.
 
     Under torchrun every rank trains its shard through DistributedDataParallel and the epoch's
-    sums are added up over the ranks; rank 0 alone validates (on the whole split, as in one
-    process), logs to `live` and keeps weights; other ranks pass `live` None and get no state,
-    and wait for it at the end of each epoch (wait_for_main), not inside the next collective.
+    sums are added up over the ranks. Every rank validates (each its shard: `validate` combines
+    them into the whole split's figures, given rank 0's batch norm statistics) and takes rank
+    0's figures, so all take the same decision; rank 0 alone logs to `live` and keeps weights,
+    other ranks pass `live` None and get no state, and wait for it at the end of each epoch
+    (wait_for_main), not inside the next collective.
     `amp` is the autocast dtype (TrainingRun.amp; None = float32); fp16 adds loss scaling.
     """
     if isinstance(amp, str):
@@ -279,30 +289,36 @@ def fit(model: nn.Module, loader: DataLoader, step: Step, validate: Validate | N
                                                      scheduler, scaler, device, epoch, amp),
                                      world, device)
         stats.append(epoch_stats)
+        started = time.perf_counter()
+        val: dict[str, float | None] = {}
+        if validate is not None:
+            share_buffers(model, world)
+            val = agree(validate(model), world)
+        validation_seconds = time.perf_counter() - started
+        score = val.get(key)
+        if validate is None or (score is not None and (best_score is None or score > best_score)):
+            best_epoch, best_score = epoch, score
+            if world.is_main:
+                best_state = cpu_state(model)
         if world.is_main:
             live.step = epoch   # the curves' x axis counts epochs from 1
             logged = {"train/loss": epoch_stats.loss,
                       **{f"train/{k}": v / max(epoch_stats.images, 1)
-                         for k, v in epoch_stats.sums.items()}}
-            started = time.perf_counter()
-            val = validate(model) if validate is not None else {}
-            validation_seconds = time.perf_counter() - started
-            logged.update({f"val/{k}": v for k, v in val.items() if v is not None})
+                         for k, v in epoch_stats.sums.items()},
+                      **{f"val/{k}": v for k, v in val.items() if v is not None}}
             for name, value in logged.items():
                 live.log_metric(name, round(float(value), 4))
-            score = val.get(key)
-            if validate is None or (score is not None and
-                                    (best_score is None or score > best_score)):
-                best_epoch, best_score, best_state = epoch, score, cpu_state(model)
             log.info("epoch %d/%d: %s | %.1f images/s | training %.1f s, validation %.1f s",
                      epoch, epochs, " ".join(f"{k} {v:.4f}" for k, v in logged.items()),
                      epoch_stats.images_per_second, epoch_stats.seconds, validation_seconds)
             live.next_step()
-        wait_for_main(world)     # the other ranks wait here while rank 0 validates
+        wait_for_main(world)     # the other ranks wait here while rank 0 logs
+    if best_epoch == 0:   # validation never produced a score: keep the last epoch
+        best_epoch = epochs
+        best_state = cpu_state(model) if world.is_main else None
     if not world.is_main:
-        return FitResult(0, None, {}, steady_throughput(stats))
-    if best_state is None:   # validation never produced a score: keep the last epoch
-        best_epoch, best_state = epochs, cpu_state(model)
+        return FitResult(best_epoch, best_score, {}, steady_throughput(stats))
+    assert best_state is not None       # rank 0 copied the kept epoch's weights
     result = FitResult(best_epoch, best_score, best_state, steady_throughput(stats))
     live.summary["best_epoch"] = best_epoch
     live.summary[f"best_val_{key}"] = None if best_score is None else round(best_score, 4)

@@ -16,6 +16,7 @@ from fashionbg.core import paths
 from fashionbg.core.errors import UserError
 from fashionbg.nn.checkpoint import Checkpoint
 from fashionbg.nn.data import IN_PROCESS, LoaderOptions
+from fashionbg.nn.distributed import SINGLE, World
 from fashionbg.nn.engine import Step, Validate
 
 
@@ -49,10 +50,12 @@ class Task(Protocol):
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer: ...
 
-    def validator(self, loader: DataLoader, device: torch.device, amp: torch.dtype | None
-                  ) -> Validate:
+    def validator(self, loader: DataLoader, device: torch.device, amp: torch.dtype | None,
+                  world: World = SINGLE) -> Validate:
         """The validation metrics of the curves, in the training's autocast `amp`; the key
-        metric selects the epoch kept."""
+        metric selects the epoch kept. Under torchrun (`world`) `loader` holds this rank's
+        shard of the split (distributed.shard), and every rank gets the whole split's metrics
+        (a collective: every rank validates)."""
 
 
 def restore_model(task: Task, checkpoint: Checkpoint, device: torch.device

@@ -8,7 +8,7 @@ from fashionbg.core import paths
 from fashionbg.core.errors import UserError
 from fashionbg.nn.checkpoint import Checkpoint, save_checkpoint
 from fashionbg.nn.data import validation_options
-from fashionbg.nn.distributed import main_live
+from fashionbg.nn.distributed import main_live, shard
 from fashionbg.nn.engine import dtype_name, fit, log_first_input
 from fashionbg.nn.launch import TrainingRun
 from fashionbg.nn.task import Task
@@ -48,10 +48,12 @@ def train_task(run: TrainingRun, task: Task, variant: str, config: TrainConfig) 
                                run.batch_size(config.batch_size, spec.batch_size_key,
                                               task.min_rank_batch),
                                run.generator, run.loader)
-    validate = (task.validator(task.loader(task.dataset(images, val_rows), config.batch_size,
+    # every rank validates its shard: the validator combines them into the split's figures
+    validate = (task.validator(task.loader(task.dataset(images, shard(val_rows, run.world)),
+                                           config.batch_size,
                                            options=validation_options(run.loader)),
-                                run.device, run.amp)
-                if len(val_rows) and run.world.is_main else None)
+                                run.device, run.amp, run.world)
+                if len(val_rows) else None)
     log.info("%s: %s on %s (%d train, %d val images of %s) on %s, %d process(es); classes: %s",
              spec.name, task.model_name, variant, len(train_rows), len(val_rows),
              "x".join(map(str, task.image_size)), run.device, run.world.size,

@@ -35,8 +35,8 @@ def _image(images: np.ndarray, row: int) -> tv_tensors.Image:
 
 def augment_pair(transform: v2.Transform, image: torch.Tensor, mask: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One (CHW image, HW class-id mask) pair through `transform`, as plain tensors; in a
-    dataset or on a device batch (train.augment_on)."""
+    """One (CHW image, HW class-id mask) pair through `transform`, as plain tensors (the
+    device's batched augmentation is nn.augment's)."""
     image, mask = transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
     return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
 

@@ -13,11 +13,13 @@ from torch.utils.data import DataLoader
 from torchmetrics.detection import MeanAveragePrecision
 
 from fashionbg.contracts.codes import IGNORE
+from fashionbg.nn.distributed import SINGLE, World, host_sum
 from fashionbg.nn.engine import autocast
 from fashionbg.segment.detections import image_record
 from fashionbg.segment.metrics import (
     ConfusionMatrix,
     instance_metric,
+    join_ranks,
     summarize_instances,
     validation_mask_ap,
 )
@@ -72,13 +74,31 @@ def evaluate_semantic(model: nn.Module, loader: DataLoader, device: torch.device
                       amp: torch.dtype | None = None) -> dict[str, Any]:
     """Metrics over the loader; `per_image` (a list) receives each image's (intersection,
     union) per class, in loader order."""
-    confusion = ConfusionMatrix(len(class_names), keep_images=per_image is not None)
-    for images, masks in loader:
-        confusion.update(masks, predict_semantic(model, images, device, amp))
+    confusion = confusion_over(model, loader, device, len(class_names), amp,
+                               keep_images=per_image is not None)
     if per_image is not None:
         assert confusion.images is not None  # kept: keep_images is set when per_image is given
         per_image.extend(confusion.images)
     return confusion.compute(class_names)
+
+
+def validate_semantic(model: nn.Module, loader: DataLoader, device: torch.device,
+                      class_names: list[str], amp: torch.dtype | None, world: World = SINGLE
+                      ) -> dict[str, Any]:
+    """evaluate_semantic's metrics of the whole validation split, of which `loader` holds this
+    rank's shard under torchrun: the confusion matrices (pixel counts) add up exactly."""
+    confusion = confusion_over(model, loader, device, len(class_names), amp)
+    host_sum(confusion.matrix, world)
+    return confusion.compute(class_names)
+
+
+def confusion_over(model: nn.Module, loader: DataLoader, device: torch.device,
+                   num_classes: int, amp: torch.dtype | None, keep_images: bool = False
+                   ) -> ConfusionMatrix:
+    confusion = ConfusionMatrix(num_classes, keep_images)
+    for images, masks in loader:
+        confusion.update(masks, predict_semantic(model, images, device, amp))
+    return confusion
 
 
 def evaluate_instances(model: nn.Module, loader: DataLoader, device: torch.device,
@@ -92,10 +112,11 @@ def evaluate_instances(model: nn.Module, loader: DataLoader, device: torch.devic
 
 
 def validate_instances(model: nn.Module, loader: DataLoader, device: torch.device,
-                       amp: torch.dtype | None) -> float | None:
-    """Mask AP over the loader, at validation's cost (instance_metric(final=False))."""
-    return validation_mask_ap(score_instances(model, loader, device, amp,
-                                              instance_metric(final=False)))
+                       amp: torch.dtype | None, world: World = SINGLE) -> float | None:
+    """Mask AP at validation's cost (instance_metric(final=False)) of the whole validation
+    split, of which `loader` holds this rank's shard under torchrun."""
+    return validation_mask_ap(join_ranks(score_instances(model, loader, device, amp,
+                                                         instance_metric(final=False)), world))
 
 
 def score_instances(model: nn.Module, loader: DataLoader, device: torch.device,

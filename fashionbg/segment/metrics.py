@@ -11,11 +11,13 @@ Instance: COCO mask and box AP from torchmetrics' MeanAveragePrecision (pycocoto
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torchmetrics.detection import MeanAveragePrecision
+
+from fashionbg.nn.distributed import World, unshard
 
 
 class ConfusionMatrix:
@@ -76,10 +78,19 @@ def instance_metric(final: bool = True) -> MeanAveragePrecision:
     """Box and mask AP, with per-class AP for the evaluation stage (`final`) only: validation
     every epoch would rerun COCO's evaluation once per class. (Box AP stays in validation:
     torchmetrics scores masks alone as -1, not 0, while the model detects nothing.) Scores what
-    this process saw: under torchrun rank 0 validates alone, so torchmetrics must not wait for
-    the other ranks to sync."""
+    this process saw, without torchmetrics' own sync, which pairs the ranks' images by position
+    and so needs as many on every rank (DistributedSampler's padding, which would count the
+    repeated images twice): under torchrun join_ranks gathers the shards instead."""
     return MeanAveragePrecision(iou_type=("bbox", "segm"), class_metrics=final,
                                 backend="pycocotools", sync_on_compute=False)
+
+
+def join_ranks(metric: MeanAveragePrecision, world: World) -> MeanAveragePrecision:
+    """`metric` updated with this rank's shard of a split (distributed.shard), holding every
+    rank's images in the split's order, on every rank: it scores as one process would."""
+    for name, images in metric.metric_state.items():      # lists, one entry per image
+        setattr(metric, name, unshard(cast(list, images), world))
+    return metric
 
 
 def _ap(result: dict[str, torch.Tensor], key: str) -> float | None:

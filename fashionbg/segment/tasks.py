@@ -4,7 +4,6 @@ and what each writes per image."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,11 @@ from fashionbg.contracts.tasks import TASKS as SPECS
 from fashionbg.core.errors import UserError
 from fashionbg.nn.augment import place_named
 from fashionbg.nn.data import IN_PROCESS, LoaderOptions, make_loader
+from fashionbg.nn.distributed import SINGLE, World
 from fashionbg.nn.engine import Step, Validate
 from fashionbg.segment.data import (
     InstanceDataset,
     SemanticDataset,
-    augment_pair,
     collate_instances,
     paired_transform,
 )
@@ -33,6 +32,7 @@ from fashionbg.segment.engine import (
     instance_step,
     semantic_step,
     validate_instances,
+    validate_semantic,
 )
 from fashionbg.segment.instances import instance_targets
 from fashionbg.segment.models import build_instance, build_semantic
@@ -71,9 +71,8 @@ class SemanticTask:
         return SemanticDataset(images, self.masks, rows, augment)
 
     def training(self, augment: str, on_device: bool) -> tuple[str, Step]:
-        transform = paired_transform(augment, self.image_size)
-        pair = None if transform is None else partial(augment_pair, transform)
-        return place_named(augment, pair, self.step, on_device)
+        return place_named(augment, paired_transform(augment, self.image_size), self.step,
+                           on_device, masks=True)
 
     def loader(self, dataset: Dataset, batch_size: int, generator: torch.Generator | None = None,
                options: LoaderOptions = IN_PROCESS) -> DataLoader:
@@ -85,9 +84,11 @@ class SemanticTask:
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return segment_optimizer(self.config, model)
 
-    def validator(self, loader: DataLoader, device: torch.device, amp: torch.dtype | None
-                  ) -> Validate:
-        return key_metric_validator(self, loader, device, amp)
+    def validator(self, loader: DataLoader, device: torch.device, amp: torch.dtype | None,
+                  world: World = SINGLE) -> Validate:
+        key, names = self.spec.key_metric, self.class_names
+        return lambda model: {key: validate_semantic(model, loader, device, names, amp,
+                                                     world)[key]}
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device,
                  per_image: list | None = None, amp: torch.dtype | None = None
@@ -153,11 +154,11 @@ class InstanceTask:
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return segment_optimizer(self.config, model)
 
-    def validator(self, loader: DataLoader, device: torch.device, amp: torch.dtype | None
-                  ) -> Validate:
+    def validator(self, loader: DataLoader, device: torch.device, amp: torch.dtype | None,
+                  world: World = SINGLE) -> Validate:
         """Mask AP without per-class AP, so validating costs little per epoch."""
         key = self.spec.key_metric
-        return lambda model: {key: validate_instances(model, loader, device, amp)}
+        return lambda model: {key: validate_instances(model, loader, device, amp, world)}
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device,
                  per_image: list | None = None, amp: torch.dtype | None = None
@@ -195,15 +196,3 @@ def segment_optimizer(config: SegmentConfig, model: nn.Module) -> torch.optim.Op
     """AdamW over the parameters that take gradients."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(trainable, lr=config.task_lr, weight_decay=config.weight_decay)
-
-
-def key_metric_validator(task: SemanticTask, loader: DataLoader, device: torch.device,
-                         amp: torch.dtype | None) -> Validate:
-    """The task's key metric on the validation loader in the training's autocast `amp`, for the
-    curves and model selection."""
-    key = task.spec.key_metric
-
-    def validate(model: nn.Module) -> dict[str, float | None]:
-        return {key: task.evaluate(model, loader, device, amp=amp)[key]}
-
-    return validate
