@@ -15,11 +15,11 @@ import yaml
 from helpers_archives import fashionpedia_folder, fashionstyle14_zip
 
 from fashionbg.core.errors import UserError
-from fashionbg.study import preflight as preflight_module
-from fashionbg.study import timing
-from fashionbg.study.definition import load_study, locate
-from fashionbg.study.preflight import cell_params, preflight
-from fashionbg.study.schedule import Capacity
+from fashionbg.study.plan import preflight as preflight_module
+from fashionbg.study.plan import timing
+from fashionbg.study.plan.definition import load_study, locate
+from fashionbg.study.plan.preflight import cell_params, preflight
+from fashionbg.study.plan.schedule import Capacity
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -128,7 +128,7 @@ FASHIONPEDIA_DATA = {**PARAMS["data"], "mask_grouping": "category"}
 ])
 def test_fashionpedia_annotations_of_the_wrong_shape_are_one_line(tmp_path, categories,
                                                                  expected):
-    from fashionbg.study.datasets import probe
+    from fashionbg.study.plan.datasets import probe
 
     fp = fashionpedia_folder(tmp_path / "fashionpedia")
     for split in ("train", "val"):
@@ -143,7 +143,7 @@ def test_fashionpedia_annotations_of_the_wrong_shape_are_one_line(tmp_path, cate
 def test_a_fifo_as_fashionpedia_annotations_is_refused_not_waited_on(tmp_path):
     import os
 
-    from fashionbg.study.datasets import probe
+    from fashionbg.study.plan.datasets import probe
 
     fp = fashionpedia_folder(tmp_path / "fashionpedia")
     (fp / "annotations/instances_attributes_val2020.json").unlink()
@@ -154,7 +154,7 @@ def test_a_fifo_as_fashionpedia_annotations_is_refused_not_waited_on(tmp_path):
 
 @pytest.mark.parametrize("member", [0, -1])
 def test_a_damaged_archive_is_found_by_the_preflight(tmp_path, member):
-    from fashionbg.study.datasets import probe
+    from fashionbg.study.plan.datasets import probe
 
     fs14 = fashionstyle14_zip(tmp_path / "FashionStyle14_v1.zip")
     damaged(fs14, member)

@@ -30,7 +30,7 @@ from fashionbg.nn.engine import amp_dtype, autocast, grad_scaler, precision_name
 from fashionbg.nn.params import read_train
 from fashionbg.segment.models import build_instance, build_semantic
 from fashionbg.segment.params import read_segment
-from fashionbg.study.definition import Cell
+from fashionbg.study.plan.definition import Cell
 
 TIMED_STEPS = 2
 TIMED_PHOTOS = 3
