@@ -201,3 +201,48 @@ def test_a_cells_time_is_its_images_epochs_and_devices_at_the_timed_rates():
     assert isinstance(found, timing.CellEstimate)
     assert found.seconds == pytest.approx(10 * (0.3 + 0.1) + 0.1 + timing.CELL_OVERHEAD_S)
     assert found.output_bytes == 1000 + timing.OUTPUT_BYTES
+
+
+def test_every_task_is_timed_through_its_own_rehearsal():
+    """The timing builds no model itself: each task of contracts.tasks.TASKS has its class in
+    fashionbg.tasks, whose rehearsal (model, optimizer, training step) the timing runs."""
+    from fashionbg.contracts.tasks import TASKS
+    from fashionbg.tasks import TASK_CLASSES
+
+    assert set(TASK_CLASSES) == set(TASKS)
+    cells = quick_cells(PARAMS)
+    for task in TASKS:
+        cell = next(c for c in cells if c.arm.task == task)
+        p = cell_params(PARAMS, {**cell.overrides, "data.image_size": [64, 64]})
+        timed = timing._time_model(task, p)
+        assert timed.train_s > 0 and timed.eval_s > 0 and timed.checkpoint_bytes > 0, task
+
+
+def test_a_new_task_is_timed_with_no_change_to_the_study(monkeypatch):
+    """A task the study has never heard of: its spec and class registered, nothing else."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    from fashionbg.contracts.tasks import TASKS
+    from fashionbg.nn.task import Rehearsal
+    from fashionbg.tasks import TASK_CLASSES
+
+    class Toy:
+        @classmethod
+        def rehearsal(cls, params):
+            model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+            return Rehearsal(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+                             lambda m, x, y, device: (F.cross_entropy(m(x), y), {}),
+                             torch.device("cpu"), params["toy"]["batch_size"],
+                             lambda images: (images.float(), torch.zeros(len(images),
+                                                                         dtype=torch.long)))
+
+    monkeypatch.setitem(TASKS, "toy", replace(TASKS["classify"], name="toy", section="toy",
+                                              step_keys=("batch_size",)))
+    monkeypatch.setitem(TASK_CLASSES, "toy", Toy)
+    p = {"data": {"image_size": [8, 8]}, "train": PARAMS["train"], "toy": {"batch_size": 4}}
+    key = timing._model_key("toy", p)
+    timed = timing.measure({key: ("toy", p)}, [], {}).models[key]
+    assert isinstance(timed, timing.ModelTiming), timed
+    assert timed.batch == 4 and timed.checkpoint_bytes == (3 * 8 * 8 * 2 + 2) * 4
