@@ -78,7 +78,7 @@ browser:
 # DVC exits 0 when a folder output could not be copied into its cache (a full disk): checked.
 repro: setup
 	dvc repro
-	$(PY) -m fashionbg.study.cache_check
+	$(PY) -m fashionbg.study.run.cache_check
 
 # One process: on 2 cores, two pytest-xdist workers starved the end-to-end tests' stages past
 # their timeouts and made torch's socket paths under the workers' temp folders too long. The 25
@@ -143,4 +143,4 @@ metrics-report:
 # One original-against-rembg figure per task for a paper (reports/panels/), from the same two
 # experiments.
 panels:
-	$(PY) -m fashionbg.study.panel original rembg
+	$(PY) -m fashionbg.study.read.panel original rembg

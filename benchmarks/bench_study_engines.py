@@ -72,7 +72,7 @@ def bench_preset(project: Path, args: argparse.Namespace, seeds: list[int] | Non
 
 def cells(project: Path) -> int:
     out = sh(project, [sys.executable, "-c", "from fashionbg.core.params import load_params;"
-                       "from fashionbg.study.definition import load_study;"
+                       "from fashionbg.study.plan.definition import load_study;"
                        "print(len(load_study(params=load_params()).cells('bench')))"])
     return int(out.strip())
 

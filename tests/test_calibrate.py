@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fashionbg.study.calibrate import (
+from fashionbg.study.plan.definition import Claim, load_study
+from fashionbg.study.read.calibrate import (
     REGIMES,
     calibrate,
     calibration_study,
@@ -18,8 +19,7 @@ from fashionbg.study.calibrate import (
     simulate,
     table,
 )
-from fashionbg.study.definition import Claim, load_study
-from fashionbg.study.report import ClaimResult
+from fashionbg.study.read.report import ClaimResult
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import yaml
 from helpers_archives import fashionpedia_folder, fashionstyle14_zip
 from helpers_project import project_env, run, tiny_project
 
-from fashionbg.study.definition import load_study
+from fashionbg.study.plan.definition import load_study
 
 
 def make_study(project: Path, fs14: Path, fp: Path) -> str:

@@ -15,11 +15,11 @@ import yaml
 from helpers_archives import fashionpedia_folder, fashionstyle14_zip
 
 from fashionbg.core.errors import UserError
-from fashionbg.study import preflight as preflight_module
-from fashionbg.study import timing
-from fashionbg.study.definition import load_study, locate
-from fashionbg.study.preflight import cell_params, preflight
-from fashionbg.study.schedule import Capacity
+from fashionbg.study.plan import preflight as preflight_module
+from fashionbg.study.plan import timing
+from fashionbg.study.plan.definition import load_study, locate
+from fashionbg.study.plan.preflight import cell_params, preflight
+from fashionbg.study.plan.schedule import Capacity
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -128,7 +128,7 @@ FASHIONPEDIA_DATA = {**PARAMS["data"], "mask_grouping": "category"}
 ])
 def test_fashionpedia_annotations_of_the_wrong_shape_are_one_line(tmp_path, categories,
                                                                  expected):
-    from fashionbg.study.datasets import probe
+    from fashionbg.study.plan.datasets import probe
 
     fp = fashionpedia_folder(tmp_path / "fashionpedia")
     for split in ("train", "val"):
@@ -143,7 +143,7 @@ def test_fashionpedia_annotations_of_the_wrong_shape_are_one_line(tmp_path, cate
 def test_a_fifo_as_fashionpedia_annotations_is_refused_not_waited_on(tmp_path):
     import os
 
-    from fashionbg.study.datasets import probe
+    from fashionbg.study.plan.datasets import probe
 
     fp = fashionpedia_folder(tmp_path / "fashionpedia")
     (fp / "annotations/instances_attributes_val2020.json").unlink()
@@ -154,7 +154,7 @@ def test_a_fifo_as_fashionpedia_annotations_is_refused_not_waited_on(tmp_path):
 
 @pytest.mark.parametrize("member", [0, -1])
 def test_a_damaged_archive_is_found_by_the_preflight(tmp_path, member):
-    from fashionbg.study.datasets import probe
+    from fashionbg.study.plan.datasets import probe
 
     fs14 = fashionstyle14_zip(tmp_path / "FashionStyle14_v1.zip")
     damaged(fs14, member)
@@ -201,3 +201,48 @@ def test_a_cells_time_is_its_images_epochs_and_devices_at_the_timed_rates():
     assert isinstance(found, timing.CellEstimate)
     assert found.seconds == pytest.approx(10 * (0.3 + 0.1) + 0.1 + timing.CELL_OVERHEAD_S)
     assert found.output_bytes == 1000 + timing.OUTPUT_BYTES
+
+
+def test_every_task_is_timed_through_its_own_rehearsal():
+    """The timing builds no model itself: each task of contracts.tasks.TASKS has its class in
+    fashionbg.tasks, whose rehearsal (model, optimizer, training step) the timing runs."""
+    from fashionbg.contracts.tasks import TASKS
+    from fashionbg.tasks import TASK_CLASSES
+
+    assert set(TASK_CLASSES) == set(TASKS)
+    cells = quick_cells(PARAMS)
+    for task in TASKS:
+        cell = next(c for c in cells if c.arm.task == task)
+        p = cell_params(PARAMS, {**cell.overrides, "data.image_size": [64, 64]})
+        timed = timing._time_model(task, p)
+        assert timed.train_s > 0 and timed.eval_s > 0 and timed.checkpoint_bytes > 0, task
+
+
+def test_a_new_task_is_timed_with_no_change_to_the_study(monkeypatch):
+    """A task the study has never heard of: its spec and class registered, nothing else."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    from fashionbg.contracts.tasks import TASKS
+    from fashionbg.nn.task import Rehearsal
+    from fashionbg.tasks import TASK_CLASSES
+
+    class Toy:
+        @classmethod
+        def rehearsal(cls, params):
+            model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+            return Rehearsal(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+                             lambda m, x, y, device: (F.cross_entropy(m(x), y), {}),
+                             torch.device("cpu"), params["toy"]["batch_size"],
+                             lambda images: (images.float(), torch.zeros(len(images),
+                                                                         dtype=torch.long)))
+
+    monkeypatch.setitem(TASKS, "toy", replace(TASKS["classify"], name="toy", section="toy",
+                                              step_keys=("batch_size",)))
+    monkeypatch.setitem(TASK_CLASSES, "toy", Toy)
+    p = {"data": {"image_size": [8, 8]}, "train": PARAMS["train"], "toy": {"batch_size": 4}}
+    key = timing._model_key("toy", p)
+    timed = timing.measure({key: ("toy", p)}, [], {}).models[key]
+    assert isinstance(timed, timing.ModelTiming), timed
+    assert timed.batch == 4 and timed.checkpoint_bytes == (3 * 8 * 8 * 2 + 2) * 4

@@ -1,6 +1,6 @@
 """The study's cell order and wall-time model on known per-cell times: longest first, each cell
 starting on the earliest-free devices it needs."""
-from fashionbg.study.schedule import Capacity, longest_first, makespan, most_at_once
+from fashionbg.study.plan.schedule import Capacity, longest_first, makespan, most_at_once
 
 HOURS = {"instance-s0": 5.0, "semantic-s0": 3.0, "resnet18-s0": 2.0, "shallow-s0": 1.0,
          "shallow-s1": 1.0}

@@ -20,7 +20,7 @@ from fashionbg.segment.models import BACKBONES
 from fashionbg.segment.params import INSTANCE_BACKBONES, TASKS, read_segment
 from fashionbg.segment.tasks import TASKS as TASK_CLASSES
 from fashionbg.segment.tasks import make_task
-from fashionbg.study.results import parse_detections
+from fashionbg.study.read.results import parse_detections
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["background", "skin", "top", "pants"]

@@ -13,11 +13,18 @@ from statsmodels.stats.weightstats import ttost_paired
 
 from fashionbg.core.errors import UserError
 from fashionbg.segment.metrics import ConfusionMatrix
-from fashionbg.study import stats
-from fashionbg.study.definition import load_study, locate
-from fashionbg.study.report import arm_gain, build_report, evaluate_claims, group, update_readme
-from fashionbg.study.results import CellResult
-from fashionbg.study.runner import override, parse_shard
+from fashionbg.study.plan.definition import load_study, locate
+from fashionbg.study.read import stats
+from fashionbg.study.read.report import (
+    arm_gain,
+    build_report,
+    evaluate_claims,
+    group,
+    update_readme,
+)
+from fashionbg.study.read.results import CellResult
+from fashionbg.study.run.runner import parse_shard
+from fashionbg.study.run.workspace import override
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -477,7 +484,7 @@ def test_report_rows_print_the_deciding_test_and_refuse_a_verdict_below_three_se
 
 
 def test_a_cell_missing_from_the_queue_for_a_moment_is_still_pending():
-    from fashionbg.study.runner import LOST_POLLS, MISSING, cell_states
+    from fashionbg.study.run.runner import LOST_POLLS, MISSING, cell_states
 
     names, unseen = {"running", "between", "finished"}, dict.fromkeys(
         {"running", "between", "finished"}, 0)
@@ -543,7 +550,7 @@ HOSTILE = "<!-- study:end --> | cell\n<script>x</script> [link](http://x) *b* `c
 def test_study_yaml_text_in_the_readme_is_text(tmp_path, monkeypatch):
     """A preset's and an arm's `about:` with markers, `|`, newlines, HTML and Markdown: shown
     as typed, on one line, breaking neither the block's markers nor its table."""
-    from fashionbg.study.report import text
+    from fashionbg.study.read.report import text
 
     study_yaml = yaml.safe_load(SYNTHETIC_STUDY)
     study_yaml["presets"]["s"]["about"] = HOSTILE

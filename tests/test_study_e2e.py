@@ -5,7 +5,7 @@ import pytest
 import yaml
 from helpers_project import copy_baseline, run
 
-from fashionbg.study.stats import VERDICTS
+from fashionbg.study.read.stats import VERDICTS
 
 TINY_PRESET = {"about": "two arms on a tiny demo", "seeds": [0, 1], "params": {},
                "arms": {"shallow": {}, "shallow_bn": {}}}

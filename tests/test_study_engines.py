@@ -16,18 +16,24 @@ from pathlib import Path
 import pytest
 
 from fashionbg.core.errors import UserError
-from fashionbg.study.engines import EngineOptions, auto_engine, make_engine, study_lock
-from fashionbg.study.ray_engine import (CONNECT_SECONDS, ray_cluster, reachable, refuse_infeasible,
-                                        time_summary)
-from fashionbg.study.upstream import upstream_jobs, upstream_params
-from fashionbg.study.workspace import CellJob, clear_workspaces
+from fashionbg.study.run.engines import auto_engine, make_engine, study_lock
+from fashionbg.study.run.protocol import EngineOptions
+from fashionbg.study.run.ray_engine import (
+    CONNECT_SECONDS,
+    ray_cluster,
+    reachable,
+    refuse_infeasible,
+    time_summary,
+)
+from fashionbg.study.run.upstream import upstream_jobs, upstream_params
+from fashionbg.study.run.workspace import CellJob, clear_workspaces
 
 ROOT = Path(__file__).resolve().parents[1]
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from fashionbg.study.engines import study_lock
+from fashionbg.study.run.engines import study_lock
 with study_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(120)
@@ -68,7 +74,8 @@ def test_an_unknown_engine_or_remotes_without_ray_are_refused():
 
 def test_the_queue_path_does_not_load_ray():
     code = ("import sys; import fashionbg.study.__main__; "
-            "from fashionbg.study.engines import EngineOptions, make_engine; "
+            "from fashionbg.study.run.engines import make_engine; "
+            "from fashionbg.study.run.protocol import EngineOptions; "
             "make_engine('queue', EngineOptions()); print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -114,7 +121,7 @@ def test_a_stage_killed_by_a_signal_is_a_lost_worker_end_to_end(tmp_path, how, l
     code of its own, and the cell is lost (run again by the engine), not failed."""
     from helpers_project import project_env
 
-    from fashionbg.study.workspace import WorkerLost, run_cell
+    from fashionbg.study.run.workspace import WorkerLost, run_cell
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -138,7 +145,7 @@ def test_a_stage_killed_by_a_signal_is_a_lost_worker_end_to_end(tmp_path, how, l
     else:
         outcome = run_cell(job)
         assert outcome.ok == (how == "ok"), outcome.log
-        assert ("exited with 3" if how == "exit 3" else "-m fashionbg.study.cache_check"
+        assert ("exited with 3" if how == "exit 3" else "-m fashionbg.study.run.cache_check"
                 ) in outcome.log, outcome.log
     assert not list((tmp_path / "ws").iterdir())
 
@@ -150,7 +157,7 @@ def test_a_second_queue_worker_is_never_started_end_to_end(tmp_path, monkeypatch
     import psutil
     from helpers_project import project_env
 
-    from fashionbg.study import runner
+    from fashionbg.study.run import runner
 
     for step in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
                  ["git", "commit", "-qm", "dvc", "--allow-empty"]):
@@ -269,7 +276,7 @@ def test_a_ray_address_where_nothing_answers_fails_in_one_line_within_the_timeou
 JOIN = """
 import sys
 from fashionbg.core.errors import UserError
-from fashionbg.study import ray_engine
+from fashionbg.study.run import ray_engine
 ray_engine.JOIN_SECONDS = 3
 try:
     with ray_engine.ray_cluster():
@@ -311,7 +318,7 @@ class Finishes:
         return None
 
     def capacity(self, todo):
-        from fashionbg.study.schedule import Capacity
+        from fashionbg.study.plan.schedule import Capacity
 
         return Capacity(1, "queue slot", {})
 
@@ -328,7 +335,7 @@ def test_study_run_exits_1_naming_the_cells_that_failed_or_were_lost(tmp_path, m
     import yaml
 
     from fashionbg.study import __main__ as cli
-    from fashionbg.study.definition import load_study
+    from fashionbg.study.plan.definition import load_study
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     cells = load_study(ROOT / "study.yaml", params).cells("quick")[:5]

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fashionbg.core.errors import UserError
-from fashionbg.study.definition import Study, load_study
+from fashionbg.study.plan.definition import Study, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = yaml.safe_load((ROOT / "study.yaml").read_text())
@@ -394,7 +394,7 @@ CORRUPTIONS = [   # (file, content, what the warning says)
 
 @pytest.mark.parametrize("file, content, problem", CORRUPTIONS)
 def test_a_malformed_experiment_is_named_and_left_out(repo, caplog, file, content, problem):
-    from fashionbg.study.results import read_results
+    from fashionbg.study.read.results import read_results
 
     study = load_study(Path("study.yaml"), PARAMS)
     cells = study.cells("s")
@@ -426,7 +426,7 @@ SEG_HEADER = "path,tested_on,class,intersection,union,truth\n"
 ])
 def test_a_malformed_segmentation_experiment_is_named_and_left_out(repo, caplog, content,
                                                                    problem):
-    from fashionbg.study.results import read_results
+    from fashionbg.study.read.results import read_results
 
     cells = load_study(Path("study.yaml"), PARAMS).cells("seg")
     experiment(repo, cells[0].name, good_files(cells[0]))
@@ -467,7 +467,7 @@ def instances(images: list, tested_on: str = "rembg", classes: Any = ("top",)) -
 ])
 def test_a_malformed_instance_experiment_is_named_and_left_out(repo, caplog, content, problem):
     from fashionbg.segment.detections import MaskAP
-    from fashionbg.study.results import read_results
+    from fashionbg.study.read.results import read_results
 
     cells = load_study(Path("study.yaml"), PARAMS).cells("inst")
     experiment(repo, cells[0].name, good_files(cells[0]))
@@ -485,7 +485,7 @@ def test_a_malformed_instance_experiment_is_named_and_left_out(repo, caplog, con
 @given(data=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
 def test_any_bytes_in_any_file_of_an_experiment_are_read_or_named(tmp_path, data):
     """Each file's parser, on anything: a result or BadExperiment, never another exception."""
-    from fashionbg.study import results as r
+    from fashionbg.study.read import results as r
 
     text = data.decode("utf-8", "replace")
     for parse in (lambda: r.parse_params(text), lambda: r.parse_json(text, "x.json"),
@@ -513,7 +513,7 @@ json_values = st.recursive(
 def test_any_json_in_the_metrics_is_read_or_named(data, task):
     import json
 
-    from fashionbg.study import results as r
+    from fashionbg.study.read import results as r
 
     key = "top1" if task == "classify" else "miou"
     text = json.dumps(data)
@@ -537,7 +537,7 @@ rows = st.lists(st.tuples(st.sampled_from(IMAGES[:3] + ["", "../x"]),
 @SETTINGS
 @given(rows=rows)
 def test_any_prediction_rows_are_paired_or_named(rows):
-    from fashionbg.study import results as r
+    from fashionbg.study.read import results as r
 
     text = HEADER + "".join(f"{p},{v},a,a,{c}\n" for p, v, c in rows)
     try:
@@ -609,7 +609,7 @@ def test_any_json_in_the_detections_is_read_or_named(data):
     """pycocotools' C code only ever sees run lengths that cover their image exactly."""
     import json
 
-    from fashionbg.study import results as r
+    from fashionbg.study.read import results as r
 
     try:
         found, images = r.parse_detections(json.dumps(data), "i.json", "rembg", None)

@@ -23,7 +23,7 @@ import yaml
 from helpers_project import copy_baseline, default_sigint, project_env, run, tiny_project
 from helpers_ray import UPSTREAM, cell_logs, stage_runs, tiny_preset, training_cell
 
-from fashionbg.study.ray_engine import ray_temp_dir
+from fashionbg.study.run.ray_engine import ray_temp_dir
 
 pytestmark = pytest.mark.slow
 # The test cluster's token, said to its nodes and to the study that joins it (a token file

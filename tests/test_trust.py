@@ -315,7 +315,7 @@ def test_outputs_that_never_reached_dvcs_cache_are_an_error_end_to_end(tmp_path)
         subprocess.run(step, cwd=tmp_path, env=env, check=True, capture_output=True)
 
     def check() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "fashionbg.study.cache_check"],
+        return subprocess.run([sys.executable, "-m", "fashionbg.study.run.cache_check"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
     assert check().returncode == 0

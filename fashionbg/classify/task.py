@@ -2,6 +2,9 @@
 prepared cache's labels, its datasets and loaders, the model, optimizer and validation."""
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -10,14 +13,18 @@ from torch.utils.data import DataLoader, Dataset
 from fashionbg.classify.data import ArrayDataset, augmentation
 from fashionbg.classify.engine import classify_step, make_optimizer, validator
 from fashionbg.classify.models import build_classifier
-from fashionbg.classify.params import ClassifyConfig
+from fashionbg.classify.params import ClassifyConfig, read_classify
 from fashionbg.contracts.prepared import Prepared
 from fashionbg.contracts.tasks import TASKS
 from fashionbg.core.errors import UserError
 from fashionbg.nn.augment import place_named
 from fashionbg.nn.data import IN_PROCESS, LoaderOptions, make_loader
+from fashionbg.nn.device import resolve_device
 from fashionbg.nn.distributed import SINGLE, World
 from fashionbg.nn.engine import Step, Validate
+from fashionbg.nn.task import Rehearsal
+
+TIMED_CLASSES = 14   # a rehearsal's head: FashionStyle14's styles (the size barely shows in time)
 
 
 class ClassifyTask:
@@ -66,9 +73,21 @@ class ClassifyTask:
                   world: World = SINGLE) -> Validate:
         return validator(loader, device, self.class_names, amp, world)
 
+    @classmethod
+    def rehearsal(cls, params: dict[str, Any]) -> Rehearsal:
+        config = read_classify(params)
+        return Rehearsal(build_classifier(config, TIMED_CLASSES, load_weights=False),
+                         partial(make_optimizer, config), classify_step,
+                         resolve_device(config.device, "classify.device"), config.batch_size,
+                         _first_class)
+
     def predictions(self, image_paths: list[str], tested_on: str, targets: torch.Tensor,
                     logits: torch.Tensor) -> list[tuple]:
         """Rows of the per-image CSV: path, test variant, true and predicted label, correct."""
         names = self.class_names
         return [(path, tested_on, names[t], names[p], int(t == p))
                 for path, t, p in zip(image_paths, targets.tolist(), logits.argmax(1).tolist())]
+
+
+def _first_class(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return images, torch.zeros(len(images), dtype=torch.long, device=images.device)

@@ -26,6 +26,9 @@ class TaskSpec:
     metrics: Path
     detail: Path
     predictions: Path             # per-image results, which the study resamples
+    # The keys of its section a training step's time depends on (weights, seeds and learning
+    # rates do not change it): the pre-flight times one model per distinct set of them.
+    step_keys: tuple[str, ...]
 
     @property
     def seed_key(self) -> str:
@@ -46,7 +49,9 @@ def _segmentation(name: str, *, key_metric: str, key_metric_words: str,
         key_metric=key_metric, key_metric_words=key_metric_words, headline=(key_metric,),
         per_class_key=per_class_key, per_class_words=per_class_words,
         checkpoint=paths.SEGMENTER, metrics=paths.SEGMENTATION_METRICS,
-        detail=paths.SEGMENTATION_DETAIL, predictions=predictions)
+        detail=paths.SEGMENTATION_DETAIL, predictions=predictions,
+        step_keys=("task", "arch", "encoder", "decoder_width", "instance_backbone", "batch_size",
+                   "device"))
 
 
 # Each task by name: a name without an entry is a KeyError, never another task.
@@ -56,7 +61,8 @@ TASKS: dict[str, TaskSpec] = {
         key_metric="top1", key_metric_words="top-1", headline=("top1", "top5", "macro_f1"),
         per_class_key="per_class_accuracy", per_class_words="accuracy",
         checkpoint=paths.CLASSIFIER, metrics=paths.CLASSIFICATION_METRICS,
-        detail=paths.CLASSIFICATION_DETAIL, predictions=paths.CLASSIFICATION_PREDICTIONS),
+        detail=paths.CLASSIFICATION_DETAIL, predictions=paths.CLASSIFICATION_PREDICTIONS,
+        step_keys=("arch", "batchnorm", "batch_size", "device")),
     "semantic": _segmentation(
         "semantic", key_metric="miou", key_metric_words="mIoU",
         per_class_key="per_class_iou", per_class_words="IoU",

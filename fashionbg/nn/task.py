@@ -1,9 +1,12 @@
 """One interface for every task the pipeline trains and evaluates (classification in
 `classify.task`, semantic and instance segmentation in `segment.tasks`), and the model an
-evaluation stage restores from its checkpoint. `nn.training` trains any of them."""
+evaluation stage restores from its checkpoint. `nn.training` trains any of them, and the
+study's pre-flight times each by its `rehearsal`."""
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -18,6 +21,21 @@ from fashionbg.nn.checkpoint import Checkpoint
 from fashionbg.nn.data import IN_PROCESS, LoaderOptions
 from fashionbg.nn.distributed import SINGLE, World
 from fashionbg.nn.engine import Step, Validate
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    """A task's training set up from a cell's params alone, without its data: what the
+    pre-flight times (a few steps on a synthetic batch), so a new task is timed with no change
+    to the study."""
+    model: nn.Module                 # untrained: no weights are loaded
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer]   # the task's, once on the device
+    step: Step                       # the training step the engine runs (augmentation aside)
+    device: torch.device             # the device the params ask for
+    batch_size: int                  # the params' batch, over every training process
+    # uint8 images (N, 3, H, W) on the device → (inputs, targets) as the task's loader gives
+    # them to `step`; the model also takes `inputs` when it evaluates
+    batch: Callable[[torch.Tensor], tuple[Any, Any]]
 
 
 class Task(Protocol):
@@ -56,6 +74,11 @@ class Task(Protocol):
         metric selects the epoch kept. Under torchrun (`world`) `loader` holds this rank's
         shard of the split (distributed.shard), and every rank gets the whole split's metrics
         (a collective: every rank validates)."""
+
+    @classmethod
+    def rehearsal(cls, params: dict[str, Any]) -> Rehearsal:
+        """Its model and training step as `params` (every section) set them up, with
+        constant targets of the shape its loader gives."""
 
 
 def restore_model(task: Task, checkpoint: Checkpoint, device: torch.device

@@ -4,6 +4,7 @@ and what each writes per image."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from fashionbg.contracts.tasks import TASKS as SPECS
 from fashionbg.core.errors import UserError
 from fashionbg.nn.augment import place_named
 from fashionbg.nn.data import IN_PROCESS, LoaderOptions, make_loader
+from fashionbg.nn.device import resolve_device
 from fashionbg.nn.distributed import SINGLE, World
 from fashionbg.nn.engine import Step, Validate
+from fashionbg.nn.task import Rehearsal
 from fashionbg.segment.data import (
     InstanceDataset,
     SemanticDataset,
@@ -36,7 +39,9 @@ from fashionbg.segment.engine import (
 )
 from fashionbg.segment.instances import instance_targets
 from fashionbg.segment.models import build_instance, build_semantic
-from fashionbg.segment.params import SegmentConfig
+from fashionbg.segment.params import SegmentConfig, read_segment
+
+TIMED_CLASSES = 28   # a rehearsal's head, background included (the size barely shows in time)
 
 
 class SemanticTask:
@@ -49,7 +54,10 @@ class SemanticTask:
     # has one value per channel and image): one image per process crashes it
     min_rank_batch = 2
 
-    def __init__(self, config: SegmentConfig, prepared: Prepared) -> None:
+    def __init__(self, config: SegmentConfig, prepared: Prepared, raw_dir: Path | None = None
+                 ) -> None:
+        """`raw_dir` is not read (the masks are in the prepared cache): every segmentation
+        task is made the same way (TASKS)."""
         if prepared.masks is None:
             raise UserError("segment.task = semantic needs semantic masks, and this data has "
                             "none (meta has_masks = false); use segment.task: instance")
@@ -89,6 +97,12 @@ class SemanticTask:
         key, names = self.spec.key_metric, self.class_names
         return lambda model: {key: validate_semantic(model, loader, device, names, amp,
                                                      world)[key]}
+
+    @classmethod
+    def rehearsal(cls, params: dict[str, Any]) -> Rehearsal:
+        config = read_segment(params)
+        return _rehearsal(config, build_semantic(config, TIMED_CLASSES, load_weights=False),
+                          cls.step, _background)
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device,
                  per_image: list | None = None, amp: torch.dtype | None = None
@@ -160,6 +174,13 @@ class InstanceTask:
         key = self.spec.key_metric
         return lambda model: {key: validate_instances(model, loader, device, amp, world)}
 
+    @classmethod
+    def rehearsal(cls, params: dict[str, Any]) -> Rehearsal:
+        config = read_segment(params)
+        size = params["data"]["image_size"]
+        model = build_instance(config, TIMED_CLASSES, (size[0], size[1]), load_weights=False)
+        return _rehearsal(config, model, cls.step, _one_garment)
+
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device,
                  per_image: list | None = None, amp: torch.dtype | None = None
                  ) -> dict[str, Any]:
@@ -182,14 +203,35 @@ Task = SemanticTask | InstanceTask
 
 # Each name of segment.task and its task: a name without an entry is a KeyError, never
 # another task (a test keeps it equal to segment.params.TASKS).
-TASKS: dict[str, Callable[[SegmentConfig, Prepared, Path], Task]] = {
-    "semantic": lambda config, prepared, _: SemanticTask(config, prepared),
-    "instance": InstanceTask,
-}
+TASKS: dict[str, type[Task]] = {"semantic": SemanticTask, "instance": InstanceTask}
 
 
 def make_task(config: SegmentConfig, prepared: Prepared, raw_dir: Path) -> Task:
     return TASKS[config.task](config, prepared, raw_dir)
+
+
+def _rehearsal(config: SegmentConfig, model: nn.Module, step: Step,
+               batch: Callable[[torch.Tensor], tuple[Any, Any]]) -> Rehearsal:
+    return Rehearsal(model, partial(segment_optimizer, config), step,
+                     resolve_device(config.device, "segment.device"), config.batch_size, batch)
+
+
+def _background(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pixel of class 0."""
+    n, _, h, w = images.shape
+    return images, torch.zeros(n, h, w, dtype=torch.long, device=images.device)
+
+
+def _one_garment(images: torch.Tensor) -> tuple[list[torch.Tensor], list[dict]]:
+    """One instance per image: a box over the middle half of its width, three quarters of its
+    height."""
+    _, _, h, w = images.shape
+    device = images.device
+    mask = torch.zeros(1, h, w, dtype=torch.uint8, device=device)
+    mask[:, h // 8:7 * h // 8, w // 4:3 * w // 4] = 1
+    target = {"boxes": torch.tensor([[w / 4, h / 8, 3 * w / 4, 7 * h / 8]], device=device),
+              "labels": torch.ones(1, dtype=torch.long, device=device), "masks": mask}
+    return list(images), [target] * len(images)
 
 
 def segment_optimizer(config: SegmentConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -13,14 +13,16 @@ import sys
 from fashionbg.core.cli import INTERRUPTED, stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import load_params
-from fashionbg.study import schedule
-from fashionbg.study.calibrate import calibrate, table
-from fashionbg.study.definition import SMOKE_SUFFIX, Cell, Study, load_study, locate
-from fashionbg.study.engines import EngineOptions, fetch_experiments, make_engine, study_lock
-from fashionbg.study.preflight import preflight
-from fashionbg.study.report import build_report, report_path, update_readme
-from fashionbg.study.results import read_results
-from fashionbg.study.runner import cells_to_run, parse_shard
+from fashionbg.study.experiments import fetch_experiments
+from fashionbg.study.plan import schedule
+from fashionbg.study.plan.definition import SMOKE_SUFFIX, Cell, Study, load_study, locate
+from fashionbg.study.plan.preflight import preflight
+from fashionbg.study.read.calibrate import calibrate, table
+from fashionbg.study.read.report import build_report, report_path, update_readme
+from fashionbg.study.read.results import read_results
+from fashionbg.study.run.engines import make_engine, study_lock
+from fashionbg.study.run.protocol import EngineOptions
+from fashionbg.study.run.runner import cells_to_run, parse_shard
 
 log = logging.getLogger("study")
 

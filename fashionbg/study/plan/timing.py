@@ -1,6 +1,7 @@
 """A time per cell for the pre-flight, from a short timing: each distinct model of the preset
-takes a few training steps on random pixels the way its cells train it (image size, per-device
-batch, precision, memory format; the batch capped on the CPU for memory) and a few validation
+takes a few training steps on random pixels the way its cells train it (its task's rehearsal:
+model, optimizer and training step as the params set them up; image size, per-device batch,
+precision, memory format; the batch capped on the CPU for memory) and a few validation
 batches, on the device its params ask for; the seconds per image are scaled to the cell's
 images, epochs and processes. The timing runs in a child process (`measure_apart`), so the
 process that drives the study for hours holds no GPU memory nor CUDA context afterwards."""
@@ -18,19 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
-from torch.nn import functional as F
 
 from fashionbg.background.sod import SodOptions, make_session, predict_alpha, session_device
-from fashionbg.classify.models import build_classifier
-from fashionbg.classify.params import read_classify
+from fashionbg.contracts.tasks import TASKS
 from fashionbg.core.errors import UserError
-from fashionbg.nn.device import resolve_device
 from fashionbg.nn.engine import amp_dtype, autocast, grad_scaler, precision_name
 from fashionbg.nn.params import read_train
-from fashionbg.segment.models import build_instance, build_semantic
-from fashionbg.segment.params import read_segment
-from fashionbg.study.definition import Cell
+from fashionbg.study.plan.definition import Cell
+from fashionbg.tasks import TASK_CLASSES
 
 TIMED_STEPS = 2
 TIMED_PHOTOS = 3
@@ -108,7 +104,7 @@ def estimate(cell: Cell, p: dict[str, Any], timings: Timings, images: int | None
     if images is None:
         return (f"time: {cell.name}: {timed.train_s:.3f} s per training image "
                 "(dataset size unknown)")
-    epochs = p["classify" if cell.arm.task == "classify" else "segment"]["epochs"]
+    epochs = p[TASKS[cell.arm.task].section]["epochs"]
     nproc = read_train(p).nproc
     shares = [float(x) for x in p["data"]["split"]]
     train, val, test = (math.ceil(images * share) for share in shares)
@@ -136,12 +132,6 @@ def removal_lines(sets: list[tuple[str, int | None]], timings: Timings) -> list[
     return lines
 
 
-# What a step's time depends on (weights, seeds and learning rates do not change it).
-SHAPE_KEYS = {"classify": ("arch", "batchnorm", "batch_size", "device"),
-              "segment": ("task", "arch", "encoder", "decoder_width", "instance_backbone",
-                          "batch_size", "device")}
-
-
 def _seconds_per_photo(model: str, home: Path, device: str) -> tuple[float, str]:
     session = make_session(model, home, device)
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, PHOTO, dtype=np.uint8))
@@ -153,9 +143,9 @@ def _seconds_per_photo(model: str, home: Path, device: str) -> tuple[float, str]
 
 
 def _model_key(task: str, p: dict[str, Any]) -> tuple:
-    section = "classify" if task == "classify" else "segment"
+    spec = TASKS[task]
     train = p["train"]
-    return (task, tuple(str(p[section][k]) for k in SHAPE_KEYS[section]),
+    return (task, tuple(str(p[spec.section][k]) for k in spec.step_keys),
             tuple(p["data"]["image_size"]), str(train["precision"]), bool(train["channels_last"]),
             int(train["nproc"]))
 
@@ -166,21 +156,24 @@ def _time_model(task: str, p: dict[str, Any]) -> ModelTiming:
     h, w = p["data"]["image_size"]
     train = read_train(p)
     start = 0.0
-    model, loss, device, batch = _model_and_loss(task, p)
-    batch = max(1, batch // train.nproc)     # each process's share, as the stage splits it
-    batch = min(batch, CPU_BATCH) if device.type == "cpu" else batch
+    rehearsal = TASK_CLASSES[task].rehearsal(p)
+    device = rehearsal.device
+    batch = max(1, rehearsal.batch_size // train.nproc)   # each process's share, as the stage
+    batch = min(batch, CPU_BATCH) if device.type == "cpu" else batch   # splits it; CPU: memory
     dtype = amp_dtype(device, train.precision)
+    model = rehearsal.model
     model.to(device, memory_format=train.memory_format).train()  # type: ignore[call-overload]
-    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer = rehearsal.optimizer(model)
     scaler = grad_scaler(device, dtype)
     images = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8,
                            device=device).contiguous(memory_format=train.memory_format)
+    inputs, targets = rehearsal.batch(images)
     for step in range(TIMED_STEPS + 1):
         if step == 1:
             start = _now(device)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, dtype):
-            value = loss(images)
+            value, _ = rehearsal.step(model, inputs, targets, device)
         scaler.scale(value).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -190,46 +183,11 @@ def _time_model(task: str, p: dict[str, Any]) -> ModelTiming:
         for step in range(TIMED_STEPS + 1):
             if step == 1:
                 start = _now(device)
-            model(list(images) if task == "instance" else images)
+            model(inputs)
     eval_s = (_now(device) - start) / (TIMED_STEPS * len(images))
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     return ModelTiming(train_s, eval_s, len(images), f"{device.type}, {precision_name(dtype)}"
                        + (", channels-last" if train.channels_last else ""), weights)
-
-
-def _model_and_loss(task: str, p: dict[str, Any]) -> tuple[nn.Module, Any, torch.device, int]:
-    """The cell's model, untrained, with a loss on constant targets; its device and batch."""
-    h, w = p["data"]["image_size"]
-    model: nn.Module
-    if task == "classify":
-        classify = read_classify(p)
-        device = resolve_device(classify.device, "classify.device")
-        model = build_classifier(classify, 14, load_weights=False)
-
-        def loss(images: torch.Tensor) -> torch.Tensor:
-            target = torch.zeros(len(images), dtype=torch.long, device=device)
-            return F.cross_entropy(model(images), target)
-        return model, loss, device, classify.batch_size
-    segment = read_segment(p)
-    device = resolve_device(segment.device, "segment.device")
-    if task == "semantic":
-        model = build_semantic(segment, 28, load_weights=False)
-
-        def semantic_loss(images: torch.Tensor) -> torch.Tensor:
-            out = model(images)
-            return F.cross_entropy(out.float(), torch.zeros(out.shape[:1] + out.shape[2:],
-                                                            dtype=torch.long, device=device))
-        return model, semantic_loss, device, segment.batch_size
-    model = build_instance(segment, 28, (h, w), load_weights=False)
-    box = torch.tensor([[w / 4, h / 8, 3 * w / 4, 7 * h / 8]], device=device)
-    mask = torch.zeros(1, h, w, dtype=torch.uint8, device=device)
-    mask[:, h // 8:7 * h // 8, w // 4:3 * w // 4] = 1
-    target = {"boxes": box, "labels": torch.ones(1, dtype=torch.long, device=device),
-              "masks": mask}
-
-    def instance_loss(images: torch.Tensor) -> torch.Tensor:
-        return sum(model(list(images), [target] * len(images)).values())
-    return model, instance_loss, device, segment.batch_size
 
 
 def _now(device: torch.device) -> float:

@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import logging
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +18,10 @@ from fashionbg.contracts.tasks import TASKS
 from fashionbg.core import paths
 from fashionbg.core.params import UniqueKeyLoader
 from fashionbg.segment.detections import MaskAP
-from fashionbg.study.definition import Cell
+from fashionbg.study.experiments import BadExperiment, existing_experiments, git_file
+from fashionbg.study.plan.definition import Cell
 
-EXPERIMENT_REFS = "refs/exps/"
 log = logging.getLogger("study")
-QUEUE_REFS = "refs/exps/celery/"   # DVC's own bookkeeping of queued and failed runs
 # Each headline metrics file and its detail (the variant and task it scored, per-class scores).
 
 
@@ -47,38 +45,6 @@ def known(score: float | None) -> float:
     """A score the caller has checked is there (e.g. of a seed picked for having one)."""
     assert score is not None
     return score
-
-
-def existing_experiments() -> dict[str, str]:
-    """Name → commit of every finished experiment in this repository."""
-    out = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)",
-                          EXPERIMENT_REFS], capture_output=True, text=True, check=True).stdout
-    found = {}
-    for line in out.splitlines():
-        rev, ref = line.split(" ", 1)
-        if not ref.startswith(QUEUE_REFS):
-            found[ref.rsplit("/", 1)[-1]] = rev
-    return found
-
-
-def git_file(rev: str, path: str) -> str | None:
-    """The text of `path` in commit `rev`; None where the commit has no such file."""
-    result = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True)
-    if result.returncode != 0:
-        return None
-    try:
-        return result.stdout.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise BadExperiment(path, f"not UTF-8 text (byte {err.start})") from err
-
-
-class BadExperiment(Exception):
-    """An experiment whose files are not what an evaluation writes (pulled from someone else,
-    edited, or cut short): the report names it and leaves it out."""
-
-    def __init__(self, file: str, problem: str) -> None:
-        super().__init__(f"{file}: {problem}")
-        self.file, self.problem = file, problem
 
 
 def read_results(cells: list[Cell]) -> tuple[list[CellResult], list[Cell]]:

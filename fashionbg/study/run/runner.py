@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import re
 import signal
@@ -18,14 +17,27 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
 from fashionbg.core.errors import UserError
-from fashionbg.study.definition import Cell
-from fashionbg.study.progress import Progress
-from fashionbg.study.results import existing_experiments
-from fashionbg.study.upstream import queue_upstreams
+from fashionbg.core.params import load_params
+from fashionbg.study.experiments import existing_experiments, output
+from fashionbg.study.plan.definition import Cell
+from fashionbg.study.plan.schedule import Capacity
+from fashionbg.study.run.progress import Progress
+from fashionbg.study.run.protocol import EngineOptions, nproc
+from fashionbg.study.run.upstream import run_upstreams
+from fashionbg.study.run.workspace import (
+    LOGS,
+    NEUTRAL_IDENTITY,
+    cell_job,
+    dvc_cache_dir,
+    identity_of,
+    override,
+    run_cell,
+)
 
 log = logging.getLogger("study")
 POLL_SECONDS = 5
@@ -102,40 +114,6 @@ def _environment() -> dict[str, str]:
     return {**identity_of(*NEUTRAL_IDENTITY), **os.environ}
 
 
-NEUTRAL_IDENTITY = ("fashionbg study", "study@localhost")   # for a machine without one
-
-
-def identity_of(name: str, email: str) -> dict[str, str]:
-    """The git author and committer variables of one identity."""
-    return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
-            "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
-
-
-def override(key: str, value: object) -> str:
-    """`-S key=value` in the Hydra override grammar DVC parses: strings always quoted, so a
-    path with commas, quotes, `=` or braces arrives as it is (never a sweep or a syntax error)."""
-    return f"{key}={hydra_value(key, value)}"
-
-
-def hydra_value(key: str, value: object) -> str:
-    if isinstance(value, str):
-        if "${" in value:   # OmegaConf would resolve it (even ${oc.env:...}) inside quotes
-            raise UserError(f"{key} = {value!r} is not allowed; a value may not hold '${{'")
-        # a backslash escapes only a quote, or a run of backslashes before the closing quote
-        body = re.sub(r"(\\*)'", lambda m: m[1] * 2 + "\\'", value)
-        return "'" + re.sub(r"(\\+)$", lambda m: m[1] * 2, body) + "'"
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(hydra_value(key, v) for v in value) + "]"
-    if isinstance(value, dict) and all(isinstance(k, str) and k.isidentifier() for k in value):
-        return "{" + ", ".join(f"{k}: {hydra_value(key, v)}" for k, v in value.items()) + "}"
-    raise UserError(f"{key} = {value!r} is not allowed; expected a string, number, boolean, "
-                    "null, or a list or mapping of them")
-
-
 def queue(cells: Sequence[Cell]) -> None:
     for cell in cells:
         sets = [arg for key, value in cell.overrides.items()
@@ -178,6 +156,36 @@ def cells_to_run(cells: Sequence[Cell]) -> list[Cell]:
     return todo
 
 
+class QueueEngine:
+    """DVC's experiment queue with one worker (parallel workers have been seen to hang)."""
+
+    def __init__(self, options: EngineOptions) -> None:
+        if options.git_remote or options.dvc_remote:
+            raise UserError("--git-remote / --dvc-remote need --engine ray (ENGINE=ray); the "
+                            "queue runs every cell on this machine")
+
+    def __enter__(self) -> QueueEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def capacity(self, todo: Sequence[Cell]) -> Capacity:
+        """One cell at a time, on this machine: its GPUs bound a cell's train.nproc."""
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        params = load_params()
+        for cell in todo:
+            if gpus and nproc(cell, params) > gpus:
+                raise UserError(f"cell {cell.name}: train.nproc = {nproc(cell, params)} but "
+                                f"{gpus} GPU(s) are visible; set train.nproc to at most {gpus}")
+        return Capacity(1, "queue slot", {})
+
+    def run(self, todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
+        return run_cells(todo)
+
+
 def run_cells(todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
     """Queue the cells and wait for them; (done, failed) names. On Ctrl-C the cells this run
     queued are taken off the queue, those running are stopped, and KeyboardInterrupt goes on."""
@@ -189,6 +197,17 @@ def run_cells(todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
     except KeyboardInterrupt:
         stop({c.name for c in todo})
         raise
+
+
+def queue_upstreams(cells: Sequence[Cell]) -> None:
+    """The queue's upstream runs: here, one after another, from the last commit. With
+    uncommitted changes they are left to the queue, which runs the working tree."""
+    if output("git", "status", "--porcelain", "--untracked-files=no").strip():
+        log.info("uncommitted changes: the first queued cell runs the upstream stages")
+        return
+    commit = output("git", "rev-parse", "HEAD").strip()
+    jobs = [cell_job(c, commit, str(Path.cwd()), dvc_cache_dir()) for c in cells]
+    run_upstreams(jobs, lambda todo: [run_cell(j) for j in todo], LOGS / "upstream")
 
 
 def stop(names: set[str]) -> None:

@@ -1,4 +1,4 @@
-"""`python -m fashionbg.study.cache_check`, run after `dvc repro` (make repro) and after each
+"""`python -m fashionbg.study.run.cache_check`, run after `dvc repro` (make repro) and after each
 study cell's `dvc exp run`: DVC reports an output it could not copy into its cache (a full
 disk, a quota) as "failed to transfer" errors, yet for a folder output still exits 0, and the
 run looks finished while its outputs are nowhere but the workspace. Here that is one line and

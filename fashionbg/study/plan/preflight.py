@@ -28,9 +28,9 @@ from fashionbg.core.errors import UserError
 from fashionbg.nn.params import read_evaluate, read_train
 from fashionbg.segment.params import read_segment
 from fashionbg.sources.registry import read_source
-from fashionbg.study import datasets, timing
-from fashionbg.study.definition import Cell
-from fashionbg.study.schedule import Capacity, makespan, most_at_once
+from fashionbg.study.plan import datasets, timing
+from fashionbg.study.plan.definition import Cell
+from fashionbg.study.plan.schedule import Capacity, makespan, most_at_once
 
 log = logging.getLogger("preflight")
 GiB = 1 << 30

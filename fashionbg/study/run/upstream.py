@@ -3,7 +3,7 @@
 DVC fills its run cache only when a stage finishes, so cells started together would each run
 download, remove_background and prepare. Cells whose upstream params are the same (the params
 of UPSTREAM and the stages it depends on, read from dvc.yaml) share one upstream; each is run
-once as `dvc exp run <UPSTREAM>` in a workspace of its own (fashionbg.study.workspace), which
+once as `dvc exp run <UPSTREAM>` in a workspace of its own (fashionbg.study.run.workspace), which
 leaves its outputs and run cache in the shared cache (and on the DVC remote, when there is
 one), never an experiment. The cells' own `dvc exp run` then restores them. An upstream already
 run (a second study, or after `make repro`) is restored there too: no stage runs.
@@ -22,9 +22,7 @@ from typing import Any
 import yaml
 
 from fashionbg.core.errors import UserError
-from fashionbg.study.definition import Cell
-from fashionbg.study.engines import output
-from fashionbg.study.workspace import CellJob, CellOutcome, run_cell
+from fashionbg.study.run.workspace import CellJob, CellOutcome
 
 log = logging.getLogger("study")
 UPSTREAM = "prepare"   # the stage whose outputs every training stage reads
@@ -89,20 +87,3 @@ def run_upstreams(cells: Sequence[CellJob],
         log.info("upstream %s (%s): %s in %s s", job.name, said,
                  f"ran {', '.join(ran)}" if ran else "every stage restored from the run cache",
                  outcome.seen["stages_s"])
-
-
-def queue_upstreams(cells: Sequence[Cell]) -> None:
-    """The queue's upstream runs: here, one after another, from the last commit. With
-    uncommitted changes they are left to the queue, which runs the working tree."""
-    from fashionbg.study import ray_engine as here  # its helpers; Ray is not imported
-    from fashionbg.study.runner import override
-
-    if output("git", "status", "--porcelain", "--untracked-files=no").strip():
-        log.info("uncommitted changes: the first queued cell runs the upstream stages")
-        return
-    commit = output("git", "rev-parse", "HEAD").strip()
-    jobs = [CellJob(name=c.name, stage=c.stage, commit=commit, repo=str(Path.cwd()),
-                    sets=tuple(override(k, v) for k, v in c.overrides.items()),
-                    workspaces=str(here.workspace_root()), cache=here.dvc_cache_dir(),
-                    env=here.identity(), mask_cache=here.mask_cache_dir()) for c in cells]
-    run_upstreams(jobs, lambda todo: [run_cell(j) for j in todo], here.LOGS / "upstream")

@@ -20,9 +20,9 @@ import numpy as np
 from fashionbg.contracts.tasks import TASKS
 from fashionbg.core.errors import UserError
 from fashionbg.core.io import atomic_file, write_csv
-from fashionbg.study import backgrounds, stats
-from fashionbg.study.definition import Arm, Claim, Study
-from fashionbg.study.results import CellResult, known
+from fashionbg.study.plan.definition import Arm, Claim, Study
+from fashionbg.study.read import backgrounds, stats
+from fashionbg.study.read.results import CellResult, known
 
 REPORT = Path("reports/study.md")      # a preset's `report:` names another; its figures go
 FOREST, DIFFERENCES = "forest.png", "differences.csv"   # to the folder of the same name

@@ -3,7 +3,7 @@ original images next to the one trained on rembg images, each scored on its own 
 images and on the other's (left), and per class on its own test images (right). It reads the
 detail metrics of two revisions, e.g. the experiments `original` and `rembg` of the README.
 
-    python -m fashionbg.study.panel original rembg     # make panels
+    python -m fashionbg.study.read.panel original rembg     # make panels
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from fashionbg.core.cli import stage_main
 from fashionbg.core.errors import UserError
 from fashionbg.report.figures import save_figure
 from fashionbg.report.headline import rounded
-from fashionbg.study.results import existing_experiments, git_file
+from fashionbg.study.experiments import existing_experiments, git_file
 
 PANELS = Path("reports/panels")
 FIGURES = {   # each task's detail metrics: the name of its figure
@@ -82,7 +82,7 @@ def _score(value: float | None) -> float:
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m fashionbg.study.panel",
+    parser = argparse.ArgumentParser(prog="python -m fashionbg.study.read.panel",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("original", help="revision of the model trained on original images")
     parser.add_argument("rembg", help="revision of the model trained on rembg images")

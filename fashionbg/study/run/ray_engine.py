@@ -1,5 +1,5 @@
 """The study on Ray: each cell one Ray task that runs its DVC experiment in a workspace of its own
-(fashionbg.study.workspace), with the resources it declares, on whichever node has them.
+(fashionbg.study.run.workspace), with the resources it declares, on whichever node has them.
 
 - GPUs in the cluster: a cell asks for `train.nproc` GPUs, and Ray's CUDA_VISIBLE_DEVICES keeps
   cells off each other's cards; CPU-only: a cell asks for `--cpus-per-cell` cores and runs
@@ -18,7 +18,6 @@ import os
 import secrets
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -27,22 +26,29 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from fashionbg.core import paths
 from fashionbg.core.errors import UserError
 from fashionbg.core.params import load_params
-from fashionbg.study.definition import Cell
-from fashionbg.study.engines import STUDY_CACHE, EngineOptions, fetch_experiments, nproc, output
-from fashionbg.study.progress import Progress
-from fashionbg.study.runner import NEUTRAL_IDENTITY, identity_of, override
-from fashionbg.study.schedule import Capacity
-from fashionbg.study.upstream import run_upstreams
-from fashionbg.study.workspace import CellJob, CellOutcome, WorkerLost, clear_workspaces, run_cell
+from fashionbg.study.experiments import fetch_experiments, output
+from fashionbg.study.plan.definition import Cell
+from fashionbg.study.plan.schedule import Capacity
+from fashionbg.study.run.progress import Progress
+from fashionbg.study.run.protocol import EngineOptions, nproc
+from fashionbg.study.run.upstream import run_upstreams
+from fashionbg.study.run.workspace import (
+    LOGS,
+    WORKSPACES,
+    CellJob,
+    CellOutcome,
+    WorkerLost,
+    cell_job,
+    clear_workspaces,
+    dvc_cache_dir,
+    run_cell,
+)
 
 log = logging.getLogger("study")
 ATTEMPTS = 3              # runs of a cell whose worker died, before it counts as failed
 STOP_SECONDS = 60         # how long Ctrl-C waits for the cancelled cells to clean up
-WORKSPACES = STUDY_CACHE / "workspaces"
-LOGS = STUDY_CACHE / "logs"
 # Unix socket paths are limited to 107 bytes; Ray puts its sockets this deep in its temp dir
 # (session_<date>_<time>_<pid>/sockets/plasma_store).
 RAY_SOCKET_DEPTH = 64
@@ -163,13 +169,9 @@ class RayEngine:
 
     def job(self, cell: Cell, commit: str, threads: int) -> CellJob:
         remote = self.options.git_remote
-        return CellJob(name=cell.name, stage=cell.stage,
-                       sets=tuple(override(k, v) for k, v in cell.overrides.items()),
-                       commit=commit, repo=remote or str(Path.cwd()),
-                       workspaces=str(workspace_root()),
-                       cache=None if remote else dvc_cache_dir(),
-                       dvc_remote=self.options.dvc_remote, threads=threads, env=identity(),
-                       mask_cache=mask_cache_dir())
+        return cell_job(cell, commit, remote or str(Path.cwd()),
+                        None if remote else dvc_cache_dir(),
+                        dvc_remote=self.options.dvc_remote, threads=threads)
 
     def upstreams(self, ray: Any, task: Any, board: Any, todo: Sequence[Cell], commit: str,
                   gpus: float) -> None:
@@ -450,22 +452,6 @@ def ray_temp_dir(project: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"fashionbg-ray-{digest}"
 
 
-def identity() -> dict[str, str]:
-    """The study's git identity for every cell's experiment commit, wherever it runs (a worker
-    machine may have none): this project's, or a neutral one."""
-    def config(key: str, default: str) -> str:
-        found = subprocess.run(["git", "config", key], capture_output=True, text=True)
-        return found.stdout.strip() or default
-
-    name = os.environ.get("GIT_AUTHOR_NAME") or config("user.name", NEUTRAL_IDENTITY[0])
-    email = os.environ.get("GIT_AUTHOR_EMAIL") or config("user.email", NEUTRAL_IDENTITY[1])
-    return identity_of(name, email)
-
-
-def workspace_root() -> Path:
-    return (Path.cwd() / WORKSPACES).resolve()
-
-
 def study_commit() -> str:
     """The commit every cell runs from; uncommitted changes would not reach the workspaces."""
     changed = output("git", "status", "--porcelain", "--untracked-files=no").splitlines()
@@ -474,15 +460,3 @@ def study_commit() -> str:
         raise UserError(f"uncommitted changes ({files}): the Ray engine runs every cell from "
                         "the last commit; commit or stash them first")
     return output("git", "rev-parse", "HEAD").strip()
-
-
-def dvc_cache_dir() -> str:
-    return str((Path.cwd() / output("dvc", "cache", "dir").strip()).resolve())
-
-
-
-
-def mask_cache_dir() -> str:
-    """The project's rembg mask cache, shared by every workspace on this machine (and at the same
-    path on the others)."""
-    return str((Path.cwd() / paths.SOD_CACHE).resolve())

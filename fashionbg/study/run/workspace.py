@@ -5,12 +5,15 @@ The data come out of the cache as links (.dvc/config's cache.type), so a workspa
 what its cell writes; DVC's site cache and the rembg masks stay inside the project.
 The finished experiment goes back as its git ref; the workspace is removed whatever happens.
 
-This module knows nothing of Ray: an engine calls `run_cell` wherever the cell runs.
+This module knows nothing of Ray nor of DVC's queue: an engine builds a cell's job here
+(`cell_job`: its overrides in DVC's grammar, the study's git identity, this machine's folders)
+and calls `run_cell` wherever the cell runs.
 """
 from __future__ import annotations
 
 import ctypes
 import itertools
+import math
 import os
 import re
 import shlex
@@ -22,11 +25,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import psutil
 
 from fashionbg.background.workers import MASK_CACHE_ENV
+from fashionbg.core import paths
+from fashionbg.core.errors import UserError
+from fashionbg.study.experiments import STUDY_CACHE, output
+from fashionbg.study.plan.definition import Cell
 
 LOG_TAIL = 500          # lines of a cell's log that travel back to the study
 # How DVC reports a stage that died by a signal (it then fails itself, with a code of its own):
@@ -35,6 +42,9 @@ LOG_TAIL = 500          # lines of a cell's log that travel back to the study
 STAGE_KILLED = re.compile(r"failed to run: .*, exited with (-\d+|1(?:29|37|43))\s*$", re.M)
 SITE_CACHE = ".dvc/tmp/site"   # DVC's site cache, in the workspace (else /var/tmp/dvc/repo/<md5>)
 PR_SET_PDEATHSIG = 1    # prctl(2): the kernel signals a child when its parent dies
+WORKSPACES = STUDY_CACHE / "workspaces"
+LOGS = STUDY_CACHE / "logs"
+NEUTRAL_IDENTITY = ("fashionbg study", "study@localhost")   # for a machine without one
 
 
 class WorkerLost(Exception):
@@ -69,6 +79,72 @@ class CellJob:
         return shlex.join(self.command)
 
 
+def cell_job(cell: Cell, commit: str, repo: str, cache: str | None, **more: Any) -> CellJob:
+    """The job of one cell at the study's commit, with the study's git identity and this
+    machine's workspaces and mask cache; `more` as CellJob takes it (dvc_remote, threads)."""
+    return CellJob(name=cell.name, stage=cell.stage, commit=commit, repo=repo, cache=cache,
+                   sets=tuple(override(k, v) for k, v in cell.overrides.items()),
+                   workspaces=str(workspace_root()), env=identity(),
+                   mask_cache=mask_cache_dir(), **more)
+
+
+def override(key: str, value: object) -> str:
+    """`-S key=value` in the Hydra override grammar DVC parses: strings always quoted, so a
+    path with commas, quotes, `=` or braces arrives as it is (never a sweep or a syntax error)."""
+    return f"{key}={hydra_value(key, value)}"
+
+
+def hydra_value(key: str, value: object) -> str:
+    if isinstance(value, str):
+        if "${" in value:   # OmegaConf would resolve it (even ${oc.env:...}) inside quotes
+            raise UserError(f"{key} = {value!r} is not allowed; a value may not hold '${{'")
+        # a backslash escapes only a quote, or a run of backslashes before the closing quote
+        body = re.sub(r"(\\*)'", lambda m: m[1] * 2 + "\\'", value)
+        return "'" + re.sub(r"(\\+)$", lambda m: m[1] * 2, body) + "'"
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(hydra_value(key, v) for v in value) + "]"
+    if isinstance(value, dict) and all(isinstance(k, str) and k.isidentifier() for k in value):
+        return "{" + ", ".join(f"{k}: {hydra_value(key, v)}" for k, v in value.items()) + "}"
+    raise UserError(f"{key} = {value!r} is not allowed; expected a string, number, boolean, "
+                    "null, or a list or mapping of them")
+
+
+def identity_of(name: str, email: str) -> dict[str, str]:
+    """The git author and committer variables of one identity."""
+    return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+
+
+def identity() -> dict[str, str]:
+    """The study's git identity for every cell's experiment commit, wherever it runs (a worker
+    machine may have none): this project's, or a neutral one."""
+    def config(key: str, default: str) -> str:
+        found = subprocess.run(["git", "config", key], capture_output=True, text=True)
+        return found.stdout.strip() or default
+
+    name = os.environ.get("GIT_AUTHOR_NAME") or config("user.name", NEUTRAL_IDENTITY[0])
+    email = os.environ.get("GIT_AUTHOR_EMAIL") or config("user.email", NEUTRAL_IDENTITY[1])
+    return identity_of(name, email)
+
+
+def workspace_root() -> Path:
+    return (Path.cwd() / WORKSPACES).resolve()
+
+
+def dvc_cache_dir() -> str:
+    return str((Path.cwd() / output("dvc", "cache", "dir").strip()).resolve())
+
+
+def mask_cache_dir() -> str:
+    """The project's rembg mask cache, shared by every workspace on this machine (and at the same
+    path on the others)."""
+    return str((Path.cwd() / paths.SOD_CACHE).resolve())
+
+
 @dataclass(frozen=True)
 class CellOutcome:
     name: str
@@ -93,7 +169,7 @@ def run_cell(job: CellJob) -> CellOutcome:
             code = _prepare(job, ws, env, out)
             marks.append(time.time())
             code = code or _run(job.command, ws, env, out) or _run(
-                [sys.executable, "-m", "fashionbg.study.cache_check", job.stage], ws, env, out)
+                [sys.executable, "-m", "fashionbg.study.run.cache_check", job.stage], ws, env, out)
             marks.append(time.time())
             if code == 0:
                 code = _publish(job, ws, env, out)

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy import optimize
 
-from fashionbg.study import stats
-from fashionbg.study.definition import Arm, Claim, Study, load_study
-from fashionbg.study.report import ClaimResult, arm_gain, evaluate_claims, group
-from fashionbg.study.results import CellResult
+from fashionbg.study.plan.definition import Arm, Claim, Study, load_study
+from fashionbg.study.read import stats
+from fashionbg.study.read.report import ClaimResult, arm_gain, evaluate_claims, group
+from fashionbg.study.read.results import CellResult
 
 DESIGNS = ((2, 96), (3, 96), (2, 1000), (3, 1000))   # (seeds, test images) of the presets
 REGIMES = {"seeds vary more than images": 0.08, "seeds vary less than images": 0.01}

@@ -21,8 +21,8 @@ import numpy as np
 from fashionbg.contracts.params import VARIANTS
 from fashionbg.contracts.tasks import TASKS
 from fashionbg.core.io import atomic_file
-from fashionbg.study import stats
-from fashionbg.study.results import CellResult, known
+from fashionbg.study.read import stats
+from fashionbg.study.read.results import CellResult, known
 
 HEATMAP = "variants.png"
 Cells = dict[int, CellResult]     # seed → result of one arm trained on one variant
