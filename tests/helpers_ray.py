@@ -2,7 +2,11 @@
 a running cell, found by its workspace, and the per-cell records the study writes."""
 import json
 import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -19,6 +23,29 @@ def tiny_preset(project: Path, seeds: list[int]) -> None:
                                      "arms": {"shallow": {}}}
     (project / "study.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
     (project / "README.md").write_text("<!-- study:begin -->\n<!-- study:end -->\n")
+
+
+@contextmanager
+def study_running(project: Path, env: dict[str, str], *args: str,
+                  **popen: object) -> Iterator[subprocess.Popen]:
+    """`python -m fashionbg.study run --preset tiny <args>` in the background, its output
+    piped; killed if the test leaves it running."""
+    proc = subprocess.Popen([sys.executable, "-m", "fashionbg.study", "run", "--preset", "tiny",
+                             *args], cwd=project, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def finished(proc: subprocess.Popen, cells: int, timeout: float) -> str:
+    """The study's output once it ended with every one of its `cells` done."""
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    assert f"[{cells}/{cells}] done, 0 failed" in out, out
+    return out
 
 
 def training_cell(project: Path, timeout: float = 600) -> psutil.Process | None:

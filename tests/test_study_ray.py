@@ -21,7 +21,8 @@ import psutil
 import pytest
 import yaml
 from helpers_project import copy_baseline, default_sigint, project_env, run, tiny_project
-from helpers_ray import UPSTREAM, cell_logs, stage_runs, tiny_preset, training_cell
+from helpers_ray import (UPSTREAM, cell_logs, finished, stage_runs, study_running, tiny_preset,
+                         training_cell)
 
 from fashionbg.study.run.ray_engine import ray_temp_dir
 
@@ -191,10 +192,7 @@ def test_a_cell_no_node_can_hold_is_refused_before_anything_runs(tmp_path, clust
 def test_a_killed_cell_runs_again_and_a_second_study_refuses(tmp_path, cluster, baseline):
     project = study_project(baseline, tmp_path / "project", [3])
     env = {**project_env(), "RAY_ADDRESS": cluster, **TOKEN}
-    proc = subprocess.Popen([sys.executable, "-m", "fashionbg.study", "run", "--preset", "tiny",
-                             "--engine", "ray"], cwd=project, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)
-    try:
+    with study_running(project, env, "--engine", "ray", preexec_fn=default_sigint) as proc:
         victim = training_cell(project)
         assert victim, "no cell reached its training stage"
         second = subprocess.run([sys.executable, "-m", "fashionbg.study", "run", "--preset",
@@ -207,12 +205,7 @@ def test_a_killed_cell_runs_again_and_a_second_study_refuses(tmp_path, cluster, 
                             r"stop it, then re-run", line), second.stderr
         victim_cwd = victim.cwd()
         victim.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=1200)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out
-    assert "[2/2] done, 0 failed" in out, out
+        out = finished(proc, 2, timeout=1200)
     assert "Traceback" not in out
     logs = cell_logs(project)
     assert sum(info["attempts"] for info, _ in logs.values()) == 3, logs.keys()

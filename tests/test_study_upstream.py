@@ -4,13 +4,11 @@ once per cell that starts before the run cache has them; the cells' workspaces l
 from the shared cache; the cache is intact after the cells."""
 import hashlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from helpers_project import project_env, run, tiny_project
-from helpers_ray import UPSTREAM, stage_runs, tiny_preset, training_cell
+from helpers_ray import UPSTREAM, finished, stage_runs, study_running, tiny_preset, training_cell
 
 pytestmark = pytest.mark.slow
 OUTPUTS = ("data/raw", "data/rembg", "data/prepared")
@@ -47,21 +45,13 @@ def test_a_cold_study_runs_each_upstream_once_and_links_the_data(tmp_path):
     run(["git", "commit", "-qam", "tiny preset"], project)
     assert not (project / ".dvc/cache").exists()
     env = {k: v for k, v in project_env().items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-m", "fashionbg.study", "run", "--preset", "tiny",
-                             "--engine", "ray", "--cpus-per-cell", "1"], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with study_running(project, env, "--engine", "ray", "--cpus-per-cell", "1") as proc:
         cell = training_cell(project)
         assert cell, "no cell reached its training stage"
         ws = Path(cell.cwd())
         linked = links(ws, project / ".dvc/cache")
         site_cache = (ws / ".dvc/tmp/site").is_dir()
-        out, _ = proc.communicate(timeout=1500)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out
-    assert "[4/4] done, 0 failed" in out, out
+        finished(proc, 4, timeout=1500)
 
     runs = stage_runs(project)
     assert {stage: runs.get(stage, 0) for stage in UPSTREAM} == dict.fromkeys(UPSTREAM, 1), runs
