@@ -160,6 +160,30 @@ def test_ctrl_c_is_one_line_and_stops_every_worker(tmp_path, nproc):
     assert_left_nothing(project, tmp_path / "tmp")
 
 
+# Ctrl-C arriving while fork runs its hooks, as when a DataLoader starts an epoch's workers:
+# Python drops the KeyboardInterrupt raised in the hook ("Exception ignored in: _releaseLock")
+DROPPED_CTRL_C = """
+import os, signal, time
+from fashionbg.core.cli import stage_main
+
+@stage_main
+def main():
+    os.register_at_fork(after_in_parent=lambda: signal.raise_signal(signal.SIGINT))
+    if os.fork() == 0:
+        os._exit(0)
+    time.sleep(20)
+
+main()
+"""
+
+
+def test_a_ctrl_c_python_drops_in_a_fork_hook_still_stops_the_stage():
+    result = subprocess.run([sys.executable, "-c", DROPPED_CTRL_C], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, preexec_fn=default_sigint)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip() == "interrupted; re-run to resume", result.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ranks_die_with_a_killed_launcher_and_write_nothing_after(tmp_path):

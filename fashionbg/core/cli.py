@@ -1,11 +1,13 @@
 """One way every stage starts and fails, whether run by `dvc repro` or `python -m stages.<name>`."""
 from __future__ import annotations
 
+import _thread
 import errno
 import functools
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 
 from fashionbg.core.errors import UserError
@@ -24,6 +26,8 @@ def stage_main(func: Callable[[], None]) -> Callable[[], None]:
     def wrapper() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                             datefmt="%H:%M:%S")
+        previous_hook = sys.unraisablehook
+        sys.unraisablehook = functools.partial(keep_ctrl_c, others=previous_hook)
         try:
             func()
         except UserError as err:
@@ -35,8 +39,28 @@ def stage_main(func: Callable[[], None]) -> Callable[[], None]:
         except KeyboardInterrupt:
             print("interrupted; re-run to resume", file=sys.stderr)
             sys.exit(INTERRUPTED)
+        finally:
+            sys.unraisablehook = previous_hook
 
     return wrapper
+
+
+def keep_ctrl_c(unraisable: sys.UnraisableHookArgs,
+                others: Callable[[sys.UnraisableHookArgs], object]) -> None:
+    """Python drops a KeyboardInterrupt raised in a callback it cannot raise from (an at-fork
+    hook while a DataLoader forks its workers, a finalizer) with an "Exception ignored" message,
+    and the stage would run on without the workers Ctrl-C killed. Interrupt the main thread
+    again a moment later from another thread instead (raised in this hook, it would be dropped
+    too), once it is back in the stage's own code. Anything else goes to the `others` hook."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        _thread.start_new_thread(_interrupt_main_soon, ())
+    else:
+        others(unraisable)
+
+
+def _interrupt_main_soon() -> None:
+    time.sleep(0.05)
+    _thread.interrupt_main()
 
 
 # What the user can do about each refusal, by errno; anything else: the system's own words.
