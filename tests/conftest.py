@@ -30,8 +30,9 @@ def u2netp_session(u2netp_home):
 def tiny_baseline(tmp_path_factory) -> Path:
     """One tiny project (helpers_project.tiny_project) after `dvc repro`, committed, built once
     per test run and shared by every pytest-xdist worker (a lock in the run's common temp
-    folder); the first repro's output is in its `repro.log`. Tests never change it: they read
-    it or work on a copy (helpers_project.copy_baseline)."""
+    folder); the first repro's output is in its `repro.log`, and it ran with an empty HOME
+    beside the project (`home`, which test_pipeline_e2e reads). Tests never change it: they
+    read it or work on a copy (helpers_project.copy_baseline)."""
     from helpers_project import run, tiny_project
 
     shared = tmp_path_factory.getbasetemp()
@@ -42,8 +43,9 @@ def tiny_baseline(tmp_path_factory) -> Path:
         if not (project.parent / "repro.log").exists():
             shutil.rmtree(project.parent, ignore_errors=True)   # a build that failed
             project.mkdir(parents=True)
+            (project.parent / "home").mkdir()
             tiny_project(project)
-            log = run(["dvc", "repro"], project)
+            log = run(["dvc", "repro"], project, home=project.parent / "home")
             run(["git", "add", "-A"], project)
             run(["git", "commit", "-qm", "baseline run"], project)
             (project.parent / "repro.log").write_text(log)

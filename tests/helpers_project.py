@@ -30,16 +30,20 @@ def project_env() -> dict[str, str]:
     return env
 
 
-def run_ok(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=project_env(), capture_output=True, text=True,
-                            timeout=1200)
+def run_ok(cmd: list[str], cwd: Path, home: Path | None = None) -> subprocess.CompletedProcess:
+    """`cmd` in `cwd`, which must succeed; with `home`, that folder is HOME and no XDG_* folder
+    is set, so whatever the command writes for the user lands there and can be seen."""
+    env = project_env()
+    if home is not None:
+        env = {k: v for k, v in env.items() if not k.startswith("XDG_")} | {"HOME": str(home)}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
 
-def run(cmd: list[str], cwd: Path) -> str:
-    """Run a command that must succeed; its stdout and stderr together."""
-    result = run_ok(cmd, cwd)
+def run(cmd: list[str], cwd: Path, home: Path | None = None) -> str:
+    """Run a command that must succeed (run_ok); its stdout and stderr together."""
+    result = run_ok(cmd, cwd, home)
     return result.stdout + result.stderr
 
 

@@ -1,8 +1,10 @@
 """Stages killed outright (SIGKILL, as by the OOM killer or a lost node) at a random point leave
 nothing behind that DVC or git trips over: the next `dvc repro` gives outputs byte-identical to
 an uninterrupted run, git and DVC see nothing new, and the stage's next run clears its
-work-in-progress folder."""
+work-in-progress folder. Ctrl-C under `dvc repro` is the stage's one line, and the next run
+resumes from the masks already computed."""
 import os
+import re
 import random
 import shutil
 import signal
@@ -10,9 +12,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
-from helpers_project import copy_project, project_env, run, shrink_params
+from helpers_project import (copy_baseline, copy_project, default_sigint, project_env, run,
+                             shrink_params)
 
 KILLED = ("remove_background", "prepare")
 
@@ -87,3 +91,40 @@ def test_sigkilled_stages_rerun_to_identical_outputs(tmp_path):
         # next write clears what the killed one left.
         run(["dvc", "repro", "--force", "-s", stage], project)
         assert not list(project.rglob("*.partial-*")), f"leftovers: {where}"
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_of_remove_background_under_dvc_repro_is_one_line_and_resumes(tmp_path,
+                                                                             tiny_baseline):
+    project = copy_baseline(tiny_baseline, tmp_path / "project")
+    shutil.rmtree(project / ".cache/rembg")                 # every mask is computed again
+    log = tmp_path / "repro.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["dvc", "repro", "--force", "-s", "remove_background"],
+                                cwd=project, env=project_env(), stdout=out, stderr=out,
+                                start_new_session=True, preexec_fn=default_sigint)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(project.glob(".cache/rembg/*/*/*.png")):        # the first mask is in
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        stage = psutil.Process(proc.pid).children(recursive=True)      # the stage, its workers
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) != 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    _, alive = psutil.wait_procs(stage, timeout=15)
+    text = log.read_text()
+    assert "interrupted; re-run to resume" in text and "Traceback" not in text, text
+    assert not alive and not list(project.rglob("*.partial*")), text
+
+    resumed = run(["dvc", "repro", "--force", "-s", "remove_background"], project)  # not its run cache
+    found = re.search(r"(\d+) of (\d+) masks computed", resumed)
+    assert found, resumed
+    computed, images = map(int, found.groups())
+    assert 0 < computed < images, resumed                # the masks done before Ctrl-C reused
+    masks = "data/rembg/masks"
+    assert tree_bytes(project / masks) == tree_bytes(tiny_baseline / masks)
+    status = run(["git", "status", "--porcelain", "--untracked-files=all"], project)
+    assert "??" not in status, status

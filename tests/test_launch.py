@@ -21,7 +21,7 @@ from helpers_project import default_sigint, project_env
 from test_distributed import dvc_project, write_project
 
 from fashionbg.core.errors import UserError
-from fashionbg.nn.launch import check_devices, report_failure
+from fashionbg.nn.launch import LAUNCHER_PID, check_devices, report_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 UNKNOWN_CLASS = {"segment.task": "instance", "segment.instance_classes": ["hat"]}
@@ -60,10 +60,12 @@ def assert_left_nothing(project: Path, tmp: Path) -> None:
     assert not [p for p in project.rglob("*") if ".partial-" in p.name]
 
 
-def start_training(project: Path, tmp: Path, log: Path, **popen: object) -> subprocess.Popen:
-    """train_classifier in a session of its own, its stderr in `log`, once its first epoch runs."""
+def start_training(project: Path, tmp: Path, log: Path, stage: str = "train_classifier",
+                   **popen: object) -> subprocess.Popen:
+    """A training stage in a session of its own, its stderr in `log`, once its first epoch
+    runs."""
     with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "stages.train_classifier"], cwd=project,
+        proc = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=project,
                                 env=stage_env(tmp), stdout=subprocess.DEVNULL, stderr=stderr,
                                 start_new_session=True, **popen)
     deadline = time.monotonic() + 200
@@ -137,13 +139,14 @@ def test_a_failure_on_rank_1_only_is_named_in_one_line(tmp_path, kind):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_ctrl_c_is_one_line_and_stops_every_worker(tmp_path, nproc):
+@pytest.mark.parametrize("stage, nproc", [("train_classifier", 1), ("train_classifier", 2),
+                                          ("train_segmenter", 1)])
+def test_ctrl_c_is_one_line_and_stops_every_worker(tmp_path, stage, nproc):
     """SIGINT to the foreground process group, as a terminal sends it, once training runs."""
     project = make_project(tmp_path / "project", {"train.nproc": nproc, "train.workers": 1,
-                                                  "classify.epochs": 500})
+                                                  "classify.epochs": 500, "segment.epochs": 500})
     log = tmp_path / "stderr.txt"
-    proc = start_training(project, tmp_path / "tmp", log, preexec_fn=default_sigint)
+    proc = start_training(project, tmp_path / "tmp", log, stage, preexec_fn=default_sigint)
     try:
         children = psutil.Process(proc.pid).children(recursive=True)   # ranks, loaders
         assert children
@@ -156,7 +159,7 @@ def test_ctrl_c_is_one_line_and_stops_every_worker(tmp_path, nproc):
     text = log.read_text()
     assert not alive and text.strip().splitlines()[-1] == "interrupted; re-run to resume", text
     assert "Traceback" not in text and "Exception ignored" not in text, text
-    assert not (project / "models/classifier.pt").exists()
+    assert not list(project.glob("models/*.pt")), list(project.glob("models/*.pt"))
     assert_left_nothing(project, tmp_path / "tmp")
 
 
@@ -171,7 +174,7 @@ def main():
     os.register_at_fork(after_in_parent=lambda: signal.raise_signal(signal.SIGINT))
     if os.fork() == 0:
         os._exit(0)
-    time.sleep(20)
+    time.sleep(120)   # blocked in a system call, as a DataLoader waiting for a batch
 
 main()
 """
@@ -179,9 +182,36 @@ main()
 
 def test_a_ctrl_c_python_drops_in_a_fork_hook_still_stops_the_stage():
     result = subprocess.run([sys.executable, "-c", DROPPED_CTRL_C], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60, preexec_fn=default_sigint)
+                            text=True, timeout=30, preexec_fn=default_sigint)
     assert result.returncode == 130, result.stderr
     assert result.stderr.strip() == "interrupted; re-run to resume", result.stderr
+
+
+# A rank forks a DataLoader worker, which the launcher's SIGTERM (to the rank's process group)
+# reaches too; the rank's own temp folder (pymp-*) must outlive it
+FORKED_WORKER = """
+import multiprocessing.util, os, signal, time
+from fashionbg.nn.launch import as_worker
+
+with as_worker():
+    worker = os.fork()
+    if worker == 0:
+        time.sleep(30)
+        os._exit(0)
+    time.sleep(0.5)
+    os.kill(worker, signal.SIGTERM)
+    _, status = os.waitpid(worker, 0)
+    print(os.waitstatus_to_exitcode(status), os.path.isdir(multiprocessing.util.get_temp_dir()))
+"""
+
+
+def test_a_ranks_forked_worker_dies_on_sigterm_and_leaves_the_ranks_folders(tmp_path):
+    """With the rank's SIGTERM handler, a worker took the rank's parent for a dead launcher and
+    removed the rank's pymp-* folder while the rank was exiting (a traceback in CI)."""
+    env = {**stage_env(tmp_path / "tmp"), LAUNCHER_PID: str(os.getpid())}
+    result = subprocess.run([sys.executable, "-c", FORKED_WORKER], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == [str(-signal.SIGTERM), "True"], result.stdout + result.stderr
 
 
 @pytest.mark.slow

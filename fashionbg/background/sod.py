@@ -236,13 +236,18 @@ def remove_backgrounds(rows: Iterable[IndexRow], raw_dir: Path, out_dir: Path, s
     # onnxruntime threads
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([workers.__name__])
-    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+    with ProcessPoolExecutor(processes, mp_context=context,
+                             initializer=workers.ignore_ctrl_c) as pool:
         run.pool = pool
-        for job, future in tqdm(ahead(pool, jobs, cache, run.depth), total=len(jobs),
-                                desc="rembg", unit="img", disable=None):
-            run.take(job, future)
-        run.flush()
-        run.drain(0)
+        try:
+            for job, future in tqdm(ahead(pool, jobs, cache, run.depth), total=len(jobs),
+                                    desc="rembg", unit="img", disable=None):
+                run.take(job, future)
+            run.flush()
+            run.drain(0)
+        except BaseException:       # Ctrl-C or a bug: the photos queued are dropped, not done
+            pool.shutdown(cancel_futures=True)
+            raise
     return run.report(jobs)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,13 @@ from fashionbg.ingest.hygiene import open_rgb
 MASK_CACHE_ENV = "FASHIONBG_MASK_CACHE"
 # rembg's U²-Net input (its U2netSession and U2netpSession): ImageNet statistics at 320×320
 MEAN, STD, SIDE = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (320, 320)
+
+
+def ignore_ctrl_c() -> None:
+    """Pool initializer: Ctrl-C reaches the whole process group, and the stage's own process
+    handles it (it cancels the queued photos and stops the pool); a worker that took it too
+    would print a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def mask_cache_root(default: Path) -> Path:

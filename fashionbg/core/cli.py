@@ -6,7 +6,9 @@ import errno
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -59,8 +61,11 @@ def keep_ctrl_c(unraisable: sys.UnraisableHookArgs,
 
 
 def _interrupt_main_soon() -> None:
+    """SIGINT to the main thread itself, so a system call it is blocked in returns at once."""
     time.sleep(0.05)
-    _thread.interrupt_main()
+    main = threading.main_thread().ident
+    if main is not None:            # None only before the interpreter's main thread started
+        signal.pthread_kill(main, signal.SIGINT)
 
 
 # What the user can do about each refusal, by errno; anything else: the system's own words.

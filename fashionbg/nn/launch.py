@@ -125,8 +125,11 @@ def as_worker() -> Iterator[None]:
     console) with exit code 2; being stopped by the launcher, or Ctrl-C forwarded by another
     launcher, ends the rank quietly, after its `finally` blocks (atomic writes) have run."""
     signal.signal(signal.SIGTERM, _stop_quietly)
-    # The launcher's SIGTERM kills this rank's DataLoader workers outright; made here, the
-    # multiprocessing temp dir they would each make (pymp-*) is this rank's, removed at its exit.
+    # The launcher's SIGTERM (to the rank's process group) kills its DataLoader workers
+    # outright: a worker forked with this handler would take the rank's parent for a dead
+    # launcher and remove the rank's folders under it. Made here, the multiprocessing temp dir
+    # the workers would each make (pymp-*) is this rank's, removed at its exit.
+    os.register_at_fork(after_in_child=_default_sigterm)
     multiprocessing.util.get_temp_dir()
     follow_launcher()
     try:
@@ -196,6 +199,11 @@ def _stop_quietly(signum: int, frame: Any) -> NoReturn:
 
 def _ignore(signum: int, frame: Any) -> None:
     pass
+
+
+def _default_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():   # signal.signal's own rule
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def record_user_error(message: str) -> None:
