@@ -48,15 +48,18 @@ def finished(proc: subprocess.Popen, cells: int, timeout: float) -> str:
     return out
 
 
-def training_cell(project: Path, timeout: float = 600) -> psutil.Process | None:
-    """The `dvc exp run` of a cell of `project` once its training stage runs (None if none
-    got there within `timeout` seconds)."""
+def training_cell(project: Path, timeout: float = 600, cell: str | None = None,
+                  other_than: str | None = None) -> psutil.Process | None:
+    """The `dvc exp run` of a cell of `project` (of `cell`, or of any but `other_than`, if
+    given) once its training stage runs (None if none got there within `timeout` seconds)."""
     deadline, workspaces = time.monotonic() + timeout, str(project / WORKSPACES)
     while time.monotonic() < deadline:
         for proc in psutil.process_iter(["cmdline", "cwd"]):
             try:
                 cmd = " ".join(proc.info["cmdline"] or [])
-                if "exp run" in cmd and (proc.info["cwd"] or "").startswith(workspaces):
+                cwd = proc.info["cwd"] or ""
+                if ("exp run" in cmd and cwd.startswith(workspaces)
+                        and cell in (None, cell_of(proc)) and other_than != cell_of(proc)):
                     children = [" ".join(c.cmdline()) for c in proc.children(recursive=True)]
                     if any("stages.train_" in c for c in children):
                         return proc
@@ -64,6 +67,11 @@ def training_cell(project: Path, timeout: float = 600) -> psutil.Process | None:
                 continue
         time.sleep(0.5)
     return None
+
+
+def cell_of(proc: psutil.Process) -> str:
+    """The cell whose workspace (<cell>-<8 hex digits>) a process works in."""
+    return Path(proc.cwd()).name.rsplit("-", 1)[0]
 
 
 def cell_logs(project: Path) -> dict[str, tuple[dict, str]]:

@@ -1,4 +1,5 @@
 """A tiny study through DVC's real experiment queue: two arms, two seeds, then one more seed."""
+import re
 import sys
 
 import pytest
@@ -31,6 +32,22 @@ def study(project, *args: str) -> str:
                project)
 
 
+def assert_times(log: str, cells: int) -> None:
+    """Each cell's seconds before, in and after its stages, read by the queue from DVC's
+    executors, and the summary: in the study's wall time, the stages hold most of it."""
+    spans = re.findall(r"cell (\S+) ended \(([\d.]+) s before its stages, ([\d.]+) s in them, "
+                       r"([\d.]+) s after\)", log)
+    assert len({name for name, *_ in spans}) == len(spans) == cells, log
+    summary = re.search(r"(\d+) cells in (\d+) s: (\d+) s before their stages \(clone, "
+                        r"checkout\), (\d+) s in them, (\d+) s after \(publish\); CPUs busy "
+                        r"in stages (\d+)% of the time", log)
+    assert summary, log
+    count, wall, before, stages, after, busy = map(int, summary.groups())
+    assert count == cells and 0 < before + stages + after <= wall
+    assert stages > before and stages > after and 0 < busy <= 100
+    assert all(float(s) > 0 for _, _, s, _ in spans)   # every cell trained or evaluated
+
+
 def set_seeds(project, seeds: list[int]) -> None:
     definition = yaml.safe_load((project / "study.yaml").read_text())
     definition["presets"]["tiny"] = {**TINY_PRESET, "seeds": seeds}
@@ -46,6 +63,7 @@ def test_tiny_study_through_the_queue(tmp_path, tiny_baseline):
 
     first = study(project, "run")
     assert "8 cells: 0 already run, 8 to run" in first and "[8/8] done, 0 failed" in first
+    assert_times(first, 8)
     assert "8 cells: 8 already run, 0 to run" in study(project, "run")   # nothing runs twice
 
     report = study(project, "report")

@@ -23,8 +23,9 @@ from fashionbg.study.run.ray_engine import (
     ray_cluster,
     reachable,
     refuse_infeasible,
-    time_summary,
+    time_summary_of,
 )
+from fashionbg.study.run.runner import FAILED, FINISHED, PREPARING, RUNNING, SUCCESS, Clock
 from fashionbg.study.run.upstream import upstream_jobs, upstream_params
 from fashionbg.study.run.workspace import CellJob, clear_workspaces
 
@@ -216,10 +217,42 @@ def test_cells_that_share_their_data_params_share_one_upstream_run(monkeypatch):
 def test_the_time_summary_says_where_the_cells_time_went():
     seen = [{"before_s": "2.0", "stages_s": "10.0", "after_s": "1.0",
              "CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": "1"} for gpu in ("0", "1")]
-    assert time_summary(seen, 40.0, {"CPU": 16, "GPU": 2}) == (
+    assert time_summary_of(seen, 40.0, {"CPU": 16, "GPU": 2}) == (
         "2 cells in 40 s: 4 s before their stages (clone, checkout), 20 s in them, 2 s after "
         "(publish); GPUs busy in stages 25% of the time")
-    assert time_summary(seen, 10.0, {"CPU": 2}).endswith("CPUs busy in stages 100% of the time")
+    assert time_summary_of(seen, 10.0, {"CPU": 2}).endswith("CPUs busy in stages 100% of the time")
+
+
+def info_file(rev: str, name: str, state: int, at: float) -> None:
+    path = Path(".dvc/tmp/exps/run") / rev / f"{rev}.run"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'{{"name": "{name}", "status": {state}, "root_dir": "/tmp/x"}}')
+    os.utime(path, (at, at))
+
+
+def test_the_queue_clock_times_each_cell_from_its_executors_info_file(tmp_path, monkeypatch):
+    """DVC rewrites a task's info file at each change of state; the clock keeps the first
+    time it sees each state, and ignores the files of earlier runs."""
+    monkeypatch.chdir(tmp_path)
+    t = time.time()
+    info_file("old", "a", FINISHED, t - 100)   # an earlier run of a cell with the same name
+    clock = Clock(since=t - 1)
+    clock.read()
+    assert clock.cell_time("a", 1) is None
+    # DVC writes PREPARING twice (before and after the clone), so a state keeps its first time
+    for state, at in ((PREPARING, t), (PREPARING, t + 1), (RUNNING, t + 2), (SUCCESS, t + 12)):
+        info_file("rev1", "a", state, at)
+        clock.read()
+        assert clock.cell_time("a", 1) is None   # not ended yet
+    info_file("rev1", "a", FINISHED, t + 13)
+    info_file("rev2", "b", RUNNING, t + 20)      # PREPARING came and went unseen
+    clock.read()
+    info_file("rev2", "b", FAILED, t + 25)
+    clock.read()
+    a, b = clock.cell_time("a", 2), clock.cell_time("b", 1)
+    assert (a.before, a.stages, a.after, a.devices) == (2, 10, 1, 2)
+    assert (b.before, b.stages, b.after) == (0, 5, 0)
+    assert clock.cell_time("c", 1) is None
 
 
 def test_auto_takes_ray_wherever_there_is_more_than_one_device(monkeypatch):

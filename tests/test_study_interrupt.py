@@ -1,5 +1,6 @@
 """Ctrl-C during `make study` (python -m fashionbg.study run): one line, exit 130, and nothing
-left running: no DVC queue worker, no cell in the queue, no half-written experiment."""
+left running: no DVC queue worker, no cell in the queue, no half-written experiment; running it
+again finishes the cells still missing."""
 import os
 import queue
 import shutil
@@ -73,6 +74,11 @@ def test_ctrl_c_during_a_study_run_stops_its_cells(tmp_path, u2netp_home):
         assert "Running" not in status and "Queued" not in status, status
         refs = run(["git", "for-each-ref", "refs/exps/"], project)
         assert "shallow-" not in refs.replace("refs/exps/celery", ""), refs
+
+        again = run([sys.executable, "-m", "fashionbg.study", "run", "--preset", "tiny",
+                     "--engine", "queue"], project)
+        assert "4 cells: 0 already run, 4 to run" in again and "[4/4] done, 0 failed" in again
+        assert len(run(["dvc", "exp", "list", "--name-only"], project).split()) == 4
     finally:
         if proc.poll() is None:
             proc.kill()

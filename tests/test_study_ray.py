@@ -2,8 +2,9 @@
 test with `ray start` (their own temp dir and ports) and stopped after. Tiny studies run through
 `python -m fashionbg.study run --engine ray`: two cells at a time, each on its own
 CUDA_VISIBLE_DEVICES, with the same report as DVC's queue; cells no node can hold are refused
-before anything runs; a cell whose process is SIGKILLed is run again; a second study in the
-same project refuses in one line; two clones, a bare Git remote and a local DVC remote stand
+before anything runs; a cell whose process is SIGKILLed is run again, at most 3 times, and a
+re-run resumes what was lost or interrupted; a second study in the same project refuses in one
+line; two clones, a bare Git remote and a local DVC remote stand
 for two machines and a third that reports."""
 import os
 import re
@@ -21,8 +22,8 @@ import psutil
 import pytest
 import yaml
 from helpers_project import copy_baseline, default_sigint, project_env, run, tiny_project
-from helpers_ray import (UPSTREAM, cell_logs, finished, stage_runs, study_running, tiny_preset,
-                         training_cell)
+from helpers_ray import (UPSTREAM, cell_logs, cell_of, stage_runs, study_running,
+                         tiny_preset, training_cell)
 
 from fashionbg.study.run.ray_engine import ray_temp_dir
 
@@ -188,8 +189,12 @@ def test_a_cell_no_node_can_hold_is_refused_before_anything_runs(tmp_path, clust
     assert not list((project / ".cache/study/workspaces").glob("*"))
 
 
-@pytest.mark.timeout(1800)
-def test_a_killed_cell_runs_again_and_a_second_study_refuses(tmp_path, cluster, baseline):
+@pytest.mark.timeout(2400)
+def test_killed_cells_run_again_at_most_three_times_and_a_rerun_resumes(tmp_path, cluster,
+                                                                         baseline):
+    """Of the two cells, one is SIGKILLed once (it runs again and is done), the other at each
+    of its attempts (lost after 3, reported once); a second study meanwhile refuses; the study
+    exits 1, and running it again runs only the lost cell."""
     project = study_project(baseline, tmp_path / "project", [3])
     env = {**project_env(), "RAY_ADDRESS": cluster, **TOKEN}
     with study_running(project, env, "--engine", "ray", preexec_fn=default_sigint) as proc:
@@ -203,18 +208,30 @@ def test_a_killed_cell_runs_again_and_a_second_study_refuses(tmp_path, cluster, 
         assert re.fullmatch(r"error: another study is running in this project \(PID "
                             rf"{proc.pid} holds \.cache/study/lock\); wait for it to finish or "
                             r"stop it, then re-run", line), second.stderr
-        victim_cwd = victim.cwd()
+        doomed = cell_of(victim)
         victim.send_signal(signal.SIGKILL)
-        out = finished(proc, 2, timeout=1200)
+        once = training_cell(project, other_than=doomed)
+        assert once, "the other cell never reached its training stage"
+        other = cell_of(once)
+        once.send_signal(signal.SIGKILL)
+        for attempt in (2, 3):
+            victim = training_cell(project, cell=doomed)
+            assert victim, f"attempt {attempt} of {doomed} never reached its training stage"
+            victim.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=1200)
+    assert proc.returncode == 1, out
     assert "Traceback" not in out
+    assert re.search(rf"cell {doomed} lost after 3 attempts \(.*\); re-run the study", out), out
+    assert f"error: 1 of 2 cells failed or were lost ({doomed}; " in out, out
     logs = cell_logs(project)
-    assert sum(info["attempts"] for info, _ in logs.values()) == 3, logs.keys()
-    killed = next(name for name in logs if Path(victim_cwd).name.startswith(name))
-    assert logs[killed][0]["attempts"] == 2
-    assert f"cell {killed} done" in out
+    assert set(logs) == {other} and logs[other][0]["attempts"] == 2, logs.keys()
+    assert f"cell {other} done" in out
     assert_nothing_left(project)
+
+    again = study(project, "run", "--engine", "ray", address=cluster)
+    assert "2 cells: 1 already run, 1 to run" in again and "[1/1] done, 0 failed" in again
     experiments = run(["dvc", "exp", "list", "--name-only"], project).split()
-    assert sorted(experiments) == sorted(logs)
+    assert sorted(experiments) == sorted([doomed, other])
 
 
 @pytest.mark.timeout(2400)
@@ -265,4 +282,12 @@ def test_ctrl_c_stops_the_cells_and_the_study_s_own_ray(tmp_path, baseline):
     assert out.strip().splitlines()[-1] == "interrupted; queued cells stopped, re-run to resume"
     assert_nothing_left(project)
     assert not run(["dvc", "exp", "list", "--name-only"], project).strip()
+    assert not own_ray(project), "the study's own Ray is still running"
+
+    again = subprocess.run([sys.executable, "-m", "fashionbg.study", "run", "--preset", "tiny",
+                            "--engine", "ray"], cwd=project, env=env, capture_output=True,
+                           text=True, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 cells: 0 already run, 2 to run" in again.stdout + again.stderr, again.stderr
+    assert len(run(["dvc", "exp", "list", "--name-only"], project).split()) == 2
     assert not own_ray(project), "the study's own Ray is still running"

@@ -31,7 +31,7 @@ from fashionbg.core.params import load_params
 from fashionbg.study.experiments import fetch_experiments, output
 from fashionbg.study.plan.definition import Cell
 from fashionbg.study.plan.schedule import Capacity
-from fashionbg.study.run.progress import Progress
+from fashionbg.study.run.progress import CellTime, Progress, time_summary
 from fashionbg.study.run.protocol import EngineOptions, nproc
 from fashionbg.study.run.upstream import run_upstreams
 from fashionbg.study.run.workspace import (
@@ -211,7 +211,7 @@ class RayEngine:
                 progress.update(len(done) + len(failed), running)
                 watch.poll({refs[r][0].name: refs[r][1] for r in pending
                             if refs[r][0].name not in running})
-        log.info(time_summary(self.seen, time.time() - self.started, ray.cluster_resources()))
+        log.info(time_summary_of(self.seen, time.time() - self.started, ray.cluster_resources()))
         if self.options.git_remote:   # the experiments the workers pushed, for the report here
             fetch_experiments(self.options.git_remote)
         return sorted(done), sorted(failed)
@@ -337,21 +337,18 @@ def _cancel(ray: Any, refs: list[Any]) -> None:
         ray.cancel(ref, force=True)
 
 
-def time_summary(seen: list[dict[str, str]], wall: float, resources: dict[str, float]) -> str:
-    """Where the cells' time went, in sum, and the share of the devices' time (GPUs, else CPU
-    cores) spent in the cells' stages over the study's wall time (upstream runs included)."""
+def time_summary_of(seen: list[dict[str, str]], wall: float,
+                    resources: dict[str, float]) -> str:
+    """time_summary over the cells' `seen` records, on the cluster's GPUs (else CPU cores)."""
     kind = "GPU" if resources.get("GPU") else "CPU"
+    return time_summary([cell_time(s, kind) for s in seen], wall, resources.get(kind, 1), kind)
 
-    def devices(s: dict[str, str]) -> int:
-        gpus = s["CUDA_VISIBLE_DEVICES"]
-        return len(gpus.split(",")) if kind == "GPU" and gpus else int(s["OMP_NUM_THREADS"] or 1)
 
-    total = {k: sum(float(s[k]) for s in seen) for k in ("before_s", "stages_s", "after_s")}
-    busy = sum(float(s["stages_s"]) * devices(s) for s in seen)
-    share = busy / (wall * resources.get(kind, 1)) if wall > 0 else 0.0
-    return (f"{len(seen)} cells in {wall:.0f} s: {total['before_s']:.0f} s before their stages "
-            f"(clone, checkout), {total['stages_s']:.0f} s in them, {total['after_s']:.0f} s "
-            f"after (publish); {kind}s busy in stages {share:.0%} of the time")
+def cell_time(seen: dict[str, str], kind: str) -> CellTime:
+    gpus = seen["CUDA_VISIBLE_DEVICES"]
+    devices = len(gpus.split(",")) if kind == "GPU" and gpus else int(seen["OMP_NUM_THREADS"] or 1)
+    return CellTime(float(seen["before_s"]), float(seen["stages_s"]), float(seen["after_s"]),
+                    devices)
 
 
 def _describe(resources: dict[str, float]) -> str:

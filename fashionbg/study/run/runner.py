@@ -9,6 +9,7 @@ with its log and does not stop the others.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -26,7 +27,7 @@ from fashionbg.core.params import load_params
 from fashionbg.study.experiments import existing_experiments, output
 from fashionbg.study.plan.definition import Cell
 from fashionbg.study.plan.schedule import Capacity
-from fashionbg.study.run.progress import Progress
+from fashionbg.study.run.progress import CellTime, Progress, time_summary
 from fashionbg.study.run.protocol import EngineOptions, nproc
 from fashionbg.study.run.upstream import run_upstreams
 from fashionbg.study.run.workspace import (
@@ -41,6 +42,11 @@ from fashionbg.study.run.workspace import (
 
 log = logging.getLogger("study")
 POLL_SECONDS = 5
+CLOCK_SECONDS = 0.5   # how often the executors' info files are read between two polls
+# Where DVC's queue keeps each task's executor info (<stash rev>/<stash rev>.run, JSON with the
+# experiment's name and its TaskStatus), rewritten in place at every change of state.
+INFO_FILES = Path(".dvc/tmp/exps/run")
+PREPARING, RUNNING, SUCCESS, FAILED, FINISHED = 1, 2, 3, 4, 6   # DVC's TaskStatus
 # A name queued again after a failure shows twice; the more current state wins.
 STATES = ("Failed", "Success", "Queued", "Running")
 MISSING = "Missing"   # in no queue and without an experiment (yet)
@@ -156,6 +162,55 @@ def cells_to_run(cells: Sequence[Cell]) -> list[Cell]:
     return todo
 
 
+class Clock:
+    """When each queued cell's DVC executor changed state: the mtime of its info file at the
+    first read that shows a state (DVC rewrites the file in place at each change), so each time
+    is exact or late by at most CLOCK_SECONDS (a state rewritten before it was first read)."""
+
+    def __init__(self, since: float) -> None:
+        self.since = since   # info files older than this are earlier runs'
+        self.marks: dict[str, dict[int, float]] = {}   # stash rev → state → time
+        self.names: dict[str, str] = {}                # stash rev → cell
+
+    def read(self) -> None:
+        for path in INFO_FILES.glob("*/*.run"):
+            try:
+                mtime = path.stat().st_mtime
+                info = json.loads(path.read_text())
+                unchanged = path.stat().st_mtime == mtime   # not rewritten while read
+            except (OSError, ValueError):   # being written, or removed
+                continue
+            name, state = info.get("name"), info.get("status")
+            if (unchanged and mtime >= self.since and isinstance(name, str)
+                    and isinstance(state, int)):
+                self.names[path.parent.name] = name
+                self.marks.setdefault(path.parent.name, {}).setdefault(state, mtime)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep `seconds`, reading the info files as it goes."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.read()
+            time.sleep(min(CLOCK_SECONDS, left))
+
+    def cell_time(self, name: str, devices: int) -> CellTime | None:
+        """The cell's phases once its executor has ended (collected, or failed): from its
+        start to RUNNING (DVC opened the clone), to SUCCESS or FAILED (stages and the
+        experiment's commit), to FINISHED (the experiment fetched back here). A state that
+        came and went between two reads takes the time of the next one seen."""
+        revs = [r for r, n in self.names.items() if n == name]
+        if not revs:
+            return None
+        marks = self.marks[max(revs, key=lambda r: max(self.marks[r].values()))]
+        if FINISHED not in marks and FAILED not in marks:
+            return None
+        start = min(marks.values())
+        end = max(marks.values())
+        running = marks.get(RUNNING, marks.get(SUCCESS, marks.get(FAILED, end)))
+        stopped = marks.get(SUCCESS, marks.get(FAILED, end))
+        return CellTime(running - start, stopped - running, end - stopped, devices)
+
+
 class QueueEngine:
     """DVC's experiment queue with one worker (parallel workers have been seen to hang)."""
 
@@ -172,9 +227,7 @@ class QueueEngine:
 
     def capacity(self, todo: Sequence[Cell]) -> Capacity:
         """One cell at a time, on this machine: its GPUs bound a cell's train.nproc."""
-        import torch
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = visible_gpus()
         params = load_params()
         for cell in todo:
             if gpus and nproc(cell, params) > gpus:
@@ -186,14 +239,32 @@ class QueueEngine:
         return run_cells(todo)
 
 
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def devices_of(cells: Sequence[Cell]) -> tuple[dict[str, int], int, str]:
+    """The devices each cell's stages hold, how many this machine has, and of which kind:
+    its train.nproc GPUs, else every core (torch's threads, which the queue leaves as they
+    are)."""
+    gpus, params = visible_gpus(), load_params()
+    if gpus:
+        return {c.name: nproc(c, params) for c in cells}, gpus, "GPU"
+    cores = len(os.sched_getaffinity(0))
+    return dict.fromkeys((c.name for c in cells), cores), cores, "CPU"
+
+
 def run_cells(todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
     """Queue the cells and wait for them; (done, failed) names. On Ctrl-C the cells this run
     queued are taken off the queue, those running are stopped, and KeyboardInterrupt goes on."""
     if not todo:
         return [], []
+    started = time.time()   # the time summary's wall time counts the upstream runs too
     queue_upstreams(todo)
     try:
-        return _run(todo)
+        return _run(todo, started)
     except KeyboardInterrupt:
         stop({c.name for c in todo})
         raise
@@ -242,10 +313,13 @@ def stop(names: set[str]) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def _run(todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
+def _run(todo: Sequence[Cell], started: float) -> tuple[list[str], list[str]]:
+    devices, total, kind = devices_of(todo)
+    clock = Clock(time.time())
     queue(todo)
     names = {c.name for c in todo}
     start, shown, unseen = time.monotonic(), None, dict.fromkeys(names, 0)
+    timed: dict[str, CellTime] = {}
     with Progress(len(todo)) as bar:
         while True:
             states, workers = queue_status()
@@ -259,6 +333,7 @@ def _run(todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
                          len(failed), ", ".join(running) or "-")
                 shown = (len(done), len(failed), running)
             bar.update(len(done) + len(failed), dict.fromkeys(running, "queue"))
+            log_times(clock, names - timed.keys(), devices, timed)
             if not pending:
                 break
             if not workers:   # workers stop when the queue empties, and now and then before
@@ -266,9 +341,21 @@ def _run(todo: Sequence[Cell]) -> tuple[list[str], list[str]]:
             if time.monotonic() - start > CELL_TIMEOUT * len(todo):
                 raise UserError(f"the queue made no progress for too long; see `dvc queue "
                                 f"status` and `dvc queue logs <name>` for {', '.join(pending[:3])}")
-            time.sleep(POLL_SECONDS)
+            clock.wait(POLL_SECONDS)
+    clock.read()
+    log_times(clock, names - timed.keys(), devices, timed)
+    log.info(time_summary(list(timed.values()), time.time() - started, total, kind))
     for name in failed:
         tail = dvc("queue", "logs", name, check=False).strip().splitlines()[-3:]
         log.error("cell %s failed: %s (full log: dvc queue logs %s)", name,
                   " | ".join(tail) or "no log", name)
     return done, failed
+
+
+def log_times(clock: Clock, names: set[str], devices: dict[str, int],
+              timed: dict[str, CellTime]) -> None:
+    """One line for each of `names` whose executor has ended, kept in `timed`."""
+    for name in sorted(names):
+        if (took := clock.cell_time(name, devices[name])) is not None:
+            timed[name] = took
+            log.info("cell %s ended (%s)", name, took.describe())
