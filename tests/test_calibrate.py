@@ -89,5 +89,7 @@ def test_a_small_seed_spread_by_chance_does_not_shrink_the_t_quantile():
         found = {v: stack([c.per_image for c in sorted(cells, key=lambda c: c.cell.seed)
                            if c.cell.variant == v]) for v in ("rembg", "original")}
         p.append(gain(found["rembg"], found["original"]).p)
-    assert np.mean(np.array(p) < 0.00625) <= 0.01          # 0.34 % here; nominal 0.625 %
+    # 0.9 % here (the 80 % bound trades this tail for power: the family-wise rate, the goal,
+    # is met in every scenario of the calibration); 2.45 % with the plain Satterthwaite df
+    assert np.mean(np.array(p) < 0.00625) <= 0.012
     assert 0.025 <= np.mean(np.array(p) < 0.05) <= 0.065   # and still a test at 5 %
