@@ -264,5 +264,8 @@ def test_the_launcher_reports_the_first_user_error_else_the_first_rank_that_fail
         report_failure({0: failure(-15, 5), 1: failure(2, 9, mistake), 2: failure(1, 1)})
     with pytest.raises(SystemExit, match="^error: training process rank 2 exited with code 1$"):
         report_failure({0: failure(-15, 0), 1: failure(2, 9), 2: failure(1, 8)})
+    # a rank that exited on the launcher's SIGTERM in the same second as the failure (CI)
+    with pytest.raises(SystemExit, match="^error: training process rank 1 exited with code 1$"):
+        report_failure({0: failure(143, 7), 1: failure(1, 7)})
     with pytest.raises(SystemExit, match="^error: training process rank 0 was killed by SIG"):
         report_failure({0: failure(-15, 3), 1: failure(-15, 3)})

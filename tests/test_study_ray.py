@@ -122,6 +122,14 @@ def assert_nothing_left(project: Path) -> None:
     assert not left, [p.cmdline() for p in left]
 
 
+def kill(proc: psutil.Process) -> None:
+    """SIGKILL, and wait until the process is gone: until then the search for the cell's next
+    attempt would find this one again (CI saw it)."""
+    proc.send_signal(signal.SIGKILL)
+    _, alive = psutil.wait_procs([proc], timeout=60)
+    assert not alive, proc
+
+
 def claim_rows(report: str) -> list[str]:
     return [line for line in report.splitlines() if line.startswith("| ")]
 
@@ -209,15 +217,15 @@ def test_killed_cells_run_again_at_most_three_times_and_a_rerun_resumes(tmp_path
                             rf"{proc.pid} holds \.cache/study/lock\); wait for it to finish or "
                             r"stop it, then re-run", line), second.stderr
         doomed = cell_of(victim)
-        victim.send_signal(signal.SIGKILL)
+        kill(victim)
         once = training_cell(project, other_than=doomed)
         assert once, "the other cell never reached its training stage"
         other = cell_of(once)
-        once.send_signal(signal.SIGKILL)
+        kill(once)
         for attempt in (2, 3):
             victim = training_cell(project, cell=doomed)
             assert victim, f"attempt {attempt} of {doomed} never reached its training stage"
-            victim.send_signal(signal.SIGKILL)
+            kill(victim)
         out, _ = proc.communicate(timeout=1200)
     assert proc.returncode == 1, out
     assert "Traceback" not in out

@@ -280,9 +280,11 @@ def quiet_elastic_logs() -> None:
 def report_failure(failures: dict[int, Any]) -> NoReturn:
     """The first user error any rank recorded, as a UserError (one line, exit code 2); else one
     line naming the first rank that failed (its own traceback, if any, is above)."""
-    # ranks killed by a signal were most likely stopped by the launcher after the first failure
+    # ranks killed by a signal, or that exited on the launcher's SIGTERM (STOPPED), were most
+    # likely stopped after the first failure, whose timestamp (whole seconds) they may share
     by_time = sorted(failures.items(),
-                     key=lambda item: (item[1].exitcode < 0, item[1].timestamp, item[0]))
+                     key=lambda item: (item[1].exitcode < 0 or item[1].exitcode == STOPPED,
+                                       item[1].timestamp, item[0]))
     for _, failure in by_time:
         if failure.exitcode == USER_ERROR and failure.error_file_data.get("user_error"):
             raise UserError(failure.message)
