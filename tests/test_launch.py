@@ -187,6 +187,19 @@ def test_a_ctrl_c_python_drops_in_a_fork_hook_still_stops_the_stage():
     assert result.stderr.strip() == "interrupted; re-run to resume", result.stderr
 
 
+# The same for a rank's quiet exit on its launcher's SIGTERM (CI: "Exception ignored in:
+# _releaseLock ... SystemExit: 143" while a rank forked its DataLoader workers)
+DROPPED_STOP = DROPPED_CTRL_C.replace("signal.SIGINT", "signal.SIGTERM").replace(
+    "@stage_main", "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n\n@stage_main"
+).replace("import os, signal, time", "import os, signal, sys, time")
+
+
+def test_a_rank_s_sigterm_exit_python_drops_in_a_fork_hook_still_ends_it():
+    result = subprocess.run([sys.executable, "-c", DROPPED_STOP], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 143 and not result.stderr.strip(), result.stderr
+
+
 # A rank forks a DataLoader worker, which the launcher's SIGTERM (to the rank's process group)
 # reaches too; the rank's own temp folder (pymp-*) must outlive it
 FORKED_WORKER = """
@@ -264,6 +277,11 @@ def test_the_launcher_reports_the_first_user_error_else_the_first_rank_that_fail
         report_failure({0: failure(-15, 5), 1: failure(2, 9, mistake), 2: failure(1, 1)})
     with pytest.raises(SystemExit, match="^error: training process rank 2 exited with code 1$"):
         report_failure({0: failure(-15, 0), 1: failure(2, 9), 2: failure(1, 8)})
+    # Ctrl-C that reached the ranks before the launcher's own KeyboardInterrupt: the one line
+    with pytest.raises(KeyboardInterrupt):
+        report_failure({0: failure(130, 7), 1: failure(143, 7)})
+    with pytest.raises(SystemExit, match="^error: training process rank 1 exited with code 1$"):
+        report_failure({0: failure(130, 7), 1: failure(1, 6)})
     # a rank that exited on the launcher's SIGTERM in the same second as the failure (CI)
     with pytest.raises(SystemExit, match="^error: training process rank 1 exited with code 1$"):
         report_failure({0: failure(143, 7), 1: failure(1, 7)})

@@ -16,6 +16,7 @@ from fashionbg.core.errors import UserError
 
 USER_ERROR = 2          # the exit code of a mistake the user can fix (the line says which)
 INTERRUPTED = 130       # 128 + SIGINT, as a shell reports Ctrl-C
+STOPPED = 128 + signal.SIGTERM   # a training rank its launcher stopped (nn.launch)
 
 
 def stage_main(func: Callable[[], None]) -> Callable[[], None]:
@@ -53,19 +54,24 @@ def keep_ctrl_c(unraisable: sys.UnraisableHookArgs,
     hook while a DataLoader forks its workers, a finalizer) with an "Exception ignored" message,
     and the stage would run on without the workers Ctrl-C killed. Interrupt the main thread
     again a moment later from another thread instead (raised in this hook, it would be dropped
-    too), once it is back in the stage's own code. Anything else goes to the `others` hook."""
+    too), once it is back in the stage's own code. A rank's quiet exit on its launcher's
+    SIGTERM (SystemExit(STOPPED)) dropped the same way gets its SIGTERM again. Anything else
+    goes to the `others` hook."""
     if issubclass(unraisable.exc_type, KeyboardInterrupt):
-        _thread.start_new_thread(_interrupt_main_soon, ())
+        _thread.start_new_thread(_signal_main_soon, (signal.SIGINT,))
+    elif (issubclass(unraisable.exc_type, SystemExit)
+          and getattr(unraisable.exc_value, "code", None) == STOPPED):
+        _thread.start_new_thread(_signal_main_soon, (signal.SIGTERM,))
     else:
         others(unraisable)
 
 
-def _interrupt_main_soon() -> None:
-    """SIGINT to the main thread itself, so a system call it is blocked in returns at once."""
+def _signal_main_soon(signum: int) -> None:
+    """`signum` to the main thread itself, so a system call it is blocked in returns at once."""
     time.sleep(0.05)
     main = threading.main_thread().ident
     if main is not None:            # None only before the interpreter's main thread started
-        signal.pthread_kill(main, signal.SIGINT)
+        signal.pthread_kill(main, signum)
 
 
 # What the user can do about each refusal, by errno; anything else: the system's own words.

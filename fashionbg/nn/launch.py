@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from fashionbg.core import paths
-from fashionbg.core.cli import USER_ERROR
+from fashionbg.core.cli import INTERRUPTED, STOPPED, USER_ERROR
 from fashionbg.core.errors import UserError
 from fashionbg.nn.data import LoaderOptions, training_options
 from fashionbg.nn.device import resolve_device, seed_everything
@@ -44,7 +44,6 @@ JOB_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID")
 # How long a failing rank waits before its traceback: when the failure is only the echo of a
 # peer that stopped first (a closed connection), the launcher stops this rank quietly meanwhile.
 PEER_GRACE_S = 5.0
-STOPPED = 128 + signal.SIGTERM      # a worker the launcher stopped
 # Set by our launcher in its workers: its pid (a rank whose parent is no longer it is an orphan)
 # and its scratch folder (which an orphan removes, since the launcher no longer can).
 LAUNCHER_PID = "FASHIONBG_LAUNCHER_PID"
@@ -138,7 +137,7 @@ def as_worker() -> Iterator[None]:
         record_user_error(str(err))
         sys.exit(USER_ERROR)
     except KeyboardInterrupt:
-        sys.exit(128 + signal.SIGINT)
+        sys.exit(INTERRUPTED)
     except Exception:
         if world_from_env().distributed:
             time.sleep(PEER_GRACE_S)
@@ -278,8 +277,13 @@ def quiet_elastic_logs() -> None:
 
 
 def report_failure(failures: dict[int, Any]) -> NoReturn:
-    """The first user error any rank recorded, as a UserError (one line, exit code 2); else one
-    line naming the first rank that failed (its own traceback, if any, is above)."""
+    """The first user error any rank recorded, as a UserError (one line, exit code 2); Ctrl-C
+    where the ranks ended on it before the launcher's own KeyboardInterrupt was raised (the
+    stage's one line, 130); else one line naming the first rank that failed (its own
+    traceback, if any, is above)."""
+    codes = [f.exitcode for f in failures.values()]
+    if INTERRUPTED in codes and all(c in (INTERRUPTED, STOPPED) or c < 0 for c in codes):
+        raise KeyboardInterrupt
     # ranks killed by a signal, or that exited on the launcher's SIGTERM (STOPPED), were most
     # likely stopped after the first failure, whose timestamp (whole seconds) they may share
     by_time = sorted(failures.items(),
