@@ -16,7 +16,7 @@ from fashionbg.core.errors import UserError
 from fashionbg.study.experiments import STUDY_CACHE
 from fashionbg.study.run.protocol import Engine, EngineOptions
 from fashionbg.study.run.ray_engine import RayEngine  # Ray itself is imported when it starts
-from fashionbg.study.run.runner import QueueEngine
+from fashionbg.study.run.runner import QueueEngine, visible_gpus
 
 LOCK = STUDY_CACHE / "lock"
 ENGINES: dict[str, Callable[[EngineOptions], Engine]] = {"queue": QueueEngine, "ray": RayEngine}
@@ -36,9 +36,7 @@ def auto_engine(gpus: int | None = None, cores: int | None = None) -> str:
     if os.environ.get("RAY_ADDRESS"):
         return "ray"
     if gpus is None:
-        import torch  # counts the cards without creating a CUDA context
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = visible_gpus()   # counts the cards without creating a CUDA context
     cores = cores if cores is not None else len(os.sched_getaffinity(0))
     return "ray" if gpus > 1 or (gpus == 0 and cores > 1) else "queue"
 
