@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fashionbg.core.errors import UserError
+from fashionbg.study.run import runner
 from fashionbg.study.run.engines import auto_engine, make_engine, study_lock
 from fashionbg.study.run.protocol import EngineOptions
 from fashionbg.study.run.ray_engine import (
@@ -27,7 +28,7 @@ from fashionbg.study.run.ray_engine import (
 )
 from fashionbg.study.run.runner import FAILED, FINISHED, PREPARING, RUNNING, SUCCESS, Clock
 from fashionbg.study.run.upstream import upstream_jobs, upstream_params
-from fashionbg.study.run.workspace import CellJob, clear_workspaces
+from fashionbg.study.run.workspace import CellJob, clear_workspaces, experiment_refs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -390,3 +391,43 @@ def test_study_run_exits_1_naming_the_cells_that_failed_or_were_lost(tmp_path, m
                                 "logs are above); re-run to retry them, the finished ones are "
                                 "kept")   # a string: Python prints it and exits with 1
     assert not (tmp_path / ".cache/study/lock").exists()
+
+
+STATUS = """Task     Name       Created    Status
+0f1e2d3  shallow-a  10:00 AM   Running
+Worker status: 1 active, 0 idle
+"""
+
+
+def test_a_queue_poll_that_fails_once_is_tried_again_and_says_dvcs_error(monkeypatch):
+    """`dvc queue status` failed once in CI while a worker moved a message file, and the study
+    ended; now a poll is tried STATUS_TRIES times, and the error names DVC's ERROR line."""
+    answers: list[str | None] = []
+
+    def dvc(*args: str, check: bool = True) -> str:
+        answer = answers.pop(0)
+        if answer is None:
+            stderr = "ERROR: unexpected error - [Errno 2] No such file\n\nHaving any troubles?"
+            raise UserError(f"dvc {' '.join(args)} failed: {runner.error_line(stderr)}")
+        return answer
+
+    monkeypatch.setattr(runner, "dvc", dvc)
+    monkeypatch.setattr(runner.time, "sleep", lambda s: None)
+    answers[:] = [None, None, STATUS]
+    assert runner.queue_status() == ({"shallow-a": "Running"}, 1)
+    answers[:] = [None] * runner.STATUS_TRIES
+    with pytest.raises(UserError, match=r"queue status failed: ERROR: unexpected error"):
+        runner.queue_status()
+
+
+def test_a_cell_publishes_its_experiment_and_not_dvcs_scratch_refs(tmp_path):
+    """Two Ray cells pushing refs/exps/exec/EXEC_HEAD into the project at once collided on its
+    lock in CI: only the experiment's own ref is sent."""
+    ws = tmp_path / "ws"
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    subprocess.run(["git", "-C", str(ws), "-c", "user.name=t", "-c", "user.email=t@t",
+                    "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    for ref in ("refs/exps/ab/cdef0123/shallow-rembg-s7", "refs/exps/exec/EXEC_HEAD",
+                "refs/exps/exec/EXEC_BASELINE"):
+        subprocess.run(["git", "-C", str(ws), "update-ref", ref, "HEAD"], check=True)
+    assert experiment_refs(ws) == ["refs/exps/ab/cdef0123/shallow-rembg-s7"]

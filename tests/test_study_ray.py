@@ -115,8 +115,8 @@ def study(project: Path, *args: str, address: str | None = None) -> str:
 def assert_nothing_left(project: Path) -> None:
     assert not list((project / ".cache/study/workspaces").glob("*")), "a workspace was left"
     assert not (project / ".cache/study/lock").exists()
-    refs = run(["git", "for-each-ref", "refs/exps/celery"], project)
-    assert not refs.strip(), refs
+    refs = run(["git", "for-each-ref", "refs/exps/celery", "refs/exps/exec"], project)
+    assert not refs.strip(), refs     # nor DVC's scratch refs, which cells once pushed here
     left = [p for p in psutil.process_iter(["cwd"]) if str(project) in (p.info["cwd"] or "")
             and p.pid != os.getpid()]
     assert not left, [p.cmdline() for p in left]

@@ -51,6 +51,9 @@ PREPARING, RUNNING, SUCCESS, FAILED, FINISHED = 1, 2, 3, 4, 6   # DVC's TaskStat
 STATES = ("Failed", "Success", "Queued", "Running")
 MISSING = "Missing"   # in no queue and without an experiment (yet)
 LOST_POLLS = 6
+# `dvc queue status` reads the queue's message files while a worker moves them: on a loaded
+# machine one read in many fails ("ERROR: unexpected error"), so a poll is tried again.
+STATUS_TRIES = 3
 WORKER_START_SECONDS = 60   # from `dvc queue start` to its worker's process
 STOP_SECONDS = 120   # how long Ctrl-C waits for the cells it stops to leave the queue
 # A cell's stage that has not finished in this long is taken to be hung.
@@ -79,9 +82,14 @@ def dvc(*args: str, check: bool = True) -> str:
     result = subprocess.run(["dvc", *args], capture_output=True, text=True,
                             env=_environment())
     if check and result.returncode != 0:
-        raise UserError(f"dvc {' '.join(args)} failed: "
-                        + (result.stderr.strip().splitlines() or ["no output"])[-1])
+        raise UserError(f"dvc {' '.join(args)} failed: {error_line(result.stderr)}")
     return result.stdout
+
+
+def error_line(stderr: str) -> str:
+    """DVC's own ERROR line, not the support link it prints after it."""
+    lines = stderr.strip().splitlines() or ["no output"]
+    return next((line for line in reversed(lines) if line.startswith("ERROR")), lines[-1])
 
 
 def start_worker() -> None:
@@ -129,7 +137,14 @@ def queue(cells: Sequence[Cell]) -> None:
 
 def queue_status() -> tuple[dict[str, str], int]:
     """Name → state of every task DVC's queue knows, and how many workers are alive."""
-    text = dvc("queue", "status")
+    for attempt in range(STATUS_TRIES):
+        try:
+            text = dvc("queue", "status")
+            break
+        except UserError:
+            if attempt == STATUS_TRIES - 1:
+                raise
+            time.sleep(1)
     states: dict[str, str] = {}
     for line in text.splitlines():
         parts = line.split()

@@ -247,12 +247,25 @@ def _publish(job: CellJob, ws: Path, env: dict[str, str], out: IO[str]) -> int:
     machines they and the run cache go to the DVC remote first."""
     steps = [_dvc(ws, "push", "--run-cache", "--quiet")] if job.dvc_remote else []
     if job.publish:
+        refs = experiment_refs(ws)
+        if not refs:
+            out.write("error: the cell's `dvc exp run` left no experiment to publish\n")
+            return 1
         steps.append(["git", "-C", str(ws), "push", "--quiet", job.repo,
-                      "refs/exps/*:refs/exps/*"])
+                      *(f"{ref}:{ref}" for ref in refs)])
     for step in steps:
         if code := _run(step, ws, env, out):
             return code
     return 0
+
+
+def experiment_refs(ws: Path) -> list[str]:
+    """The experiments' refs in a workspace, without DVC's scratch refs under refs/exps/exec/:
+    two cells pushing their EXEC_HEAD into the project at once collide on its lock ("failed
+    to update ref", seen with two Ray cells), and the project has no use for it."""
+    listed = subprocess.run(["git", "-C", str(ws), "for-each-ref", "--format=%(refname)",
+                             "refs/exps"], capture_output=True, text=True).stdout.split()
+    return [ref for ref in listed if not ref.startswith("refs/exps/exec/")]
 
 
 def _dvc(ws: Path, *args: str) -> list[str]:
