@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fashionbg.core.errors import UserError
+from fashionbg.study.__main__ import design, metric
 from fashionbg.study.plan.definition import Claim, load_study
 from fashionbg.study.read.calibrate import (
     REGIMES,
@@ -41,6 +43,7 @@ def test_calibration_covers_and_controls_its_error_rates():
     printed = table(rows, study)
     assert "| top1 | 3 | 96 | seeds vary more than images | 60 |" in printed
     assert " ± " in printed   # Monte-Carlo errors
+    assert "0.02 (mask AP from scored detections" in printed and "not simulated" not in printed
 
 
 @pytest.mark.parametrize("expect, verdict, truth, false", [
@@ -67,11 +70,37 @@ def test_simulated_miou_has_the_population_difference_it_was_given():
     assert shift_for("miou", 0.05, 0.08) > 0.05 == shift_for("top1", 0.05, 0.08)
 
 
+def test_simulated_mask_ap_has_the_population_difference_it_was_given():
+    """The same for mask AP, whose population value is itself simulated: the shift solved for
+    +0.05 gives +0.05 on other images (mean over the four arms, one model per variant), where
+    the shift itself (mask AP moves about half as fast as the success probability) would give
+    about half of it."""
+    study = calibration_study(load_study(ROOT / "study.yaml"), 1, "mask_ap")
+    rng = np.random.default_rng(1)
+    cells = simulate(study, dict.fromkeys(study.arms, 0.05), 0.0, 20_000, rng, "mask_ap")
+    score = {(r.cell.arm.name, r.cell.variant): r.score for r in cells}
+    found = np.mean([score[(arm, "rembg")] - score[(arm, "original")] for arm in study.arms])
+    assert found == pytest.approx(0.05, abs=0.004)
+    assert shift_for("mask_ap", 0.05, 0.0) > 0.08
+
+
 def test_calibrate_command_refuses_a_bad_count():
     bad = subprocess.run([sys.executable, "-m", "fashionbg.study", "calibrate", "--studies",
                           "3"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "--studies '3' is not allowed; expected an integer from 10 to 100000" in bad.stderr
+
+
+def test_calibrate_command_takes_metrics_and_designs():
+    """--metric and --design as --studies is checked (a UserError: one line, exit code 2)."""
+    assert (metric("mask_ap"), design("3x96")) == ("mask_ap", (3, 96))
+    with pytest.raises(UserError, match="--metric 'f1' is not allowed; expected one of top1, "
+                                        "miou, mask_ap"):
+        metric("f1")
+    for bad in ("1x96", "3x5", "3", "3x", "x96", "3x96x2", "３x96"):
+        with pytest.raises(UserError, match=f"--design '{bad}' is not allowed; expected "
+                                            "SEEDSxIMAGES"):
+            design(bad)
 
 
 def test_a_small_seed_spread_by_chance_does_not_shrink_the_t_quantile():

@@ -4,14 +4,15 @@ multiset of test images.
 Masks travel as uncompressed COCO RLE (run lengths in column-major order, starting with a run
 of zeros), which a reader can check with plain integer arithmetic before pycocotools' C code
 sees them. Mask AP is pycocotools' COCOeval: `evaluate()` matches detections to ground truth
-once per image; `accumulate()`'s precision/recall sweep is then redone for each resample with
-each image weighted by how often the resample drew it (a drawn-twice image counts as two
-images, as if its detections and ground truth were listed twice).
+once per image; `accumulate()`'s precision/recall sweep is then redone for every resample at
+once, with each image weighted by how often the resample drew it (a drawn-twice image counts
+as two images, as if its detections and ground truth were listed twice).
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 MAX_DETECTIONS = 100   # COCO's maxDets for the headline AP
+# torchmetrics' thresholds, float32 like its linspace: an IoU of exactly 0.8 must match or miss
+# here as it did in the reported mask AP
+IOU_THRESHOLDS = np.array(torch.linspace(0.5, 0.95, 10).tolist())
+RECALL_LEVELS = np.array(torch.linspace(0.0, 1.0, 101).tolist())
+CHUNK = 1 << 20   # resamples × detections of one category scored at once
 
 
 def run_lengths(mask: np.ndarray) -> list[int]:
@@ -49,11 +55,20 @@ def image_record(prediction: dict[str, Any], truth: dict[str, Any], digits: int 
 
 
 @dataclass(frozen=True)
-class _Category:
+class Category:
+    """One category's matches over all test images."""
     image: np.ndarray      # (D,) image of each detection, sorted by score (high first)
     tps: np.ndarray        # (T, D) matched and not ignored, per IoU threshold
     fps: np.ndarray        # (T, D) unmatched and not ignored
     truth: np.ndarray      # (N,) ground-truth instances (not ignored) per image
+
+    @classmethod
+    def ranked(cls, scores: np.ndarray, image: np.ndarray, tps: np.ndarray, fps: np.ndarray,
+               truth: np.ndarray) -> Category:
+        """The detections sorted by score as accumulate() sorts them (stable: ties keep their
+        order)."""
+        order = np.argsort(-scores, kind="mergesort")
+        return cls(image[order].astype(int), tps[:, order], fps[:, order], truth)
 
 
 class MaskAP:
@@ -62,37 +77,67 @@ class MaskAP:
     def __init__(self, images: list[dict[str, Any]], labels: int) -> None:
         self.images = len(images)
         evaluation = _evaluate(images, labels)
-        params = evaluation.params
-        self.recall_levels = params.recThrs
         self.categories = [c for c in (_category(evaluation, k, self.images)
-                                       for k in range(len(params.catIds))) if c is not None]
+                                       for k in range(len(evaluation.params.catIds)))
+                           if c is not None]
+
+    @classmethod
+    def from_categories(cls, images: int, categories: list[Category]) -> MaskAP:
+        """Mask AP from matches decided elsewhere (simulated detections), scored by the same
+        code as the matches pycocotools finds."""
+        found = cls.__new__(cls)
+        found.images, found.categories = images, categories
+        return found
 
     def score(self, weights: np.ndarray) -> float:
         """Mask AP with image i counted weights[i] times (all ones: the reported mask AP)."""
-        precision = [self._precision(c, weights) for c in self.categories]
-        present = [p for p in precision if p is not None]
-        return float(np.mean(present)) if present else float("nan")
+        return float(self.scores(np.asarray(weights, float)[None])[0])
 
-    def _precision(self, c: _Category, weights: np.ndarray) -> np.ndarray | None:
-        """(T, R) interpolated precision at COCO's recall levels; None without ground truth."""
-        truth = float(weights @ c.truth)
-        if truth == 0:
-            return None
-        w = weights[c.image]
-        tp, fp = np.cumsum(c.tps * w, axis=1), np.cumsum(c.fps * w, axis=1)
-        keep = w > 0
-        tp, fp = tp[:, keep], fp[:, keep]
-        if not tp.shape[1]:
-            return np.zeros((len(c.tps), len(self.recall_levels)))
-        recall = tp / truth
+    def scores(self, weights: np.ndarray) -> np.ndarray:
+        """(B,) score() of each row of weights (B, N), a few rows at a time: a resample's
+        arrays are (rows, detections of a category)."""
+        widest = max([1] + [c.tps.shape[1] for c in self.categories])
+        rows = max(1, CHUNK // widest)
+        return np.concatenate([self._scores(weights[i:i + rows])
+                               for i in range(0, len(weights), rows)])
+
+    def _scores(self, weights: np.ndarray) -> np.ndarray:
+        """The mean over categories with ground truth in the row of their AP (nan: none)."""
+        per_category = np.array([_average_precision(c, weights) for c in self.categories])
+        if not len(per_category):
+            return np.full(len(weights), np.nan)
+        with warnings.catch_warnings():   # a row without ground truth in any category
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(per_category, axis=0)
+
+
+def _average_precision(c: Category, weights: np.ndarray) -> np.ndarray:
+    """(B,) AP of category c averaged over IoU thresholds, with image i counted weights[b, i]
+    times in row b; nan where the row holds no ground truth. accumulate()'s interpolated
+    precision at each recall level r is the highest precision at recall >= r; only matched
+    detections need be looked at (an unmatched one has its predecessor's recall at lower
+    precision), and an undrawn image's detections repeat their predecessor's point, so
+    dropping them, as accumulate() does, changes no maximum."""
+    truth = weights @ c.truth
+    w = weights[:, c.image]
+    ap = np.zeros(len(weights))
+    for tps, fps in zip(c.tps, c.fps):
+        hit, miss = np.flatnonzero(tps), np.flatnonzero(fps)
+        if not len(hit):
+            continue
+        tp = np.cumsum(w[:, hit], axis=1)
+        fp = np.hstack([np.zeros((len(w), 1)), np.cumsum(w[:, miss], axis=1)])[
+            :, np.cumsum(fps)[hit]]     # the unmatched weight before each match
+        with np.errstate(divide="ignore", invalid="ignore"):   # rows without ground truth
+            recall = tp / truth[:, None]
         precision = tp / (fp + tp + np.spacing(1))
         envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
-        out = np.zeros((len(tp), len(self.recall_levels)))
-        for t in range(len(tp)):
-            at = np.searchsorted(recall[t], self.recall_levels, side="left")
-            inside = at < tp.shape[1]
-            out[t, inside] = envelope[t, at[inside]]
-        return out
+        # a match serves the recall levels between its predecessor's recall and its own
+        reached = np.searchsorted(RECALL_LEVELS, recall, side="right")
+        ap += (envelope * np.diff(reached, axis=1, prepend=0)).sum(axis=1)
+    ap /= len(c.tps) * len(RECALL_LEVELS)
+    ap[truth == 0] = np.nan
+    return ap
 
 
 def _evaluate(images: list[dict[str, Any]], labels: int) -> COCOeval:
@@ -110,10 +155,7 @@ def _evaluate(images: list[dict[str, Any]], labels: int) -> COCOeval:
         evaluation = COCOeval(truth, found, iouType="segm")
         evaluation.params.areaRng, evaluation.params.areaRngLbl = [[0, 1e10]], ["all"]
         evaluation.params.maxDets = [MAX_DETECTIONS]
-        # torchmetrics' thresholds, float32 like its linspace: an IoU of exactly 0.8 must match
-        # or miss here as it did in the reported mask AP
-        evaluation.params.iouThrs = np.array(torch.linspace(0.5, 0.95, 10).tolist())
-        evaluation.params.recThrs = np.array(torch.linspace(0.0, 1.0, 101).tolist())
+        evaluation.params.iouThrs, evaluation.params.recThrs = IOU_THRESHOLDS, RECALL_LEVELS
         evaluation.evaluate()
     return evaluation
 
@@ -132,7 +174,7 @@ def _annotations(images: list[dict[str, Any]], key: str) -> list[dict[str, Any]]
     return out
 
 
-def _category(evaluation: COCOeval, k: int, images: int) -> _Category | None:
+def _category(evaluation: COCOeval, k: int, images: int) -> Category | None:
     """The matches of category k over all images, sorted by score as accumulate() sorts them."""
     per_image = evaluation.evalImgs[k * images:(k + 1) * images]
     present = [(i, e) for i, e in enumerate(per_image) if e is not None]
@@ -146,8 +188,7 @@ def _category(evaluation: COCOeval, k: int, images: int) -> _Category | None:
     image = np.concatenate([np.full(len(e["dtScores"][:MAX_DETECTIONS]), i) for i, e in present])
     matched = np.concatenate([e["dtMatches"][:, :MAX_DETECTIONS] for _, e in present], axis=1)
     ignored = np.concatenate([e["dtIgnore"][:, :MAX_DETECTIONS] for _, e in present], axis=1)
-    order = np.argsort(-scores, kind="mergesort")
-    matched = matched.reshape(thresholds, -1)[:, order]
-    ignored = ignored.reshape(thresholds, -1)[:, order].astype(bool)
-    return _Category(image[order].astype(int), (matched != 0) & ~ignored,
-                     (matched == 0) & ~ignored, truth)
+    matched = matched.reshape(thresholds, -1)
+    ignored = ignored.reshape(thresholds, -1).astype(bool)
+    return Category.ranked(scores, image, (matched != 0) & ~ignored, (matched == 0) & ~ignored,
+                           truth)

@@ -17,7 +17,7 @@ from fashionbg.study.experiments import fetch_experiments
 from fashionbg.study.plan import schedule
 from fashionbg.study.plan.definition import SMOKE_SUFFIX, Cell, Study, load_study, locate
 from fashionbg.study.plan.preflight import preflight
-from fashionbg.study.read.calibrate import calibrate, table
+from fashionbg.study.read.calibrate import DESIGNS, METRICS, calibrate, table
 from fashionbg.study.read.report import build_report, report_path, update_readme
 from fashionbg.study.read.results import read_results
 from fashionbg.study.run.engines import make_engine, study_lock
@@ -54,6 +54,13 @@ def arguments() -> argparse.Namespace:
                         help="ray: cores (and threads) each cell gets")
     parser.add_argument("--studies", type=studies, default=200,
                         help="calibrate: simulated studies per scenario and regime (10-100000)")
+    parser.add_argument("--metric", type=metric, action="append",
+                        help="calibrate: a metric to simulate, " + ", ".join(METRICS)
+                             + " (repeat for several; default all)")
+    parser.add_argument("--design", type=design, action="append", metavar="SEEDSxIMAGES",
+                        help="calibrate: seeds and test images of a design, e.g. 3x96 (repeat "
+                             "for several; default " + ", ".join(f"{s}x{n}" for s, n in DESIGNS)
+                             + ")")
     return parser.parse_args()
 
 
@@ -63,6 +70,24 @@ def studies(text: str) -> int:
         raise UserError(f"--studies {text!r} is not allowed; expected an integer from 10 to "
                         "100000")
     return int(text)
+
+
+def metric(text: str) -> str:
+    if text not in METRICS:
+        raise UserError(f"--metric {text!r} is not allowed; expected one of "
+                        + ", ".join(METRICS))
+    return text
+
+
+def design(text: str) -> tuple[int, int]:
+    """--design: seeds (2, the fewest that give an interval, to 100) x test images (10 to
+    100,000)."""
+    seeds, _, images = text.partition("x")
+    if not (seeds.isascii() and seeds.isdigit() and images.isascii() and images.isdigit()
+            and 2 <= int(seeds) <= 100 and 10 <= int(images) <= 100_000):
+        raise UserError(f"--design {text!r} is not allowed; expected SEEDSxIMAGES, 2 to 100 "
+                        "seeds and 10 to 100000 test images, e.g. 3x96")
+    return int(seeds), int(images)
 
 
 def pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -144,7 +169,8 @@ def main() -> None:
     params = load_params()
     study = load_study(params=params)
     if args.command == "calibrate":
-        print(table(calibrate(args.studies, study), study))
+        print(table(calibrate(args.studies, study, designs=tuple(args.design or DESIGNS),
+                              metrics=tuple(args.metric or METRICS)), study))
         return
     preset = preset_name(study, args.preset, args.smoke)
     cells = cells_of(args, study, preset)

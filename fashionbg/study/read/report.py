@@ -40,8 +40,8 @@ class ArmResults:
 
     @functools.cached_property
     def resampled(self) -> dict[str, np.ndarray] | None:
-        """variant → stats.resampled scores, computed once for the gain and both variants'
-        intervals (recomputing mask AP by pycocotools is the slow part of a report)."""
+        """variant → stats.resampled scores, computed once for the gain, the interactions and
+        both variants' intervals (recomputing mask AP is the slow part of a report)."""
         if self.per_image is None:
             return None
         return {v: stats.resampled(x) for v, x in self.per_image.items()}
@@ -88,9 +88,10 @@ def claim_effect(claim: Claim, arms: dict[str, ArmResults], gains: dict[str, sta
         return gains[claim.arm]
     assert claim.baseline is not None  # the study definition requires it of an interaction
     arm, base = arms[claim.arm], arms[claim.baseline]
-    if arm.per_image is not None and base.per_image is not None:
-        return stats.interaction((arm.per_image["rembg"], arm.per_image["original"]),
-                                 (base.per_image["rembg"], base.per_image["original"]))
+    if arm.resampled is not None and base.resampled is not None:
+        return stats.resampled_interaction((arm.resampled["rembg"], arm.resampled["original"]),
+                                           (base.resampled["rembg"], base.resampled["original"]),
+                                           arm.images)
     return stats.seed_interaction((arm.scores["rembg"], arm.scores["original"]),
                                   (base.scores["rembg"], base.scores["original"]))
 

@@ -167,7 +167,7 @@ def seed_scores(per_image: Any, weights: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():   # a resample may hold no class at all
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.nanmean(_iou(sums), axis=2)
-    return np.array([[m.score(w) for w in weights] for m in per_image])
+    return np.array([m.scores(weights) for m in per_image])
 
 
 def stack(per_seed: list[Any]) -> Any:
@@ -226,6 +226,15 @@ def interaction(arm: tuple[Any, Any], base: tuple[Any, Any], resamples: int = RE
     weights = image_weights(images, resamples)
     rembg_a, original_a, rembg_b, original_b = (seed_scores(x[:seeds], weights)
                                                 for x in (*arm, *base))
+    return resampled_interaction((rembg_a, original_a), (rembg_b, original_b), images)
+
+
+def resampled_interaction(arm: tuple[np.ndarray, np.ndarray], base: tuple[np.ndarray, np.ndarray],
+                          images: int) -> Effect:
+    """The same from each variant's resampled scores (seeds, 1 + resamples), as gains already
+    hold them (mask AP need not be recomputed)."""
+    seeds = min(len(arm[0]), len(base[0]))
+    rembg_a, original_a, rembg_b, original_b = (x[:seeds] for x in (*arm, *base))
     return replace(effect(rembg_a - original_a - rembg_b + original_b, images), bound=2.0)
 
 
