@@ -3,7 +3,6 @@ left running: no DVC queue worker, no cell in the queue, no half-written experim
 again finishes the cells still missing."""
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from helpers_project import default_sigint, project_env, run, tiny_project
+from helpers_project import copy_baseline, default_sigint, project_env, run
 
 
 def ours(project: Path) -> list[psutil.Process]:
@@ -27,11 +26,8 @@ def ours(project: Path) -> list[psutil.Process]:
 
 
 @pytest.mark.timeout(900)
-def test_ctrl_c_during_a_study_run_stops_its_cells(tmp_path, u2netp_home):
-    project = tiny_project(tmp_path / "project")
-    weights = project / "models/rembg"
-    weights.mkdir(parents=True)
-    shutil.copy2(u2netp_home / "u2netp.onnx", weights)   # for the pre-flight
+def test_ctrl_c_during_a_study_run_stops_its_cells(tmp_path, tiny_baseline):
+    project = copy_baseline(tiny_baseline, tmp_path / "project")   # its upstream is cached
     definition = yaml.safe_load((project / "study.yaml").read_text())
     definition["presets"]["tiny"] = {"about": "one arm", "seeds": [0, 1],
                                      "arms": {"shallow": {}}}
