@@ -1,32 +1,26 @@
 """The `paper` preset as a researcher first runs it: `make study PRESET=paper SMOKE=1` with the
-datasets said once, on miniature archives in the real layouts, through DVC's real queue. Every
-arm, variant, task and claim of the preset runs; each dataset is downloaded and
-background-removed once, whatever the number of cells; a second run runs nothing."""
-import subprocess
+datasets said once, on miniature archives in the real layouts, on Ray (what ENGINE=auto picks on
+2 cores without a GPU: a Ray of the study's own, a cell per core; DVC's queue has its own
+end-to-end test in test_study_e2e). Every arm, variant, task and claim of the
+preset runs; each dataset is downloaded and background-removed once, whatever the number of
+cells; a second run runs nothing."""
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from helpers_archives import fashionpedia_folder, fashionstyle14_zip
-from helpers_project import project_env, run, tiny_project
+from helpers_project import run, tiny_project
+from helpers_ray import UPSTREAM, cell_logs, stage_runs
 
 from fashionbg.study.plan.definition import load_study
 
 
 def make_study(project: Path, fs14: Path, fp: Path) -> str:
     venv = Path(sys.executable).parent.parent
-    return run(["make", "--no-print-directory", "study", f"VENV={venv}", "ENGINE=queue",
-                "PRESET=paper", "SMOKE=1", f"FASHIONSTYLE14={fs14}", f"FASHIONPEDIA={fp}"], project)
-
-
-def stage_runs(project: Path, names: list[str], stage: str) -> int:
-    """How many times `stage` ran rather than being restored: in the study's upstream runs
-    (their logs are kept under .cache/study/logs/upstream) and in the cells' experiments."""
-    logs = [path.read_text() for path in (project / ".cache/study/logs/upstream").glob("*.log")]
-    logs += [subprocess.run(["dvc", "queue", "logs", name], cwd=project, env=project_env(),
-                            capture_output=True, text=True).stdout for name in names]
-    return sum(f"Running stage '{stage}'" in text for text in logs)
+    return run(["make", "--no-print-directory", "study", f"VENV={venv}", "ENGINE=ray",
+                "PRESET=paper", "SMOKE=1", f"FASHIONSTYLE14={fs14}", f"FASHIONPEDIA={fp}"],
+               project)
 
 
 @pytest.mark.timeout(2400)
@@ -43,9 +37,9 @@ def test_paper_smoke_run_on_the_real_layouts(tmp_path):
     assert n == 16 and {c.arm.task for c in cells} == {"classify", "semantic", "instance"}
     assert f"pre-flight passed for {n} cells" in out and f"[{n}/{n}] done, 0 failed" in out
 
-    names = [c.name for c in cells]
-    for stage in ("download", "remove_background", "prepare"):   # once per dataset, upstream
-        assert stage_runs(project, names, stage) == 2, stage
+    runs = stage_runs(project)   # in the upstream runs' and the cells' logs
+    assert {stage: runs.get(stage) for stage in UPSTREAM} == dict.fromkeys(UPSTREAM, 2), runs
+    assert len(cell_logs(project)) == n
 
     report = (project / "reports/study-paper-smoke.md").read_text()
     assert f"{n} cells read from the experiments, 0 not run yet" in report
