@@ -77,14 +77,23 @@ BY_ENTRY_POINT = {stage: (stage, key, value, allowed) for stage, key, value, all
                   in reversed(CASES)}
 
 
-def refusal(project: Path, stage: str, entry_point: bool) -> tuple[int, str]:
-    """(exit code, stderr) of the stage in `project`, in a subprocess or in this process."""
+# What a stage may not load before it has checked its params: a refusal costs under a second.
+HEAVY = {"torch", "onnxruntime", "rembg", "dvclive"}
+
+
+def refusal(project: Path, stage: str, entry_point: bool) -> tuple[int, str, set[str]]:
+    """(exit code, stderr, the top-level packages it imported) of the stage in `project`, in a
+    subprocess (`python -X importtime` names each import) or in this process (no names)."""
     if not entry_point:
-        return run_stage(project, stage)
-    result = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=project,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                            text=True, timeout=300)
-    return result.returncode, result.stderr
+        return *run_stage(project, stage), set()
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", f"stages.{stage}"],
+                            cwd=project, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=300)
+    lines = result.stderr.splitlines(keepends=True)
+    imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in lines
+                if line.startswith("import time:") and "|" in line}
+    return (result.returncode, "".join(x for x in lines if not x.startswith("import time:")),
+            imported)
 
 
 @pytest.mark.parametrize("stage, key, value, allowed, entry_point", [
@@ -96,8 +105,9 @@ def test_bad_param_stops_stage_cleanly(tmp_path, stage, key, value, allowed, ent
     sentinel = tmp_path / "data" / "raw" / "index.csv"
     sentinel.parent.mkdir(parents=True)
     sentinel.write_text("untouched")
-    code, stderr = refusal(tmp_path, stage, entry_point)
+    code, stderr, imported = refusal(tmp_path, stage, entry_point)
     assert code == 2, stderr
+    assert not HEAVY & imported, f"{stage} loaded {HEAVY & imported} before refusing a param"
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert f"{key} = {value!r}" in stderr and allowed in stderr, stderr
     assert sentinel.read_text() == "untouched"

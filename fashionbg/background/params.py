@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fashionbg.core.errors import ParamError
-from fashionbg.core.params import boolean, choice, optional_integer, section
+from fashionbg.core.params import DEVICES, boolean, choice, optional_integer, section
 
 SOD_MODELS = ("u2netp", "u2net")
-DEVICES = ("auto", "cpu", "cuda")
 NAMED_FILLS = {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128)}
 # How only_bg removes the person (fashionbg/background/variants.py, PERSON_REMOVERS): tiles of
 # the image's own background over the person's box (the Backgrounds Challenge's only_bg_t), the

@@ -5,8 +5,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fashionbg.core.errors import ParamError
-from fashionbg.core.params import batch_size, boolean, choice, integer, number, section
-from fashionbg.nn.device import DEVICES
+from fashionbg.core.params import DEVICES, batch_size, boolean, choice, integer, number, section
 
 ARCHS = ("shallow_cnn", "resnet18", "efficientnet_lite0")
 AUGMENTS = ("none", "standard", "strong")

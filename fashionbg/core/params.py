@@ -22,6 +22,8 @@ from fashionbg.core.paths import PARAMS
 # (image_size: [40960, 512], batch_size: 32000) is refused before anything is allocated.
 MAX_IMAGE_SIDE = 4096
 MAX_BATCH = 1024
+# Where a stage runs its network: `auto` takes CUDA when there is one (fashionbg.nn.device).
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class UniqueKeyLoader(yaml.SafeLoader):

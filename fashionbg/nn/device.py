@@ -10,10 +10,9 @@ import torch
 
 from fashionbg.core.errors import ParamError
 from fashionbg.core.nvidia import nvidia_devices
+from fashionbg.core.params import DEVICES
 
 log = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str, key: str) -> torch.device:

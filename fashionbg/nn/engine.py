@@ -30,6 +30,7 @@ from fashionbg.nn.distributed import (
     wait_for_main,
     wrap,
 )
+from fashionbg.nn.params import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ Step = Callable[[nn.Module, Any, Any, torch.device],
 Validate = Callable[[nn.Module], dict[str, float | None]]
 
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # Steps between the checks that the summed loss is finite: each check waits for the device.
 CHECK_EVERY = 50
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}

@@ -4,13 +4,20 @@ task. Evaluation rebuilds each model from its checkpoint, so it reads no trainin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from fashionbg.core.params import (
+    DEVICES,
+    batch_size,
+    boolean,
+    choice,
+    integer,
+    optional_integer,
+    section,
+)
 
-from fashionbg.core.params import batch_size, boolean, choice, integer, optional_integer, section
-from fashionbg.nn.device import DEVICES
-from fashionbg.nn.engine import PRECISIONS
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ def read_evaluate(params: dict[str, Any]) -> EvaluateConfig:
 
 AUTO = "auto"
 AUGMENT_ON = ("loader", "device")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # Processes one machine runs: more than any GPU box holds, few enough that a typo (nproc: 1000)
 # is refused instead of starting a thousand processes.
 MAX_NPROC = 64
@@ -52,6 +60,9 @@ class TrainConfig:
 
     @property
     def memory_format(self) -> torch.memory_format:
+        # imported here: stages read this module to check params before torch loads
+        import torch
+
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
 

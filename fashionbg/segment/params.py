@@ -5,8 +5,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fashionbg.core.errors import ParamError
-from fashionbg.core.params import batch_size, boolean, choice, integer, number, section
-from fashionbg.nn.device import DEVICES
+from fashionbg.core.params import DEVICES, batch_size, boolean, choice, integer, number, section
 
 TASKS = ("semantic", "instance")
 ARCHS = ("unet", "fpn", "deeplabv3plus")
