@@ -1,5 +1,7 @@
 import os
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,30 +28,60 @@ def u2netp_session(u2netp_home):
     return make_session("u2netp", u2netp_home)
 
 
-@pytest.fixture(scope="session")
-def tiny_baseline(tmp_path_factory) -> Path:
-    """One tiny project (helpers_project.tiny_project) after `dvc repro`, committed, built once
-    per test run and shared by every pytest-xdist worker (a lock in the run's common temp
-    folder); the first repro's output is in its `repro.log`, and it ran with an empty HOME
-    beside the project (`home`, which test_pipeline_e2e reads). Tests never change it: they
-    read it or work on a copy (helpers_project.copy_baseline)."""
-    from helpers_project import run, tiny_project
-
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str,
+               build: Callable[[Path], str]) -> Path:
+    """The project `build(project)` makes, once per test run and shared by every pytest-xdist
+    worker (a lock in the run's common temp folder); what build returned is kept beside it in
+    `run.log`, written last, so a build that failed half-way is started over."""
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent                  # one folder above every worker's own
-    project = shared / "tiny-baseline" / "project"
-    with FileLock(shared / "tiny-baseline.lock"):
-        if not (project.parent / "repro.log").exists():
-            shutil.rmtree(project.parent, ignore_errors=True)   # a build that failed
-            project.mkdir(parents=True)
-            (project.parent / "home").mkdir()
-            tiny_project(project)
-            log = run(["dvc", "repro"], project, home=project.parent / "home")
-            run(["git", "add", "-A"], project)
-            run(["git", "commit", "-qm", "baseline run"], project)
-            (project.parent / "repro.log").write_text(log)
+    project = shared / name / "project"
+    with FileLock(shared / f"{name}.lock"):
+        if not (project.parent / "run.log").exists():
+            shutil.rmtree(project.parent, ignore_errors=True)
+            project.parent.mkdir(parents=True)
+            (project.parent / "run.log").write_text(build(project))
     return project
+
+
+@pytest.fixture(scope="session")
+def tiny_baseline(tmp_path_factory) -> Path:
+    """One tiny project (helpers_project.tiny_project) after `dvc repro`, committed; the first
+    repro's output is its `run.log`, and it ran with an empty HOME beside the project (`home`,
+    which test_pipeline_e2e reads). Tests never change it: they read it or work on a copy
+    (helpers_project.copy_baseline)."""
+    from helpers_project import run, tiny_project
+
+    def build(project: Path) -> str:
+        (project.parent / "home").mkdir()
+        project.mkdir()
+        tiny_project(project)
+        log = run(["dvc", "repro"], project, home=project.parent / "home")
+        run(["git", "add", "-A"], project)
+        run(["git", "commit", "-qm", "baseline run"], project)
+        return log
+
+    return built_once(tmp_path_factory, "tiny-baseline", build)
+
+
+@pytest.fixture(scope="session")
+def tiny_queue_study(tmp_path_factory, tiny_baseline) -> Path:
+    """A copy of the tiny baseline whose `tiny` preset (one arm, both variants, seeds 0 and 1:
+    4 cells) ran through DVC's experiment queue; the study's output is its `run.log`. The queue's
+    end-to-end test goes on from a copy, and the Ray engine's test compares its report with
+    this one's; tests never change it."""
+    from helpers_project import copy_baseline, run
+    from helpers_ray import tiny_preset
+
+    def build(project: Path) -> str:
+        copy_baseline(tiny_baseline, project)
+        tiny_preset(project, [0, 1])
+        run(["git", "commit", "-qam", "tiny study"], project)
+        return run([sys.executable, "-m", "fashionbg.study", "run", "--engine", "queue",
+                    "--preset", "tiny"], project)
+
+    return built_once(tmp_path_factory, "tiny-queue-study", build)
 
 
 # `make test-quick` (the inner loop) deselects the tests marked slow: those that run stages,
@@ -60,7 +92,7 @@ def tiny_baseline(tmp_path_factory) -> Path:
 SLOW_MODULES = {"test_bench_gpu", "test_distributed", "test_faults", "test_paper_smoke",
                 "test_pipeline_e2e", "test_repro_e2e", "test_study_e2e", "test_study_interrupt",
                 "test_study_ray", "test_study_upstream"}
-SLOW_FIXTURES = {"u2netp_session", "u2netp_home", "tiny_baseline"}
+SLOW_FIXTURES = {"u2netp_session", "u2netp_home", "tiny_baseline", "tiny_queue_study"}
 # `make test` runs on 2 pytest-xdist workers (--dist loadgroup). The long end-to-end modules
 # form two groups of about equal CPU time (docs/testing.md), so each worker runs one while the
 # other tests fill in; a module with a module-scoped fixture (test_readme, test_study_ray) must

@@ -40,7 +40,7 @@ def change(old: float | None, new: float | None) -> dict:
 
 @pytest.mark.timeout(1500)
 def test_repro_then_rembg_experiment(tmp_path, monkeypatch, tiny_baseline):
-    first = (tiny_baseline.parent / "repro.log").read_text()    # its first `dvc repro`
+    first = (tiny_baseline.parent / "run.log").read_text()    # its first `dvc repro`
     project = copy_baseline(tiny_baseline, tmp_path / "project")
     for stage in UPSTREAM + TRAINING + SEGMENTING:
         assert ran(first, stage), f"{stage} did not run:\n{first}"

@@ -136,16 +136,9 @@ def claim_rows(report: str) -> list[str]:
 
 @pytest.mark.timeout(2400)
 def test_cells_run_two_at_a_time_on_their_own_gpus_and_report_as_the_queue(tmp_path, cluster,
-                                                                            baseline):
+                                                                            baseline,
+                                                                            tiny_queue_study):
     project = study_project(baseline, tmp_path / "project", [0, 1])
-    # The same cells through DVC's queue, in a clone sharing the DVC cache.
-    queued = tmp_path / "queued"
-    run(["git", "clone", "-q", str(project), str(queued)], tmp_path)
-    run(["dvc", "cache", "dir", "--local", str(project / ".dvc/cache")], queued)
-    run(["dvc", "checkout", "--quiet"], queued)
-    out = study(queued, "run", "--engine", "queue")
-    assert "[4/4] done, 0 failed" in out
-
     out = study(project, "run", "--engine", "ray", address=cluster)
     assert "[4/4] done, 0 failed" in out, out
     logs = cell_logs(project)
@@ -166,6 +159,8 @@ def test_cells_run_two_at_a_time_on_their_own_gpus_and_report_as_the_queue(tmp_p
     assert "4 cells: 4 already run, 0 to run" in study(project, "run", "--engine", "ray",
                                                        address=cluster)
 
+    # the same cells through DVC's queue (conftest), reported from a copy
+    queued = copy_baseline(tiny_queue_study, tmp_path / "queued")
     assert claim_rows(study(project, "report")) == claim_rows(study(queued, "report"))
 
 
