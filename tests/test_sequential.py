@@ -2,12 +2,14 @@
 claim decided at the first look whose spent level decides it and the cells its arm saves, and
 the family-wise error over all looks on simulated null studies."""
 import gc
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import norm
 
+from fashionbg.study.__main__ import main
 from fashionbg.study.plan.definition import load_study
 from fashionbg.study.read.calibrate import (
     REGIMES,
@@ -104,3 +106,15 @@ def test_null_studies_keep_the_family_wise_error_over_all_looks():
         false += any(false_verdict(d.result, truth_of(d.result, gains)) for d in read.decisions)
     assert false <= 12, false
 
+
+def test_sequential_calibration_refuses_a_design_with_one_look(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    # a copy that accepts the design runs 60 small studies and fails, rather than hours
+    monkeypatch.setattr(sys, "argv", ["fashionbg.study", "calibrate", "--sequential", "--studies",
+                                      "10", "--metric", "top1", "--design", "3x96"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("error: --design '3x96' is not allowed with --sequential; "
+                                       "expected more than 3 seeds (the first look is at 3), "
+                                       "e.g. 5x96\n")

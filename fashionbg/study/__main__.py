@@ -17,9 +17,18 @@ from fashionbg.study.experiments import fetch_experiments
 from fashionbg.study.plan import schedule
 from fashionbg.study.plan.definition import SMOKE_SUFFIX, Cell, Study, load_study, locate
 from fashionbg.study.plan.preflight import preflight
-from fashionbg.study.read.calibrate import DESIGNS, METRICS, calibrate, table
+from fashionbg.study.read.calibrate import (
+    DESIGNS,
+    METRICS,
+    SEQUENTIAL_DESIGNS,
+    calibrate,
+    calibrate_sequential,
+    sequential_table,
+    table,
+)
 from fashionbg.study.read.report import build_report, report_path, update_readme
 from fashionbg.study.read.results import read_results
+from fashionbg.study.read.stats import MIN_SEEDS
 from fashionbg.study.run.engines import make_engine, study_lock
 from fashionbg.study.run.protocol import EngineOptions
 from fashionbg.study.run.runner import cells_to_run, parse_shard
@@ -60,7 +69,11 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--design", type=design, action="append", metavar="SEEDSxIMAGES",
                         help="calibrate: seeds and test images of a design, e.g. 3x96 (repeat "
                              "for several; default " + ", ".join(f"{s}x{n}" for s, n in DESIGNS)
-                             + ")")
+                             + "; with --sequential "
+                             + ", ".join(f"{s}x{n}" for s, n in SEQUENTIAL_DESIGNS) + ")")
+    parser.add_argument("--sequential", action="store_true",
+                        help="calibrate: studies read in waves of seeds that stop when they "
+                             "know (the error over all looks, power, cells saved)")
     return parser.parse_args()
 
 
@@ -88,6 +101,17 @@ def design(text: str) -> tuple[int, int]:
         raise UserError(f"--design {text!r} is not allowed; expected SEEDSxIMAGES, 2 to 100 "
                         "seeds and 10 to 100000 test images, e.g. 3x96")
     return int(seeds), int(images)
+
+
+def sequential_designs(designs: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """--design with --sequential: more seeds than the first look's (else there is one look,
+    the fixed design's); default SEQUENTIAL_DESIGNS."""
+    for seeds, images in designs:
+        if seeds <= MIN_SEEDS:
+            raise UserError(f"--design '{seeds}x{images}' is not allowed with --sequential; "
+                            f"expected more than {MIN_SEEDS} seeds (the first look is at "
+                            f"{MIN_SEEDS}), e.g. 5x96")
+    return tuple(designs) or SEQUENTIAL_DESIGNS
 
 
 def pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -169,8 +193,14 @@ def main() -> None:
     params = load_params()
     study = load_study(params=params)
     if args.command == "calibrate":
-        print(table(calibrate(args.studies, study, designs=tuple(args.design or DESIGNS),
-                              metrics=tuple(args.metric or METRICS)), study))
+        metrics = tuple(args.metric or METRICS)
+        if args.sequential:
+            print(sequential_table(calibrate_sequential(
+                args.studies, study, designs=sequential_designs(args.design or []),
+                metrics=metrics), study))
+        else:
+            print(table(calibrate(args.studies, study, designs=tuple(args.design or DESIGNS),
+                                  metrics=metrics), study))
         return
     preset = preset_name(study, args.preset, args.smoke)
     cells = cells_of(args, study, preset)
