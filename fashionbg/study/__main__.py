@@ -28,6 +28,7 @@ from fashionbg.study.read.calibrate import (
 )
 from fashionbg.study.read.report import build_report, report_path, update_readme
 from fashionbg.study.read.results import read_results
+from fashionbg.study.read.sequential import next_wave, read_sequentially, summary
 from fashionbg.study.read.stats import MIN_SEEDS
 from fashionbg.study.run.engines import make_engine, study_lock
 from fashionbg.study.run.protocol import EngineOptions
@@ -72,8 +73,10 @@ def arguments() -> argparse.Namespace:
                              + "; with --sequential "
                              + ", ".join(f"{s}x{n}" for s, n in SEQUENTIAL_DESIGNS) + ")")
     parser.add_argument("--sequential", action="store_true",
-                        help="calibrate: studies read in waves of seeds that stop when they "
-                             "know (the error over all looks, power, cells saved)")
+                        help="run: seeds in waves (3, then 3 more at a time), each arm until "
+                             "every claim using it is decided; report: the claims as decided "
+                             "look by look, and the cells saved; calibrate: the error over "
+                             "all looks, power and cells saved on simulated studies")
     return parser.parse_args()
 
 
@@ -175,6 +178,23 @@ def run(args: argparse.Namespace, cells: list[Cell], params: dict) -> None:
                          "the finished ones are kept")
 
 
+def run_in_waves(args: argparse.Namespace, study: Study, preset: str, cells: list[Cell],
+                 params: dict) -> None:
+    """--sequential: the cells of the next look (sequential.next_wave) until the last look
+    is taken; each wave runs as a study of its own (the engine, the pre-flight), then its
+    claims are read to choose the arms of the next."""
+    if args.shard != "1/1":
+        raise UserError(f"SHARD = {args.shard!r} is not allowed with SEQUENTIAL=1; expected "
+                        "1/1 (each look needs every cell of its wave before the next starts)")
+    while todo := next_wave(cells, read_sequentially(study, preset, read_results(cells)[0])):
+        missing = cells_to_run(todo)
+        if not missing:   # every cell is there, yet the look cannot be taken
+            raise SystemExit("error: the experiments of the next look are there but cannot "
+                             "be read (see the warnings above); re-run them or remove them")
+        log.info("sequential: %d cells for the next look", len(missing))
+        run(args, todo, params)
+
+
 def shortlist(names: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown
                                        else "")
@@ -209,17 +229,25 @@ def main() -> None:
             preflight(cells, params, engine.capacity(cells))
         return
     if args.command == "run":
-        run(args, cells, params)
+        if args.sequential:
+            run_in_waves(args, study, preset, cells, params)
+        else:
+            run(args, cells, params)
         return
     results, missing = read_results(cells)
+    read = read_sequentially(study, preset, results) if args.sequential and results else None
+    if read is not None and read.finished:   # the cells a stopped arm saved are not missing
+        missing = [c for c in missing if c.name in read.ran]
     command = "make study" + ("" if args.preset == "quick" else f" PRESET={args.preset}") + (
-        " SMOKE=1" if args.smoke else "")
+        " SMOKE=1" if args.smoke else "") + (" SEQUENTIAL=1" if args.sequential else "")
     if not results:   # nothing to report: the report, its figures and the README stay as they are
         log.warning("no experiments found for preset %s (%d cells, none readable here); nothing "
                     "written: run them with `%s`, or fetch them with `dvc exp pull <remote>`",
                     preset, len(cells), command)
         return
-    block = build_report(study, preset, results, len(missing), command)
+    block = (build_report(study, preset, results, len(missing), command,
+                          [d.result for d in read.decisions], summary(read))
+             if read is not None else build_report(study, preset, results, len(missing), command))
     print(block)
     log.info("wrote %s", report_path(study, preset))
     if "report" in study.presets[preset]:       # a report of its own: the README is not its

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from scipy.stats import norm
 
-from fashionbg.study.plan.definition import Study
+from fashionbg.study.plan.definition import Cell, Study
 from fashionbg.study.read import stats
 from fashionbg.study.read.report import ClaimResult, arm_gain, evaluate_claims, group
 from fashionbg.study.read.results import CellResult
@@ -57,14 +57,21 @@ class Decision:
 class Sequential:
     counts: list[int]          # seeds at each look
     levels: list[float]        # each look's level
+    taken: int                 # looks whose cells are all there (a run in progress: fewer)
     decisions: list[Decision]  # one per claim of the preset, in study.yaml's order
-    cells: int                 # cells the stopped and the finished arms ran
+    stopped: dict[str, int]    # arm → seeds it ran before every claim using it was decided
+    seeds: dict[str, list[int]]   # each arm's seeds, in the preset's order
+    ran: frozenset[str]        # names of the cells the looks taken used
     planned: int               # cells of the fixed design
+
+    @property
+    def finished(self) -> bool:
+        return self.taken == len(self.counts)
 
     @property
     def saved(self) -> float:
         """The share of the fixed design's cells not run."""
-        return 1 - self.cells / self.planned
+        return 1 - len(self.ran) / self.planned
 
 
 def read_sequentially(study: Study, preset: str, results: list[CellResult]) -> Sequential:
@@ -72,7 +79,9 @@ def read_sequentially(study: Study, preset: str, results: list[CellResult]) -> S
     over all of them) at the look's level, on each running arm's first seeds of the preset and
     each stopped arm's seeds as it stopped; a claim keeps the first decisive verdict. Holm over
     the whole family at every look (decided claims included) keeps each look's error within
-    its level whatever was decided before. An arm no claim uses stops after the first look."""
+    its level whatever was decided before. An arm no claim uses stops after the first look.
+    The looks are taken while their cells are all in `results` (a run in progress stops at
+    the last complete one)."""
     cells = study.cells(preset)
     seeds: dict[str, list[int]] = {}
     for c in cells:   # each arm's seeds in the preset's order
@@ -80,22 +89,56 @@ def read_sequentially(study: Study, preset: str, results: list[CellResult]) -> S
             seeds[c.arm.name].append(c.seed)
     counts = looks(max(len(s) for s in seeds.values()))
     spent = levels(counts, study.alpha)
+    have = {r.cell.name for r in results}
     stopped: dict[str, int] = {}     # arm → seeds it ran
     decided: dict[str, Decision] = {}
+    latest: list[ClaimResult] = []   # the last look taken: the undecided claims' results
+    used: set[str] = set()
+    taken = 0
     for look, (n, level) in enumerate(zip(counts, spent), start=1):
-        taken = {arm: set(s[:stopped.get(arm, n)]) for arm, s in seeds.items()}
-        arms = group([r for r in results if r.cell.seed in taken[r.cell.arm.name]])
-        last = look == len(counts)
-        found = evaluate_claims(replace(study, alpha=level), preset, arms,
-                                {name: arm_gain(a) for name, a in arms.items()})
-        for r in found:
-            if r.claim.id not in decided and (r.verdict != stats.INCONCLUSIVE or last):
-                decided[r.claim.id] = Decision(r, None if r.verdict == stats.INCONCLUSIVE
-                                               else look)
-        open_arms = {a for r in found if r.claim.id not in decided
+        needed = {c.name for c in cells
+                  if c.seed in seeds[c.arm.name][:stopped.get(c.arm.name, n)]}
+        if not needed <= have:
+            break
+        used, taken = needed, look
+        arms = group([r for r in results if r.cell.name in used])
+        latest = evaluate_claims(replace(study, alpha=level), preset, arms,
+                                 {name: arm_gain(a) for name, a in arms.items()})
+        for r in latest:
+            if r.claim.id not in decided and r.verdict != stats.INCONCLUSIVE:
+                decided[r.claim.id] = Decision(r, look)
+        open_arms = {a for r in latest if r.claim.id not in decided
                      for a in (r.claim.arm, r.claim.baseline) if a}
-        stopped |= {arm: n for arm in seeds if arm not in stopped.keys() | open_arms}
-    ran = sum(c.seed in seeds[c.arm.name][:stopped.get(c.arm.name, len(seeds[c.arm.name]))]
-              for c in cells)
-    order = [c.id for c in study.claims if c.id in decided]
-    return Sequential(counts, spent, [decided[i] for i in order], ran, len(cells))
+        if look < len(counts):
+            stopped |= {arm: n for arm in seeds if arm not in stopped.keys() | open_arms}
+    decisions = [decided.get(r.claim.id, Decision(r, None)) for r in latest]
+    return Sequential(counts, spent, taken, decisions, stopped, seeds, frozenset(used),
+                      len(cells))
+
+
+def next_wave(cells: list[Cell], read: Sequential) -> list[Cell]:
+    """The cells the next look needs: each running arm's seeds up to the next look's count
+    (those already run included; the runner skips them); none once the last look is taken."""
+    if read.finished:
+        return []
+    n = read.counts[read.taken]
+    return [c for c in cells if c.arm.name not in read.stopped
+            and c.seed in read.seeds[c.arm.name][:n]]
+
+
+def summary(read: Sequential) -> list[str]:
+    """The report's lines on the sequential reading: the looks and their levels, each claim's
+    deciding look, and the cells run and saved."""
+    looks_text = ", ".join(f"{n} seeds at level {level:.4f}"
+                           for n, level in zip(read.counts, read.levels))
+    lines = [f"Read sequentially: looks at {looks_text} (α spent by Lan–DeMets' "
+             "O'Brien–Fleming-type function, the looks joined by Bonferroni); "
+             f"{read.taken} of {len(read.counts)} looks taken; {len(read.ran)} of "
+             f"{read.planned} cells used"
+             + (f", {read.saved:.0%} saved." if read.finished else ", the run goes on."), "",
+             "| claim | verdict | decided at look (seeds) |", "|---|---|---|"]
+    for d in read.decisions:
+        when = ("not decided" if d.look is None
+                else f"{d.look} ({read.counts[d.look - 1]})")
+        lines.append(f"| {d.result.claim.id} | {d.result.verdict} | {when} |")
+    return lines
