@@ -11,12 +11,14 @@ export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.dvc/tmp/site
 PRESET ?= quick
 SHARD ?= 1/1
 # Where the paper's datasets are (an archive, a folder or an http(s) URL), said once for every
-# cell; SMOKE=1 runs the preset's smoke settings (every arm, variant and claim, tiny).
+# cell; SMOKE=1 runs the preset's smoke settings (every arm, variant and claim, tiny);
+# SEQUENTIAL=1 runs the seeds in waves and stops each arm once its claims are decided.
 FASHIONSTYLE14 ?=
 FASHIONPEDIA ?=
 FASHIONSTYLE14_SHA256 ?=
 FASHIONPEDIA_SHA256 ?=
 SMOKE ?=
+SEQUENTIAL ?=
 # Where the cells run: queue (DVC's queue, one at a time), ray (every device of this machine, or
 # of the cluster at RAY_ADDRESS) or auto (ray where there is more than one GPU, or more than one
 # core and no GPU; else queue); across machines, the remotes workers clone from and push to.
@@ -29,11 +31,11 @@ BASE ?= HEAD
 # them in whole, parsing none: a quote, a space or a newline in a path is data, not syntax).
 # Each is made a plain string first, since make expands what it exports: a `$(shell …)` in a
 # value stays text.
-PASSED := PRESET SHARD SMOKE FASHIONSTYLE14 FASHIONPEDIA FASHIONSTYLE14_SHA256 \
+PASSED := PRESET SHARD SMOKE SEQUENTIAL FASHIONSTYLE14 FASHIONPEDIA FASHIONSTYLE14_SHA256 \
 	FASHIONPEDIA_SHA256 ENGINE GIT_REMOTE DVC_REMOTE CPUS_PER_CELL BASE EXPECT_GPUS
 $(foreach name,$(PASSED),$(eval override $(name) := $$(value $(name))))
 export $(PASSED)
-STUDY_ARGS = --preset="$$PRESET" $(if $(SMOKE),--smoke) \
+STUDY_ARGS = --preset="$$PRESET" $(if $(SMOKE),--smoke) $(if $(SEQUENTIAL),--sequential) \
 	--data="fashionstyle14=$$FASHIONSTYLE14" --data="fashionpedia=$$FASHIONPEDIA" \
 	--sha256="fashionstyle14=$$FASHIONSTYLE14_SHA256" --sha256="fashionpedia=$$FASHIONPEDIA_SHA256"
 # Headless Chromium for the test that the offline plots page draws its charts.

@@ -17,9 +17,19 @@ from fashionbg.study.experiments import fetch_experiments
 from fashionbg.study.plan import schedule
 from fashionbg.study.plan.definition import SMOKE_SUFFIX, Cell, Study, load_study, locate
 from fashionbg.study.plan.preflight import preflight
-from fashionbg.study.read.calibrate import DESIGNS, METRICS, calibrate, table
+from fashionbg.study.read.calibrate import (
+    DESIGNS,
+    METRICS,
+    SEQUENTIAL_DESIGNS,
+    calibrate,
+    calibrate_sequential,
+    sequential_table,
+    table,
+)
 from fashionbg.study.read.report import build_report, report_path, update_readme
 from fashionbg.study.read.results import read_results
+from fashionbg.study.read.sequential import next_wave, read_sequentially, summary
+from fashionbg.study.read.stats import MIN_SEEDS
 from fashionbg.study.run.engines import make_engine, study_lock
 from fashionbg.study.run.protocol import EngineOptions
 from fashionbg.study.run.runner import cells_to_run, parse_shard
@@ -60,7 +70,13 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--design", type=design, action="append", metavar="SEEDSxIMAGES",
                         help="calibrate: seeds and test images of a design, e.g. 3x96 (repeat "
                              "for several; default " + ", ".join(f"{s}x{n}" for s, n in DESIGNS)
-                             + ")")
+                             + "; with --sequential "
+                             + ", ".join(f"{s}x{n}" for s, n in SEQUENTIAL_DESIGNS) + ")")
+    parser.add_argument("--sequential", action="store_true",
+                        help="run: seeds in waves (3, then 3 more at a time), each arm until "
+                             "every claim using it is decided; report: the claims as decided "
+                             "look by look, and the cells saved; calibrate: the error over "
+                             "all looks, power and cells saved on simulated studies")
     return parser.parse_args()
 
 
@@ -88,6 +104,17 @@ def design(text: str) -> tuple[int, int]:
         raise UserError(f"--design {text!r} is not allowed; expected SEEDSxIMAGES, 2 to 100 "
                         "seeds and 10 to 100000 test images, e.g. 3x96")
     return int(seeds), int(images)
+
+
+def sequential_designs(designs: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """--design with --sequential: more seeds than the first look's (else there is one look,
+    the fixed design's); default SEQUENTIAL_DESIGNS."""
+    for seeds, images in designs:
+        if seeds <= MIN_SEEDS:
+            raise UserError(f"--design '{seeds}x{images}' is not allowed with --sequential; "
+                            f"expected more than {MIN_SEEDS} seeds (the first look is at "
+                            f"{MIN_SEEDS}), e.g. 5x96")
+    return tuple(designs) or SEQUENTIAL_DESIGNS
 
 
 def pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -151,6 +178,23 @@ def run(args: argparse.Namespace, cells: list[Cell], params: dict) -> None:
                          "the finished ones are kept")
 
 
+def run_in_waves(args: argparse.Namespace, study: Study, preset: str, cells: list[Cell],
+                 params: dict) -> None:
+    """--sequential: the cells of the next look (sequential.next_wave) until the last look
+    is taken; each wave runs as a study of its own (the engine, the pre-flight), then its
+    claims are read to choose the arms of the next."""
+    if args.shard != "1/1":
+        raise UserError(f"SHARD = {args.shard!r} is not allowed with SEQUENTIAL=1; expected "
+                        "1/1 (each look needs every cell of its wave before the next starts)")
+    while todo := next_wave(cells, read_sequentially(study, preset, read_results(cells)[0])):
+        missing = cells_to_run(todo)
+        if not missing:   # every cell is there, yet the look cannot be taken
+            raise SystemExit("error: the experiments of the next look are there but cannot "
+                             "be read (see the warnings above); re-run them or remove them")
+        log.info("sequential: %d cells for the next look", len(missing))
+        run(args, todo, params)
+
+
 def shortlist(names: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown
                                        else "")
@@ -169,8 +213,14 @@ def main() -> None:
     params = load_params()
     study = load_study(params=params)
     if args.command == "calibrate":
-        print(table(calibrate(args.studies, study, designs=tuple(args.design or DESIGNS),
-                              metrics=tuple(args.metric or METRICS)), study))
+        metrics = tuple(args.metric or METRICS)
+        if args.sequential:
+            print(sequential_table(calibrate_sequential(
+                args.studies, study, designs=sequential_designs(args.design or []),
+                metrics=metrics), study))
+        else:
+            print(table(calibrate(args.studies, study, designs=tuple(args.design or DESIGNS),
+                                  metrics=metrics), study))
         return
     preset = preset_name(study, args.preset, args.smoke)
     cells = cells_of(args, study, preset)
@@ -179,17 +229,25 @@ def main() -> None:
             preflight(cells, params, engine.capacity(cells))
         return
     if args.command == "run":
-        run(args, cells, params)
+        if args.sequential:
+            run_in_waves(args, study, preset, cells, params)
+        else:
+            run(args, cells, params)
         return
     results, missing = read_results(cells)
+    read = read_sequentially(study, preset, results) if args.sequential and results else None
+    if read is not None and read.finished:   # the cells a stopped arm saved are not missing
+        missing = [c for c in missing if c.name in read.ran]
     command = "make study" + ("" if args.preset == "quick" else f" PRESET={args.preset}") + (
-        " SMOKE=1" if args.smoke else "")
+        " SMOKE=1" if args.smoke else "") + (" SEQUENTIAL=1" if args.sequential else "")
     if not results:   # nothing to report: the report, its figures and the README stay as they are
         log.warning("no experiments found for preset %s (%d cells, none readable here); nothing "
                     "written: run them with `%s`, or fetch them with `dvc exp pull <remote>`",
                     preset, len(cells), command)
         return
-    block = build_report(study, preset, results, len(missing), command)
+    block = (build_report(study, preset, results, len(missing), command,
+                          [d.result for d in read.decisions], summary(read))
+             if read is not None else build_report(study, preset, results, len(missing), command))
     print(block)
     log.info("wrote %s", report_path(study, preset))
     if "report" in study.presets[preset]:       # a report of its own: the README is not its

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import gc
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -41,8 +42,11 @@ from fashionbg.study.plan.definition import Arm, Claim, Study, load_study
 from fashionbg.study.read import stats
 from fashionbg.study.read.report import ClaimResult, arm_gain, evaluate_claims, group
 from fashionbg.study.read.results import CellResult
+from fashionbg.study.read.sequential import read_sequentially
 
 DESIGNS = ((2, 96), (3, 96), (2, 1000), (3, 1000))   # (seeds, test images) of the presets
+SEQUENTIAL_DESIGNS = ((5, 96), (5, 1000))   # the paper preset's 5 seeds: looks at 3 and 5
+LARGE = 3   # the large effect of the sequential calibration, in planned effects
 REGIMES = {"seeds vary more than images": 0.08, "seeds vary less than images": 0.01}
 METRICS = {"top1": "classify", "miou": "semantic", "mask_ap": "instance"}   # metric → its task
 MINIMAL_CALLS = {"positive": stats.MINIMAL, "negative": stats.MINIMAL,
@@ -316,4 +320,105 @@ def table(rows: list[Calibration], study: Study) -> str:
                      f"{r.studies} | {r.coverage} | "
                      + " | ".join(str(r.fwer[n]) for n in names)
                      + f" | {r.false_minimal} | {r.power} |")
+    return "\n".join(lines)
+
+
+def sequential_scenarios(study: Study, metric: str = "top1") -> dict[str, dict[str, float]]:
+    """The null and the paper's effect as for the fixed design, and a large effect (LARGE
+    planned effects) on every claim, each far on the side of its verdict: the gain positive,
+    the interaction negative, the flat and the even gain refuted, where a study can stop
+    early."""
+    large = LARGE * study.target_effect
+    fixed = scenarios(study, metric)
+    return {"null": fixed["null"], "paper effect": fixed["paper effect"],
+            "large effect": {"base": large, "combined": 0.0, "flat": large, "even": large}}
+
+
+@dataclass(frozen=True)
+class Mean:
+    """A mean over simulated studies with its Monte-Carlo standard error."""
+    mean: float
+    error: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Mean:
+        return cls(float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(len(values))))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.1%} ± {self.error:.1%}"
+
+
+@dataclass(frozen=True)
+class SequentialCalibration:
+    metric: str
+    design: tuple[int, int]
+    regime: str
+    looks: list[int]             # seeds at each look
+    fwer: dict[str, Rate]        # per scenario: any false verdict over all looks
+    power: Rate                  # paper effect: the positive claim supported at any look
+    fixed_power: Rate            # the same studies read once, with every seed, at α
+    saved: dict[str, Mean]       # per scenario: share of the fixed design's cells not run
+    studies: int
+
+
+def calibrate_sequential(studies: int, declared: Study | None = None, seed: int = 0,
+                         designs: tuple[tuple[int, int], ...] = SEQUENTIAL_DESIGNS,
+                         metrics: tuple[str, ...] = tuple(METRICS)
+                         ) -> list[SequentialCalibration]:
+    """`studies` simulated studies per scenario, metric, design and regime, each read look by
+    look as read_sequentially reads a preset, and once with every seed as the fixed design."""
+    declared = declared or load_study()
+    rng = np.random.default_rng(seed)
+    gc.freeze()   # as calibrate()
+    out = []
+    for metric in metrics:
+        for seeds, images in designs:
+            study = calibration_study(declared, seeds, metric)
+            for regime, spread in REGIMES.items():
+                false: dict[str, int] = {}
+                saved: dict[str, list[float]] = {}
+                detected = fixed_detected = 0
+                for scenario, gains in sequential_scenarios(study, metric).items():
+                    for _ in range(studies):
+                        cells = simulate(study, gains, spread, images, rng, metric)
+                        read = read_sequentially(study, "sim", cells)
+                        false[scenario] = false.get(scenario, 0) + any(
+                            false_verdict(d.result, truth_of(d.result, gains))
+                            for d in read.decisions)
+                        saved.setdefault(scenario, []).append(read.saved)
+                        if scenario == "paper effect":
+                            detected += _supported(r.result for r in read.decisions)
+                            arms = group(cells)
+                            fixed_detected += _supported(evaluate_claims(
+                                study, "sim", arms, {n: arm_gain(a) for n, a in arms.items()}))
+                out.append(SequentialCalibration(
+                    metric, (seeds, images), regime, read.counts,
+                    {s: Rate(n / studies, studies) for s, n in false.items()},
+                    Rate(detected / studies, studies), Rate(fixed_detected / studies, studies),
+                    {s: Mean.of(v) for s, v in saved.items()}, studies * len(false)))
+    return out
+
+
+def _supported(results: Iterable[ClaimResult]) -> bool:
+    """The positive gain claim of the simulated study supported."""
+    return next(r.verdict == stats.SUPPORTED for r in results if r.claim.id == "gain")
+
+
+def sequential_table(rows: list[SequentialCalibration], study: Study) -> str:
+    names = list(rows[0].fwer) if rows else []
+    lines = [f"α = {study.alpha:g} spent over the looks (Lan–DeMets O'Brien–Fleming type), "
+             f"margins as declared; large effect: {LARGE} × {study.target_effect:g} on every "
+             "claim; goals: family-wise false claims over all looks ≤ 5 % in every scenario; "
+             "rates and means ± Monte-Carlo standard error.", "",
+             "| metric | seeds at each look | test images | regime | studies | "
+             + " | ".join(f"family-wise false claims ({n})" for n in names)
+             + f" | power at δ = {study.target_effect:g}: sequential / fixed | "
+             + " | ".join(f"cells saved ({n})" for n in names) + " |",
+             "|---|---|---|---|---|" + "---|" * (2 * len(names) + 1)]
+    for r in rows:
+        lines.append(f"| {r.metric} | {', '.join(map(str, r.looks))} | {r.design[1]:,} | "
+                     f"{r.regime} | {r.studies} | "
+                     + " | ".join(str(r.fwer[n]) for n in names)
+                     + f" | {r.power} / {r.fixed_power} | "
+                     + " | ".join(str(r.saved[n]) for n in names) + " |")
     return "\n".join(lines)

@@ -329,13 +329,16 @@ def report_path(study: Study, preset: str) -> Path:
 
 
 def build_report(study: Study, preset: str, results: list[CellResult], missing: int,
-                 command: str) -> str:
-    """Write the report files; return the markdown block the README shows."""
+                 command: str, decided: list[ClaimResult] | None = None,
+                 notes: list[str] | None = None) -> str:
+    """Write the report files; return the markdown block the README shows. `decided`: the
+    claims' verdicts as a sequential reading gave them (else the fixed design's, from every
+    seed), with its `notes` under the claims."""
     report = report_path(study, preset)
     figures = report.with_suffix("")
     arms = group(results)
     gains = {name: arm_gain(a) for name, a in arms.items()}
-    claims = evaluate_claims(study, preset, arms, gains)
+    claims = decided if decided is not None else evaluate_claims(study, preset, arms, gains)
     rows = [(f"{name} gain", e.interval) for name, e in gains.items()]
     rows += [(f"{r.claim.arm} − {r.claim.baseline}", r.effect.interval) for r in claims
              if r.effect is not None and r.claim.test == "interaction"]
@@ -348,6 +351,7 @@ def build_report(study: Study, preset: str, results: list[CellResult], missing: 
     block = [f"Preset `{preset}` ({text(study.presets[preset].get('about', ''))}): "
              f"{len(results)} cells read from the experiments, {missing} not run yet. "
              f"Made by `{command}`.", "", *(claim_table(claims, study) + [""] if claims else []),
+             *([*notes, ""] if notes else []),
              *arm_table(arms, gains, study)]
     body = ["# Study report", "", *block, "", methods(study, preset), "",
             *([f"![forest plot]({(figures / FOREST).relative_to(report.parent)})", ""]
