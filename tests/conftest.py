@@ -93,9 +93,9 @@ SLOW_MODULES = {"test_bench_gpu", "test_distributed", "test_faults", "test_paper
                 "test_pipeline_e2e", "test_repro_e2e", "test_study_e2e", "test_study_interrupt",
                 "test_study_ray", "test_study_upstream"}
 SLOW_FIXTURES = {"u2netp_session", "u2netp_home", "tiny_baseline", "tiny_queue_study"}
-# `make test` runs on 2 pytest-xdist workers (--dist loadgroup). The long end-to-end modules
-# form two groups of about equal CPU time (docs/testing.md), so each worker runs one while the
-# other tests fill in; a module with a module-scoped fixture (test_readme, test_study_ray) must
+# By hand, `pytest -n 2 --dist loadgroup` runs on 2 pytest-xdist workers (make test runs one
+# process, docs/testing.md says why). The long end-to-end modules form groups of about equal
+# CPU time, so each worker runs one while the other tests fill in; a module with a module-scoped fixture (test_readme, test_study_ray) must
 # stay in one group, or each worker would build that fixture.
 GROUPS = {"e2e-a": {"test_paper_smoke", "test_study_e2e", "test_distributed"},
           "e2e-b": {"test_study_ray", "test_readme", "test_pipeline_e2e", "test_faults",
