@@ -70,3 +70,17 @@ def test_tiny_study_through_the_queue(tmp_path, tiny_queue_study):
     run(["git", "commit", "-qam", "a third seed"], project)
     assert "6 cells: 4 already run, 2 to run" in study(project, "run")
     assert "| classify: top1 | 3 |" in study(project, "report")
+
+    tiny_preset(project, [0, 1, 2, 3])           # SEQUENTIAL=1: looks at 3 seeds, then at 4
+    run(["git", "commit", "-qam", "a fourth seed, read sequentially"], project)
+    out = study(project, "run", "--sequential")
+    report = study(project, "report", "--sequential")
+    decided = re.search(r"^\| shallow \| \*?\*?(\w+)\*?\*? \| (.+) \|$", report, re.MULTILINE)
+    assert decided, report
+    if decided.group(2) == "1 (3)":               # decided at the first look: seed 3 saved
+        assert "to run" not in out.split("sequential:")[-1], out
+        assert "1 of 2 looks taken" not in report and "6 of 8 cells used, 25% saved" in report
+    else:                                         # open after 3 seeds: the fourth ran
+        assert decided.group(2) in ("2 (4)", "not decided"), report
+        assert "8 cells: 6 already run, 2 to run" in out, out
+        assert "2 of 2 looks taken; 8 of 8 cells used, 0% saved" in report, report
