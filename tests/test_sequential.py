@@ -117,17 +117,22 @@ def test_null_studies_keep_the_family_wise_error_over_all_looks():
     assert false <= 12, false
 
 
-def test_sequential_calibration_refuses_a_design_with_one_look(monkeypatch, capsys):
+def refusal(monkeypatch, capsys, *argv: str) -> str:
+    """What `python -m fashionbg.study <argv>` prints, run here, where it must exit 2."""
     monkeypatch.chdir(ROOT)
-    # a copy that accepts the design runs 60 small studies and fails, rather than hours
-    monkeypatch.setattr(sys, "argv", ["fashionbg.study", "calibrate", "--sequential", "--studies",
-                                      "10", "--metric", "top1", "--design", "3x96"])
+    monkeypatch.setattr(sys, "argv", ["fashionbg.study", *argv])
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 2
-    assert capsys.readouterr().err == ("error: --design '3x96' is not allowed with --sequential; "
-                                       "expected more than 3 seeds (the first look is at 3), "
-                                       "e.g. 5x96\n")
+    return capsys.readouterr().err
+
+
+def test_sequential_calibration_refuses_a_design_with_one_look(monkeypatch, capsys):
+    # a copy that accepts the design runs 60 small studies and fails, rather than hours
+    assert refusal(monkeypatch, capsys, "calibrate", "--sequential", "--studies", "10",
+                   "--metric", "top1", "--design", "3x96") == (
+        "error: --design '3x96' is not allowed with --sequential; expected more than 3 seeds "
+        "(the first look is at 3), e.g. 5x96\n")
 
 
 def flat_decided_study():
@@ -178,12 +183,7 @@ def test_a_sequential_run_queues_wave_after_wave(monkeypatch):
 
 
 def test_a_sequential_run_refuses_a_shard(monkeypatch, capsys):
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", ["fashionbg.study", "run", "--sequential", "--shard", "2/4"])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    assert exit_.value.code == 2
-    assert capsys.readouterr().err == ("error: SHARD = '2/4' is not allowed with SEQUENTIAL=1; "
+    assert refusal(monkeypatch, capsys, "run", "--sequential", "--shard", "2/4") == ("error: SHARD = '2/4' is not allowed with SEQUENTIAL=1; "
                                        "expected 1/1 (each look needs every cell of its wave "
                                        "before the next starts)\n")
 
