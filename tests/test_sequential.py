@@ -183,9 +183,9 @@ def test_a_sequential_run_queues_wave_after_wave(monkeypatch):
 
 
 def test_a_sequential_run_refuses_a_shard(monkeypatch, capsys):
-    assert refusal(monkeypatch, capsys, "run", "--sequential", "--shard", "2/4") == ("error: SHARD = '2/4' is not allowed with SEQUENTIAL=1; "
-                                       "expected 1/1 (each look needs every cell of its wave "
-                                       "before the next starts)\n")
+    assert refusal(monkeypatch, capsys, "run", "--sequential", "--shard", "2/4") == (
+        "error: SHARD = '2/4' is not allowed with SEQUENTIAL=1; expected 1/1 (each look needs "
+        "every cell of its wave before the next starts)\n")
 
 
 def test_the_report_gives_the_sequential_verdicts_and_the_cells_saved(tmp_path, monkeypatch):
