@@ -168,18 +168,30 @@ def test_a_sequential_run_queues_wave_after_wave(monkeypatch):
     waves = []
 
     def run(args, todo, params):
-        waves.append(sorted({(c.arm.name, c.seed) for c in todo if c.name not in store}))
-        store.update({c.name: by_name[c.name] for c in todo})
+        missing = [c for c in todo if c.name not in store]
+        waves.append(sorted({(c.arm.name, c.seed) for c in missing}))
+        store.update({c.name: by_name[c.name] for c in missing})
+        return missing
 
     monkeypatch.setattr(cli, "run", run)
-    monkeypatch.setattr(cli, "cells_to_run", lambda todo: [c for c in todo
-                                                             if c.name not in store])
     monkeypatch.setattr(cli, "read_results", lambda cells: ([store[c.name] for c in cells
                                                               if c.name in store], []))
     cli.run_in_waves(argparse.Namespace(shard="1/1"), study, "sim", study.cells("sim"), {})
     assert waves == [sorted((a, s) for a in study.arms for s in range(3)),
                      sorted((a, s) for a in ("base", "combined", "even") for s in (3, 4))]
     assert len(store) == 36
+
+
+def test_a_wave_whose_experiments_are_there_but_unreadable_stops_the_run(monkeypatch):
+    """Every cell of the next look has an experiment (run() finds nothing to run) yet none
+    can be read: one error, not the same wave again and again."""
+    study, _ = flat_decided_study()
+    calls = []
+    monkeypatch.setattr(cli, "run", lambda args, todo, params: calls.append(todo) and [])
+    monkeypatch.setattr(cli, "read_results", lambda cells: ([], []))
+    with pytest.raises(SystemExit, match="the experiments of the next look are there but"):
+        cli.run_in_waves(argparse.Namespace(shard="1/1"), study, "sim", study.cells("sim"), {})
+    assert len(calls) == 1
 
 
 def test_a_sequential_run_refuses_a_shard(monkeypatch, capsys):

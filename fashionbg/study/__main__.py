@@ -153,10 +153,10 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
                          cpus_per_cell=int(args.cpus_per_cell))
 
 
-def run(args: argparse.Namespace, cells: list[Cell], params: dict) -> None:
+def run(args: argparse.Namespace, cells: list[Cell], params: dict) -> list[Cell]:
     """The cells of this shard that have no experiment yet, longest first, on the chosen engine
     (checked against its devices, then the pre-flight, before anything is queued), one study
-    at a time in a project."""
+    at a time in a project; returns them (none: every cell had run)."""
     options = engine_options(args)
     engine = make_engine(args.engine, options)
     with study_lock():
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace, cells: list[Cell], params: dict) -> None:
             fetch_experiments(options.git_remote)
         todo = cells_to_run(parse_shard(args.shard).take(cells))
         if not todo:
-            return
+            return todo
         try:
             with engine:   # Ray: connected (or started) until the cells are done
                 todo = longest_first(todo, preflight(todo, params, engine.capacity(todo)))
@@ -176,6 +176,7 @@ def run(args: argparse.Namespace, cells: list[Cell], params: dict) -> None:
         raise SystemExit(f"error: {len(failed)} of {len(todo)} cells failed or were lost ("
                          f"{shortlist(failed)}; their logs are above); re-run to retry them, "
                          "the finished ones are kept")
+    return todo
 
 
 def run_in_waves(args: argparse.Namespace, study: Study, preset: str, cells: list[Cell],
@@ -187,12 +188,9 @@ def run_in_waves(args: argparse.Namespace, study: Study, preset: str, cells: lis
         raise UserError(f"SHARD = {args.shard!r} is not allowed with SEQUENTIAL=1; expected "
                         "1/1 (each look needs every cell of its wave before the next starts)")
     while todo := next_wave(cells, read_sequentially(study, preset, read_results(cells)[0])):
-        missing = cells_to_run(todo)
-        if not missing:   # every cell is there, yet the look cannot be taken
+        if not run(args, todo, params):   # every cell is there, yet the look cannot be taken
             raise SystemExit("error: the experiments of the next look are there but cannot "
                              "be read (see the warnings above); re-run them or remove them")
-        log.info("sequential: %d cells for the next look", len(missing))
-        run(args, todo, params)
 
 
 def shortlist(names: list[str], shown: int = 3) -> str:
