@@ -82,11 +82,11 @@ repro: setup
 	dvc repro
 	$(PY) -m fashionbg.study.run.cache_check
 
-# One process: on 2 cores, two pytest-xdist workers starved the end-to-end tests' stages past
-# their timeouts and made torch's socket paths under the workers' temp folders too long. The 25
-# slowest tests close every run's output, so where CI's time goes is in its log.
+# Two pytest-xdist workers: one process left a third of 2 cores idle (the end-to-end tests wait
+# on their subprocesses); tests/conftest.py's groups keep each long module on one worker. The
+# 25 slowest tests close every run's output, so where CI's time goes is in its log.
 test: setup browser
-	$(PY) -m pytest --durations=25
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=25
 
 # The inner loop: every test that runs no stage, DVC, torchrun, Ray or U²-Net in a subprocess
 # (tests/conftest.py marks those slow), on two workers.

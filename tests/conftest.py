@@ -1,6 +1,7 @@
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,16 @@ def u2netp_session(u2netp_home):
     from fashionbg.background.sod import make_session
 
     return make_session("u2netp", u2netp_home)
+
+
+@pytest.fixture
+def scratch() -> Path:
+    """A fresh, short folder for a stage's TMPDIR (removed after): multiprocessing's sockets
+    go under TMPDIR, and AF_UNIX paths end at 107 bytes, which a pytest-xdist worker's tmp_path
+    of a long test name nearly reaches on its own."""
+    folder = Path(tempfile.mkdtemp(prefix="t"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str,
@@ -91,16 +102,17 @@ def tiny_queue_study(tmp_path_factory, tiny_baseline) -> Path:
 # uses one of SLOW_FIXTURES (the real U²-Net, the tiny baseline) is slow wherever it is.
 SLOW_MODULES = {"test_bench_gpu", "test_distributed", "test_faults", "test_paper_smoke",
                 "test_pipeline_e2e", "test_repro_e2e", "test_study_e2e", "test_study_interrupt",
-                "test_study_ray", "test_study_upstream"}
+                "test_study_ray"}
 SLOW_FIXTURES = {"u2netp_session", "u2netp_home", "tiny_baseline", "tiny_queue_study"}
-# By hand, `pytest -n 2 --dist loadgroup` runs on 2 pytest-xdist workers (make test runs one
-# process, docs/testing.md says why). The long end-to-end modules form groups of about equal
-# CPU time, so each worker runs one while the other tests fill in; a module with a module-scoped fixture (test_readme, test_study_ray) must
-# stay in one group, or each worker would build that fixture.
+# `make test` runs `pytest -n 2 --dist loadgroup`: 2 pytest-xdist workers. The long
+# end-to-end modules form groups of about equal
+# CPU time, so each worker runs one while the other tests fill in; a module with a
+# module-scoped fixture (test_readme, test_study_ray) must stay in one group, or each worker
+# would build that fixture.
 GROUPS = {"e2e-a": {"test_paper_smoke", "test_study_e2e", "test_distributed"},
           "e2e-b": {"test_study_ray", "test_readme", "test_pipeline_e2e", "test_faults",
                     "test_study_interrupt"},
-          "e2e-c": {"test_study_upstream", "test_gpu_check", "test_repro_e2e"}}
+          "e2e-c": {"test_gpu_check", "test_repro_e2e"}}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

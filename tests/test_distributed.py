@@ -132,11 +132,12 @@ def probed(probe: Path) -> tuple[dict[str, Counter], dict[str, set[int]]]:
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("task", sorted(CASES))
-def test_two_gloo_processes_train_a_checkpoint_that_evaluates_like_one(tmp_path, task):
+def test_two_gloo_processes_train_a_checkpoint_that_evaluates_like_one(tmp_path, scratch,
+                                                                       task):
     stage, evaluate, model_path, metrics_path, key = CASES[task]
     segment_task = "semantic" if task == "classify" else task
     single = write_project(tmp_path / "single", "auto", segment_task)
-    tmp, probe = tmp_path / "tmp", tmp_path / "probe"  # tmp: where torchelastic_* would be left
+    tmp, probe = scratch, tmp_path / "probe"  # tmp: where torchelastic_* would be left
     tmp.mkdir()
     probe.mkdir()
     if STARTED_BY[task] == "dvc":

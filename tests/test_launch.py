@@ -81,11 +81,12 @@ def start_training(project: Path, tmp: Path, log: Path, stage: str = "train_clas
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("how", ["python", "dvc"])
 @pytest.mark.parametrize("stage, changes, shown", BAD)
-def test_training_stage_mistake_is_one_line_both_ways(tmp_path, how, stage, changes, shown):
+def test_training_stage_mistake_is_one_line_both_ways(tmp_path, scratch, how, stage, changes,
+                                                      shown):
     project = make_project(tmp_path / "project", changes, dvc=how == "dvc")
     command = (["dvc", "repro", "-s", stage] if how == "dvc"
                else [sys.executable, "-m", f"stages.{stage}"])
-    result = subprocess.run(command, cwd=project, env=stage_env(tmp_path / "tmp"),
+    result = subprocess.run(command, cwd=project, env=stage_env(scratch),
                             capture_output=True, text=True, timeout=240)
     seen = result.stdout + result.stderr
     assert result.returncode == 2 if how == "python" else result.returncode != 0, seen  # dvc: 255
@@ -93,7 +94,7 @@ def test_training_stage_mistake_is_one_line_both_ways(tmp_path, how, stage, chan
     assert len(ours) == 1 and shown in ours[0], seen
     assert "Traceback" not in seen and "ChildFailedError" not in seen, seen
     assert not list(tmp_path.rglob("pwned")) and not (ROOT / "pwned").exists()
-    assert_left_nothing(project, tmp_path / "tmp")
+    assert_left_nothing(project, scratch)
 
 
 # Rank 1 alone fails where it reads the prepared cache (as if its copy were broken): a user
@@ -119,14 +120,14 @@ FAILURES = {
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("kind", sorted(FAILURES))
-def test_a_failure_on_rank_1_only_is_named_in_one_line(tmp_path, kind):
+def test_a_failure_on_rank_1_only_is_named_in_one_line(tmp_path, scratch, kind):
     error, code, last_line, tracebacks = FAILURES[kind]
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(RANK_1.format(error=error))
     project = make_project(tmp_path / "project", {"train.nproc": 2})
     result = subprocess.run([sys.executable, "-m", "stages.train_classifier"], cwd=project,
-                            env=stage_env(tmp_path / "tmp", (hook,)), capture_output=True,
+                            env=stage_env(scratch, (hook,)), capture_output=True,
                             text=True, timeout=240)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == code and lines[-1] == last_line, result.stderr
@@ -134,19 +135,19 @@ def test_a_failure_on_rank_1_only_is_named_in_one_line(tmp_path, kind):
     # a bug shows its rank's own traceback (once: rank 0 is stopped quietly), never ours
     assert result.stderr.count("Traceback") == tracebacks, result.stderr
     assert "ChildFailedError" not in result.stderr and not (project / "models").exists()
-    assert_left_nothing(project, tmp_path / "tmp")
+    assert_left_nothing(project, scratch)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("stage, nproc", [("train_classifier", 1), ("train_classifier", 2),
                                           ("train_segmenter", 1)])
-def test_ctrl_c_is_one_line_and_stops_every_worker(tmp_path, stage, nproc):
+def test_ctrl_c_is_one_line_and_stops_every_worker(tmp_path, scratch, stage, nproc):
     """SIGINT to the foreground process group, as a terminal sends it, once training runs."""
     project = make_project(tmp_path / "project", {"train.nproc": nproc, "train.workers": 1,
                                                   "classify.epochs": 500, "segment.epochs": 500})
     log = tmp_path / "stderr.txt"
-    proc = start_training(project, tmp_path / "tmp", log, stage, preexec_fn=default_sigint)
+    proc = start_training(project, scratch, log, stage, preexec_fn=default_sigint)
     try:
         children = psutil.Process(proc.pid).children(recursive=True)   # ranks, loaders
         assert children
@@ -160,7 +161,7 @@ def test_ctrl_c_is_one_line_and_stops_every_worker(tmp_path, stage, nproc):
     assert not alive and text.strip().splitlines()[-1] == "interrupted; re-run to resume", text
     assert "Traceback" not in text and "Exception ignored" not in text, text
     assert not list(project.glob("models/*.pt")), list(project.glob("models/*.pt"))
-    assert_left_nothing(project, tmp_path / "tmp")
+    assert_left_nothing(project, scratch)
 
 
 # Ctrl-C arriving while fork runs its hooks, as when a DataLoader starts an epoch's workers:
@@ -218,10 +219,10 @@ with as_worker():
 """
 
 
-def test_a_ranks_forked_worker_dies_on_sigterm_and_leaves_the_ranks_folders(tmp_path):
+def test_a_ranks_forked_worker_dies_on_sigterm_and_leaves_the_ranks_folders(scratch):
     """With the rank's SIGTERM handler, a worker took the rank's parent for a dead launcher and
     removed the rank's pymp-* folder while the rank was exiting (a traceback in CI)."""
-    env = {**stage_env(tmp_path / "tmp"), LAUNCHER_PID: str(os.getpid())}
+    env = {**stage_env(scratch), LAUNCHER_PID: str(os.getpid())}
     result = subprocess.run([sys.executable, "-c", FORKED_WORKER], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == [str(-signal.SIGTERM), "True"], result.stdout + result.stderr
@@ -229,13 +230,14 @@ def test_a_ranks_forked_worker_dies_on_sigterm_and_leaves_the_ranks_folders(tmp_
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_ranks_die_with_a_killed_launcher_and_write_nothing_after(tmp_path):
+def test_ranks_die_with_a_killed_launcher_and_write_nothing_after(tmp_path,
+                                                                  scratch):
     """SIGKILL to the stage alone (the OOM killer, a scheduler): its two ranks and their loaders
     end within seconds, write no checkpoint or curves after it, and leave no scratch."""
     project = make_project(tmp_path / "project", {"train.nproc": 2, "train.workers": 1,
                                                   "classify.epochs": 500})
     log = tmp_path / "stderr.txt"
-    proc = start_training(project, tmp_path / "tmp", log)
+    proc = start_training(project, scratch, log)
     try:
         children = psutil.Process(proc.pid).children(recursive=True)   # ranks, loaders
         assert len(children) >= 2
@@ -252,7 +254,7 @@ def test_ranks_die_with_a_killed_launcher_and_write_nothing_after(tmp_path):
     time.sleep(2)
     assert {p: p.stat().st_mtime_ns for p in project.rglob("*") if p.is_file()} == written
     assert not (project / "models/classifier.pt").exists()
-    assert_left_nothing(project, tmp_path / "tmp")
+    assert_left_nothing(project, scratch)
 
 
 def test_more_cuda_processes_than_gpus_is_refused_before_launch(monkeypatch):

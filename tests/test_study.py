@@ -86,8 +86,9 @@ def test_smoke_preset_keeps_arms_variants_and_claims_with_tiny_settings():
     paper, smoke = study.cells("paper"), study.cells("paper-smoke")
     assert {c.arm.name for c in smoke} == {c.arm.name for c in paper}
     assert {(c.arm.name, c.variant) for c in smoke} == {(c.arm.name, c.variant) for c in paper}
+    assert {c.seed for c in smoke} == set(range(stats.MIN_SEEDS))   # every claim is tested
     for cell in smoke:
-        assert cell.seed == 0 and cell.params.get("data.max_images")
+        assert cell.params.get("data.max_images")
         same = next(c for c in paper if c.arm == cell.arm and c.variant == cell.variant)
         for key in ("data.source", "data.variants", "data.mask_grouping",
                     "segment.instance_classes"):
@@ -335,9 +336,9 @@ presets:
 """
 
 
-def synthetic_results(study):
+def synthetic_results(study, instance_spread: float = 0.002):
     """shallow: 40 % → 80 % correct with removal; shallow_bn: 60 % both ways; instance: mask
-    AP a little lower with removal, every seed."""
+    AP a little lower with removal, every seed (by 0.05 plus `instance_spread` per seed)."""
     rng = np.random.default_rng(0)
     accuracy = {("shallow", "original"): 0.4, ("shallow", "rembg"): 0.8,
                 ("shallow_bn", "original"): 0.6, ("shallow_bn", "rembg"): 0.6}
@@ -345,7 +346,8 @@ def synthetic_results(study):
     results = []
     for cell in study.cells("s"):
         if cell.arm.task == "instance":
-            ap = 0.30 - 0.05 * (cell.variant == "rembg") + 0.01 * cell.seed
+            loss = 0.05 + instance_spread * cell.seed
+            ap = 0.30 - loss * (cell.variant == "rembg") + 0.01 * cell.seed
             results.append(CellResult(cell, ap, ap - 0.1, None, (), {}, {}))
             continue
         correct = (rng.random(len(images)) < accuracy[(cell.arm.name, cell.variant)]) * 1.0
@@ -481,6 +483,25 @@ def test_report_rows_print_the_deciding_test_and_refuse_a_verdict_below_three_se
     assert len(rows) == 3 and all("(fewer than 3 seeds: no verdict) | **inconclusive** |" in r
                                   for r in rows), rows
     assert "| δ ≠ 0: " in rows[0]   # the claim's own test, its p unadjusted
+
+
+def test_scores_that_do_not_vary_get_no_test_and_no_verdict(tmp_path, monkeypatch):
+    """The same loss of mask AP at every seed (no per-image results): a standard error of 0,
+    which would give p = 0 and "supported" however little the models learned (the paper
+    smoke run's one-epoch Mask R-CNN scores 0 everywhere)."""
+    (tmp_path / "study.yaml").write_text(SYNTHETIC_STUDY)
+    study = load_study(tmp_path / "study.yaml")
+    monkeypatch.chdir(tmp_path)
+    flat = group(synthetic_results(study, instance_spread=0.0))
+    effect = arm_gain(flat["instance"])
+    assert effect.se == 0 and not effect.testable and effect.p is None
+    assert stats.claim_tests(effect, "not_positive", 0.02) == []
+    assert stats.detectable(effect, 0.05, 0.8) is None
+    claims = evaluate_claims(study, "s", flat, {n: arm_gain(a) for n, a in flat.items()})
+    row = claims[-1]
+    assert (row.test, row.p, row.adjusted, row.verdict) == (
+        "every score alike: no test", None, None, stats.INCONCLUSIVE)
+    assert [r.verdict for r in claims[:2]] == [stats.SUPPORTED, stats.SUPPORTED]
 
 
 def test_a_cell_missing_from_the_queue_for_a_moment_is_still_pending():

@@ -110,6 +110,7 @@ class ClaimResult:
 # The test an inconclusive row shows: the one whose rejection would support the claim.
 OWN_TEST = {"positive": 1, "negative": 1, "not_positive": 0, "equivalent": 0}
 TOO_FEW = f"fewer than {stats.MIN_SEEDS} seeds: no verdict"
+NO_SPREAD = "every score alike: no test"
 
 
 def evaluate_claims(study: Study, preset: str, arms: dict[str, ArmResults],
@@ -131,14 +132,20 @@ def evaluate_claims(study: Study, preset: str, arms: dict[str, ArmResults],
         if not ts:   # not run, or too few seeds: the claim's own test, unadjusted, if any
             own = [] if e is None else stats.claim_tests(e, c.expect, m)
             shown = own[OWN_TEST[c.expect]] if own else None
-            out.append(ClaimResult(c, e, m, shown.name if shown else "not run" if e is None
-                                   else TOO_FEW, shown.p if shown else None, None,
-                                   stats.INCONCLUSIVE))
+            out.append(ClaimResult(c, e, m, shown.name if shown else untested(e),
+                                   shown.p if shown else None, None, stats.INCONCLUSIVE))
             continue
         verdict, i = stats.decide(ts, adjusted, study.alpha)
         i = OWN_TEST[c.expect] if i is None else i
         out.append(ClaimResult(c, e, m, ts[i].name, ts[i].p, adjusted[i], verdict))
     return out
+
+
+def untested(effect: stats.Effect | None) -> str:
+    """Why a claim has no test at all."""
+    if effect is None:
+        return "not run"
+    return TOO_FEW if effect.seeds < stats.MIN_SEEDS else NO_SPREAD
 
 
 def fmt(value: float | None, signed: bool = False) -> str:
@@ -244,10 +251,10 @@ def plan(effect: stats.Effect, study: Study, metric: str, claim: Claim) -> str:
     least = MIN_RATIO_IMAGES if metric in RATIO_METRICS else 2
     images = stats.images_needed(effect, target, alpha, power, least)
     seeds_text = ("not reachable with this test set" if seeds == stats.UNREACHABLE
-                  else f"> {stats.MAX_PLAN:,}" if seeds is None and effect.se is not None
+                  else f"> {stats.MAX_PLAN:,}" if seeds is None and effect.testable
                   else f"{seeds:,} ({seeds * cells_per_seed(claim):,} cells)" if seeds
                   else fmt_count(seeds))
-    images_text = ("no number" if images is None and effect.images and effect.se is not None
+    images_text = ("no number" if images is None and effect.images and effect.testable
                    else fmt_count(images))
     if images == least and least > 2:
         images_text = f"≤ {least} (not extrapolated below)"
@@ -273,7 +280,9 @@ def methods(study: Study, preset: str) -> str:
         f"({stats.RESAMPLES} resamples, the same images for every seed and variant, the metric "
         "recomputed on each), the residual counted once; degrees of freedom by Satterthwaite, "
         f"never below seeds − 1. Below {stats.MIN_SEEDS} seeds no verdict is given (and the "
-        "seeds' spread is not allowed below the residual term it holds). Intervals of a "
+        "seeds' spread is not allowed below the residual term it holds), nor where every "
+        "score is alike (a standard error of 0, e.g. models that learned nothing): no test "
+        "and no p there. Intervals of a "
         "difference are cut at the most a difference of scores can be; per-variant scores "
         "have the same standard error (seeds and test images) with the t-interval taken on "
         "the logit scale, so it stays inside [0, 1]. "

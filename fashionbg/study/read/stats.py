@@ -119,15 +119,20 @@ class Effect:
     def interval(self) -> Interval:
         return self.interval_at(LEVEL)
 
+    @property
+    def testable(self) -> bool:
+        """Whether a test means anything: a standard error (two seeds or more) that is not 0.
+        Scores that do not vary at all (every seed and test image alike: models that learned
+        nothing, such as a smoke run's one epoch) would give p = 0 for any difference."""
+        return bool(self.se)
+
     def p_value(self, null: float = 0.0, alternative: str = "two-sided") -> float | None:
-        """p of H0: δ = null against δ ≠ null, δ < null ("less") or δ > null ("greater")."""
-        if self.se is None:
+        """p of H0: δ = null against δ ≠ null, δ < null ("less") or δ > null ("greater");
+        None where the effect is not testable."""
+        se = self.se
+        if not se:   # not testable
             return None
-        shift = self.estimate - null
-        if self.se == 0:
-            t = 0.0 if shift == 0 else np.copysign(np.inf, shift)
-        else:
-            t = shift / self.se
+        t = (self.estimate - null) / se
         if alternative == "less":
             return float(stats.t.cdf(t, self.df))
         if alternative == "greater":
@@ -325,13 +330,13 @@ def claim_tests(found: Effect, expect: str, margin: float) -> list[Test]:
     negative: the same, mirrored;
     not_positive: non-superiority δ < +Δ decides *supported*, δ > +Δ *refuted*;
     equivalent: TOST decides *supported*, |δ| > Δ (the smaller one-sided p, doubled) *refuted*.
-    Empty where the effect has no standard error (one seed)."""
-    if found.se is None:
+    Empty where the effect is not testable (one seed, or scores that do not vary)."""
+    if not found.testable:
         return []
 
     def p(null: float, alternative: str = "two-sided") -> float:
         value = found.p_value(null, alternative)
-        assert value is not None  # the effect has an se, so every p
+        assert value is not None  # the effect is testable, so every p
         return value
 
     tost = max(p(-margin, "greater"), p(margin, "less"))
@@ -371,11 +376,9 @@ def power_at(delta: float, se: float, df: float, alpha: float) -> float:
 def detectable(found: Effect, alpha: float, power: float) -> float | None:
     """The smallest |δ| the two-sided level-alpha test finds with probability `power`
     (noncentral t; the central-t shortcut t(1 − α/2) + t(power) is 5 % too small at df 2)."""
-    if found.se is None or found.df is None:  # both or neither
-        return None
     se, df = found.se, found.df
-    if se == 0:
-        return 0.0
+    if not se or df is None:  # not testable (se and df: both or neither)
+        return None
     high = se
     while power_at(high, se, df, alpha) < power:
         high *= 2
@@ -418,8 +421,8 @@ def seeds_needed(found: Effect, target: float, alpha: float, power: float) -> in
     """Seeds (at this many test images, never fewer than MIN_SEEDS: no verdict below) for
     power `power` at |δ| = target; UNREACHABLE where even infinitely many seeds are not
     enough (the test images' own variance is too large); None if more than MAX_PLAN or not
-    known."""
-    if found.se is None:
+    known (or not testable)."""
+    if not found.testable:
         return None
     images = max(found.images, 1)
     se, df = _planned_se(found, np.inf, images)
@@ -433,8 +436,8 @@ def images_needed(found: Effect, target: float, alpha: float, power: float, leas
     """Test images (at this many seeds) for the same, never fewer than `least` (a ratio
     metric such as mIoU or mask AP is not extrapolated below it); None where no number of
     images is enough (the seeds' variance alone is too large) or there are no per-image
-    results."""
-    if found.images == 0 or found.se is None:
+    results (or the effect is not testable)."""
+    if found.images == 0 or not found.testable:
         return None
     return _search(lambda n: _planned_se(found, found.seeds, n), target, alpha, power, least)
 
