@@ -138,7 +138,6 @@ def test_two_gloo_processes_train_a_checkpoint_that_evaluates_like_one(tmp_path,
     segment_task = "semantic" if task == "classify" else task
     single = write_project(tmp_path / "single", "auto", segment_task)
     tmp, probe = scratch, tmp_path / "probe"  # tmp: where torchelastic_* would be left
-    tmp.mkdir()
     probe.mkdir()
     if STARTED_BY[task] == "dvc":
         ddp = dvc_project(tmp_path / "ddp", 1, segment_task, nproc=2)
