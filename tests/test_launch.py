@@ -56,7 +56,8 @@ def stage_env(tmp: Path, pythonpath: tuple[Path, ...] = ()) -> dict[str, str]:
 
 def assert_left_nothing(project: Path, tmp: Path) -> None:
     assert not list(tmp.iterdir()), list(tmp.iterdir())      # no torchelastic_* scratch
-    assert not (project / ".cache").exists(), list((project / ".cache").rglob("*"))
+    assert not (project / ".cache").exists(), sorted(
+        str(p.relative_to(project)) for p in (project / ".cache").rglob("*"))
     assert not [p for p in project.rglob("*") if ".partial-" in p.name]
 
 

@@ -51,6 +51,10 @@ LAUNCH_SCRATCH = "FASHIONBG_LAUNCH_SCRATCH"
 WATCH_INTERVAL_S = 0.5
 SCRATCH_TRIES = 5                  # passes over a scratch other ranks may be removing too
 PR_SET_PDEATHSIG = 1                # linux/prctl.h
+# The kernel's word that the launcher died. Not SIGTERM, which the launcher itself sends to stop
+# its ranks: the parent-death signal comes as the launcher's threads exit, when getppid() may
+# still name it, and a rank that took it for a stop left the scratch for a dead launcher.
+LAUNCHER_DIED = signal.SIGUSR2
 
 
 @dataclass(frozen=True)
@@ -148,14 +152,16 @@ def as_worker() -> Iterator[None]:
 def follow_launcher() -> None:
     """End this rank when the launcher that started it dies (SIGKILL, the OOM killer), so that
     no rank trains on and rewrites the stage's outputs after the stage has failed: the kernel
-    sends SIGTERM at the launcher's death (Linux), and a thread watching the parent pid is the
-    backstop (other systems, or a main thread stuck in C code that never sees the signal)."""
+    sends LAUNCHER_DIED at the launcher's death (Linux), and a thread watching the parent pid
+    is the backstop (other systems, or a main thread stuck in C code that never sees the
+    signal)."""
     launcher = os.environ.get(LAUNCHER_PID)
     if launcher is None:        # started by hand (torchrun): its agent watches it
         return
     if sys.platform.startswith("linux"):
+        signal.signal(LAUNCHER_DIED, _launcher_died)
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, LAUNCHER_DIED, 0, 0, 0)
     if os.getppid() != int(launcher):       # it died before the line above
         abandon()
     threading.Thread(target=_watch_launcher, args=(int(launcher),), daemon=True,
@@ -187,8 +193,12 @@ def abandon() -> NoReturn:
     os._exit(STOPPED)
 
 
+def _launcher_died(signum: int, frame: Any) -> NoReturn:
+    abandon()
+
+
 def _stop_quietly(signum: int, frame: Any) -> NoReturn:
-    if launcher_gone():     # the parent-death signal, not the launcher stopping this rank
+    if launcher_gone():     # a SIGTERM from elsewhere once the launcher is gone
         abandon()
     # The launcher stops this rank's DataLoader workers too (one process group): their exit is
     # expected now, not an error for torch's SIGCHLD check to raise while we unwind. (A no-op
