@@ -49,7 +49,6 @@ PEER_GRACE_S = 5.0
 LAUNCHER_PID = "FASHIONBG_LAUNCHER_PID"
 LAUNCH_SCRATCH = "FASHIONBG_LAUNCH_SCRATCH"
 WATCH_INTERVAL_S = 0.5
-SCRATCH_TRIES = 5                  # passes over a scratch other ranks may be removing too
 PR_SET_PDEATHSIG = 1                # linux/prctl.h
 # The kernel's word that the launcher died. Not SIGTERM, which the launcher itself sends to stop
 # its ranks: the parent-death signal comes as the launcher's threads exit, when getppid() may
@@ -271,13 +270,7 @@ def launch_scratch() -> Iterator[Path]:
 
 
 def remove_scratch(scratch: Path) -> None:
-    # Every rank that outlives its launcher removes the same scratch at once, and a pass
-    # that skipped what another was removing can find a folder not yet empty: try again.
-    for _ in range(SCRATCH_TRIES):
-        shutil.rmtree(scratch, ignore_errors=True)
-        if not scratch.exists():
-            break
-        time.sleep(0.1)
+    shutil.rmtree(scratch, ignore_errors=True)
     try:
         os.removedirs(paths.LAUNCH_SCRATCH)     # and .cache, where nothing else is there
     except OSError:
